@@ -1,0 +1,505 @@
+//! Mergeable aggregates in minute and hour buckets with bounded retention.
+//!
+//! A shard writes into its own [`Aggregates`] by dense ids (no string hashing on the hot path);
+//! readers turn the buckets of a time range into name-keyed summaries that merge exactly.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::sketch::Sketch;
+use crate::time::{Millis, HOUR, MINUTE};
+
+/// Transition endpoint for a session's start.
+pub const START: u16 = u16::MAX - 1;
+/// Transition endpoint for a session's exit.
+pub const EXIT: u16 = u16::MAX;
+
+/// Append-only string ↔ id table. Ids stay valid across rule reloads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<String>", into = "Vec<String>")]
+pub struct Interner {
+    names: Vec<String>,
+    ids: FxHashMap<String, u16>,
+}
+
+impl From<Vec<String>> for Interner {
+    fn from(names: Vec<String>) -> Self {
+        let ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u16))
+            .collect();
+        Interner { names, ids }
+    }
+}
+
+impl From<Interner> for Vec<String> {
+    fn from(i: Interner) -> Self {
+        i.names
+    }
+}
+
+impl Interner {
+    pub fn get(&self, name: &str) -> Option<u16> {
+        self.ids.get(name).copied()
+    }
+
+    /// The id of `name`, adding it unless the table already holds `cap` names.
+    pub fn intern(&mut self, name: &str, cap: usize) -> Option<u16> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        if self.names.len() >= cap {
+            return None;
+        }
+        let id = self.names.len() as u16;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        Some(id)
+    }
+
+    pub fn name(&self, id: u16) -> &str {
+        &self.names[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Experience scores of one touchpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreAgg {
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub promoters: u64,
+    pub passives: u64,
+    pub detractors: u64,
+}
+
+impl ScoreAgg {
+    pub fn add(&mut self, v: f64, nps: bool) {
+        if self.count == 0 {
+            self.min = v;
+            self.max = v;
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+        self.count += 1;
+        self.sum += v;
+        if nps {
+            if v >= 9.0 {
+                self.promoters += 1;
+            } else if v >= 7.0 {
+                self.passives += 1;
+            } else {
+                self.detractors += 1;
+            }
+        }
+    }
+
+    pub fn merge(&mut self, o: &ScoreAgg) {
+        if o.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = o.clone();
+            return;
+        }
+        self.count += o.count;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.promoters += o.promoters;
+        self.passives += o.passives;
+        self.detractors += o.detractors;
+    }
+}
+
+/// Per-touchpoint figures of one bucket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TouchpointAgg {
+    pub visits: u64,
+    pub sessions: u64,
+    pub exits: u64,
+    pub dropoffs: u64,
+    pub completions: u64,
+    pub dwell: Sketch,
+    pub score: ScoreAgg,
+}
+
+impl TouchpointAgg {
+    pub fn merge(&mut self, o: &TouchpointAgg) {
+        self.visits += o.visits;
+        self.sessions += o.sessions;
+        self.exits += o.exits;
+        self.dropoffs += o.dropoffs;
+        self.completions += o.completions;
+        self.dwell.merge(&o.dwell);
+        self.score.merge(&o.score);
+    }
+}
+
+/// Per-phase figures of one bucket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseAgg {
+    /// Journeys starting in this bucket whose furthest phase is this one.
+    pub furthest: i64,
+    /// Time spent in this phase before moving on, bucketed by the move.
+    pub dwell: Sketch,
+}
+
+/// Everything recorded for one time bucket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub touchpoints: Vec<TouchpointAgg>,
+    pub phases: Vec<PhaseAgg>,
+    pub transitions: FxHashMap<(u16, u16), u64>,
+    /// Per breakdown dimension: value id → journeys by furthest phase id.
+    pub breakdowns: Vec<FxHashMap<u16, Vec<i64>>>,
+    /// Closed sessions, classified or not.
+    pub sessions: u64,
+}
+
+impl Bucket {
+    #[inline]
+    pub fn touchpoint(&mut self, id: u16) -> &mut TouchpointAgg {
+        let i = id as usize;
+        if i >= self.touchpoints.len() {
+            self.touchpoints.resize_with(i + 1, Default::default);
+        }
+        &mut self.touchpoints[i]
+    }
+
+    #[inline]
+    pub fn phase(&mut self, id: u8) -> &mut PhaseAgg {
+        let i = id as usize;
+        if i >= self.phases.len() {
+            self.phases.resize_with(i + 1, Default::default);
+        }
+        &mut self.phases[i]
+    }
+
+    pub fn breakdown(&mut self, dim: usize, value: u16, phase: u8) -> &mut i64 {
+        if dim >= self.breakdowns.len() {
+            self.breakdowns.resize_with(dim + 1, Default::default);
+        }
+        let row = self.breakdowns[dim].entry(value).or_default();
+        if phase as usize >= row.len() {
+            row.resize(phase as usize + 1, 0);
+        }
+        &mut row[phase as usize]
+    }
+}
+
+/// Buckets of one resolution, newest last, at most `capacity` of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ring {
+    step: Millis,
+    capacity: usize,
+    /// Bucket index (time / step) of the front.
+    start: i64,
+    buckets: VecDeque<Bucket>,
+}
+
+impl Ring {
+    pub fn new(step: Millis, retention: Millis) -> Ring {
+        let capacity = (retention / step).max(1) as usize;
+        Ring {
+            step,
+            capacity,
+            start: 0,
+            buckets: VecDeque::new(),
+        }
+    }
+
+    /// The bucket holding time `t`, created if needed; `None` if `t` is older than retention.
+    pub fn slot(&mut self, t: Millis) -> Option<&mut Bucket> {
+        let idx = t.div_euclid(self.step);
+        let len = self.buckets.len() as i64;
+        let cap = self.capacity as i64;
+        if len == 0 {
+            self.start = idx;
+            self.buckets.push_back(Bucket::default());
+        } else if idx < self.start {
+            if self.start + len - idx > cap {
+                return None;
+            }
+            for _ in idx..self.start {
+                self.buckets.push_front(Bucket::default());
+            }
+            self.start = idx;
+        } else if idx >= self.start + len {
+            let needed = idx - self.start + 1;
+            if needed - cap >= len {
+                self.buckets.clear();
+                self.start = idx;
+                self.buckets.push_back(Bucket::default());
+            } else {
+                if needed > cap {
+                    let drop = needed - cap;
+                    self.buckets.drain(..drop as usize);
+                    self.start += drop;
+                }
+                while self.start + (self.buckets.len() as i64) <= idx {
+                    self.buckets.push_back(Bucket::default());
+                }
+            }
+        }
+        self.buckets.get_mut((idx - self.start) as usize)
+    }
+
+    /// The bucket starting at time `t` (a multiple of the step), if retained.
+    pub fn get(&self, t: Millis) -> Option<&Bucket> {
+        let idx = t.div_euclid(self.step) - self.start;
+        if idx < 0 {
+            return None;
+        }
+        self.buckets.get(idx as usize)
+    }
+
+    /// Start time of the oldest retained bucket.
+    pub fn first_time(&self) -> Option<Millis> {
+        (!self.buckets.is_empty()).then_some(self.start * self.step)
+    }
+
+    /// Oldest time this ring can still hold: older buckets have slid out of retention.
+    pub fn horizon(&self) -> Option<Millis> {
+        self.end_time()
+            .map(|end| end - self.capacity as i64 * self.step)
+    }
+
+    /// End time of the newest retained bucket.
+    pub fn end_time(&self) -> Option<Millis> {
+        (!self.buckets.is_empty()).then_some((self.start + self.buckets.len() as i64) * self.step)
+    }
+
+    pub fn step(&self) -> Millis {
+        self.step
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Minute buckets for recent data and hour buckets for the long tail, both always written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub fine: Ring,
+    pub coarse: Ring,
+}
+
+impl Timeline {
+    pub fn new(fine_retention: Millis, total_retention: Millis) -> Timeline {
+        Timeline {
+            fine: Ring::new(MINUTE, fine_retention),
+            coarse: Ring::new(HOUR, total_retention),
+        }
+    }
+
+    /// Applies `f` to the minute and the hour bucket of `t`. Returns false if `t` has expired.
+    #[inline]
+    pub fn update(&mut self, t: Millis, mut f: impl FnMut(&mut Bucket)) -> bool {
+        let mut applied = false;
+        if let Some(b) = self.fine.slot(t) {
+            f(b);
+            applied = true;
+        }
+        if let Some(b) = self.coarse.slot(t) {
+            f(b);
+            applied = true;
+        }
+        applied
+    }
+
+    /// Visits each bucket covering `[from, to)` once: whole hours from the hour buckets,
+    /// the edges from minute buckets; where minute buckets have expired, the hour buckets
+    /// whose start lies in the range.
+    pub fn for_each(&self, from: Millis, to: Millis, mut f: impl FnMut(&Bucket)) {
+        let mut m = ceil_to(from, MINUTE);
+        let end = ceil_to(to, MINUTE);
+        let fine_start = self.fine.horizon().unwrap_or(Millis::MAX);
+        while m < end {
+            if m.rem_euclid(HOUR) == 0 && m + HOUR <= end {
+                if let Some(b) = self.coarse.get(m) {
+                    f(b);
+                }
+                m += HOUR;
+            } else if m >= fine_start {
+                if let Some(b) = self.fine.get(m) {
+                    f(b);
+                }
+                m += MINUTE;
+            } else {
+                let h = m.div_euclid(HOUR) * HOUR;
+                if h >= from {
+                    if let Some(b) = self.coarse.get(h) {
+                        f(b);
+                    }
+                }
+                m = h + HOUR;
+            }
+        }
+    }
+}
+
+fn ceil_to(t: Millis, step: Millis) -> Millis {
+    let f = t.div_euclid(step) * step;
+    if f == t {
+        t
+    } else {
+        f.saturating_add(step)
+    }
+}
+
+/// Shard-wide counts, not bucketed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub events: u64,
+    pub classified: u64,
+    pub unclassified: u64,
+    pub late: u64,
+    /// Late events that fit no retained journey and so reached no funnel.
+    pub late_outside_journey: u64,
+    /// Events whose bucket had already expired.
+    pub expired: u64,
+    pub sessions_closed: u64,
+    pub journeys_started: u64,
+    pub customers_evicted: u64,
+    pub rejected_too_many_events: u64,
+}
+
+impl Counters {
+    pub fn merge(&mut self, o: &Counters) {
+        self.events += o.events;
+        self.classified += o.classified;
+        self.unclassified += o.unclassified;
+        self.late += o.late;
+        self.late_outside_journey += o.late_outside_journey;
+        self.expired += o.expired;
+        self.sessions_closed += o.sessions_closed;
+        self.journeys_started += o.journeys_started;
+        self.customers_evicted += o.customers_evicted;
+        self.rejected_too_many_events += o.rejected_too_many_events;
+    }
+}
+
+/// One breakdown dimension and the values seen for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dimension {
+    pub name: String,
+    pub values: Interner,
+}
+
+/// Value id of "the journey has no value for this dimension".
+pub const NONE_VALUE: u16 = 0;
+/// Value id of "more distinct values than the cap".
+pub const OTHER_VALUE: u16 = 1;
+pub const NONE_LABEL: &str = "(none)";
+pub const OTHER_LABEL: &str = "other";
+
+/// A shard's partial aggregates: what the API merges across shards and instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aggregates {
+    pub touchpoints: Interner,
+    pub phases: Interner,
+    pub dimensions: Vec<Dimension>,
+    pub timeline: Timeline,
+    pub counters: Counters,
+    /// Largest event time applied, for relative time ranges.
+    pub max_event_time: Option<Millis>,
+}
+
+impl Aggregates {
+    pub fn new(
+        dimensions: &[String],
+        fine_retention: Millis,
+        total_retention: Millis,
+    ) -> Aggregates {
+        Aggregates {
+            touchpoints: Interner::default(),
+            phases: Interner::default(),
+            dimensions: dimensions
+                .iter()
+                .map(|name| Dimension {
+                    name: name.clone(),
+                    values: Interner::from(vec![NONE_LABEL.to_string(), OTHER_LABEL.to_string()]),
+                })
+                .collect(),
+            timeline: Timeline::new(fine_retention, total_retention),
+            counters: Counters::default(),
+            max_event_time: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::DAY;
+
+    #[test]
+    fn ring_is_bounded_and_drops_expired() {
+        let mut r = Ring::new(MINUTE, 10 * MINUTE);
+        r.slot(100 * MINUTE).unwrap().sessions = 1;
+        r.slot(95 * MINUTE).unwrap().sessions = 2;
+        assert_eq!(r.len(), 6);
+        assert!(r.slot(85 * MINUTE).is_none(), "older than retention");
+        r.slot(104 * MINUTE + 59_999).unwrap().sessions = 3;
+        assert_eq!(r.len(), 10);
+        r.slot(109 * MINUTE).unwrap();
+        assert_eq!(r.len(), 10);
+        assert!(r.get(95 * MINUTE).is_none(), "slid out");
+        assert_eq!(r.get(100 * MINUTE).unwrap().sessions, 1);
+        assert_eq!(r.get(104 * MINUTE).unwrap().sessions, 3);
+        // A jump far ahead keeps memory bounded.
+        r.slot(1_000_000 * MINUTE).unwrap();
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn range_uses_hours_inside_and_minutes_at_edges() {
+        let mut t = Timeline::new(2 * DAY, 90 * DAY);
+        let base = 1_000 * DAY;
+        for m in 0..180 {
+            t.update(base + m * MINUTE, |b| b.sessions += 1);
+        }
+        let count = |from, to| {
+            let mut n = 0;
+            t.for_each(from, to, |b| n += b.sessions);
+            n
+        };
+        assert_eq!(count(base, base + 180 * MINUTE), 180);
+        assert_eq!(count(base + 30 * MINUTE, base + 150 * MINUTE), 120);
+        assert_eq!(count(base + 30 * MINUTE + 1, base + 150 * MINUTE), 119);
+        assert_eq!(count(base - DAY, base + DAY), 180);
+    }
+
+    #[test]
+    fn expired_minutes_fall_back_to_hours() {
+        let mut t = Timeline::new(HOUR, 90 * DAY);
+        let base = 1_000 * DAY;
+        for m in 0..(5 * 60) {
+            t.update(base + m * MINUTE, |b| b.sessions += 1);
+        }
+        let mut n = 0;
+        // Minute buckets before the last hour are gone: the partial first hour is left out,
+        // the partial hour at the end (start inside the range) is counted whole.
+        t.for_each(base + 30 * MINUTE, base + 90 * MINUTE, |b| n += b.sessions);
+        assert_eq!(n, 60);
+    }
+}

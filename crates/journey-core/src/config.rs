@@ -1,0 +1,160 @@
+//! Engine settings, validated as a whole.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::{HumanDuration, Millis, DAY, HOUR, MINUTE};
+
+/// Most configured breakdown attributes (the built-in `source` and `first_touchpoint` come on top).
+pub const MAX_BREAKDOWNS: usize = 6;
+
+/// Everything the engine needs to know besides the rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// A longer gap between two events of a customer starts a new session.
+    pub session_gap: Millis,
+    /// A session is split once it would last longer than this.
+    pub session_max_duration: Millis,
+    /// How far behind the largest event time seen an event may arrive and still be on time.
+    pub allowed_lateness: Millis,
+    /// Events beyond this many in one open session are rejected.
+    pub session_max_events: usize,
+    /// Conversion window: a journey covers events up to `t0 + journey_window`.
+    pub journey_window: Millis,
+    /// Attribute paths whose first-touch value breaks journeys down.
+    pub breakdowns: Vec<String>,
+    /// Distinct values kept per breakdown dimension; the rest fold into `other`.
+    pub breakdown_max_values: usize,
+    /// How long minute buckets are kept.
+    pub retention_fine: Millis,
+    /// How long hour buckets are kept.
+    pub retention_total: Millis,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            session_gap: 30 * MINUTE,
+            session_max_duration: 24 * HOUR,
+            allowed_lateness: 5 * MINUTE,
+            session_max_events: 10_000,
+            journey_window: 30 * DAY,
+            breakdowns: Vec::new(),
+            breakdown_max_values: 100,
+            retention_fine: 48 * HOUR,
+            retention_total: 90 * DAY,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Every problem, each naming its setting.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        let mut positive = |key: &str, v: Millis| {
+            if v <= 0 {
+                errs.push(format!("{key} must be positive, got {}", v));
+            }
+        };
+        positive("session.gap", self.session_gap);
+        positive("session.max_duration", self.session_max_duration);
+        positive("journey.window", self.journey_window);
+        if self.allowed_lateness < 0 {
+            errs.push("session.allowed_lateness must not be negative".into());
+        }
+        if self.journey_window < self.allowed_lateness {
+            errs.push(format!(
+                "journey.window ({}) must be at least session.allowed_lateness ({})",
+                HumanDuration(self.journey_window),
+                HumanDuration(self.allowed_lateness)
+            ));
+        }
+        if self.session_max_events == 0 {
+            errs.push("session.max_events must be at least 1".into());
+        }
+        if self.retention_fine < MINUTE {
+            errs.push("retention.fine must be at least 1m".into());
+        }
+        if self.retention_total < self.retention_fine.max(HOUR) {
+            errs.push(format!(
+                "retention.total ({}) must be at least retention.fine ({}) and 1h",
+                HumanDuration(self.retention_total),
+                HumanDuration(self.retention_fine)
+            ));
+        }
+        if !(1..=60_000).contains(&self.breakdown_max_values) {
+            errs.push(format!(
+                "breakdown.max_values must be between 1 and 60000, got {}",
+                self.breakdown_max_values
+            ));
+        }
+        if self.breakdowns.len() > MAX_BREAKDOWNS {
+            errs.push(format!(
+                "breakdown.attributes: at most {MAX_BREAKDOWNS} allowed, got {}",
+                self.breakdowns.len()
+            ));
+        }
+        for (i, b) in self.breakdowns.iter().enumerate() {
+            if b.is_empty() || b.split('.').any(str::is_empty) {
+                errs.push(format!(
+                    "breakdown.attributes[{i}]: `{b}` is not an attribute path"
+                ));
+            } else if ["source", "first_touchpoint"].contains(&b.as_str()) {
+                errs.push(format!(
+                    "breakdown.attributes[{i}]: `{b}` is built in, remove it"
+                ));
+            } else if self.breakdowns[..i].contains(b) {
+                errs.push(format!("breakdown.attributes[{i}]: duplicate `{b}`"));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Names of all breakdown dimensions, built-in first.
+    pub fn dimension_names(&self) -> Vec<String> {
+        let mut v = vec!["source".to_string(), "first_touchpoint".to_string()];
+        v.extend(self.breakdowns.iter().cloned());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(EngineConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn reports_all_problems() {
+        let cfg = EngineConfig {
+            session_gap: 0,
+            journey_window: MINUTE,
+            allowed_lateness: 5 * MINUTE,
+            retention_total: MINUTE,
+            breakdowns: vec![
+                "persona".into(),
+                "source".into(),
+                "persona".into(),
+                "a..b".into(),
+            ],
+            ..EngineConfig::default()
+        };
+        assert_eq!(
+            cfg.validate().unwrap_err(),
+            vec![
+                "session.gap must be positive, got 0",
+                "journey.window (1m) must be at least session.allowed_lateness (5m)",
+                "retention.total (1m) must be at least retention.fine (2d) and 1h",
+                "breakdown.attributes[1]: `source` is built in, remove it",
+                "breakdown.attributes[2]: duplicate `persona`",
+                "breakdown.attributes[3]: `a..b` is not an attribute path",
+            ]
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! The canonical event and its decoding from JSON bytes.
+//!
+//! Decoding borrows strings from the input where JSON escapes allow, and names the offending
+//! field in every error so that dead-letter records explain themselves.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::time::{Millis, MAX_EVENT_TIME, MIN_EVENT_TIME};
+
+/// Longest accepted `customer_id`, in bytes.
+pub const MAX_CUSTOMER_ID_BYTES: usize = 256;
+
+/// One customer action. `ts` is event time in epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event<'a> {
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub customer_id: Cow<'a, str>,
+    pub ts: Millis,
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+    #[serde(borrow, rename = "event")]
+    pub name: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub attributes: Value,
+}
+
+impl Event<'_> {
+    /// An owned copy that no longer borrows the input buffer.
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            event_id: self.event_id.map(|s| Cow::Owned(s.into_owned())),
+            customer_id: Cow::Owned(self.customer_id.into_owned()),
+            ts: self.ts,
+            source: Cow::Owned(self.source.into_owned()),
+            name: Cow::Owned(self.name.into_owned()),
+            attributes: self.attributes,
+        }
+    }
+
+    /// The attribute at a dotted path (`page.url`), if present.
+    pub fn attribute(&self, path: &[Box<str>]) -> Option<&Value> {
+        lookup(&self.attributes, path)
+    }
+}
+
+/// Walks a pre-split dotted path into a JSON value without allocating.
+pub fn lookup<'v>(root: &'v Value, path: &[Box<str>]) -> Option<&'v Value> {
+    let mut v = root;
+    for seg in path {
+        v = v.as_object()?.get(&**seg)?;
+    }
+    Some(v)
+}
+
+/// Why a record could not become an event. [`DecodeError::reason`] is the stable counter label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("record is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("record is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("field `{field}` must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("`customer_id` must be 1 to {MAX_CUSTOMER_ID_BYTES} bytes, got {0}")]
+    CustomerIdLength(usize),
+    #[error("`ts` is not RFC 3339 or epoch milliseconds: `{0}`")]
+    BadTimestamp(String),
+    #[error("`ts` {0} is outside the accepted range 2000-01-01 to 2100-01-01")]
+    TimestampOutOfRange(Millis),
+}
+
+impl DecodeError {
+    /// Short, stable reason used as a metric label and in dead letters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::InvalidUtf8 => "invalid_utf8",
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::MissingField(_) => "missing_field",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::CustomerIdLength(_) => "customer_id_length",
+            DecodeError::BadTimestamp(_) => "bad_timestamp",
+            DecodeError::TimestampOutOfRange(_) => "timestamp_out_of_range",
+        }
+    }
+}
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_record_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_record_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Parses an RFC 3339 string into epoch milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Checks that an event time lies in the accepted range.
+pub fn check_time(ts: Millis) -> Result<Millis, DecodeError> {
+    if (MIN_EVENT_TIME..MAX_EVENT_TIME).contains(&ts) {
+        Ok(ts)
+    } else {
+        Err(DecodeError::TimestampOutOfRange(ts))
+    }
+}
+
+/// Reads a `ts` value: RFC 3339 string or integer epoch milliseconds.
+pub fn timestamp_from_value(v: &Value) -> Result<Millis, DecodeError> {
+    let ts = match v {
+        Value::String(s) => parse_rfc3339(s).ok_or_else(|| DecodeError::BadTimestamp(s.clone()))?,
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| DecodeError::BadTimestamp(n.to_string()))?,
+        _ => {
+            return Err(DecodeError::WrongType {
+                field: "ts",
+                expected: "an RFC 3339 string or epoch milliseconds",
+            })
+        }
+    };
+    check_time(ts)
+}
+
+/// Checks the length rule for customer ids.
+pub fn check_customer_id(id: &str) -> Result<(), DecodeError> {
+    if id.is_empty() || id.len() > MAX_CUSTOMER_ID_BYTES {
+        Err(DecodeError::CustomerIdLength(id.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Decodes one canonical JSON event. `default_source` applies when the record has no `source`.
+pub fn decode_canonical<'a>(
+    bytes: &'a [u8],
+    default_source: &'a str,
+    limits: &DecodeLimits,
+) -> Result<Event<'a>, DecodeError> {
+    if bytes.len() > limits.max_record_bytes {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_record_bytes,
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    let failure = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = CanonicalSeed { failure: &failure }
+        .deserialize(&mut de)
+        .and_then(|raw| {
+            de.end()?;
+            Ok(raw)
+        });
+    let raw = match parsed {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Err(failure
+                .take()
+                .unwrap_or_else(|| DecodeError::NotJson(e.to_string())))
+        }
+    };
+    let customer_id = raw
+        .customer_id
+        .ok_or(DecodeError::MissingField("customer_id"))?;
+    check_customer_id(&customer_id)?;
+    let name = raw.name.ok_or(DecodeError::MissingField("event"))?;
+    if name.is_empty() {
+        return Err(DecodeError::WrongType {
+            field: "event",
+            expected: "a non-empty string",
+        });
+    }
+    let ts = check_time(raw.ts.ok_or(DecodeError::MissingField("ts"))?)?;
+    Ok(Event {
+        event_id: raw.event_id,
+        customer_id,
+        ts,
+        source: raw.source.unwrap_or(Cow::Borrowed(default_source)),
+        name,
+        attributes: raw.attributes.unwrap_or(Value::Null),
+    })
+}
+
+#[derive(Default)]
+struct RawCanonical<'a> {
+    event_id: Option<Cow<'a, str>>,
+    customer_id: Option<Cow<'a, str>>,
+    ts: Option<Millis>,
+    source: Option<Cow<'a, str>>,
+    name: Option<Cow<'a, str>>,
+    attributes: Option<Value>,
+}
+
+struct CanonicalSeed<'c> {
+    failure: &'c Cell<Option<DecodeError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for CanonicalSeed<'_> {
+    type Value = RawCanonical<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CanonicalSeed<'_> {
+    type Value = RawCanonical<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = RawCanonical::default();
+        let fail = |e: DecodeError| {
+            let msg = e.to_string();
+            self.failure.set(Some(e));
+            de::Error::custom(msg)
+        };
+        while let Some(key) = map.next_key::<CowStr<'de>>()? {
+            match &*key.0 {
+                "customer_id" => {
+                    raw.customer_id = Some(string_field(&mut map, "customer_id", fail)?)
+                }
+                "event" => raw.name = Some(string_field(&mut map, "event", fail)?),
+                "source" => raw.source = Some(string_field(&mut map, "source", fail)?),
+                "event_id" => {
+                    raw.event_id = map
+                        .next_value::<Option<CowStr<'de>>>()
+                        .map_err(|_| {
+                            fail(DecodeError::WrongType {
+                                field: "event_id",
+                                expected: "a string",
+                            })
+                        })?
+                        .map(|s| s.0)
+                }
+                "ts" => {
+                    let ts = map.next_value::<RawTs<'de>>().map_err(|_| {
+                        fail(DecodeError::WrongType {
+                            field: "ts",
+                            expected: "an RFC 3339 string or epoch milliseconds",
+                        })
+                    })?;
+                    raw.ts = Some(match ts {
+                        RawTs::Int(n) => n,
+                        RawTs::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => f as Millis,
+                        RawTs::Float(f) => {
+                            return Err(fail(DecodeError::BadTimestamp(f.to_string())))
+                        }
+                        RawTs::Str(s) => parse_rfc3339(&s.0)
+                            .ok_or_else(|| fail(DecodeError::BadTimestamp(s.0.into_owned())))?,
+                    });
+                }
+                "attributes" => {
+                    let v: Value = map.next_value()?;
+                    if !(v.is_object() || v.is_null()) {
+                        return Err(fail(DecodeError::WrongType {
+                            field: "attributes",
+                            expected: "an object",
+                        }));
+                    }
+                    raw.attributes = Some(v);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+fn string_field<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    field: &'static str,
+    fail: impl Fn(DecodeError) -> A::Error,
+) -> Result<Cow<'de, str>, A::Error> {
+    map.next_value::<CowStr<'de>>().map(|s| s.0).map_err(|_| {
+        fail(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        })
+    })
+}
+
+/// A string that borrows from the input when it has no escapes.
+#[derive(Debug)]
+pub struct CowStr<'a>(pub Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+enum RawTs<'a> {
+    Int(i64),
+    Float(f64),
+    Str(CowStr<'a>),
+}
+
+impl<'de> Deserialize<'de> for RawTs<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a timestamp")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawTs::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(RawTs::Int)
+                    .map_err(|_| E::custom("out of range"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(RawTs::Float(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawTs::Str(CowStr(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTs::Str(CowStr(Cow::Owned(v.to_owned()))))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<Event<'_>, DecodeError> {
+        decode_canonical(s.as_bytes(), "web", &DecodeLimits::default())
+    }
+
+    #[test]
+    fn decodes_and_borrows() {
+        let line = r#"{"event_id":"e-81","customer_id":"c-42","ts":"2026-11-22T10:00:00.120Z","source":"crm","event":"page_view","attributes":{"url":"/p","page":{"url":"/x"}}}"#;
+        let ev = decode(line).unwrap();
+        assert!(matches!(ev.customer_id, Cow::Borrowed("c-42")));
+        assert_eq!(ev.source, "crm");
+        assert_eq!(ev.ts, 1_795_341_600_120);
+        let path: Vec<Box<str>> = vec!["page".into(), "url".into()];
+        assert_eq!(ev.attribute(&path), Some(&Value::from("/x")));
+    }
+
+    #[test]
+    fn accepts_epoch_millis_and_default_source() {
+        let ev = decode(r#"{"customer_id":"c","ts":1795341600120,"event":"x"}"#).unwrap();
+        assert_eq!(ev.ts, 1_795_341_600_120);
+        assert_eq!(ev.source, "web");
+        assert_eq!(ev.attributes, Value::Null);
+    }
+
+    #[test]
+    fn unescapes_strings() {
+        let ev = decode(r#"{"customer_id":"c\"1","ts":1795341600120,"event":"x"}"#).unwrap();
+        assert_eq!(ev.customer_id, "c\"1");
+    }
+
+    #[test]
+    fn names_the_offending_field() {
+        let cases = [
+            ("{", "not_json"),
+            ("[1]", "not_json"),
+            (r#"{"ts":1795341600120,"event":"x"}"#, "missing_field"),
+            (r#"{"customer_id":"c","event":"x"}"#, "missing_field"),
+            (
+                r#"{"customer_id":5,"ts":1795341600120,"event":"x"}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"customer_id":"","ts":1795341600120,"event":"x"}"#,
+                "customer_id_length",
+            ),
+            (
+                r#"{"customer_id":"c","ts":"yesterday","event":"x"}"#,
+                "bad_timestamp",
+            ),
+            (
+                r#"{"customer_id":"c","ts":5,"event":"x"}"#,
+                "timestamp_out_of_range",
+            ),
+            (r#"{"customer_id":"c","ts":true,"event":"x"}"#, "wrong_type"),
+            (
+                r#"{"customer_id":"c","ts":1795341600120,"event":"x","attributes":[1]}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"customer_id":"c","ts":1795341600120,"event":"x"} trailing"#,
+                "not_json",
+            ),
+        ];
+        for (line, reason) in cases {
+            assert_eq!(decode(line).unwrap_err().reason(), reason, "{line}");
+        }
+        assert_eq!(
+            decode(r#"{"customer_id":5,"ts":1,"event":"x"}"#)
+                .unwrap_err()
+                .to_string(),
+            "field `customer_id` must be a string"
+        );
+        let long = format!(
+            r#"{{"customer_id":"{}","ts":1795341600120,"event":"x"}}"#,
+            "a".repeat(257)
+        );
+        assert_eq!(
+            decode(&long).unwrap_err(),
+            DecodeError::CustomerIdLength(257)
+        );
+    }
+
+    #[test]
+    fn rejects_oversized_and_non_utf8() {
+        let limits = DecodeLimits {
+            max_record_bytes: 10,
+        };
+        assert_eq!(
+            decode_canonical(b"{\"customer_id\":\"c\"}", "web", &limits)
+                .unwrap_err()
+                .reason(),
+            "too_large"
+        );
+        assert_eq!(
+            decode_canonical(b"{\"a\":\"\xff\"}", "web", &DecodeLimits::default()).unwrap_err(),
+            DecodeError::InvalidUtf8
+        );
+    }
+}

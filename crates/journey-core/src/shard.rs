@@ -1,0 +1,975 @@
+//! A shard: the customers it owns, their open sessions and journeys, and its partial aggregates.
+//!
+//! Events may arrive out of order. Per-event figures (visits, scores, the funnel) are applied at
+//! once; session figures wait until the shard's watermark proves the session complete, so any
+//! arrival order within the allowed lateness gives the same result as time order.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::agg::{Aggregates, EXIT, NONE_VALUE, OTHER_VALUE, START};
+use crate::config::{EngineConfig, MAX_BREAKDOWNS};
+use crate::event::{lookup, Event};
+use crate::rules::Rules;
+use crate::time::Millis;
+
+/// Touchpoint id of an unclassified event inside a session.
+const UNCLASSIFIED: u16 = u16::MAX;
+/// A phase the journey has not reached, or an unset breakdown slot.
+const UNSEEN: i64 = i64::MAX;
+/// Rank of a phase that the current rules no longer list.
+const NO_RANK: u8 = u8::MAX;
+const MAX_DIMS: usize = MAX_BREAKDOWNS + 2;
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Index of the touchpoint in the current rules, `None` if unclassified.
+    pub touchpoint: Option<u16>,
+    /// The event was older than the watermark on arrival.
+    pub late: bool,
+}
+
+/// An event the shard refused. Nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("customer `{customer_id}` already has {limit} events in its open session")]
+    TooManyEvents { customer_id: String, limit: usize },
+}
+
+impl ApplyError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApplyError::TooManyEvents { .. } => "too_many_events",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Point {
+    ts: Millis,
+    tp: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Journey {
+    t0: Millis,
+    /// Phase-dwell records at times up to this one have been written.
+    dwell_done: Millis,
+    /// Phase id under which the journey is counted in the funnel.
+    furthest: u8,
+    n_phases: u8,
+    /// First time per phase id, then per dimension `(ts << 16) | value id`.
+    slots: Box<[i64]>,
+}
+
+/// One customer. Kept small: most tracked customers have a journey and nothing else, so the
+/// id is stored inline when short and the rarer parts live behind one pointer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Customer {
+    id: CompactString,
+    journey: Option<Journey>,
+    rare: Option<Box<Rare>>,
+    /// Earliest time queued for this customer in the timer heap.
+    timer: Millis,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Rare {
+    /// The previous journey, kept until no on-time event can reach it any more.
+    prev: Option<Journey>,
+    /// Events not yet in a closed session, ordered by `(ts, touchpoint)`.
+    open: Vec<Point>,
+}
+
+impl Customer {
+    fn is_empty(&self) -> bool {
+        self.journey.is_none() && self.rare.is_none()
+    }
+
+    /// Buffered events of the open session(s), if any.
+    fn open(&self) -> Option<&[Point]> {
+        self.rare
+            .as_deref()
+            .map(|r| r.open.as_slice())
+            .filter(|o| !o.is_empty())
+    }
+
+    fn open_mut(&mut self) -> &mut Vec<Point> {
+        &mut self.rare.get_or_insert_with(Default::default).open
+    }
+
+    fn prev(&self) -> Option<&Journey> {
+        self.rare.as_deref().and_then(|r| r.prev.as_ref())
+    }
+
+    fn prev_mut(&mut self) -> Option<&mut Journey> {
+        self.rare.as_deref_mut().and_then(|r| r.prev.as_mut())
+    }
+
+    /// Drops the rare part once it holds nothing.
+    fn tidy(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.prev.is_none() && r.open.is_empty())
+        {
+            self.rare = None;
+        }
+    }
+}
+
+/// A classified event on its way into a journey.
+struct Hit<'a, 'e> {
+    ev: &'a Event<'e>,
+    rule_tp: u16,
+    tp_id: u16,
+    /// The event also joins the open session, whose timer will reschedule journey work.
+    in_session: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Contribution {
+    t0: Millis,
+    furthest: u8,
+    dims: [u16; MAX_DIMS],
+}
+
+/// Rule indices translated to the shard's stable aggregate ids.
+#[derive(Debug)]
+struct Ctx {
+    cfg: Arc<EngineConfig>,
+    rules: Arc<Rules>,
+    tp_id: Vec<u16>,
+    phase_id: Vec<u8>,
+    /// By phase id: position in the current rules' phase order.
+    rank: Vec<u8>,
+    /// By touchpoint id.
+    goal: Vec<bool>,
+    breakdown_paths: Vec<Vec<Box<str>>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    customers: Vec<Customer>,
+    free: Vec<u32>,
+    max_seen: Millis,
+    watermark: Millis,
+    agg: Aggregates,
+}
+
+/// Owns a set of customers. Single-threaded by design: one worker owns each shard.
+#[derive(Debug)]
+pub struct Shard {
+    ctx: Ctx,
+    st: State,
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    timers: BinaryHeap<Reverse<(Millis, u32)>>,
+    scratch: Vec<u16>,
+}
+
+/// A customer's live state, for `/v1/customers/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerView {
+    pub customer_id: String,
+    pub journeys: Vec<JourneyView>,
+    pub open_events: Vec<PointView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JourneyView {
+    pub started_at: Millis,
+    pub window_ends_at: Millis,
+    pub furthest_phase: String,
+    /// Phase name and the first time the journey was seen in it.
+    pub phases: Vec<(String, Millis)>,
+    pub breakdown: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PointView {
+    pub ts: Millis,
+    pub touchpoint: Option<String>,
+}
+
+impl Shard {
+    /// A fresh shard. `cfg` must have passed [`EngineConfig::validate`].
+    pub fn new(cfg: Arc<EngineConfig>, rules: Arc<Rules>) -> Shard {
+        let agg = Aggregates::new(
+            &cfg.dimension_names(),
+            cfg.retention_fine,
+            cfg.retention_total,
+        );
+        let st = State {
+            customers: Vec::new(),
+            free: Vec::new(),
+            max_seen: Millis::MIN,
+            watermark: Millis::MIN,
+            agg,
+        };
+        Shard::from_state(cfg, rules, st)
+    }
+
+    fn from_state(cfg: Arc<EngineConfig>, rules: Arc<Rules>, mut st: State) -> Shard {
+        let ctx = Ctx::build(cfg, rules, &mut st.agg);
+        let hasher = DefaultHashBuilder::default();
+        let mut index = HashTable::with_capacity(st.customers.len());
+        let mut timers = BinaryHeap::new();
+        for (i, c) in st.customers.iter().enumerate() {
+            if c.is_empty() {
+                continue;
+            }
+            let h = hasher.hash_one(&*c.id);
+            index.insert_unique(h, i as u32, |&j| {
+                hasher.hash_one(&*st.customers[j as usize].id)
+            });
+            if c.timer != Millis::MAX {
+                timers.push(Reverse((c.timer, i as u32)));
+            }
+        }
+        Shard {
+            ctx,
+            st,
+            index,
+            hasher,
+            timers,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<Rules> {
+        &self.ctx.rules
+    }
+
+    pub fn config(&self) -> &Arc<EngineConfig> {
+        &self.ctx.cfg
+    }
+
+    /// Swaps the rule set; it applies to events applied after this call.
+    pub fn set_rules(&mut self, rules: Arc<Rules>) {
+        self.ctx = Ctx::build(self.ctx.cfg.clone(), rules, &mut self.st.agg);
+    }
+
+    pub fn aggregates(&self) -> &Aggregates {
+        &self.st.agg
+    }
+
+    /// Time before which arriving events are late. `Millis::MIN` before the first event.
+    pub fn watermark(&self) -> Millis {
+        self.st.watermark
+    }
+
+    /// Customers with state in memory.
+    pub fn customers(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Customers with a session not yet closed.
+    pub fn open_sessions(&self) -> usize {
+        self.st
+            .customers
+            .iter()
+            .filter(|c| c.open().is_some())
+            .count()
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, ev: &Event<'_>) -> Result<Applied, ApplyError> {
+        let ts = ev.ts;
+        let late = ts < self.st.watermark;
+        let idx = self.slot_for(&ev.customer_id);
+        let in_session = match self.st.customers[idx].open() {
+            None => !late,
+            Some(open) => {
+                let inside = !late || (open[0].ts <= ts && ts <= open[open.len() - 1].ts);
+                if inside && open.len() >= self.ctx.cfg.session_max_events {
+                    self.st.agg.counters.rejected_too_many_events += 1;
+                    return Err(ApplyError::TooManyEvents {
+                        customer_id: ev.customer_id.to_string(),
+                        limit: self.ctx.cfg.session_max_events,
+                    });
+                }
+                inside
+            }
+        };
+
+        let counters = &mut self.st.agg.counters;
+        counters.events += 1;
+        counters.late += late as u64;
+        let rule_tp = self.ctx.rules.classify(ev);
+        let tp = match rule_tp {
+            Some(r) => {
+                counters.classified += 1;
+                let id = self.ctx.tp_id[r as usize];
+                let score = self.ctx.rules.score(r, ev);
+                let nps = score.is_some()
+                    && self
+                        .ctx
+                        .rules
+                        .touchpoint(r)
+                        .score
+                        .as_ref()
+                        .is_some_and(|s| s.nps);
+                let fresh = self.st.agg.timeline.update(ts, |b| {
+                    let t = b.touchpoint(id);
+                    t.visits += 1;
+                    if let Some(s) = score {
+                        t.score.add(s, nps);
+                    }
+                });
+                if !fresh {
+                    self.st.agg.counters.expired += 1;
+                }
+                self.st.journey_event(
+                    &self.ctx,
+                    idx,
+                    Hit {
+                        ev,
+                        rule_tp: r,
+                        tp_id: id,
+                        in_session,
+                    },
+                    &mut self.timers,
+                );
+                id
+            }
+            None => {
+                counters.unclassified += 1;
+                UNCLASSIFIED
+            }
+        };
+
+        if in_session {
+            let p = Point { ts, tp };
+            let c = &mut self.st.customers[idx];
+            let open = c.open_mut();
+            let pos = open.partition_point(|q| *q <= p);
+            open.insert(pos, p);
+            if pos == 0 {
+                // A new earliest event can only bring the first session's end forward.
+                let cfg = &self.ctx.cfg;
+                let hint = ts.saturating_add(
+                    cfg.session_gap
+                        .saturating_add(1)
+                        .min(cfg.session_max_duration),
+                );
+                schedule(&mut self.timers, c, idx, hint);
+            }
+        }
+
+        let c = &self.st.customers[idx];
+        if c.is_empty() {
+            self.st.evict(idx, &mut self.index, &self.hasher);
+        }
+        if ts > self.st.max_seen {
+            self.st.max_seen = ts;
+            self.st.agg.max_event_time = Some(ts);
+            let wm = ts.saturating_sub(self.ctx.cfg.allowed_lateness);
+            if wm > self.st.watermark {
+                self.st.watermark = wm;
+                self.fire_timers();
+            }
+        }
+        Ok(Applied {
+            touchpoint: rule_tp,
+            late,
+        })
+    }
+
+    /// Live mode: lets the watermark follow the wall clock so sessions close while traffic pauses.
+    pub fn advance_clock(&mut self, now: Millis) {
+        let wm = now.saturating_sub(self.ctx.cfg.allowed_lateness);
+        if wm > self.st.watermark {
+            self.st.watermark = wm;
+            self.fire_timers();
+        }
+    }
+
+    /// End of input: closes every session and finalises every journey. Later events are late.
+    pub fn flush(&mut self) {
+        self.st.watermark = Millis::MAX;
+        self.fire_timers();
+    }
+
+    fn fire_timers(&mut self) {
+        let wm = self.st.watermark;
+        while let Some(&Reverse((hint, idx))) = self.timers.peek() {
+            if hint > wm {
+                break;
+            }
+            self.timers.pop();
+            let c = &mut self.st.customers[idx as usize];
+            if c.timer != hint {
+                continue;
+            }
+            c.timer = Millis::MAX;
+            self.st.process(&self.ctx, idx as usize, &mut self.scratch);
+            let c = &mut self.st.customers[idx as usize];
+            if c.is_empty() {
+                self.st.agg.counters.customers_evicted += 1;
+                self.st.evict(idx as usize, &mut self.index, &self.hasher);
+            } else {
+                let next = next_deadline(&self.ctx, c, wm);
+                schedule(&mut self.timers, c, idx as usize, next);
+            }
+        }
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        let h = self.hasher.hash_one(id);
+        let customers = &self.st.customers;
+        self.index
+            .find(h, |&i| &*customers[i as usize].id == id)
+            .map(|&i| i as usize)
+    }
+
+    fn slot_for(&mut self, id: &str) -> usize {
+        if let Some(i) = self.find(id) {
+            return i;
+        }
+        let c = Customer {
+            id: id.into(),
+            timer: Millis::MAX,
+            ..Default::default()
+        };
+        let idx = match self.st.free.pop() {
+            Some(i) => {
+                self.st.customers[i as usize] = c;
+                i as usize
+            }
+            None => {
+                self.st.customers.push(c);
+                self.st.customers.len() - 1
+            }
+        };
+        let customers = &self.st.customers;
+        let hasher = &self.hasher;
+        self.index
+            .insert_unique(hasher.hash_one(id), idx as u32, |&j| {
+                hasher.hash_one(&*customers[j as usize].id)
+            });
+        idx
+    }
+
+    /// One customer's live journey and open session.
+    pub fn customer(&self, id: &str) -> Option<CustomerView> {
+        let c = &self.st.customers[self.find(id)?];
+        let agg = &self.st.agg;
+        let cfg = &self.ctx.cfg;
+        let journey = |j: &Journey| JourneyView {
+            started_at: j.t0,
+            window_ends_at: j.t0.saturating_add(cfg.journey_window),
+            furthest_phase: agg.phases.name(j.furthest as u16).to_string(),
+            phases: (0..j.n_phases as usize)
+                .filter(|&p| j.slots[p] != UNSEEN)
+                .map(|p| (agg.phases.name(p as u16).to_string(), j.slots[p]))
+                .collect(),
+            breakdown: agg
+                .dimensions
+                .iter()
+                .enumerate()
+                .map(|(d, dim)| {
+                    (
+                        dim.name.clone(),
+                        dim.values.name(dim_value(j, d)).to_string(),
+                    )
+                })
+                .collect(),
+        };
+        Some(CustomerView {
+            customer_id: c.id.to_string(),
+            journeys: c
+                .prev()
+                .into_iter()
+                .chain(c.journey.as_ref())
+                .map(journey)
+                .collect(),
+            open_events: c
+                .open()
+                .map(|o| {
+                    o.iter()
+                        .map(|p| PointView {
+                            ts: p.ts,
+                            touchpoint: (p.tp != UNCLASSIFIED)
+                                .then(|| agg.touchpoints.name(p.tp).to_string()),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Serialises the full state (customers, sessions, journeys, aggregates, watermark).
+    pub fn snapshot(&self) -> Vec<u8> {
+        crate::snapshot::encode(&self.st)
+    }
+
+    /// Rebuilds a shard from [`Shard::snapshot`] output.
+    pub fn restore(
+        bytes: &[u8],
+        cfg: Arc<EngineConfig>,
+        rules: Arc<Rules>,
+    ) -> Result<Shard, crate::snapshot::SnapshotError> {
+        let st: State = crate::snapshot::decode(bytes)?;
+        let dims = cfg.dimension_names();
+        let have: Vec<&str> = st.agg.dimensions.iter().map(|d| d.name.as_str()).collect();
+        if have != dims.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(crate::snapshot::SnapshotError::Incompatible(format!(
+                "snapshot has breakdown dimensions [{}], the configuration [{}]",
+                have.join(", "),
+                dims.join(", ")
+            )));
+        }
+        Ok(Shard::from_state(cfg, rules, st))
+    }
+}
+
+impl Ctx {
+    fn build(cfg: Arc<EngineConfig>, rules: Arc<Rules>, agg: &mut Aggregates) -> Ctx {
+        let tp_id: Vec<u16> = rules
+            .touchpoints()
+            .iter()
+            .map(|t| agg.touchpoints.intern(&t.name, usize::MAX).unwrap_or(0))
+            .collect();
+        let phase_id: Vec<u8> = rules
+            .phases()
+            .iter()
+            .map(|p| agg.phases.intern(p, usize::MAX).unwrap_or(0) as u8)
+            .collect();
+        let mut rank = vec![NO_RANK; agg.phases.len()];
+        for (r, &id) in phase_id.iter().enumerate() {
+            rank[id as usize] = r as u8;
+        }
+        let mut goal = vec![false; agg.touchpoints.len()];
+        for (t, &id) in rules.touchpoints().iter().zip(&tp_id) {
+            goal[id as usize] = t.goal;
+        }
+        let breakdown_paths = cfg
+            .breakdowns
+            .iter()
+            .map(|p| p.split('.').map(Box::from).collect())
+            .collect();
+        Ctx {
+            cfg,
+            rules,
+            tp_id,
+            phase_id,
+            rank,
+            goal,
+            breakdown_paths,
+        }
+    }
+
+    fn rank(&self, phase: usize) -> u8 {
+        self.rank.get(phase).copied().unwrap_or(NO_RANK)
+    }
+}
+
+fn schedule(
+    timers: &mut BinaryHeap<Reverse<(Millis, u32)>>,
+    c: &mut Customer,
+    idx: usize,
+    at: Millis,
+) {
+    if at < c.timer {
+        c.timer = at;
+        timers.push(Reverse((at, idx as u32)));
+    }
+}
+
+/// End of the first buffered session: `(start, index past its last event)`.
+fn first_session(open: &[Point], cfg: &EngineConfig) -> (Millis, usize) {
+    let s = open[0].ts;
+    let mut i = 1;
+    while i < open.len()
+        && open[i].ts - open[i - 1].ts <= cfg.session_gap
+        && open[i].ts - s < cfg.session_max_duration
+    {
+        i += 1;
+    }
+    (s, i)
+}
+
+/// Earliest watermark at which something is due for this customer.
+fn next_deadline(ctx: &Ctx, c: &Customer, wm: Millis) -> Millis {
+    let cfg = &ctx.cfg;
+    let mut d = Millis::MAX;
+    if let Some(open) = c.open() {
+        let (s, end) = first_session(open, cfg);
+        let last = open[end - 1].ts;
+        d = d
+            .min(last.saturating_add(cfg.session_gap).saturating_add(1))
+            .min(s.saturating_add(cfg.session_max_duration));
+    }
+    for j in c.prev().into_iter().chain(c.journey.as_ref()) {
+        d = d.min(j.t0.saturating_add(cfg.journey_window).saturating_add(1));
+        phase_moves(ctx, j, |t, _, _| {
+            if t > j.dwell_done && t >= wm {
+                d = d.min(t.saturating_add(1));
+            }
+        });
+    }
+    d
+}
+
+/// Calls `f(time, phase, dwell)` for every move of the journey's furthest phase, in time order.
+fn phase_moves(ctx: &Ctx, j: &Journey, mut f: impl FnMut(Millis, u8, Millis)) {
+    let mut seen = [(0i64, 0u8, 0u8); 16];
+    let mut n = 0;
+    for p in 0..j.n_phases as usize {
+        let r = ctx.rank(p);
+        if j.slots[p] != UNSEEN && r != NO_RANK && n < seen.len() {
+            seen[n] = (j.slots[p], r, p as u8);
+            n += 1;
+        }
+    }
+    let seen = &mut seen[..n];
+    // Ties in time: the higher phase first, so a simultaneous pair records no zero dwell.
+    seen.sort_unstable_by_key(|&(t, r, _)| (t, Reverse(r)));
+    let mut cur: Option<(u8, u8, Millis)> = None;
+    for &(t, r, p) in seen.iter() {
+        match cur {
+            None => cur = Some((r, p, t)),
+            Some((cr, cp, entered)) if r > cr => {
+                f(t, cp, t - entered);
+                cur = Some((r, p, t));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn dim_value(j: &Journey, d: usize) -> u16 {
+    let v = j.slots[j.n_phases as usize + d];
+    if v == UNSEEN {
+        NONE_VALUE
+    } else {
+        (v & 0xffff) as u16
+    }
+}
+
+fn contribution(j: &Journey, n_dims: usize) -> Contribution {
+    let mut dims = [0u16; MAX_DIMS];
+    for (d, slot) in dims.iter_mut().enumerate().take(n_dims) {
+        *slot = dim_value(j, d);
+    }
+    Contribution {
+        t0: j.t0,
+        furthest: j.furthest,
+        dims,
+    }
+}
+
+fn contribute(agg: &mut Aggregates, c: &Contribution, n_dims: usize, delta: i64) {
+    agg.timeline.update(c.t0, |b| {
+        b.phase(c.furthest).furthest += delta;
+        for (d, &v) in c.dims[..n_dims].iter().enumerate() {
+            *b.breakdown(d, v, c.furthest) += delta;
+        }
+    });
+}
+
+/// A breakdown value as text: strings as they are, numbers and booleans printed.
+fn value_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.as_str().into()),
+        Value::Number(n) => Some(n.to_string().into()),
+        Value::Bool(b) => Some(if *b { "true" } else { "false" }.into()),
+        _ => None,
+    }
+}
+
+impl State {
+    fn evict(&mut self, idx: usize, index: &mut HashTable<u32>, hasher: &DefaultHashBuilder) {
+        let c = &mut self.customers[idx];
+        let h = hasher.hash_one(&*c.id);
+        if let Ok(e) = index.find_entry(h, |&i| i as usize == idx) {
+            e.remove();
+        }
+        *c = Customer {
+            timer: Millis::MAX,
+            ..Default::default()
+        };
+        self.free.push(idx as u32);
+    }
+
+    /// Routes a classified event to the customer's journey and updates its funnel contribution.
+    fn journey_event(
+        &mut self,
+        ctx: &Ctx,
+        idx: usize,
+        hit: Hit<'_, '_>,
+        timers: &mut BinaryHeap<Reverse<(Millis, u32)>>,
+    ) {
+        let Hit {
+            ev,
+            rule_tp,
+            tp_id,
+            in_session,
+        } = hit;
+        let ts = ev.ts;
+        let w = ctx.cfg.journey_window;
+        let pid = ctx.phase_id[ctx.rules.touchpoint(rule_tp).phase];
+        let n_dims = self.agg.dimensions.len();
+        let n_phases = self.agg.phases.len() as u8;
+        let c = &mut self.customers[idx];
+
+        let in_prev = c
+            .prev()
+            .is_some_and(|p| p.t0 <= ts && ts <= p.t0.saturating_add(w));
+        let j: &mut Journey = if in_prev {
+            c.prev_mut().expect("checked above")
+        } else {
+            let before_prev = c.prev().is_some_and(|p| ts < p.t0);
+            let start_new = match &c.journey {
+                None => !before_prev,
+                Some(j) if ts > j.t0.saturating_add(w) => true,
+                Some(j) if ts >= j.t0 => false,
+                // Earlier than t0: the start moves back if every phase stays inside the window.
+                Some(j) => {
+                    let latest = (0..j.n_phases as usize)
+                        .map(|p| j.slots[p])
+                        .filter(|&t| t != UNSEEN)
+                        .max();
+                    if before_prev || latest.is_some_and(|l| l > ts.saturating_add(w)) {
+                        self.agg.counters.late_outside_journey += 1;
+                        return;
+                    }
+                    false
+                }
+            };
+            if before_prev && c.journey.is_none() {
+                self.agg.counters.late_outside_journey += 1;
+                return;
+            }
+            if start_new {
+                if let Some(old) = c.journey.take() {
+                    let rare = c.rare.get_or_insert_with(Default::default);
+                    if let Some(prev) = rare.prev.replace(old) {
+                        flush_phase_dwell(ctx, &mut self.agg, &prev);
+                    }
+                }
+                let mut slots = vec![UNSEEN; n_phases as usize + n_dims].into_boxed_slice();
+                slots[pid as usize] = ts;
+                let j = Journey {
+                    t0: ts,
+                    dwell_done: Millis::MIN,
+                    furthest: pid,
+                    n_phases,
+                    slots,
+                };
+                self.agg.counters.journeys_started += 1;
+                if !in_session {
+                    // In a session, the session's timer comes first and reschedules.
+                    schedule(timers, c, idx, ts.saturating_add(w).saturating_add(1));
+                }
+                let j = c.journey.insert(j);
+                let before = contribution(j, n_dims);
+                set_dims(ctx, &mut self.agg, j, ev, tp_id);
+                contribute(&mut self.agg, &contribution(j, n_dims), n_dims, 1);
+                debug_assert_eq!(before.t0, j.t0);
+                return;
+            }
+            c.journey
+                .as_mut()
+                .expect("journey exists when not starting one")
+        };
+
+        let before = contribution(j, n_dims);
+        if pid >= j.n_phases {
+            let mut slots = vec![UNSEEN; n_phases as usize + n_dims];
+            slots[..j.n_phases as usize].copy_from_slice(&j.slots[..j.n_phases as usize]);
+            slots[n_phases as usize..].copy_from_slice(&j.slots[j.n_phases as usize..]);
+            j.slots = slots.into_boxed_slice();
+            j.n_phases = n_phases;
+        }
+        let moved_start = ts < j.t0;
+        if moved_start {
+            j.t0 = ts;
+        }
+        let new_phase_time = ts < j.slots[pid as usize];
+        if new_phase_time {
+            j.slots[pid as usize] = ts;
+            let mut best = (ctx.rank(j.furthest as usize), j.furthest);
+            for p in 0..j.n_phases as usize {
+                let r = ctx.rank(p);
+                if j.slots[p] != UNSEEN && r != NO_RANK && (best.0 == NO_RANK || r > best.0) {
+                    best = (r, p as u8);
+                }
+            }
+            j.furthest = best.1;
+        }
+        set_dims(ctx, &mut self.agg, j, ev, tp_id);
+        let after = contribution(j, n_dims);
+        if after != before {
+            contribute(&mut self.agg, &before, n_dims, -1);
+            contribute(&mut self.agg, &after, n_dims, 1);
+        }
+        if !in_session && (new_phase_time || moved_start) {
+            // A phase move at or after `ts` may now be due.
+            let t0 = j.t0;
+            schedule(timers, c, idx, ts.saturating_add(1));
+            schedule(timers, c, idx, t0.saturating_add(w).saturating_add(1));
+        }
+    }
+
+    /// Closes complete sessions, writes due phase dwell, finalises journeys past their window.
+    fn process(&mut self, ctx: &Ctx, idx: usize, scratch: &mut Vec<u16>) {
+        let wm = self.watermark;
+        let cfg = &ctx.cfg;
+        let c = &mut self.customers[idx];
+        if let Some(open) = c.rare.as_deref_mut().map(|r| &mut r.open) {
+            let mut closed = 0;
+            while closed < open.len() {
+                let rest = &open[closed..];
+                let (s, end) = first_session(rest, cfg);
+                let last = rest[end - 1].ts;
+                if !(wm > last.saturating_add(cfg.session_gap)
+                    || wm >= s.saturating_add(cfg.session_max_duration))
+                {
+                    break;
+                }
+                close_session(ctx, &mut self.agg, &rest[..end], scratch);
+                closed += end;
+            }
+            open.drain(..closed);
+            if open.is_empty() {
+                *open = Vec::new();
+            }
+        }
+        let w = cfg.journey_window;
+        if let Some(rare) = c.rare.as_deref_mut() {
+            if let Some(p) = rare.prev.as_mut() {
+                emit_phase_dwell(ctx, &mut self.agg, p, wm);
+                if wm > p.t0.saturating_add(w) {
+                    rare.prev = None;
+                }
+            }
+        }
+        c.tidy();
+        if let Some(j) = c.journey.as_mut() {
+            emit_phase_dwell(ctx, &mut self.agg, j, wm);
+            if wm > j.t0.saturating_add(w) {
+                c.journey = None;
+            }
+        }
+    }
+}
+
+fn set_dims(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, ev: &Event<'_>, tp_id: u16) {
+    let base = j.n_phases as usize;
+    let cap = ctx.cfg.breakdown_max_values.saturating_add(2);
+    let tp_name = agg.touchpoints.name(tp_id).to_string();
+    for d in 0..agg.dimensions.len() {
+        let slot = j.slots[base + d];
+        let cur_ts = if slot == UNSEEN {
+            Millis::MAX
+        } else {
+            slot >> 16
+        };
+        if ev.ts > cur_ts {
+            continue;
+        }
+        let text: Option<std::borrow::Cow<'_, str>> = match d {
+            0 => Some(ev.source.as_ref().into()),
+            1 => Some(tp_name.as_str().into()),
+            _ => ctx
+                .breakdown_paths
+                .get(d - 2)
+                .and_then(|p| lookup(&ev.attributes, p))
+                .and_then(value_text),
+        };
+        let Some(text) = text else { continue };
+        let values = &mut agg.dimensions[d].values;
+        if ev.ts == cur_ts {
+            // Same instant: the smaller value wins, so arrival order does not matter.
+            let cur = (slot & 0xffff) as u16;
+            if cur == OTHER_VALUE || values.name(cur) <= text.as_ref() {
+                continue;
+            }
+        }
+        let v = values.intern(&text, cap).unwrap_or(OTHER_VALUE);
+        j.slots[base + d] = (ev.ts << 16) | v as i64;
+    }
+}
+
+fn emit_phase_dwell(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, wm: Millis) {
+    let done = j.dwell_done;
+    phase_moves(ctx, j, |t, phase, dwell| {
+        if t > done && t < wm {
+            agg.timeline
+                .update(t, |b| b.phase(phase).dwell.add(dwell as u64));
+        }
+    });
+    j.dwell_done = j.dwell_done.max(wm.saturating_sub(1));
+}
+
+fn flush_phase_dwell(ctx: &Ctx, agg: &mut Aggregates, j: &Journey) {
+    phase_moves(ctx, j, |t, phase, dwell| {
+        if t > j.dwell_done {
+            agg.timeline
+                .update(t, |b| b.phase(phase).dwell.add(dwell as u64));
+        }
+    });
+}
+
+/// Writes the session figures of one complete session.
+fn close_session(ctx: &Ctx, agg: &mut Aggregates, points: &[Point], touched: &mut Vec<u16>) {
+    agg.counters.sessions_closed += 1;
+    let last_ts = points[points.len() - 1].ts;
+    touched.clear();
+    touched.extend(points.iter().filter(|p| p.tp != UNCLASSIFIED).map(|p| p.tp));
+    if touched.is_empty() {
+        agg.timeline.update(last_ts, |b| b.sessions += 1);
+        return;
+    }
+    let exit = touched[touched.len() - 1];
+    let first = touched[0];
+    let goal = |tp: u16| ctx.goal.get(tp as usize).copied().unwrap_or(false);
+    let completed = touched.iter().any(|&t| goal(t));
+    agg.timeline.update(last_ts, |b| {
+        b.sessions += 1;
+        *b.transitions.entry((START, first)).or_default() += 1;
+        let mut prev = first;
+        for &t in &touched[1..] {
+            if t != prev {
+                *b.transitions.entry((prev, t)).or_default() += 1;
+                prev = t;
+            }
+        }
+        *b.transitions.entry((exit, EXIT)).or_default() += 1;
+        let e = b.touchpoint(exit);
+        e.exits += 1;
+        if !completed {
+            e.dropoffs += 1;
+        }
+    });
+    // Dwell: from each classified event to the next classified one, bucketed by the first.
+    let mut prev: Option<Point> = None;
+    for p in points.iter().filter(|p| p.tp != UNCLASSIFIED) {
+        if let Some(q) = prev {
+            agg.timeline
+                .update(q.ts, |b| b.touchpoint(q.tp).dwell.add((p.ts - q.ts) as u64));
+        }
+        prev = Some(*p);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    agg.timeline.update(last_ts, |b| {
+        for &t in touched.iter() {
+            let a = b.touchpoint(t);
+            a.sessions += 1;
+            if goal(t) {
+                a.completions += 1;
+            }
+        }
+    });
+}

@@ -1,0 +1,62 @@
+//! Versioned, checksummed snapshot encoding of shard state.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+const MAGIC: &[u8; 8] = b"JRNYSHRD";
+/// Bump when the encoded state changes shape; older snapshots are then refused, not misread.
+pub const VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 4;
+
+/// Why a snapshot could not be restored. Nothing is half-loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a journeyd shard snapshot (bad magic bytes)")]
+    BadMagic,
+    #[error(
+        "snapshot format version {found} is not supported (this build reads version {VERSION})"
+    )]
+    Version { found: u32 },
+    #[error("snapshot is truncated ({0} bytes)")]
+    Truncated(usize),
+    #[error("snapshot checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("snapshot payload is corrupt: {0}")]
+    Corrupt(String),
+    #[error("snapshot does not fit the configuration: {0}")]
+    Incompatible(String),
+}
+
+pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
+    let payload = bincode::serialize(state).expect("in-memory state always serialises");
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
+    if bytes.len() < HEADER {
+        return Err(if bytes.starts_with(&MAGIC[..bytes.len().min(8)]) {
+            SnapshotError::Truncated(bytes.len())
+        } else {
+            SnapshotError::BadMagic
+        });
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(SnapshotError::Version { found: version });
+    }
+    let stored = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    let payload = &bytes[HEADER..];
+    let computed = crc32fast::hash(payload);
+    if stored != computed {
+        return Err(SnapshotError::Checksum { stored, computed });
+    }
+    bincode::deserialize(payload).map_err(|e| SnapshotError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,509 @@
+//! The engine against a deliberately simple reference model: sort each customer's events by
+//! time, cut sessions and journeys, count. Random multi-customer streams arrive shuffled within
+//! the allowed lateness; every figure must equal the reference's. Merging shard partials in any
+//! grouping, and snapshot → restore → continue, must equal one uninterrupted shard.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use journey_core::agg::{PhaseAgg, TouchpointAgg};
+use journey_core::query::{Include, Summary, EXIT_LABEL, START_LABEL};
+use journey_core::sketch::Sketch;
+use journey_core::time::{Millis, DAY, HOUR, MINUTE, SECOND};
+use journey_core::{EngineConfig, Event, Rules, Shard};
+use proptest::prelude::*;
+use serde_json::json;
+
+const RULES: &str = r#"
+phases = ["awareness", "consideration", "decision", "retention"]
+[[touchpoint]]
+name = "ad"
+phase = "awareness"
+source = "web"
+event = "page_view"
+where = { utm = "cpc" }
+[[touchpoint]]
+name = "blog"
+phase = "awareness"
+source = "web"
+event = "page_view"
+where = { url = { prefix = "/blog" } }
+[[touchpoint]]
+name = "product"
+phase = "consideration"
+source = "web"
+event = "page_view"
+where = { url = { prefix = "/p/" } }
+[[touchpoint]]
+name = "lead"
+phase = "consideration"
+source = "crm"
+event = "lead"
+[[touchpoint]]
+name = "cart"
+phase = "decision"
+event = "add_to_cart"
+[[touchpoint]]
+name = "order"
+phase = "decision"
+event = "order"
+goal = true
+[[touchpoint]]
+name = "ticket"
+phase = "retention"
+source = "service"
+event = "ticket"
+[[touchpoint]]
+name = "survey"
+phase = "retention"
+event = "survey"
+score = "score"
+nps = true
+"#;
+
+const T0: Millis = 1_795_000_000_000;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        session_gap: 30 * MINUTE,
+        session_max_duration: 3 * HOUR,
+        allowed_lateness: 5 * MINUTE,
+        journey_window: 2 * DAY,
+        breakdowns: vec!["persona".into()],
+        retention_fine: 60 * DAY,
+        retention_total: 90 * DAY,
+        ..EngineConfig::default()
+    }
+}
+
+fn kind_event(kind: u8, score: u8) -> (&'static str, &'static str, serde_json::Value) {
+    match kind {
+        0 => ("web", "page_view", json!({"utm": "cpc"})),
+        1 => ("web", "page_view", json!({"url": "/blog/a"})),
+        2 => ("web", "page_view", json!({"url": "/p/1"})),
+        3 => ("web", "page_view", json!({"url": "/about"})),
+        4 => ("crm", "lead", json!({})),
+        5 => ("web", "add_to_cart", json!({})),
+        6 => ("web", "order", json!({})),
+        7 => ("service", "ticket", json!({})),
+        8 => ("service", "survey", json!({"score": score})),
+        _ => ("web", "scroll", json!({})),
+    }
+}
+
+/// Gaps that straddle the session gap, the max duration and the journey window.
+fn gap() -> impl Strategy<Value = Millis> {
+    prop_oneof![
+        3 => (1..600i64).prop_map(|s| s * SECOND),
+        3 => (1..40i64).prop_map(|m| m * MINUTE),
+        2 => (25..35i64).prop_map(|m| m * MINUTE + 1),
+        1 => Just(30 * MINUTE),
+        1 => (1..20i64).prop_map(|h| h * HOUR),
+        1 => (1..3i64).prop_map(|d| d * DAY - HOUR),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Stream {
+    events: Vec<Event<'static>>,
+    /// Arrival order: indices into `events`.
+    arrival: Vec<usize>,
+}
+
+fn stream() -> impl Strategy<Value = Stream> {
+    let customer = (
+        prop::collection::vec((gap(), 0u8..10, 0u8..11, prop::option::of(0u8..3)), 1..25),
+        (0..(3 * DAY / MINUTE)).prop_map(|m| m * MINUTE),
+    );
+    (prop::collection::vec(customer, 1..7), any::<u64>()).prop_map(|(customers, seed)| {
+        let mut events = Vec::new();
+        for (c, (steps, offset)) in customers.into_iter().enumerate() {
+            let mut ts = T0 + offset;
+            for (g, kind, score, persona) in steps {
+                ts += g;
+                let (source, name, mut attrs) = kind_event(kind, score);
+                if let Some(p) = persona {
+                    attrs["persona"] = json!(["saver", "pro", "casual"][p as usize]);
+                }
+                events.push(Event {
+                    event_id: None,
+                    customer_id: Cow::Owned(format!("c{c}")),
+                    ts,
+                    source: Cow::Borrowed(source),
+                    name: Cow::Borrowed(name),
+                    attributes: attrs,
+                });
+            }
+        }
+        // Arrival sorted by time plus a jitter of at most the allowed lateness: no event is
+        // ever more than that behind the largest time seen before it.
+        let mut rng = seed;
+        let mut keyed: Vec<(Millis, u64, usize)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                // Whole minutes, so that boundary coincidences (exactly on the watermark) occur.
+                (e.ts + ((rng >> 33) as Millis % 6) * MINUTE, rng >> 50, i)
+            })
+            .collect();
+        keyed.sort();
+        Stream {
+            events,
+            arrival: keyed.into_iter().map(|k| k.2).collect(),
+        }
+    })
+}
+
+/// An event with its time and touchpoint, as the reference sorts them.
+type Classified<'e> = (Millis, Option<u16>, &'e Event<'static>);
+
+/// The reference: per customer, events in time order, cut and counted the obvious way.
+/// Returns `(time, effect)` records so any range can be summarised.
+fn reference(
+    events: &[Event<'static>],
+    rules: &Rules,
+    cfg: &EngineConfig,
+) -> Vec<(Millis, Effect)> {
+    let mut by_customer: BTreeMap<&str, Vec<Classified<'_>>> = BTreeMap::new();
+    for e in events {
+        by_customer
+            .entry(&e.customer_id)
+            .or_default()
+            .push((e.ts, rules.classify(e), e));
+    }
+    let name = |tp: u16| rules.touchpoint(tp).name.clone();
+    let phase = |tp: u16| rules.touchpoint(tp).phase;
+    let mut out = Vec::new();
+    for evs in by_customer.values_mut() {
+        evs.sort_by_key(|e| (e.0, e.1.unwrap_or(u16::MAX)));
+        for (ts, tp, e) in evs.iter() {
+            if let Some(tp) = tp {
+                let score = rules.score(*tp, e);
+                out.push((*ts, Effect::Visit(name(*tp), score)));
+            }
+        }
+        // Sessions.
+        let mut sessions: Vec<Vec<(Millis, Option<u16>)>> = Vec::new();
+        for &(ts, tp, _) in evs.iter() {
+            let start_new = match sessions.last() {
+                None => true,
+                Some(s) => {
+                    ts - s.last().unwrap().0 > cfg.session_gap
+                        || ts - s[0].0 >= cfg.session_max_duration
+                }
+            };
+            if start_new {
+                sessions.push(Vec::new());
+            }
+            sessions.last_mut().unwrap().push((ts, tp));
+        }
+        for s in &sessions {
+            let last = s.last().unwrap().0;
+            out.push((last, Effect::Session));
+            let cls: Vec<(Millis, u16)> = s
+                .iter()
+                .filter_map(|(t, tp)| tp.map(|tp| (*t, tp)))
+                .collect();
+            if cls.is_empty() {
+                continue;
+            }
+            let goal = cls.iter().any(|(_, tp)| rules.touchpoint(*tp).goal);
+            let mut touched: Vec<u16> = cls.iter().map(|c| c.1).collect();
+            touched.sort();
+            touched.dedup();
+            for tp in touched {
+                out.push((last, Effect::Touched(name(tp), rules.touchpoint(tp).goal)));
+            }
+            let exit = cls.last().unwrap().1;
+            out.push((last, Effect::Exit(name(exit), !goal)));
+            let mut steps = vec![START_LABEL.to_string()];
+            for (_, tp) in &cls {
+                if steps.last() != Some(&name(*tp)) {
+                    steps.push(name(*tp));
+                }
+            }
+            steps.push(EXIT_LABEL.to_string());
+            for w in steps.windows(2) {
+                out.push((last, Effect::Transition(w[0].clone(), w[1].clone())));
+            }
+            for w in cls.windows(2) {
+                out.push((
+                    w[0].0,
+                    Effect::Dwell(name(w[0].1), (w[1].0 - w[0].0) as u64),
+                ));
+            }
+        }
+        // Journeys.
+        let cls: Vec<&Classified<'_>> = evs.iter().filter(|e| e.1.is_some()).collect();
+        let mut i = 0;
+        while i < cls.len() {
+            let t0 = cls[i].0;
+            let mut j = i;
+            while j < cls.len() && cls[j].0 <= t0 + cfg.journey_window {
+                j += 1;
+            }
+            let members = &cls[i..j];
+            let mut furthest = phase(members[0].1.unwrap());
+            let mut entered = t0;
+            for m in members {
+                let p = phase(m.1.unwrap());
+                if p > furthest {
+                    out.push((
+                        m.0,
+                        Effect::PhaseDwell(
+                            rules.phases()[furthest].clone(),
+                            (m.0 - entered) as u64,
+                        ),
+                    ));
+                    furthest = p;
+                    entered = m.0;
+                }
+            }
+            let persona = members
+                .iter()
+                .find_map(|m| m.2.attributes.get("persona").and_then(|v| v.as_str()))
+                .unwrap_or("(none)")
+                .to_string();
+            out.push((
+                t0,
+                Effect::Journey(rules.phases()[furthest].clone(), persona),
+            ));
+            i = j;
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Effect {
+    Visit(String, Option<f64>),
+    Session,
+    Touched(String, bool),
+    Exit(String, bool),
+    Transition(String, String),
+    Dwell(String, u64),
+    PhaseDwell(String, u64),
+    Journey(String, String),
+}
+
+fn reference_summary(
+    records: &[(Millis, Effect)],
+    rules: &Rules,
+    from: Millis,
+    to: Millis,
+) -> Summary {
+    let mut s = Summary::default();
+    let nps = |n: &str| {
+        rules
+            .touchpoints()
+            .iter()
+            .any(|t| t.name == n && t.score.as_ref().is_some_and(|x| x.nps))
+    };
+    for (t, e) in records.iter().filter(|(t, _)| (from..to).contains(t)) {
+        let _ = t;
+        match e {
+            Effect::Visit(n, score) => {
+                let a = s.touchpoints.entry(n.clone()).or_default();
+                a.visits += 1;
+                if let Some(v) = score {
+                    a.score.add(*v, nps(n));
+                }
+            }
+            Effect::Session => s.sessions += 1,
+            Effect::Touched(n, goal) => {
+                let a = s.touchpoints.entry(n.clone()).or_default();
+                a.sessions += 1;
+                a.completions += *goal as u64;
+            }
+            Effect::Exit(n, drop) => {
+                let a = s.touchpoints.entry(n.clone()).or_default();
+                a.exits += 1;
+                a.dropoffs += *drop as u64;
+            }
+            Effect::Transition(a, b) => {
+                *s.transitions.entry((a.clone(), b.clone())).or_default() += 1
+            }
+            Effect::Dwell(n, d) => s.touchpoints.entry(n.clone()).or_default().dwell.add(*d),
+            Effect::PhaseDwell(p, d) => s.phases.entry(p.clone()).or_default().dwell.add(*d),
+            Effect::Journey(p, persona) => {
+                s.phases.entry(p.clone()).or_default().furthest += 1;
+                *s.breakdowns
+                    .entry("persona".into())
+                    .or_default()
+                    .entry(persona.clone())
+                    .or_default()
+                    .entry(p.clone())
+                    .or_default() += 1;
+            }
+        }
+    }
+    s
+}
+
+/// Figures only: counters are compared separately.
+fn figures(mut s: Summary) -> Summary {
+    s.counters = Default::default();
+    s.touchpoints.retain(|_, a| *a != TouchpointAgg::default());
+    s.phases.retain(|_, a| *a != PhaseAgg::default());
+    for values in s.breakdowns.values_mut() {
+        for row in values.values_mut() {
+            row.retain(|_, n| *n != 0);
+        }
+        values.retain(|_, row| !row.is_empty());
+    }
+    s.breakdowns.retain(|_, v| !v.is_empty());
+    s
+}
+
+fn run(stream: &Stream, shards: usize, cfg: &Arc<EngineConfig>, rules: &Arc<Rules>) -> Vec<Shard> {
+    let mut out: Vec<Shard> = (0..shards)
+        .map(|_| Shard::new(cfg.clone(), rules.clone()))
+        .collect();
+    for &i in &stream.arrival {
+        let e = &stream.events[i];
+        let k = e.customer_id[1..].parse::<usize>().unwrap() % shards;
+        let applied = out[k].apply(e).unwrap();
+        assert!(!applied.late, "the generator never produces late events");
+    }
+    for s in &mut out {
+        s.flush();
+    }
+    out
+}
+
+fn include() -> Include {
+    Include {
+        breakdowns: vec!["persona".into()],
+    }
+}
+
+fn windows(events: &[Event<'static>]) -> Vec<(Millis, Millis)> {
+    let lo = events.iter().map(|e| e.ts).min().unwrap() / MINUTE * MINUTE;
+    let hi = events.iter().map(|e| e.ts).max().unwrap() + MINUTE;
+    let mid = lo + (hi - lo) / 2 / MINUTE * MINUTE;
+    vec![
+        (lo - DAY, hi + DAY),
+        (lo, mid),
+        (mid, hi + DAY),
+        (mid - 7 * MINUTE, mid + 95 * MINUTE),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_equals_reference_under_shuffle(stream in stream()) {
+        let cfg = Arc::new(config());
+        let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+        let shards = run(&stream, 1, &cfg, &rules);
+        let records = reference(&stream.events, &rules, &cfg);
+        for (from, to) in windows(&stream.events) {
+            let got = figures(Summary::collect(shards.iter().map(|s| s.aggregates()), from, to, &include()));
+            let want = figures(reference_summary(&records, &rules, from, to));
+            prop_assert_eq!(got, want, "window [{}, {})", from, to);
+        }
+        let c = &shards[0].aggregates().counters;
+        prop_assert_eq!(c.events as usize, stream.events.len());
+        prop_assert_eq!(c.late, 0);
+        let journeys = records.iter().filter(|r| matches!(r.1, Effect::Journey(..))).count();
+        prop_assert_eq!(c.journeys_started as usize, journeys);
+        prop_assert_eq!(shards[0].customers(), 0, "everything evicted after flush");
+    }
+
+    #[test]
+    fn merging_shards_in_any_grouping_equals_one_shard(stream in stream(), n in 2usize..5, split in any::<u64>()) {
+        let cfg = Arc::new(config());
+        let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+        let one = run(&stream, 1, &cfg, &rules);
+        let many = run(&stream, n, &cfg, &rules);
+        for (from, to) in windows(&stream.events) {
+            let whole = Summary::collect(one.iter().map(|s| s.aggregates()), from, to, &include());
+            let parts: Vec<Summary> = many.iter().map(|s| Summary::of(s.aggregates(), from, to, &include())).collect();
+            // Left fold, right fold, and a split into two groups merged separately.
+            let mut left = Summary::default();
+            parts.iter().for_each(|p| left.merge(p));
+            let mut right = Summary::default();
+            parts.iter().rev().for_each(|p| right.merge(p));
+            let cut = (split as usize) % parts.len();
+            let (mut a, mut b) = (Summary::default(), Summary::default());
+            parts[..cut].iter().for_each(|p| a.merge(p));
+            parts[cut..].iter().rev().for_each(|p| b.merge(p));
+            b.merge(&a);
+            prop_assert_eq!(&figures(left.clone()), &figures(whole.clone()));
+            prop_assert_eq!(&figures(right), &figures(whole.clone()));
+            prop_assert_eq!(&figures(b), &figures(whole.clone()));
+            // Evictions depend on how far each shard's watermark got, so they are not compared.
+            let ops = |c: &journey_core::agg::Counters| journey_core::agg::Counters { customers_evicted: 0, ..c.clone() };
+            prop_assert_eq!(ops(&left.counters), ops(&whole.counters));
+        }
+    }
+
+    #[test]
+    fn snapshot_restore_continue_equals_never_stopping(stream in stream(), cut in any::<prop::sample::Index>()) {
+        let cfg = Arc::new(config());
+        let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+        let whole = run(&stream, 1, &cfg, &rules);
+        let at = cut.index(stream.arrival.len() + 1);
+        let mut shard = Shard::new(cfg.clone(), rules.clone());
+        for &i in &stream.arrival[..at] {
+            shard.apply(&stream.events[i]).unwrap();
+        }
+        let bytes = shard.snapshot();
+        let before = shard.aggregates().clone();
+        let customers = shard.customers();
+        drop(shard);
+        let mut restored = Shard::restore(&bytes, cfg.clone(), rules.clone()).unwrap();
+        prop_assert_eq!(restored.aggregates(), &before, "restore is lossless");
+        prop_assert_eq!(restored.customers(), customers);
+        for &i in &stream.arrival[at..] {
+            restored.apply(&stream.events[i]).unwrap();
+        }
+        restored.flush();
+        for (from, to) in windows(&stream.events) {
+            let a = Summary::of(whole[0].aggregates(), from, to, &include());
+            let b = Summary::of(restored.aggregates(), from, to, &include());
+            prop_assert_eq!(a, b);
+        }
+    }
+}
+
+#[test]
+fn shuffling_beyond_lateness_is_detected_as_late() {
+    let cfg = Arc::new(config());
+    let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+    let mut shard = Shard::new(cfg, rules);
+    let ev = |ts: Millis| Event {
+        event_id: None,
+        customer_id: Cow::Borrowed("c1"),
+        ts,
+        source: Cow::Borrowed("web"),
+        name: Cow::Borrowed("order"),
+        attributes: json!({}),
+    };
+    assert!(!shard.apply(&ev(T0 + HOUR)).unwrap().late);
+    assert!(
+        !shard.apply(&ev(T0 + HOUR - 5 * MINUTE)).unwrap().late,
+        "exactly at the watermark"
+    );
+    assert!(shard.apply(&ev(T0 + HOUR - 5 * MINUTE - 1)).unwrap().late);
+    assert_eq!(shard.aggregates().counters.late, 1);
+}
+
+#[test]
+fn sketch_reference_is_the_engines_sketch() {
+    // The reference builds the same sketch type; guard that it is order independent.
+    let mut a = Sketch::default();
+    let mut b = Sketch::default();
+    for v in [5u64, 500, 50_000] {
+        a.add(v);
+    }
+    for v in [50_000u64, 5, 500] {
+        b.add(v);
+    }
+    assert_eq!(a, b);
+}

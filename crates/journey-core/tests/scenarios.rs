@@ -1,0 +1,390 @@
+//! Hand-written scenarios for sessions, lateness, journeys, eviction, reloads and snapshots:
+//! each pins one rule of docs/semantics.md at its boundary.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use journey_core::query::{funnel, touchpoints, Include, Summary};
+use journey_core::snapshot::SnapshotError;
+use journey_core::time::{Millis, DAY, HOUR, MINUTE};
+use journey_core::{EngineConfig, Event, Rules, Shard};
+use serde_json::json;
+
+const RULES: &str = r#"
+phases = ["awareness", "consideration", "decision"]
+[[touchpoint]]
+name = "visit"
+phase = "awareness"
+event = "page_view"
+[[touchpoint]]
+name = "product"
+phase = "consideration"
+event = "product_view"
+[[touchpoint]]
+name = "order"
+phase = "decision"
+event = "order"
+goal = true
+"#;
+
+const T: Millis = 1_795_000_020_000 / HOUR * HOUR;
+
+fn ev(customer: &str, ts: Millis, name: &str) -> Event<'static> {
+    Event {
+        event_id: None,
+        customer_id: Cow::Owned(customer.to_string()),
+        ts,
+        source: Cow::Borrowed("web"),
+        name: Cow::Owned(name.to_string()),
+        attributes: json!({}),
+    }
+}
+
+fn shard_with(cfg: EngineConfig) -> Shard {
+    Shard::new(Arc::new(cfg), Arc::new(Rules::from_toml(RULES).unwrap()))
+}
+
+fn shard() -> Shard {
+    shard_with(EngineConfig::default())
+}
+
+fn summary(s: &Shard) -> Summary {
+    Summary::collect(
+        [s.aggregates()],
+        T - 10 * DAY,
+        T + 100 * DAY,
+        &Include::default(),
+    )
+}
+
+fn sessions(s: &Shard) -> u64 {
+    summary(s).sessions
+}
+
+#[test]
+fn event_exactly_one_gap_later_arriving_at_the_watermark_joins_the_session() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    // Another customer pushes the watermark to exactly T + 30m.
+    s.apply(&ev("b", T + 35 * MINUTE, "page_view")).unwrap();
+    assert_eq!(s.watermark(), T + 30 * MINUTE);
+    assert_eq!(sessions(&s), 0, "a's session may still grow");
+    let applied = s.apply(&ev("a", T + 30 * MINUTE, "order")).unwrap();
+    assert!(!applied.late);
+    s.flush();
+    let tps = touchpoints(&summary(&s), s.rules());
+    assert_eq!(sessions(&s), 2, "a: one session of two events; b: one");
+    assert_eq!(tps[2].completions, 1);
+    assert_eq!(tps[0].drop_offs, 1, "only b's session drops off");
+}
+
+#[test]
+fn sessions_close_when_the_watermark_passes_last_plus_gap() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    // Live mode: the wall clock moves the watermark to now − 5m.
+    s.advance_clock(T + 35 * MINUTE);
+    assert_eq!(sessions(&s), 0, "watermark == last + gap: not yet");
+    s.advance_clock(T + 35 * MINUTE + 1);
+    assert_eq!(sessions(&s), 1);
+    assert_eq!(s.open_sessions(), 0);
+}
+
+#[test]
+fn a_gap_longer_than_the_session_gap_splits() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("a", T + 30 * MINUTE + 1, "product_view"))
+        .unwrap();
+    s.flush();
+    let sum = summary(&s);
+    assert_eq!(sum.sessions, 2);
+    assert_eq!(
+        sum.transitions.len(),
+        4,
+        "two single-step sessions: start→x, x→exit each"
+    );
+}
+
+#[test]
+fn sessions_longer_than_max_duration_split() {
+    let mut s = shard_with(EngineConfig {
+        session_max_duration: HOUR,
+        ..Default::default()
+    });
+    for m in (0..=90).step_by(10) {
+        s.apply(&ev("a", T + m * MINUTE, "page_view")).unwrap();
+    }
+    s.flush();
+    assert_eq!(
+        sessions(&s),
+        2,
+        "0..50m in the first, 60..90m in the second"
+    );
+}
+
+#[test]
+fn late_events_reach_the_funnel_but_not_closed_sessions() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("b", T + 2 * HOUR, "page_view")).unwrap();
+    assert_eq!(sessions(&s), 1, "a's session closed");
+    let applied = s.apply(&ev("a", T + MINUTE, "order")).unwrap();
+    assert!(applied.late);
+    s.flush();
+    let sum = summary(&s);
+    assert_eq!(sum.counters.late, 1);
+    let f = funnel(&sum, s.rules().phases(), None, 100);
+    assert_eq!(
+        f.steps.iter().map(|x| x.reached).collect::<Vec<_>>(),
+        vec![2, 1, 1]
+    );
+    let tps = touchpoints(&sum, s.rules());
+    assert_eq!(tps[2].visits, 1, "visits count late events");
+    assert_eq!(tps[2].sessions, 0, "the closed session is not revised");
+    assert_eq!(tps[0].drop_offs, 2);
+}
+
+#[test]
+fn a_late_event_inside_an_open_session_joins_it() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("a", T + 20 * MINUTE, "page_view")).unwrap();
+    s.advance_clock(T + 15 * MINUTE); // watermark T + 10m
+    assert!(s.apply(&ev("a", T + 5 * MINUTE, "order")).unwrap().late);
+    s.flush();
+    let tps = touchpoints(&summary(&s), s.rules());
+    assert_eq!(tps[2].sessions, 1);
+    assert_eq!(tps[0].drop_offs, 0, "the session reached the goal");
+}
+
+#[test]
+fn too_many_events_in_one_session_are_rejected_and_nothing_is_applied() {
+    let mut s = shard_with(EngineConfig {
+        session_max_events: 3,
+        ..Default::default()
+    });
+    for i in 0..3 {
+        s.apply(&ev("a", T + i * MINUTE, "page_view")).unwrap();
+    }
+    let err = s.apply(&ev("a", T + 4 * MINUTE, "order")).unwrap_err();
+    assert_eq!(err.reason(), "too_many_events");
+    assert_eq!(
+        err.to_string(),
+        "customer `a` already has 3 events in its open session"
+    );
+    s.flush();
+    let sum = summary(&s);
+    assert_eq!(sum.counters.events, 3);
+    assert_eq!(sum.counters.rejected_too_many_events, 1);
+    assert_eq!(touchpoints(&sum, s.rules())[2].visits, 0);
+}
+
+#[test]
+fn an_event_after_the_window_starts_a_new_journey() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("a", T + 30 * DAY, "order")).unwrap();
+    s.apply(&ev("a", T + 30 * DAY + 1, "product_view")).unwrap();
+    let view = s.customer("a").unwrap();
+    assert_eq!(view.journeys.len(), 2);
+    assert_eq!(view.journeys[0].furthest_phase, "decision");
+    assert_eq!(view.journeys[1].furthest_phase, "consideration");
+    assert_eq!(view.journeys[1].started_at, T + 30 * DAY + 1);
+    s.flush();
+    let f = funnel(&summary(&s), s.rules().phases(), None, 100);
+    assert_eq!(f.journeys, 2);
+    assert_eq!(f.steps[1].reached, 2);
+    assert_eq!(f.steps[2].reached, 1);
+    assert_eq!(f.steps[0].conversion, Some(1.0));
+    assert_eq!(f.steps[1].conversion, Some(0.5));
+    assert_eq!(f.steps[1].drop_off, Some(1));
+    assert_eq!(f.steps[2].drop_off, None, "the last phase has no next one");
+}
+
+#[test]
+fn phase_dwell_records_only_the_phase_left() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("a", T + 10 * MINUTE, "order")).unwrap(); // skips consideration
+    s.apply(&ev("a", T + 20 * MINUTE, "product_view")).unwrap(); // not a move forward
+    s.flush();
+    let sum = summary(&s);
+    let f = funnel(&sum, s.rules().phases(), None, 100);
+    assert_eq!(f.steps[0].dwell.count, 1);
+    assert_eq!(f.steps[0].dwell.max_ms, Some((10 * MINUTE) as u64));
+    assert_eq!(f.steps[1].dwell.count, 0, "a skipped phase records nothing");
+    assert_eq!(f.steps[2].dwell.count, 0);
+}
+
+#[test]
+fn customers_are_evicted_once_their_journey_is_final_and_no_session_is_open() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("b", T + HOUR, "page_view")).unwrap();
+    assert_eq!(s.customers(), 2);
+    s.advance_clock(T + 30 * DAY + 10 * MINUTE);
+    assert_eq!(s.customers(), 1, "a's journey ended at T + 30d");
+    s.advance_clock(T + 31 * DAY + 10 * MINUTE);
+    assert_eq!(s.customers(), 0);
+    assert!(s.customer("a").is_none());
+    assert_eq!(s.aggregates().counters.customers_evicted, 2);
+}
+
+#[test]
+fn unclassified_events_keep_a_session_alive() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("a", T + 25 * MINUTE, "scroll")).unwrap();
+    s.apply(&ev("a", T + 50 * MINUTE, "order")).unwrap();
+    s.flush();
+    let sum = summary(&s);
+    assert_eq!(sum.sessions, 1);
+    let tps = touchpoints(&sum, s.rules());
+    assert_eq!(
+        tps[0].dwell.max_ms,
+        Some((50 * MINUTE) as u64),
+        "dwell runs to the next classified event"
+    );
+    assert_eq!(sum.counters.unclassified, 1);
+}
+
+#[test]
+fn new_rules_apply_to_later_events_and_old_touchpoints_stay_readable() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    let renamed = RULES.replace("name = \"visit\"", "name = \"landing\"");
+    s.set_rules(Arc::new(Rules::from_toml(&renamed).unwrap()));
+    s.apply(&ev("b", T + MINUTE, "page_view")).unwrap();
+    s.flush();
+    let tps = touchpoints(&summary(&s), s.rules());
+    let landing = tps.iter().find(|t| t.name == "landing").unwrap();
+    let visit = tps.iter().find(|t| t.name == "visit").unwrap();
+    assert_eq!((landing.visits, visit.visits), (1, 1));
+    assert_eq!(visit.phase, None, "no longer in the rules");
+}
+
+#[test]
+fn breakdown_values_beyond_the_cap_fold_into_other() {
+    let cfg = EngineConfig {
+        breakdowns: vec!["persona".into()],
+        breakdown_max_values: 2,
+        ..Default::default()
+    };
+    let mut s = shard_with(cfg);
+    for (i, p) in ["a", "b", "c", "d"].iter().enumerate() {
+        let mut e = ev(&format!("c{i}"), T + i as Millis * MINUTE, "page_view");
+        e.attributes = json!({ "persona": p });
+        s.apply(&e).unwrap();
+    }
+    s.flush();
+    let sum = Summary::collect(
+        [s.aggregates()],
+        T - DAY,
+        T + DAY,
+        &Include {
+            breakdowns: vec!["persona".into()],
+        },
+    );
+    let f = funnel(&sum, s.rules().phases(), Some("persona"), 100);
+    let values: Vec<(String, i64)> = f
+        .breakdown
+        .unwrap()
+        .values
+        .into_iter()
+        .map(|v| (v.value, v.journeys))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            ("a".to_string(), 1),
+            ("b".to_string(), 1),
+            ("other".to_string(), 2)
+        ]
+    );
+    // The query's own cap folds again, keeping the largest values.
+    let f = funnel(&sum, s.rules().phases(), Some("persona"), 2);
+    let values: Vec<String> = f
+        .breakdown
+        .unwrap()
+        .values
+        .into_iter()
+        .map(|v| v.value)
+        .collect();
+    assert_eq!(values, vec!["a", "other"]);
+}
+
+#[test]
+fn corrupt_snapshots_are_refused_whole() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    let good = s.snapshot();
+    let cfg = Arc::new(EngineConfig::default());
+    let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+    let restore = |b: &[u8]| Shard::restore(b, cfg.clone(), rules.clone()).map(|_| ());
+    assert!(restore(&good).is_ok());
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert!(matches!(
+        restore(&flipped),
+        Err(SnapshotError::Checksum { .. })
+    ));
+    let mut version = good.clone();
+    version[8] = 99;
+    assert_eq!(
+        restore(&version).unwrap_err().to_string(),
+        "snapshot format version 99 is not supported (this build reads version 1)"
+    );
+    assert!(matches!(
+        restore(&good[..10]),
+        Err(SnapshotError::Truncated(10))
+    ));
+    assert!(matches!(
+        restore(b"not a snapshot at all"),
+        Err(SnapshotError::BadMagic)
+    ));
+    let other = Arc::new(EngineConfig {
+        breakdowns: vec!["persona".into()],
+        ..Default::default()
+    });
+    let err = Shard::restore(&good, other, rules.clone()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "snapshot does not fit the configuration: snapshot has breakdown dimensions \
+         [source, first_touchpoint], the configuration [source, first_touchpoint, persona]"
+    );
+}
+
+#[test]
+fn customer_view_shows_journey_and_open_session() {
+    let mut s = shard();
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("a", T + MINUTE, "scroll")).unwrap();
+    s.apply(&ev("a", T + 2 * MINUTE, "product_view")).unwrap();
+    let v = s.customer("a").unwrap();
+    assert_eq!(v.journeys.len(), 1);
+    let j = &v.journeys[0];
+    assert_eq!(j.furthest_phase, "consideration");
+    assert_eq!(
+        j.phases,
+        vec![
+            ("awareness".to_string(), T),
+            ("consideration".to_string(), T + 2 * MINUTE)
+        ]
+    );
+    assert_eq!(
+        j.breakdown,
+        vec![
+            ("source".into(), "web".into()),
+            ("first_touchpoint".into(), "visit".into())
+        ]
+    );
+    let tps: Vec<Option<&str>> = v
+        .open_events
+        .iter()
+        .map(|p| p.touchpoint.as_deref())
+        .collect();
+    assert_eq!(tps, vec![Some("visit"), None, Some("product")]);
+    assert!(s.customer("nobody").is_none());
+}

@@ -1,0 +1,1 @@
+//! End-to-end and golden tests of journeyd live in `tests/`.
