@@ -190,7 +190,9 @@ pub struct FunnelStep {
     pub from_start: Option<f64>,
     /// `reached[this] − reached[next]`; `None` for the last phase, which has no next one.
     pub drop_off: Option<i64>,
-    pub dwell: DurationStats,
+    /// Time spent in the phase before moving on; not tracked per breakdown value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dwell: Option<DurationStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -217,7 +219,7 @@ pub struct BreakdownValue {
 fn steps(
     phases: &[String],
     furthest: impl Fn(&str) -> i64,
-    dwell: impl Fn(&str) -> Sketch,
+    dwell: impl Fn(&str) -> Option<Sketch>,
 ) -> Vec<FunnelStep> {
     let mut reached = vec![0i64; phases.len()];
     let mut acc = 0;
@@ -237,7 +239,7 @@ fn steps(
                 conversion: next.and_then(|n| ratio(n, reached[k])),
                 from_start: ratio(reached[k], reached[0]),
                 drop_off: next.map(|n| reached[k] - n),
-                dwell: DurationStats::from(&dwell(p)),
+                dwell: dwell(p).as_ref().map(DurationStats::from),
             }
         })
         .collect()
@@ -252,7 +254,7 @@ pub fn funnel(
     max_values: usize,
 ) -> FunnelReport {
     let furthest = |p: &str| s.phases.get(p).map_or(0, |a| a.furthest);
-    let dwell = |p: &str| s.phases.get(p).map(|a| a.dwell.clone()).unwrap_or_default();
+    let dwell = |p: &str| Some(s.phases.get(p).map(|a| a.dwell.clone()).unwrap_or_default());
     let main = steps(phases, furthest, dwell);
     let breakdown = breakdown.map(|dim| {
         let mut rows: Vec<(String, BTreeMap<String, i64>)> = s
@@ -290,11 +292,7 @@ pub fn funnel(
             values: rows
                 .into_iter()
                 .map(|(value, r)| {
-                    let steps = steps(
-                        phases,
-                        |p| r.get(p).copied().unwrap_or(0),
-                        |_| Sketch::default(),
-                    );
+                    let steps = steps(phases, |p| r.get(p).copied().unwrap_or(0), |_| None);
                     BreakdownValue {
                         value,
                         journeys: steps.first().map_or(0, |s| s.reached),

@@ -211,10 +211,17 @@ fn phase_dwell_records_only_the_phase_left() {
     s.flush();
     let sum = summary(&s);
     let f = funnel(&sum, s.rules().phases(), None, 100);
-    assert_eq!(f.steps[0].dwell.count, 1);
-    assert_eq!(f.steps[0].dwell.max_ms, Some((10 * MINUTE) as u64));
-    assert_eq!(f.steps[1].dwell.count, 0, "a skipped phase records nothing");
-    assert_eq!(f.steps[2].dwell.count, 0);
+    assert_eq!(f.steps[0].dwell.as_ref().unwrap().count, 1);
+    assert_eq!(
+        f.steps[0].dwell.as_ref().unwrap().max_ms,
+        Some((10 * MINUTE) as u64)
+    );
+    assert_eq!(
+        f.steps[1].dwell.as_ref().unwrap().count,
+        0,
+        "a skipped phase records nothing"
+    );
+    assert_eq!(f.steps[2].dwell.as_ref().unwrap().count, 0);
 }
 
 #[test]
