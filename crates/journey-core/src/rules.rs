@@ -92,6 +92,8 @@ pub struct Rules {
     matchers: Vec<Matcher>,
     by_event: FxHashMap<Box<str>, Vec<u16>>,
     any_event: Vec<u16>,
+    /// Every distinct attribute path used by a condition, split at dots.
+    paths: Vec<Vec<Box<str>>>,
 }
 
 #[derive(Debug)]
@@ -105,9 +107,18 @@ struct Matcher {
 
 #[derive(Debug)]
 struct Cond {
-    path: Vec<Box<str>>,
+    /// Index into [`Rules::paths`]: each distinct path is looked up once per event.
+    path: usize,
     op: Op,
 }
+
+/// Attribute values already looked up while classifying one event.
+struct Lookups<'v> {
+    slots: [Option<Option<&'v Value>>; LOOKUP_SLOTS],
+}
+
+/// Distinct condition paths beyond this many are looked up without caching.
+const LOOKUP_SLOTS: usize = 16;
 
 #[derive(Debug)]
 enum Op {
@@ -149,6 +160,9 @@ impl Rules {
     pub fn classify(&self, ev: &Event<'_>) -> Option<u16> {
         let exact: &[u16] = self.by_event.get(&*ev.name).map_or(&[], |v| v.as_slice());
         let any = self.any_event.as_slice();
+        let mut seen = Lookups {
+            slots: [None; LOOKUP_SLOTS],
+        };
         let (mut i, mut j) = (0, 0);
         // Merge the two ascending candidate lists so file order decides.
         loop {
@@ -167,7 +181,7 @@ impl Rules {
                 }
                 (None, None) => return None,
             };
-            if self.matchers[next as usize].matches(ev) {
+            if self.matchers[next as usize].matches(ev, &self.paths, &mut seen) {
                 return Some(next);
             }
         }
@@ -181,14 +195,26 @@ impl Rules {
 }
 
 impl Matcher {
-    fn matches(&self, ev: &Event<'_>) -> bool {
+    fn matches<'v>(
+        &self,
+        ev: &'v Event<'_>,
+        paths: &[Vec<Box<str>>],
+        seen: &mut Lookups<'v>,
+    ) -> bool {
         if !self.sources.is_empty() && !self.sources.iter().any(|s| **s == *ev.source) {
             return false;
         }
         if !self.globs.is_empty() && !self.globs.iter().any(|g| glob_match(g, &ev.name)) {
             return false;
         }
-        self.conds.iter().all(|c| c.op.holds(ev.attribute(&c.path)))
+        self.conds.iter().all(|c| {
+            let v = match seen.slots.get_mut(c.path) {
+                Some(Some(v)) => *v,
+                Some(slot) => *slot.insert(ev.attribute(&paths[c.path])),
+                None => ev.attribute(&paths[c.path]),
+            };
+            c.op.holds(v)
+        })
     }
 }
 
@@ -403,6 +429,7 @@ fn compile(table: &toml::Table) -> Result<Rules, RulesError> {
     let mut matchers = Vec::with_capacity(entries.len());
     let mut exact_names: Vec<Option<Vec<String>>> = Vec::with_capacity(entries.len());
     let mut seen: FxHashMap<String, usize> = FxHashMap::default();
+    let mut paths: Vec<Vec<Box<str>>> = Vec::new();
 
     for (i, entry) in entries.iter().enumerate() {
         let n = i + 1;
@@ -532,7 +559,7 @@ fn compile(table: &toml::Table) -> Result<Rules, RulesError> {
                     err("`where` must not be empty".into());
                 }
                 for (path, spec) in w {
-                    compile_conditions(path, spec, &mut conds, &mut err);
+                    compile_conditions(path, spec, &mut paths, &mut conds, &mut err);
                 }
             }
             Some(other) => err(format!("`where` must be a table, found {}", kind(other))),
@@ -590,20 +617,29 @@ fn compile(table: &toml::Table) -> Result<Rules, RulesError> {
         matchers,
         by_event,
         any_event,
+        paths,
     })
 }
 
 fn compile_conditions(
     path: &str,
     spec: &TomlValue,
+    paths: &mut Vec<Vec<Box<str>>>,
     out: &mut Vec<Cond>,
     err: &mut impl FnMut(String),
 ) {
-    let segments = split_path(path);
-    if path.is_empty() || segments.iter().any(|s| s.is_empty()) {
+    let split = split_path(path);
+    if path.is_empty() || split.iter().any(|s| s.is_empty()) {
         err(format!("where.\"{path}\": empty segment in attribute path"));
         return;
     }
+    let segments = match paths.iter().position(|p| *p == split) {
+        Some(i) => i,
+        None => {
+            paths.push(split);
+            paths.len() - 1
+        }
+    };
     let ops = match spec {
         TomlValue::Table(t) => t,
         // Shorthand: `url = "/checkout"` means `url = { eq = "/checkout" }`.
@@ -682,10 +718,7 @@ fn compile_conditions(
             }
         };
         match compiled {
-            Some(op) => out.push(Cond {
-                path: segments.clone(),
-                op,
-            }),
+            Some(op) => out.push(Cond { path: segments, op }),
             None => {
                 let expected = match op.as_str() {
                     "eq" => "a string, number or boolean",

@@ -18,6 +18,7 @@ use crate::agg::{Aggregates, EXIT, NONE_VALUE, OTHER_VALUE, START};
 use crate::config::{EngineConfig, MAX_BREAKDOWNS};
 use crate::event::{lookup, Event};
 use crate::rules::Rules;
+use crate::sketch::Bin;
 use crate::time::Millis;
 
 /// Touchpoint id of an unclassified event inside a session.
@@ -867,7 +868,7 @@ impl State {
 fn set_dims(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, ev: &Event<'_>, tp_id: u16) {
     let base = j.n_phases as usize;
     let cap = ctx.cfg.breakdown_max_values.saturating_add(2);
-    let tp_name = agg.touchpoints.name(tp_id).to_string();
+
     for d in 0..agg.dimensions.len() {
         let slot = j.slots[base + d];
         let cur_ts = if slot == UNSEEN {
@@ -880,7 +881,7 @@ fn set_dims(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, ev: &Event<'_>, tp
         }
         let text: Option<std::borrow::Cow<'_, str>> = match d {
             0 => Some(ev.source.as_ref().into()),
-            1 => Some(tp_name.as_str().into()),
+            1 => Some(agg.touchpoints.name(tp_id).to_string().into()),
             _ => ctx
                 .breakdown_paths
                 .get(d - 2)
@@ -925,24 +926,30 @@ fn flush_phase_dwell(ctx: &Ctx, agg: &mut Aggregates, j: &Journey) {
 fn close_session(ctx: &Ctx, agg: &mut Aggregates, points: &[Point], touched: &mut Vec<u16>) {
     agg.counters.sessions_closed += 1;
     let last_ts = points[points.len() - 1].ts;
-    touched.clear();
-    touched.extend(points.iter().filter(|p| p.tp != UNCLASSIFIED).map(|p| p.tp));
-    if touched.is_empty() {
+    let mut steps = points.iter().filter(|p| p.tp != UNCLASSIFIED);
+    let Some(first) = steps.next().map(|p| p.tp) else {
         agg.timeline.update(last_ts, |b| b.sessions += 1);
         return;
-    }
-    let exit = touched[touched.len() - 1];
-    let first = touched[0];
+    };
+    let exit = points
+        .iter()
+        .rev()
+        .find(|p| p.tp != UNCLASSIFIED)
+        .map_or(first, |p| p.tp);
     let goal = |tp: u16| ctx.goal.get(tp as usize).copied().unwrap_or(false);
+    touched.clear();
+    touched.extend(points.iter().filter(|p| p.tp != UNCLASSIFIED).map(|p| p.tp));
+    touched.sort_unstable();
+    touched.dedup();
     let completed = touched.iter().any(|&t| goal(t));
     agg.timeline.update(last_ts, |b| {
         b.sessions += 1;
         *b.transitions.entry((START, first)).or_default() += 1;
         let mut prev = first;
-        for &t in &touched[1..] {
-            if t != prev {
-                *b.transitions.entry((prev, t)).or_default() += 1;
-                prev = t;
+        for p in points.iter().filter(|p| p.tp != UNCLASSIFIED) {
+            if p.tp != prev {
+                *b.transitions.entry((prev, p.tp)).or_default() += 1;
+                prev = p.tp;
             }
         }
         *b.transitions.entry((exit, EXIT)).or_default() += 1;
@@ -951,19 +958,6 @@ fn close_session(ctx: &Ctx, agg: &mut Aggregates, points: &[Point], touched: &mu
         if !completed {
             e.dropoffs += 1;
         }
-    });
-    // Dwell: from each classified event to the next classified one, bucketed by the first.
-    let mut prev: Option<Point> = None;
-    for p in points.iter().filter(|p| p.tp != UNCLASSIFIED) {
-        if let Some(q) = prev {
-            agg.timeline
-                .update(q.ts, |b| b.touchpoint(q.tp).dwell.add((p.ts - q.ts) as u64));
-        }
-        prev = Some(*p);
-    }
-    touched.sort_unstable();
-    touched.dedup();
-    agg.timeline.update(last_ts, |b| {
         for &t in touched.iter() {
             let a = b.touchpoint(t);
             a.sessions += 1;
@@ -972,4 +966,15 @@ fn close_session(ctx: &Ctx, agg: &mut Aggregates, points: &[Point], touched: &mu
             }
         }
     });
+    // Dwell: from each classified event to the next classified one, bucketed by the first.
+    let mut prev: Option<Point> = None;
+    for p in points.iter().filter(|p| p.tp != UNCLASSIFIED) {
+        if let Some(q) = prev {
+            let gap = (p.ts - q.ts) as u64;
+            let bin = Bin::of(gap);
+            agg.timeline
+                .update(q.ts, |b| b.touchpoint(q.tp).dwell.add_binned(gap, bin));
+        }
+        prev = Some(*p);
+    }
 }

@@ -12,6 +12,17 @@ fn ln_gamma() -> f64 {
     GAMMA.ln()
 }
 
+/// The bin of one value; `None` for zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bin(Option<i32>);
+
+impl Bin {
+    #[inline]
+    pub fn of(value: u64) -> Bin {
+        Bin((value > 0).then(|| ((value as f64).ln() / ln_gamma()).ceil() as i32))
+    }
+}
+
 /// Sparse log-bucketed histogram of non-negative integer values (milliseconds).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sketch {
@@ -49,7 +60,18 @@ impl Sketch {
         self.add_n(value, 1);
     }
 
+    /// Adds a value whose bin was computed by [`Bin::of`], so that recording one value in
+    /// several sketches (minute and hour buckets) takes one logarithm.
+    #[inline]
+    pub fn add_binned(&mut self, value: u64, bin: Bin) {
+        self.record(value, 1, bin);
+    }
+
     fn add_n(&mut self, value: u64, n: u64) {
+        self.record(value, n, Bin::of(value));
+    }
+
+    fn record(&mut self, value: u64, n: u64, bin: Bin) {
         if self.count == 0 {
             self.min = value;
             self.max = value;
@@ -59,11 +81,15 @@ impl Sketch {
         }
         self.count += n;
         self.sum = self.sum.saturating_add(value.saturating_mul(n));
-        if value == 0 {
+        self.record_bin(n, bin);
+    }
+
+    #[inline]
+    fn record_bin(&mut self, n: u64, bin: Bin) {
+        let Some(key) = bin.0 else {
             self.zeros += n;
             return;
-        }
-        let key = ((value as f64).ln() / ln_gamma()).ceil() as i32;
+        };
         match self.bins.binary_search_by_key(&key, |b| b.0) {
             Ok(i) => self.bins[i].1 += n,
             Err(i) => self.bins.insert(i, (key, n)),
