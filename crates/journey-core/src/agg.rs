@@ -398,6 +398,44 @@ impl Counters {
     }
 }
 
+/// Cumulative figures of one touchpoint since the shard started: never expire, only grow, so
+/// they can be exported as Prometheus counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TouchpointTotals {
+    pub visits: u64,
+    pub sessions: u64,
+    pub exits: u64,
+    pub drop_offs: u64,
+    pub completions: u64,
+}
+
+/// Cumulative per-touchpoint and per-phase figures, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub touchpoints: Vec<TouchpointTotals>,
+    /// By phase id: journeys that reached the phase (or a later one).
+    pub phase_reached: Vec<u64>,
+}
+
+impl Totals {
+    #[inline]
+    pub fn touchpoint(&mut self, id: u16) -> &mut TouchpointTotals {
+        let i = id as usize;
+        if i >= self.touchpoints.len() {
+            self.touchpoints.resize_with(i + 1, Default::default);
+        }
+        &mut self.touchpoints[i]
+    }
+
+    pub fn reached(&mut self, phase: u8) {
+        let i = phase as usize;
+        if i >= self.phase_reached.len() {
+            self.phase_reached.resize(i + 1, 0);
+        }
+        self.phase_reached[i] += 1;
+    }
+}
+
 /// One breakdown dimension and the values seen for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dimension {
@@ -420,11 +458,20 @@ pub struct Aggregates {
     pub dimensions: Vec<Dimension>,
     pub timeline: Timeline,
     pub counters: Counters,
+    pub totals: Totals,
     /// Largest event time applied, for relative time ranges.
     pub max_event_time: Option<Millis>,
 }
 
 impl Aggregates {
+    /// The hour-aligned span of event time these aggregates hold, if any.
+    pub fn time_span(&self) -> Option<(Millis, Millis)> {
+        Some((
+            self.timeline.coarse.first_time()?,
+            self.timeline.coarse.end_time()?,
+        ))
+    }
+
     pub fn new(
         dimensions: &[String],
         fine_retention: Millis,
@@ -442,6 +489,7 @@ impl Aggregates {
                 .collect(),
             timeline: Timeline::new(fine_retention, total_retention),
             counters: Counters::default(),
+            totals: Totals::default(),
             max_event_time: None,
         }
     }

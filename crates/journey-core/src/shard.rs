@@ -329,6 +329,7 @@ impl Shard {
                 if !fresh {
                     self.st.agg.counters.expired += 1;
                 }
+                self.st.agg.totals.touchpoint(id).visits += 1;
                 self.st.journey_event(
                     &self.ctx,
                     idx,
@@ -768,6 +769,7 @@ impl State {
                     slots,
                 };
                 self.agg.counters.journeys_started += 1;
+                reach(ctx, &mut self.agg, None, ctx.rank(pid as usize));
                 if !in_session {
                     // In a session, the session's timer comes first and reschedules.
                     schedule(timers, c, idx, ts.saturating_add(w).saturating_add(1));
@@ -805,6 +807,14 @@ impl State {
                 if j.slots[p] != UNSEEN && r != NO_RANK && (best.0 == NO_RANK || r > best.0) {
                     best = (r, p as u8);
                 }
+            }
+            if best.1 != j.furthest {
+                reach(
+                    ctx,
+                    &mut self.agg,
+                    Some(ctx.rank(j.furthest as usize)),
+                    best.0,
+                );
             }
             j.furthest = best.1;
         }
@@ -862,6 +872,22 @@ impl State {
                 c.journey = None;
             }
         }
+    }
+}
+
+/// Counts a journey as having reached the phases of ranks `(from, to]` (all up to `to` for a
+/// new journey), in the cumulative totals.
+fn reach(ctx: &Ctx, agg: &mut Aggregates, from: Option<u8>, to: u8) {
+    if to == NO_RANK {
+        return;
+    }
+    let start = match from {
+        Some(NO_RANK) | None => 0,
+        Some(r) if r >= to => return,
+        Some(r) => r as usize + 1,
+    };
+    for r in start..=to as usize {
+        agg.totals.reached(ctx.phase_id[r]);
     }
 }
 
@@ -942,6 +968,14 @@ fn close_session(ctx: &Ctx, agg: &mut Aggregates, points: &[Point], touched: &mu
     touched.sort_unstable();
     touched.dedup();
     let completed = touched.iter().any(|&t| goal(t));
+    let e = agg.totals.touchpoint(exit);
+    e.exits += 1;
+    e.drop_offs += !completed as u64;
+    for &t in touched.iter() {
+        let a = agg.totals.touchpoint(t);
+        a.sessions += 1;
+        a.completions += goal(t) as u64;
+    }
     agg.timeline.update(last_ts, |b| {
         b.sessions += 1;
         *b.transitions.entry((START, first)).or_default() += 1;

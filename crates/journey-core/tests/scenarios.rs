@@ -395,3 +395,54 @@ fn customer_view_shows_journey_and_open_session() {
     assert_eq!(tps, vec![Some("visit"), None, Some("product")]);
     assert!(s.customer("nobody").is_none());
 }
+
+#[test]
+fn cumulative_totals_only_grow_and_follow_the_furthest_phase() {
+    let mut s = shard_with(EngineConfig {
+        retention_fine: HOUR,
+        retention_total: 2 * HOUR,
+        ..Default::default()
+    });
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    s.apply(&ev("a", T + MINUTE, "order")).unwrap(); // skips consideration: reached anyway
+    s.apply(&ev("b", T + 2 * MINUTE, "product_view")).unwrap();
+    // Far later events push the first hours out of retention; totals keep them.
+    s.apply(&ev("c", T + 10 * HOUR, "page_view")).unwrap();
+    s.flush();
+    let totals = &s.aggregates().totals;
+    let phase =
+        |name: &str| totals.phase_reached[s.aggregates().phases.get(name).unwrap() as usize];
+    assert_eq!(
+        (
+            phase("awareness"),
+            phase("consideration"),
+            phase("decision")
+        ),
+        (3, 2, 1)
+    );
+    let tp = |name: &str| {
+        totals.touchpoints[s.aggregates().touchpoints.get(name).unwrap() as usize].clone()
+    };
+    assert_eq!(
+        (
+            tp("visit").visits,
+            tp("visit").sessions,
+            tp("visit").drop_offs
+        ),
+        (2, 2, 1)
+    );
+    assert_eq!(
+        (
+            tp("order").exits,
+            tp("order").completions,
+            tp("order").drop_offs
+        ),
+        (1, 1, 0)
+    );
+    let mut sum = Summary::collect([s.aggregates()], T - DAY, T + DAY, &Include::default());
+    sum.counters = Default::default();
+    assert!(
+        !sum.touchpoints.contains_key("order"),
+        "the buckets have expired"
+    );
+}

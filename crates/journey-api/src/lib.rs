@@ -1,0 +1,472 @@
+//! journey-api: the HTTP API of journeyd (SPEC §7).
+//!
+//! Queries read the partial aggregates the workers publish and merge them per request, so they
+//! never wait for ingest. Every error is an RFC 9457 problem document built in [`problem`];
+//! internal details are logged, never returned. Metrics are rendered by [`metrics`].
+
+pub mod metrics;
+mod openapi;
+pub mod problem;
+pub mod range;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use journey_core::agg::Aggregates;
+use journey_core::query::{funnel, timeseries, touchpoints, transitions, Figure, Include, Summary};
+use journey_core::time::Millis;
+use journey_core::{DecodeLimits, Rules};
+use journey_ingest::{split_body, Decoder, Format};
+use journey_runtime::RuntimeHandle;
+use serde_json::{json, Value};
+
+pub use metrics::Metrics;
+pub use problem::Problem;
+
+/// Limits and defaults for HTTP ingest.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_record_bytes: usize,
+    /// `source` of events that name none, unless the request's `source` parameter does.
+    pub default_source: String,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_body_bytes: 10 << 20,
+            max_batch_events: 10_000,
+            max_record_bytes: 1 << 20,
+            default_source: "http".into(),
+        }
+    }
+}
+
+/// Wall-clock milliseconds; replaced in tests.
+pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    })
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: RuntimeHandle,
+    pub metrics: Arc<Metrics>,
+    pub limits: IngestLimits,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("runtime", &self.runtime)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/v1/funnel", get(get_funnel))
+        .route("/v1/touchpoints", get(get_touchpoints))
+        .route("/v1/transitions", get(get_transitions))
+        .route("/v1/timeseries", get(get_timeseries))
+        .route("/v1/customers/{id}", get(get_customer))
+        .route("/v1/alerts", get(get_alerts))
+        .route("/v1/rules", get(get_rules).put(put_rules))
+        .route("/v1/events", axum::routing::post(post_events))
+        .fallback(|| async {
+            Problem::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
+        })
+        .with_state(state)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// Rejects parameters the endpoint does not know, naming the first.
+fn known(q: &HashMap<String, String>, allowed: &[&'static str]) -> Result<(), Problem> {
+    let mut unknown: Vec<&String> = q
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        Some(k) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown parameter `{k}` (expected one of: {})",
+                allowed.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn summary(state: &AppState, from: Millis, to: Millis, include: &Include) -> Summary {
+    let parts: Vec<Arc<Aggregates>> = state.runtime.partials();
+    Summary::collect(parts.iter().map(|p| p.as_ref()), from, to, include)
+}
+
+fn iso(t: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(t).map_or_else(
+        || t.to_string(),
+        |d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    if s.runtime.workers() > 0 {
+        Json(json!({ "status": "ready", "workers": s.runtime.workers() })).into_response()
+    } else {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "no workers running").into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let body = s.metrics.render(&s.runtime);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn get_funnel(State(s): State<AppState>, Query(q): Params) -> Result<Json<Value>, Problem> {
+    known(&q, &["from", "to", "breakdown", "limit"])?;
+    let (from, to) = range::range(&q, (s.clock)())?;
+    let dims = s.runtime.engine_config().dimension_names();
+    let breakdown = match q.get("breakdown") {
+        Some(b) if dims.contains(b) => Some(b.clone()),
+        Some(b) => {
+            return Err(Problem::bad_parameter(
+                "breakdown",
+                format!(
+                    "unknown breakdown `{b}` (expected one of: {})",
+                    dims.join(", ")
+                ),
+            ))
+        }
+        None => None,
+    };
+    let limit = match q.get("limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_parameter("limit", "`limit` must be a whole number from 1 to 1000")
+            })?,
+        None => s.runtime.engine_config().breakdown_max_values,
+    };
+    let include = Include {
+        breakdowns: breakdown.iter().cloned().collect(),
+    };
+    let sum = summary(&s, from, to, &include);
+    let rules = s.runtime.rules();
+    let report = funnel(&sum, rules.phases(), breakdown.as_deref(), limit);
+    Ok(Json(
+        json!({ "from": iso(from), "to": iso(to), "funnel": report }),
+    ))
+}
+
+async fn get_touchpoints(
+    State(s): State<AppState>,
+    Query(q): Params,
+) -> Result<Json<Value>, Problem> {
+    known(&q, &["from", "to", "sort"])?;
+    let (from, to) = range::range(&q, (s.clock)())?;
+    let sum = summary(&s, from, to, &Include::default());
+    let mut list = touchpoints(&sum, &s.runtime.rules());
+    match q.get("sort").map(String::as_str) {
+        None | Some("rules") => {}
+        Some("drop_off_rate") => list.sort_by(|a, b| {
+            b.drop_off_rate
+                .unwrap_or(-1.0)
+                .total_cmp(&a.drop_off_rate.unwrap_or(-1.0))
+        }),
+        Some("visits") => list.sort_by_key(|t| std::cmp::Reverse(t.visits)),
+        Some(other) => {
+            return Err(Problem::bad_parameter(
+                "sort",
+                format!("unknown sort `{other}` (expected one of: rules, drop_off_rate, visits)"),
+            ))
+        }
+    }
+    Ok(Json(
+        json!({ "from": iso(from), "to": iso(to), "touchpoints": list }),
+    ))
+}
+
+async fn get_transitions(
+    State(s): State<AppState>,
+    Query(q): Params,
+) -> Result<Json<Value>, Problem> {
+    known(&q, &["from", "to", "limit"])?;
+    let (from, to) = range::range(&q, (s.clock)())?;
+    let limit = match q.get("limit") {
+        Some(v) => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            Problem::bad_parameter("limit", "`limit` must be a whole number of at least 1")
+        })?,
+        None => 200,
+    };
+    let sum = summary(&s, from, to, &Include::default());
+    let mut list = transitions(&sum);
+    list.truncate(limit);
+    Ok(Json(
+        json!({ "from": iso(from), "to": iso(to), "transitions": list }),
+    ))
+}
+
+async fn get_timeseries(
+    State(s): State<AppState>,
+    Query(q): Params,
+) -> Result<Json<Value>, Problem> {
+    known(&q, &["from", "to", "step", "figure", "touchpoint", "phase"])?;
+    let (from, to) = range::range(&q, (s.clock)())?;
+    let step = range::step(&q, from, to)?;
+    let names: Vec<&str> = Figure::ALL.iter().map(|f| f.0).collect();
+    let figure_name = q.get("figure").map(String::as_str).unwrap_or("visits");
+    let figure = Figure::parse(figure_name).ok_or_else(|| {
+        Problem::bad_parameter(
+            "figure",
+            format!(
+                "unknown figure `{figure_name}` (expected one of: {})",
+                names.join(", ")
+            ),
+        )
+    })?;
+    let rules = s.runtime.rules();
+    let target = if figure.is_phase_figure() {
+        let p = q.get("phase").ok_or_else(|| {
+            Problem::bad_parameter("phase", format!("figure `{figure_name}` needs a `phase`"))
+        })?;
+        if !rules.phases().contains(p) {
+            return Err(Problem::bad_parameter(
+                "phase",
+                format!(
+                    "unknown phase `{p}` (expected one of: {})",
+                    rules.phases().join(", ")
+                ),
+            ));
+        }
+        p.clone()
+    } else {
+        let t = q.get("touchpoint").ok_or_else(|| {
+            Problem::bad_parameter(
+                "touchpoint",
+                format!("figure `{figure_name}` needs a `touchpoint`"),
+            )
+        })?;
+        if !rules.touchpoints().iter().any(|x| &x.name == t) {
+            return Err(Problem::bad_parameter(
+                "touchpoint",
+                format!("unknown touchpoint `{t}`"),
+            ));
+        }
+        t.clone()
+    };
+    let parts = s.runtime.partials();
+    let refs: Vec<&Aggregates> = parts.iter().map(|p| p.as_ref()).collect();
+    let points = timeseries(&refs, from, to, step, figure, &target, rules.phases());
+    let points: Vec<Value> = points
+        .into_iter()
+        .map(|p| json!({ "t": iso(p.t), "value": p.value }))
+        .collect();
+    Ok(Json(
+        json!({ "from": iso(from), "to": iso(to), "step_ms": step, "figure": figure_name, "target": target, "points": points }),
+    ))
+}
+
+async fn get_customer(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    if id.is_empty() || id.len() > journey_core::event::MAX_CUSTOMER_ID_BYTES {
+        return Err(Problem::bad_parameter(
+            "id",
+            "customer ids are 1 to 256 bytes",
+        ));
+    }
+    match s
+        .runtime
+        .customer(&id)
+        .await
+        .map_err(|_| Problem::internal("runtime stopped"))?
+    {
+        Some(view) => Ok(Json(serde_json::to_value(view).unwrap_or(Value::Null))),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no live state for this customer: unknown, or its journey has ended",
+        )),
+    }
+}
+
+async fn get_alerts() -> Json<Value> {
+    // Drop-off alert evaluation is configured separately; with none configured the list is empty.
+    Json(json!({ "alerts": [], "evaluation": "not configured" }))
+}
+
+async fn get_rules(State(s): State<AppState>) -> Json<Value> {
+    let rules = s.runtime.rules();
+    Json(rules_json(&rules))
+}
+
+fn rules_json(rules: &Rules) -> Value {
+    let tps: Vec<Value> = rules
+        .touchpoints()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name, "phase": rules.phases()[t.phase], "channel": t.channel,
+                "goal": t.goal, "moment_of_truth": t.moment_of_truth, "description": t.description,
+                "score": t.score.as_ref().map(|x| json!({ "path": x.path, "nps": x.nps })),
+            })
+        })
+        .collect();
+    json!({ "phases": rules.phases(), "touchpoints": tps })
+}
+
+async fn put_rules(State(s): State<AppState>, req: Request) -> Result<Json<Value>, Problem> {
+    let body = to_bytes(req.into_body(), 1 << 20).await.map_err(|_| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a rules file may be at most 1 MiB",
+        )
+    })?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the rules file is not UTF-8"))?;
+    let rules = Rules::from_toml(text).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "rules rejected, the current rules stay: {} problem(s)",
+                e.problems.len()
+            ),
+        )
+        .with("errors", json!(e.problems))
+    })?;
+    let out = rules_json(&rules);
+    s.runtime
+        .set_rules(Arc::new(rules))
+        .await
+        .map_err(|_| Problem::internal("runtime stopped"))?;
+    tracing::info!("rules replaced through the API");
+    Ok(Json(out))
+}
+
+async fn post_events(
+    State(s): State<AppState>,
+    Query(q): Params,
+    body: Body,
+) -> Result<Response, Problem> {
+    known(&q, &["source", "format"])?;
+    let source = q
+        .get("source")
+        .cloned()
+        .unwrap_or_else(|| s.limits.default_source.clone());
+    if source.is_empty() || source.len() > 64 {
+        return Err(Problem::bad_parameter(
+            "source",
+            "`source` must be 1 to 64 characters",
+        ));
+    }
+    let format = Format::parse(
+        q.get("format").map(String::as_str).unwrap_or("canonical"),
+        None,
+    )
+    .map_err(|e| Problem::bad_parameter("format", e))?;
+    let bytes = to_bytes(body, s.limits.max_body_bytes).await.map_err(|_| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body exceeds {} bytes; send smaller batches",
+                s.limits.max_body_bytes
+            ),
+        )
+    })?;
+    let records = split_body(&bytes).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON, a JSON array or NDJSON: {e}"),
+        )
+    })?;
+    if records.len() > s.limits.max_batch_events {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} records in one request, at most {} allowed",
+                records.len(),
+                s.limits.max_batch_events
+            ),
+        ));
+    }
+    let decoder = Decoder::new(
+        format,
+        source.clone(),
+        DecodeLimits {
+            max_record_bytes: s.limits.max_record_bytes,
+        },
+    );
+    let mut events = Vec::with_capacity(records.len());
+    let mut errors = Vec::new();
+    for r in &records {
+        match decoder.decode(r.bytes) {
+            Ok(e) => events.push(e.into_owned()),
+            Err(e) => {
+                s.metrics
+                    .ingest_rejected
+                    .with_label_values(&[source.as_str(), e.reason()])
+                    .inc();
+                errors.push(
+                    json!({ "line": r.position, "reason": e.reason(), "error": e.to_string() }),
+                );
+            }
+        }
+    }
+    let accepted = events.len();
+    s.metrics
+        .ingest_events
+        .with_label_values(&[source.as_str(), "accepted"])
+        .inc_by(accepted as u64);
+    s.metrics
+        .ingest_events
+        .with_label_values(&[source.as_str(), "rejected"])
+        .inc_by(errors.len() as u64);
+    if !events.is_empty() {
+        s.runtime
+            .submit(events)
+            .await
+            .map_err(|_| Problem::internal("runtime stopped"))?;
+    }
+    let status = if accepted == 0 && !errors.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        Json(json!({ "accepted": accepted, "rejected": errors.len(), "errors": errors })),
+    )
+        .into_response())
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

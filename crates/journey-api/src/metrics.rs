@@ -1,0 +1,220 @@
+//! Prometheus metrics, declared once. No customer identifier is ever a label: labels are
+//! sources, reasons, touchpoints and phases, all bounded by configuration.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use journey_runtime::RuntimeHandle;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub ingest_events: IntCounterVec,
+    pub ingest_rejected: IntCounterVec,
+    applied: IntCounter,
+    late: IntCounter,
+    rejected_too_many: IntCounter,
+    latency_sum_us: IntCounter,
+    latency_count: IntCounter,
+    tp_visits: IntCounterVec,
+    tp_sessions: IntCounterVec,
+    tp_exits: IntCounterVec,
+    tp_drop_offs: IntCounterVec,
+    tp_completions: IntCounterVec,
+    phase_reached: IntCounterVec,
+    workers: IntGauge,
+    /// Last cumulative value exported per series, so counters advance by the difference.
+    seen: Mutex<HashMap<(usize, String), u64>>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let workers = IntGauge::new("journeyd_workers", "Worker threads, each owning one shard")
+            .expect("valid metric");
+        r.register(Box::new(workers.clone()))
+            .expect("registered once");
+        Metrics {
+            ingest_events: counter_vec(
+                &r,
+                "journeyd_ingest_events_total",
+                "Records received, by source and outcome (accepted, rejected)",
+                &["source", "outcome"],
+            ),
+            ingest_rejected: counter_vec(
+                &r,
+                "journeyd_ingest_rejected_total",
+                "Records rejected, by source and reason",
+                &["source", "reason"],
+            ),
+            applied: counter(
+                &r,
+                "journeyd_events_applied_total",
+                "Events applied by the engine",
+            ),
+            late: counter(
+                &r,
+                "journeyd_events_late_total",
+                "Events older than the watermark on arrival",
+            ),
+            rejected_too_many: counter(
+                &r,
+                "journeyd_events_rejected_too_many_events_total",
+                "Events refused because their session already held session.max_events",
+            ),
+            latency_sum_us: counter(
+                &r,
+                "journeyd_processing_latency_microseconds_sum",
+                "Time from submission to applied, summed over batches",
+            ),
+            latency_count: counter(
+                &r,
+                "journeyd_processing_latency_microseconds_count",
+                "Batches applied",
+            ),
+            tp_visits: counter_vec(
+                &r,
+                "journeyd_touchpoint_visits_total",
+                "Events classified as the touchpoint",
+                &["touchpoint"],
+            ),
+            tp_sessions: counter_vec(
+                &r,
+                "journeyd_touchpoint_sessions_total",
+                "Closed sessions that touched the touchpoint",
+                &["touchpoint"],
+            ),
+            tp_exits: counter_vec(
+                &r,
+                "journeyd_touchpoint_exits_total",
+                "Closed sessions whose last classified event was the touchpoint",
+                &["touchpoint"],
+            ),
+            tp_drop_offs: counter_vec(
+                &r,
+                "journeyd_touchpoint_drop_offs_total",
+                "Exits of sessions without a goal touchpoint",
+                &["touchpoint"],
+            ),
+            tp_completions: counter_vec(
+                &r,
+                "journeyd_touchpoint_completions_total",
+                "Closed sessions that reached this goal touchpoint",
+                &["touchpoint"],
+            ),
+            phase_reached: counter_vec(
+                &r,
+                "journeyd_phase_reached_total",
+                "Journeys that reached the phase or a later one",
+                &["phase"],
+            ),
+            workers,
+            registry: r,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Brings engine counters up to date from the runtime, then renders the text format.
+    pub fn render(&self, rt: &RuntimeHandle) -> String {
+        self.refresh(rt);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding never fails");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    fn refresh(&self, rt: &RuntimeHandle) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut advance = |slot: usize, label: &str, total: u64, c: &IntCounter| {
+            let last = seen.entry((slot, label.to_string())).or_insert(0);
+            if total > *last {
+                c.inc_by(total - *last);
+                *last = total;
+            }
+        };
+        let s = rt.stats();
+        advance(0, "", s.applied.load(Ordering::Relaxed), &self.applied);
+        advance(1, "", s.late.load(Ordering::Relaxed), &self.late);
+        advance(
+            2,
+            "",
+            s.rejected_too_many_events.load(Ordering::Relaxed),
+            &self.rejected_too_many,
+        );
+        advance(
+            3,
+            "",
+            s.latency_us_sum.load(Ordering::Relaxed),
+            &self.latency_sum_us,
+        );
+        advance(
+            4,
+            "",
+            s.latency_count.load(Ordering::Relaxed),
+            &self.latency_count,
+        );
+        self.workers.set(rt.workers() as i64);
+
+        let mut tps: HashMap<String, [u64; 5]> = HashMap::new();
+        let mut phases: HashMap<String, u64> = HashMap::new();
+        for p in rt.partials() {
+            for (id, t) in p.totals.touchpoints.iter().enumerate() {
+                let row = tps
+                    .entry(p.touchpoints.name(id as u16).to_string())
+                    .or_default();
+                for (k, v) in [t.visits, t.sessions, t.exits, t.drop_offs, t.completions]
+                    .into_iter()
+                    .enumerate()
+                {
+                    row[k] += v;
+                }
+            }
+            for (id, n) in p.totals.phase_reached.iter().enumerate() {
+                *phases
+                    .entry(p.phases.name(id as u16).to_string())
+                    .or_default() += n;
+            }
+        }
+        let vecs = [
+            &self.tp_visits,
+            &self.tp_sessions,
+            &self.tp_exits,
+            &self.tp_drop_offs,
+            &self.tp_completions,
+        ];
+        for (name, row) in &tps {
+            for (k, v) in vecs.iter().enumerate() {
+                advance(10 + k, name, row[k], &v.with_label_values(&[name.as_str()]));
+            }
+        }
+        for (name, n) in &phases {
+            advance(
+                20,
+                name,
+                *n,
+                &self.phase_reached.with_label_values(&[name.as_str()]),
+            );
+        }
+    }
+}

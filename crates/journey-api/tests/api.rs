@@ -1,0 +1,378 @@
+//! The API through its router: every endpoint, its errors, and ingest through to the figures.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use journey_api::{router, AppState, IngestLimits, Metrics};
+use journey_core::{EngineConfig, Rules};
+use journey_runtime::{Runtime, RuntimeConfig, RuntimeHandle};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const RULES: &str = r#"
+phases = ["awareness", "consideration", "decision"]
+[[touchpoint]]
+name = "landing"
+phase = "awareness"
+event = "page_view"
+where = { url = "/" }
+[[touchpoint]]
+name = "product"
+phase = "consideration"
+event = "page_view"
+where = { url = { prefix = "/p/" } }
+[[touchpoint]]
+name = "order"
+phase = "decision"
+event = "order"
+goal = true
+"#;
+
+/// 2026-11-20T12:00:00Z: the API's "now" in these tests.
+const NOW: i64 = 1_795_176_000_000;
+
+struct Api {
+    app: Router,
+    rt: RuntimeHandle,
+    _runtime: Runtime,
+}
+
+fn api() -> Api {
+    let cfg = Arc::new(EngineConfig {
+        breakdowns: vec!["persona".into()],
+        ..EngineConfig::default()
+    });
+    let rc = RuntimeConfig {
+        workers: 2,
+        live: false,
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::start(cfg, Arc::new(Rules::from_toml(RULES).unwrap()), rc);
+    let rt = runtime.handle();
+    let state = AppState {
+        runtime: rt.clone(),
+        metrics: Arc::new(Metrics::new()),
+        limits: IngestLimits {
+            max_body_bytes: 4096,
+            max_batch_events: 20,
+            ..IngestLimits::default()
+        },
+        clock: Arc::new(|| NOW),
+    };
+    Api {
+        app: router(state),
+        rt,
+        _runtime: runtime,
+    }
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, String, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, ctype, value)
+}
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+    let (s, _, v) = call(app, "GET", uri, "").await;
+    (s, v)
+}
+
+/// Three customers: one buys, one drops off at a product page, one bounces at landing.
+async fn ingest(api: &Api) {
+    let lines = [
+        json!({"customer_id": "a", "ts": "2026-11-20T10:00:00Z", "event": "page_view", "attributes": {"url": "/", "persona": "pro"}}),
+        json!({"customer_id": "a", "ts": "2026-11-20T10:01:00Z", "event": "page_view", "attributes": {"url": "/p/1"}}),
+        json!({"customer_id": "a", "ts": "2026-11-20T10:03:00Z", "event": "order"}),
+        json!({"customer_id": "b", "ts": "2026-11-20T10:00:00Z", "event": "page_view", "attributes": {"url": "/", "persona": "saver"}}),
+        json!({"customer_id": "b", "ts": "2026-11-20T10:02:00Z", "event": "page_view", "attributes": {"url": "/p/2"}}),
+        json!({"customer_id": "c", "ts": "2026-11-20T10:05:00Z", "event": "page_view", "attributes": {"url": "/"}}),
+    ];
+    let mut body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    body.push_str("{\"customer_id\": \"d\", \"event\": \"x\"}\n");
+    let (status, _, v) = call(&api.app, "POST", "/v1/events?source=web", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(v["accepted"], 6);
+    assert_eq!(v["rejected"], 1);
+    assert_eq!(
+        v["errors"][0],
+        json!({"line": 7, "reason": "missing_field", "error": "missing field `ts`"})
+    );
+    api.rt.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn ingested_events_show_in_funnel_touchpoints_and_transitions() {
+    let api = api();
+    ingest(&api).await;
+    let (s, v) = get(&api.app, "/v1/funnel").await;
+    assert_eq!(s, StatusCode::OK);
+    let reached: Vec<i64> = v["funnel"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["reached"].as_i64().unwrap())
+        .collect();
+    assert_eq!(reached, vec![3, 2, 1]);
+    assert_eq!(
+        v["from"], "2026-11-19T12:00:00.000Z",
+        "defaults to the last 24 hours"
+    );
+
+    let (_, v) = get(&api.app, "/v1/funnel?breakdown=persona").await;
+    let values: Vec<(String, i64)> = v["funnel"]["breakdown"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["value"].as_str().unwrap().to_string(),
+                x["journeys"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![("(none)".into(), 1), ("pro".into(), 1), ("saver".into(), 1)]
+    );
+
+    let (_, v) = get(&api.app, "/v1/touchpoints?sort=drop_off_rate").await;
+    let tps = v["touchpoints"].as_array().unwrap();
+    // product: 1 of 2 sessions dropped off there; landing: 1 of 3.
+    let order: Vec<&str> = tps.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(order, vec!["product", "landing", "order"]);
+    assert_eq!(
+        (tps[1]["sessions"].as_u64(), tps[1]["drop_offs"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let product = tps.iter().find(|t| t["name"] == "product").unwrap();
+    assert_eq!(
+        (
+            product["visits"].as_u64(),
+            product["exits"].as_u64(),
+            product["drop_offs"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+
+    let (_, v) = get(&api.app, "/v1/transitions?limit=2").await;
+    assert_eq!(
+        v["transitions"][0],
+        json!({"from": "(start)", "to": "landing", "count": 3})
+    );
+    assert_eq!(v["transitions"].as_array().unwrap().len(), 2);
+
+    let (_, v) = get(&api.app, "/v1/timeseries?touchpoint=landing&figure=visits&from=2026-11-20T09:00:00Z&to=2026-11-20T12:00:00Z&step=1h").await;
+    let points: Vec<f64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(points, vec![0.0, 3.0, 0.0]);
+    let (_, v) = get(
+        &api.app,
+        "/v1/timeseries?phase=decision&figure=reached&from=now-3h&step=1h",
+    )
+    .await;
+    assert_eq!(v["points"][1]["value"], 1.0);
+
+    let (s, _, v) = call(&api.app, "GET", "/v1/customers/a", "").await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "after the end of input every journey is final"
+    );
+    assert_eq!(v["status"], 404);
+}
+
+#[tokio::test]
+async fn a_live_customer_shows_its_journey_and_open_session() {
+    let api = api();
+    let body = [
+        json!({"customer_id": "a", "ts": "2026-11-20T10:00:00Z", "event": "page_view", "attributes": {"url": "/"}}),
+        json!({"customer_id": "a", "ts": "2026-11-20T10:01:00Z", "event": "order"}),
+    ]
+    .map(|l| l.to_string())
+    .join("\n");
+    call(&api.app, "POST", "/v1/events", &body).await;
+    api.rt.sync().await.unwrap();
+    let (s, v) = get(&api.app, "/v1/customers/a").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["journeys"][0]["furthest_phase"], "decision");
+    let open: Vec<&str> = v["open_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["touchpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(open, vec!["landing", "order"]);
+    let (s, _) = get(&api.app, "/v1/customers/zz").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_parameters_get_a_problem_naming_the_parameter() {
+    let api = api();
+    for (uri, param) in [
+        ("/v1/funnel?from=yesterday", "from"),
+        ("/v1/funnel?to=never", "to"),
+        ("/v1/funnel?from=now&to=now-1h", "from"),
+        ("/v1/funnel?breakdown=colour", "breakdown"),
+        ("/v1/funnel?limit=0", "limit"),
+        ("/v1/touchpoints?sort=best", "sort"),
+        ("/v1/transitions?limit=x", "limit"),
+        ("/v1/timeseries?touchpoint=landing&figure=fun", "figure"),
+        ("/v1/timeseries?figure=visits", "touchpoint"),
+        ("/v1/timeseries?touchpoint=nope", "touchpoint"),
+        ("/v1/timeseries?figure=reached&phase=nope", "phase"),
+        ("/v1/timeseries?touchpoint=landing&step=30s", "step"),
+        (
+            "/v1/timeseries?touchpoint=landing&from=now-90d&step=1m",
+            "step",
+        ),
+        ("/v1/events?format=avro", "format"),
+    ] {
+        let method = if uri.starts_with("/v1/events") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (s, ctype, v) = call(&api.app, method, uri, "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(ctype, "application/problem+json", "{uri}");
+        assert_eq!(v["parameter"], param, "{uri}: {v}");
+        assert!(v["detail"].as_str().unwrap().len() > 10, "{uri}");
+    }
+    let (s, v) = get(&api.app, "/v1/funnel?form=now-1h").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v["detail"],
+        "unknown parameter `form` (expected one of: from, to, breakdown, limit)"
+    );
+    let (s, v) = get(&api.app, "/v2/nothing").await;
+    assert_eq!(
+        (s, v["status"].as_u64()),
+        (StatusCode::NOT_FOUND, Some(404))
+    );
+}
+
+#[tokio::test]
+async fn ingest_limits_are_enforced() {
+    let api = api();
+    let line = json!({"customer_id": "a", "ts": NOW, "event": "page_view"}).to_string();
+    let big = vec![line.clone(); 21].join("\n");
+    let (s, _, v) = call(&api.app, "POST", "/v1/events", &big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["detail"], "21 records in one request, at most 20 allowed");
+    let (s, _, _) = call(&api.app, "POST", "/v1/events", &"x".repeat(5000)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _, v) = call(&api.app, "POST", "/v1/events", "garbage").await;
+    assert_eq!(
+        (s, v["accepted"].as_u64()),
+        (StatusCode::BAD_REQUEST, Some(0))
+    );
+    // A JSON array and a single object are accepted too.
+    let (s, _, v) = call(&api.app, "POST", "/v1/events", &format!("[{line},{line}]")).await;
+    assert_eq!((s, v["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(2)));
+    let (s, _, v) = call(&api.app, "POST", "/v1/events", &line).await;
+    assert_eq!((s, v["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(1)));
+}
+
+#[tokio::test]
+async fn rules_are_replaced_whole_or_not_at_all() {
+    let api = api();
+    let (_, v) = get(&api.app, "/v1/rules").await;
+    assert_eq!(v["touchpoints"].as_array().unwrap().len(), 3);
+    let (s, _, v) = call(
+        &api.app,
+        "PUT",
+        "/v1/rules",
+        "[[touchpoint]]\nname = \"x\"\nphase = \"nope\"\n",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 2, "{v}");
+    let (_, v) = get(&api.app, "/v1/rules").await;
+    assert_eq!(
+        v["touchpoints"].as_array().unwrap().len(),
+        3,
+        "the old rules stay"
+    );
+
+    let new_rules = RULES.replace("name = \"landing\"", "name = \"home\"");
+    let (s, _, _) = call(&api.app, "PUT", "/v1/rules", &new_rules).await;
+    assert_eq!(s, StatusCode::OK);
+    let line = json!({"customer_id": "n", "ts": "2026-11-20T11:00:00Z", "event": "page_view", "attributes": {"url": "/"}});
+    call(&api.app, "POST", "/v1/events", &line.to_string()).await;
+    api.rt.flush().await.unwrap();
+    let (_, v) = get(&api.app, "/v1/touchpoints").await;
+    let home = v["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "home")
+        .cloned()
+        .unwrap();
+    assert_eq!(home["visits"], 1, "events after the swap use the new rules");
+}
+
+#[tokio::test]
+async fn metrics_health_and_openapi() {
+    let api = api();
+    ingest(&api).await;
+    let (s, _, text) = call(&api.app, "GET", "/metrics", "").await;
+    assert_eq!(s, StatusCode::OK);
+    let text = text.as_str().unwrap().to_string();
+    for line in [
+        "journeyd_ingest_events_total{outcome=\"accepted\",source=\"web\"} 6",
+        "journeyd_ingest_rejected_total{reason=\"missing_field\",source=\"web\"} 1",
+        "journeyd_events_applied_total 6",
+        "journeyd_touchpoint_visits_total{touchpoint=\"landing\"} 3",
+        "journeyd_touchpoint_drop_offs_total{touchpoint=\"product\"} 1",
+        "journeyd_touchpoint_sessions_total{touchpoint=\"landing\"} 3",
+        "journeyd_phase_reached_total{phase=\"decision\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+    assert!(!text.contains("customer"), "no customer label ever");
+    let (s, v) = get(&api.app, "/healthz").await;
+    assert_eq!((s, v), (StatusCode::OK, Value::String("ok\n".into())));
+    let (s, v) = get(&api.app, "/readyz").await;
+    assert_eq!((s, v["workers"].as_u64()), (StatusCode::OK, Some(2)));
+    let (_, v) = get(&api.app, "/openapi.json").await;
+    assert_eq!(v["openapi"], "3.1.0");
+    for path in [
+        "/v1/funnel",
+        "/v1/touchpoints",
+        "/v1/transitions",
+        "/v1/timeseries",
+        "/v1/customers/{id}",
+        "/v1/alerts",
+        "/v1/rules",
+        "/v1/events",
+    ] {
+        assert!(v["paths"].get(path).is_some(), "{path} documented");
+    }
+    let (s, html) = get(&api.app, "/").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.as_str().unwrap().contains("/v1/funnel"));
+}

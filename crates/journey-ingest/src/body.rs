@@ -1,0 +1,357 @@
+//! Cutting input into records: HTTP bodies ([`split_body`]) and NDJSON streams
+//! ([`for_each_line`]).
+//!
+//! Splitting only finds record boundaries; it does not decide whether a record is a valid
+//! event. A line of garbage is still a record, so that the decoder rejects it with a reason
+//! and the caller dead-letters it with its position instead of losing it.
+
+use std::io::{self, BufRead};
+
+use journey_core::DecodeError;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One record of a body: its bytes and where it was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// 1-based: the line number for NDJSON (and a single object: the line it starts on),
+    /// the element number for a JSON array.
+    pub position: usize,
+    /// The record exactly as it appears in the body (array elements without the separating
+    /// commas and whitespace, NDJSON lines without `\n` and a trailing `\r`).
+    pub bytes: &'a [u8],
+}
+
+/// The records of one body, in body order.
+pub type Records<'a> = Vec<Record<'a>>;
+
+/// Splits an HTTP ingest body into records, borrowing from `body`.
+///
+/// The shape is chosen by the first non-whitespace byte:
+/// - `[`: a JSON array; each element is a record (elements that are not objects are kept and
+///   fail later, in the decoder). A body that is not a well-formed array fails as a whole
+///   with `not_json` (or `invalid_utf8`), since its record boundaries are unknown.
+/// - anything else: NDJSON, one record per line; blank lines are skipped and a trailing `\r`
+///   is trimmed. A body that is exactly one JSON object, even pretty-printed over many
+///   lines, is one record.
+///
+/// An empty or all-whitespace body has no records.
+pub fn split_body(body: &[u8]) -> Result<Records<'_>, DecodeError> {
+    let Some(start) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return Ok(Vec::new());
+    };
+    match body[start] {
+        b'[' => split_array(body),
+        b'{' if memchr::memchr(b'\n', trim_end(&body[start..])).is_some()
+            && is_one_value(&body[start..]) =>
+        {
+            let line = 1 + memchr::memchr_iter(b'\n', &body[..start]).count();
+            Ok(vec![Record {
+                position: line,
+                bytes: trim_end(&body[start..]),
+            }])
+        }
+        _ => Ok(split_lines(body)),
+    }
+}
+
+fn split_array(body: &[u8]) -> Result<Records<'_>, DecodeError> {
+    let text = std::str::from_utf8(body).map_err(|_| DecodeError::InvalidUtf8)?;
+    let items: Vec<&RawValue> =
+        serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| Record {
+            position: i + 1,
+            bytes: raw.get().as_bytes(),
+        })
+        .collect())
+}
+
+fn split_lines(body: &[u8]) -> Records<'_> {
+    let mut records = Vec::new();
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (i, end) in ends.enumerate() {
+        let line = trim_line(&body[start..end]);
+        if !is_blank(line) {
+            records.push(Record {
+                position: i + 1,
+                bytes: line,
+            });
+        }
+        start = end + 1;
+    }
+    records
+}
+
+/// Whether `bytes` is exactly one JSON value, surrounded by nothing but whitespace.
+fn is_one_value(bytes: &[u8]) -> bool {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    IgnoredAny::deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn trim_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Largest line buffer kept between lines; a longer line's buffer is released after use.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
+
+/// Calls `f(line_number, line)` for every non-blank line of an NDJSON stream and returns the
+/// number of lines passed to `f`.
+///
+/// Line numbers are 1-based and count blank lines too; `line` is without its `\n` and a
+/// trailing `\r`. Lines that lie inside the reader's buffer are passed without copying; only
+/// lines that straddle a buffer refill go through one reused buffer. The last line need
+/// not end with `\n`. Stops at the first I/O error (other than `Interrupted`, which is
+/// retried).
+pub fn for_each_line(mut reader: impl BufRead, mut f: impl FnMut(u64, &[u8])) -> io::Result<u64> {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut line_no = 0u64;
+    let mut records = 0u64;
+    let mut emit = |pending: &[u8]| {
+        line_no += 1;
+        let line = trim_line(pending);
+        if !is_blank(line) {
+            records += 1;
+            f(line_no, line);
+        }
+    };
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            if !pending.is_empty() {
+                emit(&pending);
+            }
+            return Ok(records);
+        }
+        let used = match memchr::memchr(b'\n', available) {
+            Some(i) if pending.is_empty() => {
+                emit(&available[..i]);
+                i + 1
+            }
+            Some(i) => {
+                pending.extend_from_slice(&available[..i]);
+                emit(&pending);
+                pending.clear();
+                if pending.capacity() > KEEP_BUFFER_BYTES {
+                    pending = Vec::new();
+                }
+                i + 1
+            }
+            None => {
+                pending.extend_from_slice(available);
+                available.len()
+            }
+        };
+        reader.consume(used);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufReader, Cursor, Read};
+
+    fn records(body: &str) -> Vec<(usize, &str)> {
+        split_body(body.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.position, std::str::from_utf8(r.bytes).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn single_object() {
+        assert_eq!(records(r#"{"a":1}"#), [(1, r#"{"a":1}"#)]);
+        assert_eq!(records("  {\"a\":1}\r\n\n"), [(1, "  {\"a\":1}")]);
+    }
+
+    #[test]
+    fn pretty_printed_object_is_one_record() {
+        let body = "\n\n{\n  \"customer_id\": \"c-42\",\n  \"event\": \"x\"\n}\n\n";
+        assert_eq!(
+            records(body),
+            [(3, "{\n  \"customer_id\": \"c-42\",\n  \"event\": \"x\"\n}")]
+        );
+        let crlf = "{\r\n  \"a\": [\r\n    1\r\n  ]\r\n}\r\n";
+        assert_eq!(records(crlf), [(1, "{\r\n  \"a\": [\r\n    1\r\n  ]\r\n}")]);
+    }
+
+    #[test]
+    fn array_elements_borrow_the_body() {
+        let body = " [ {\"a\":1} ,\n{\"b\":[2, 3]}, 4, \"x\" ] ";
+        let split = split_body(body.as_bytes()).unwrap();
+        assert_eq!(
+            split
+                .iter()
+                .map(|r| (r.position, std::str::from_utf8(r.bytes).unwrap()))
+                .collect::<Vec<_>>(),
+            [
+                (1, "{\"a\":1}"),
+                (2, "{\"b\":[2, 3]}"),
+                (3, "4"),
+                (4, "\"x\"")
+            ]
+        );
+        let range = body.as_bytes().as_ptr_range();
+        assert!(split.iter().all(|r| range.contains(&r.bytes.as_ptr())));
+        assert_eq!(records("[]"), []);
+    }
+
+    #[test]
+    fn ndjson_skips_blank_lines_and_trims_carriage_returns() {
+        let body = "{\"a\":1}\r\n\n   \n{\"a\":2}\n\t\r\n{\"a\":3}";
+        assert_eq!(
+            records(body),
+            [(1, "{\"a\":1}"), (4, "{\"a\":2}"), (6, "{\"a\":3}")]
+        );
+        assert_eq!(
+            records("{\"a\":1}\n{\"a\":2}\n"),
+            [(1, "{\"a\":1}"), (2, "{\"a\":2}")]
+        );
+    }
+
+    #[test]
+    fn garbage_lines_are_records_for_the_decoder_to_reject() {
+        assert_eq!(records("hello\nworld\n"), [(1, "hello"), (2, "world")]);
+        assert_eq!(
+            records("{\"a\":1}\n{broken\n{\"a\":3}"),
+            [(1, "{\"a\":1}"), (2, "{broken"), (3, "{\"a\":3}")]
+        );
+        // A multi-line body that is not one object falls back to lines.
+        assert_eq!(records("{\n\"a\": }"), [(1, "{"), (2, "\"a\": }")]);
+        let split = split_body(b"{\"a\":\"\xff\"}\n{\"a\":2}").unwrap();
+        assert_eq!(split.len(), 2);
+        assert_eq!(split[0].bytes, b"{\"a\":\"\xff\"}");
+    }
+
+    #[test]
+    fn empty_bodies_have_no_records() {
+        assert_eq!(records(""), []);
+        assert_eq!(records(" \r\n\t\n"), []);
+    }
+
+    #[test]
+    fn broken_arrays_fail_as_a_whole() {
+        let err = split_body(b"[{\"a\":1}, {\"a\":").unwrap_err();
+        assert_eq!(
+            crate::decode::shown(&err),
+            (
+                "not_json",
+                "record is not a JSON object: EOF while parsing a value".to_string()
+            )
+        );
+        assert_eq!(split_body(b"[1,]").unwrap_err().reason(), "not_json");
+        assert_eq!(split_body(b"[1] [2]").unwrap_err().reason(), "not_json");
+        assert_eq!(
+            split_body(b"[\"\xff\"]").unwrap_err(),
+            DecodeError::InvalidUtf8
+        );
+    }
+
+    fn lines(input: &str, capacity: usize) -> (u64, Vec<(u64, String)>) {
+        let mut seen = Vec::new();
+        let reader = BufReader::with_capacity(capacity, input.as_bytes());
+        let n = for_each_line(reader, |no, line| {
+            seen.push((no, String::from_utf8(line.to_vec()).unwrap()))
+        })
+        .unwrap();
+        (n, seen)
+    }
+
+    #[test]
+    fn for_each_line_numbers_lines_and_skips_blanks() {
+        let input = "{\"a\":1}\r\n\n  \n{\"a\":22}\n{\"a\":333}";
+        let expected = vec![
+            (1, "{\"a\":1}".to_string()),
+            (4, "{\"a\":22}".to_string()),
+            (5, "{\"a\":333}".to_string()),
+        ];
+        // Tiny buffers make lines straddle refills; large ones hold the whole input.
+        for capacity in [1, 2, 3, 5, 8, 64, 8192] {
+            assert_eq!(lines(input, capacity), (3, expected.clone()), "{capacity}");
+        }
+        assert_eq!(lines("", 16), (0, vec![]));
+        assert_eq!(lines("\n\r\n", 16), (0, vec![]));
+        assert_eq!(lines("x\n", 16), (1, vec![(1, "x".to_string())]));
+    }
+
+    #[test]
+    fn for_each_line_releases_a_huge_line_buffer() {
+        let huge = "x".repeat(KEEP_BUFFER_BYTES + 10);
+        let input = format!("{huge}\nsmall\n");
+        let mut lens = Vec::new();
+        let n = for_each_line(BufReader::with_capacity(1024, input.as_bytes()), |no, l| {
+            lens.push((no, l.len()))
+        })
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(lens, [(1, KEEP_BUFFER_BYTES + 10), (2, 5)]);
+    }
+
+    /// Yields `Interrupted` once, then one chunk per read, then fails.
+    struct Flaky {
+        interrupted: bool,
+        chunks: Vec<&'static [u8]>,
+    }
+
+    impl Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if !self.interrupted {
+                self.interrupted = true;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            if self.chunks.is_empty() {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let chunk = self.chunks.remove(0);
+            buf[..chunk.len()].copy_from_slice(chunk);
+            Ok(chunk.len())
+        }
+    }
+
+    #[test]
+    fn for_each_line_retries_interrupts_and_reports_errors() {
+        let reader = Flaky {
+            interrupted: false,
+            chunks: vec![b"{\"a\"", b":1}\n{\"b\":2}\n"],
+        };
+        let mut seen = Vec::new();
+        let err = for_each_line(BufReader::new(reader), |no, line| {
+            seen.push((no, line.to_vec()))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk on fire");
+        assert_eq!(
+            seen,
+            [(1, b"{\"a\":1}".to_vec()), (2, b"{\"b\":2}".to_vec())]
+        );
+    }
+
+    #[test]
+    fn for_each_line_from_a_cursor() {
+        let mut count = 0;
+        let n = for_each_line(Cursor::new(b"a\nb\n\nc"), |_, _| count += 1).unwrap();
+        assert_eq!((n, count), (3, 3));
+    }
+}

@@ -1,0 +1,383 @@
+//! The [`Decoder`] and the field checks shared by the non-canonical formats.
+//!
+//! Segment and CloudEvents records are deserialized into small envelope structs whose
+//! scalar fields are [`Field`]s: strings borrow from the record when they have no escapes,
+//! anything else is kept as a JSON value. Type checks then happen in plain code, so every
+//! error can name the field as the producer wrote it (`userId`, `time`, ...).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use journey_core::event::{check_customer_id, check_time, decode_canonical, parse_rfc3339};
+use journey_core::time::Millis;
+use journey_core::{DecodeError, DecodeLimits, Event};
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::{cloudevents, segment, Format};
+
+/// Decodes records of one wire format into events.
+///
+/// `default_source` is the event's `source` unless the canonical record (or the mapping's
+/// `source` pointer) names one; Segment and CloudEvents records always get it.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    format: Format,
+    default_source: String,
+    limits: DecodeLimits,
+}
+
+impl Decoder {
+    pub fn new(format: Format, default_source: impl Into<String>, limits: DecodeLimits) -> Self {
+        Decoder {
+            format,
+            default_source: default_source.into(),
+            limits,
+        }
+    }
+
+    pub fn format(&self) -> &Format {
+        &self.format
+    }
+
+    pub fn default_source(&self) -> &str {
+        &self.default_source
+    }
+
+    pub fn limits(&self) -> DecodeLimits {
+        self.limits
+    }
+
+    /// Decodes one record (one JSON object). Strings borrow from `bytes` where possible.
+    pub fn decode<'a>(&'a self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+        let source = self.default_source.as_str();
+        match &self.format {
+            Format::Canonical => decode_canonical(bytes, source, &self.limits),
+            Format::Segment => segment::decode(checked_text(bytes, &self.limits)?, source),
+            Format::CloudEvents => cloudevents::decode(checked_text(bytes, &self.limits)?, source),
+            Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &self.limits)?, source),
+        }
+    }
+}
+
+/// Applies the size limit, then checks UTF-8 (in that order, like the canonical decoder).
+pub(crate) fn checked_text<'a>(
+    bytes: &'a [u8],
+    limits: &DecodeLimits,
+) -> Result<&'a str, DecodeError> {
+    if bytes.len() > limits.max_record_bytes {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_record_bytes,
+        });
+    }
+    std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
+}
+
+/// Parses `text` as exactly one JSON object (no trailing data) into `T`.
+///
+/// Arrays are refused even when `T` is a struct (serde would otherwise accept a sequence).
+pub(crate) fn parse_object<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    ObjectOnly::<T>::deserialize(&mut de)
+        .and_then(|object| {
+            de.end()?;
+            Ok(object.0)
+        })
+        .map_err(|e| DecodeError::NotJson(e.to_string()))
+}
+
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = ObjectOnly<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(ObjectOnly)
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// A present, non-null field: a string (borrowed when unescaped) or any other JSON value.
+///
+/// Envelope structs hold `Option<Field>`; JSON `null` reads as `None`, i.e. absent.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Field<'a> {
+    Str(Cow<'a, str>),
+    Other(Value),
+}
+
+impl Field<'_> {
+    /// A field read from an already parsed value; `null` counts as absent.
+    pub(crate) fn from_value(v: &Value) -> Option<Field<'static>> {
+        match v {
+            Value::Null => None,
+            Value::String(s) => Some(Field::Str(Cow::Owned(s.clone()))),
+            other => Some(Field::Other(other.clone())),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<Field<'a>>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::from(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::Null))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Field::Other(Value::Null))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                Field::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Value::deserialize(SeqAccessDeserializer::new(seq)).map(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Value::deserialize(MapAccessDeserializer::new(map)).map(Field::Other)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+const TIMESTAMP: &str = "an RFC 3339 string or epoch milliseconds";
+
+/// The customer: a string, or a number written out in decimal; 1 to 256 bytes.
+pub(crate) fn customer<'a>(
+    v: Option<Field<'a>>,
+    field: &'static str,
+) -> Result<Cow<'a, str>, DecodeError> {
+    let id = identifier(v.ok_or(DecodeError::MissingField(field))?, field)?;
+    check_customer_id(&id)?;
+    Ok(id)
+}
+
+/// An identifier that producers write as a string or as a number.
+pub(crate) fn identifier<'a>(
+    v: Field<'a>,
+    field: &'static str,
+) -> Result<Cow<'a, str>, DecodeError> {
+    match v {
+        Field::Str(s) => Ok(s),
+        Field::Other(Value::Number(n)) => Ok(Cow::Owned(n.to_string())),
+        Field::Other(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string or number",
+        }),
+    }
+}
+
+/// A required, non-empty event name.
+pub(crate) fn event_name<'a>(
+    v: Option<Field<'a>>,
+    field: &'static str,
+) -> Result<Cow<'a, str>, DecodeError> {
+    match v {
+        None => Err(DecodeError::MissingField(field)),
+        Some(Field::Str(s)) if !s.is_empty() => Ok(s),
+        Some(Field::Str(_)) => Err(DecodeError::WrongType {
+            field,
+            expected: "a non-empty string",
+        }),
+        Some(Field::Other(_)) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+/// A string.
+pub(crate) fn string<'a>(v: Field<'a>, field: &'static str) -> Result<Cow<'a, str>, DecodeError> {
+    match v {
+        Field::Str(s) => Ok(s),
+        Field::Other(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+/// An optional string.
+pub(crate) fn optional_string<'a>(
+    v: Option<Field<'a>>,
+    field: &'static str,
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    v.map(|v| string(v, field)).transpose()
+}
+
+/// Event time: an RFC 3339 string or integer epoch milliseconds, inside the accepted range.
+///
+/// A float without a fractional part (`1.7953416e12`) counts as an integer, as in the
+/// canonical decoder.
+pub(crate) fn timestamp(v: Field<'_>, field: &'static str) -> Result<Millis, DecodeError> {
+    let ts = match v {
+        Field::Str(s) => {
+            parse_rfc3339(&s).ok_or_else(|| DecodeError::BadTimestamp(s.into_owned()))?
+        }
+        Field::Other(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i,
+            (None, Some(f)) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => f as Millis,
+            _ => return Err(DecodeError::BadTimestamp(n.to_string())),
+        },
+        Field::Other(_) => {
+            return Err(DecodeError::WrongType {
+                field,
+                expected: TIMESTAMP,
+            })
+        }
+    };
+    check_time(ts)
+}
+
+/// An optional JSON object (absent or `null` is `None`).
+pub(crate) fn object(
+    v: Option<Value>,
+    field: &'static str,
+) -> Result<Option<Map<String, Value>>, DecodeError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "an object",
+        }),
+    }
+}
+
+/// An error as a test compares it: its reason and its message without serde_json's
+/// `at line L column C` suffix (the column of some errors differs between versions).
+#[cfg(test)]
+pub(crate) fn shown(err: &DecodeError) -> (&'static str, String) {
+    let message = err.to_string();
+    let message = message
+        .split_once(" at line ")
+        .map_or(&*message, |(m, _)| m);
+    (err.reason(), message.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(json: &str) -> Field<'_> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn field_borrows_plain_strings_and_keeps_other_values() {
+        assert!(matches!(
+            field(r#""abc""#),
+            Field::Str(Cow::Borrowed("abc"))
+        ));
+        assert!(matches!(field(r#""a\"c""#), Field::Str(Cow::Owned(s)) if s == "a\"c"));
+        assert_eq!(field("12"), Field::Other(Value::from(12)));
+        assert_eq!(field("-1.5"), Field::Other(Value::from(-1.5)));
+        assert_eq!(field("true"), Field::Other(Value::Bool(true)));
+        assert_eq!(field("null"), Field::Other(Value::Null));
+        assert_eq!(
+            field(r#"[1,{"a":2}]"#),
+            Field::Other(serde_json::json!([1, {"a": 2}]))
+        );
+        assert_eq!(
+            field(r#"{"a":[null]}"#),
+            Field::Other(serde_json::json!({"a": [null]}))
+        );
+    }
+
+    #[test]
+    fn timestamps_accept_rfc3339_and_integral_millis() {
+        let ts = |json: &str| timestamp(field(json), "time");
+        assert_eq!(ts(r#""2026-11-22T10:00:00.120Z""#), Ok(1_795_341_600_120));
+        assert_eq!(
+            ts(r#""2026-11-22T11:00:00.120+01:00""#),
+            Ok(1_795_341_600_120)
+        );
+        assert_eq!(ts("1795341600120"), Ok(1_795_341_600_120));
+        assert_eq!(ts("1795341600120.0"), Ok(1_795_341_600_120));
+        assert_eq!(
+            ts("1795341600120.5"),
+            Err(DecodeError::BadTimestamp("1795341600120.5".into()))
+        );
+        assert_eq!(
+            ts("18446744073709551615"),
+            Err(DecodeError::BadTimestamp("18446744073709551615".into()))
+        );
+        assert_eq!(ts("-1"), Err(DecodeError::TimestampOutOfRange(-1)));
+        assert_eq!(
+            ts("true").unwrap_err().to_string(),
+            "field `time` must be an RFC 3339 string or epoch milliseconds"
+        );
+    }
+
+    #[test]
+    fn parse_object_refuses_non_objects_and_trailing_data() {
+        for text in ["[]", "[1]", "\"s\"", "3", "null", "{", "{} {}", ""] {
+            let err = parse_object::<Value>(text).unwrap_err();
+            assert_eq!(err.reason(), "not_json", "{text}");
+        }
+        assert_eq!(
+            shown(&parse_object::<Value>("[1]").unwrap_err()),
+            (
+                "not_json",
+                "record is not a JSON object: invalid type: sequence, expected a JSON object"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            parse_object::<Value>(r#" {"a":1} "#),
+            Ok(serde_json::json!({"a": 1}))
+        );
+    }
+
+    #[test]
+    fn size_is_checked_before_utf8() {
+        let limits = DecodeLimits {
+            max_record_bytes: 3,
+        };
+        assert_eq!(
+            checked_text(b"\xff\xff\xff\xff", &limits),
+            Err(DecodeError::TooLarge { size: 4, limit: 3 })
+        );
+        assert_eq!(
+            checked_text(b"\xff", &limits),
+            Err(DecodeError::InvalidUtf8)
+        );
+        assert_eq!(checked_text(b"{}", &limits), Ok("{}"));
+    }
+}

@@ -1,0 +1,473 @@
+//! Segment / RudderStack spec: `track`, `page`, `screen` and `identify` calls.
+//!
+//! | event field   | taken from                                                        |
+//! |---------------|-------------------------------------------------------------------|
+//! | `customer_id` | `userId`, else `anonymousId` (a string, or a number written out)  |
+//! | `event`       | `event` (track), `page_view`, `screen_view`, `identify`           |
+//! | `ts`          | `timestamp`, else `originalTimestamp`, else `sentAt`              |
+//! | `event_id`    | `messageId` (a string or number)                                  |
+//! | `source`      | the decoder's default source                                      |
+//! | `attributes`  | `properties`, plus `context` under `context` and, for identify,   |
+//! |               | `traits` under `traits`                                           |
+//!
+//! Choices where the Segment spec leaves room:
+//! - a record without `type` is a `track` call (the per-call HTTP endpoints omit it); `group`,
+//!   `alias` and other types are rejected as `wrong_type` on `type`;
+//! - `null` counts as absent everywhere, and an empty `userId` falls back to `anonymousId`;
+//! - page and screen calls keep their properties as they are (`url`, `path`, `title`, ...);
+//!   their top-level `name` and `category` are added to the attributes unless the
+//!   properties already carry them;
+//! - the envelope's `context` and `traits` replace properties of the same name;
+//! - when neither `userId` nor `anonymousId` is present the error names `userId`, and when no
+//!   timestamp is present it names `timestamp`.
+
+use std::borrow::Cow;
+
+use journey_core::{DecodeError, Event};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::decode::{self, Field};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Call<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Field<'a>>,
+    #[serde(borrow)]
+    user_id: Option<Field<'a>>,
+    #[serde(borrow)]
+    anonymous_id: Option<Field<'a>>,
+    #[serde(borrow)]
+    event: Option<Field<'a>>,
+    name: Option<Value>,
+    category: Option<Value>,
+    #[serde(borrow)]
+    timestamp: Option<Field<'a>>,
+    #[serde(borrow)]
+    original_timestamp: Option<Field<'a>>,
+    #[serde(borrow)]
+    sent_at: Option<Field<'a>>,
+    #[serde(borrow)]
+    message_id: Option<Field<'a>>,
+    properties: Option<Value>,
+    context: Option<Value>,
+    traits: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Track,
+    Page,
+    Screen,
+    Identify,
+}
+
+impl Kind {
+    fn of(kind: Option<Field<'_>>) -> Result<Kind, DecodeError> {
+        match kind.as_ref() {
+            None => Ok(Kind::Track),
+            Some(Field::Str(s)) => match &**s {
+                "track" => Ok(Kind::Track),
+                "page" => Ok(Kind::Page),
+                "screen" => Ok(Kind::Screen),
+                "identify" => Ok(Kind::Identify),
+                _ => Err(Self::wrong()),
+            },
+            Some(Field::Other(_)) => Err(Self::wrong()),
+        }
+    }
+
+    fn wrong() -> DecodeError {
+        DecodeError::WrongType {
+            field: "type",
+            expected: "one of `track`, `page`, `screen`, `identify`",
+        }
+    }
+}
+
+pub(crate) fn decode<'a>(text: &'a str, source: &'a str) -> Result<Event<'a>, DecodeError> {
+    let call: Call<'a> = decode::parse_object(text)?;
+    let kind = Kind::of(call.kind)?;
+
+    let user_id = match call.user_id {
+        Some(Field::Str(s)) if s.is_empty() && call.anonymous_id.is_some() => None,
+        user_id => user_id,
+    };
+    let customer_id = match (user_id, call.anonymous_id) {
+        (Some(id), _) => decode::customer(Some(id), "userId")?,
+        (None, Some(id)) => decode::customer(Some(id), "anonymousId")?,
+        (None, None) => return Err(DecodeError::MissingField("userId")),
+    };
+
+    let name = match kind {
+        Kind::Track => decode::event_name(call.event, "event")?,
+        Kind::Page => Cow::Borrowed("page_view"),
+        Kind::Screen => Cow::Borrowed("screen_view"),
+        Kind::Identify => Cow::Borrowed("identify"),
+    };
+
+    let ts = match (call.timestamp, call.original_timestamp, call.sent_at) {
+        (Some(ts), _, _) => decode::timestamp(ts, "timestamp")?,
+        (None, Some(ts), _) => decode::timestamp(ts, "originalTimestamp")?,
+        (None, None, Some(ts)) => decode::timestamp(ts, "sentAt")?,
+        (None, None, None) => return Err(DecodeError::MissingField("timestamp")),
+    };
+
+    let event_id = match call.message_id {
+        None => None,
+        Some(id) => Some(decode::identifier(id, "messageId")?),
+    };
+
+    let mut attributes = decode::object(call.properties, "properties")?;
+    if matches!(kind, Kind::Page | Kind::Screen) {
+        for (key, value) in [("name", call.name), ("category", call.category)] {
+            if let Some(value) = value {
+                let map = attributes.get_or_insert_with(Map::new);
+                map.entry(key).or_insert(value);
+            }
+        }
+    }
+    if kind == Kind::Identify {
+        if let Some(traits) = decode::object(call.traits, "traits")? {
+            let map = attributes.get_or_insert_with(Map::new);
+            map.insert("traits".to_string(), Value::Object(traits));
+        }
+    }
+    if let Some(context) = decode::object(call.context, "context")? {
+        let map = attributes.get_or_insert_with(Map::new);
+        map.insert("context".to_string(), Value::Object(context));
+    }
+
+    Ok(Event {
+        event_id,
+        customer_id,
+        ts,
+        source: Cow::Borrowed(source),
+        name,
+        attributes: attributes.map_or(Value::Null, Value::Object),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use journey_core::{decode_canonical, DecodeLimits};
+    use serde_json::json;
+
+    use super::*;
+    use crate::decode::shown;
+    use crate::{Decoder, Format};
+
+    fn decoder() -> Decoder {
+        Decoder::new(Format::Segment, "web", DecodeLimits::default())
+    }
+
+    #[test]
+    fn spec_example_as_a_page_call_equals_the_canonical_event() {
+        let segment = br#"{"type": "page", "messageId": "e-81", "userId": "c-42",
+            "timestamp": "2026-11-22T10:00:00.120Z",
+            "properties": {"url": "/products/shoes", "utm_medium": "cpc", "persona": "bargain-hunter"}}"#;
+        let canonical = br#"{"event_id": "e-81", "customer_id": "c-42", "ts": "2026-11-22T10:00:00.120Z",
+            "source": "web", "event": "page_view",
+            "attributes": {"url": "/products/shoes", "utm_medium": "cpc", "persona": "bargain-hunter"}}"#;
+        let dec = decoder();
+        let ev = dec.decode(segment).unwrap();
+        assert!(matches!(ev.customer_id, Cow::Borrowed("c-42")));
+        assert!(matches!(ev.event_id, Some(Cow::Borrowed("e-81"))));
+        assert_eq!(
+            Ok(ev),
+            decode_canonical(canonical, "other", &DecodeLimits::default())
+        );
+    }
+
+    #[test]
+    fn track_maps_every_field() {
+        let record = br#"{"type": "track", "event": "Order Completed", "userId": "u-1",
+            "anonymousId": "a-1", "messageId": "m-1", "timestamp": "2026-11-22T10:00:00Z",
+            "originalTimestamp": "2001-01-01T00:00:00Z",
+            "properties": {"revenue": 42.5, "context": "overwritten"},
+            "context": {"page": {"url": "/checkout"}, "campaign": {"medium": "cpc"}},
+            "traits": {"ignored": "outside identify"}}"#;
+        let dec = decoder();
+        let ev = dec.decode(record).unwrap();
+        assert_eq!(ev.name, "Order Completed");
+        assert_eq!(ev.customer_id, "u-1");
+        assert_eq!(ev.event_id.as_deref(), Some("m-1"));
+        assert_eq!(ev.ts, 1_795_341_600_000);
+        assert_eq!(ev.source, "web");
+        assert_eq!(
+            ev.attributes,
+            json!({"revenue": 42.5, "context": {"page": {"url": "/checkout"},
+                                                 "campaign": {"medium": "cpc"}}})
+        );
+        let path: Vec<Box<str>> = vec!["context".into(), "page".into(), "url".into()];
+        assert_eq!(ev.attribute(&path), Some(&json!("/checkout")));
+    }
+
+    #[test]
+    fn customer_falls_back_to_anonymous_id_and_numbers_are_written_out() {
+        let dec = decoder();
+        let ev = |record: &str| dec.decode(record.as_bytes()).unwrap().into_owned();
+        let base = r#""event": "x", "timestamp": 1795341600120"#;
+        assert_eq!(
+            ev(&format!(r#"{{"anonymousId": "a-1", {base}}}"#)).customer_id,
+            "a-1"
+        );
+        assert_eq!(
+            ev(&format!(
+                r#"{{"userId": null, "anonymousId": "a-1", {base}}}"#
+            ))
+            .customer_id,
+            "a-1"
+        );
+        assert_eq!(
+            ev(&format!(
+                r#"{{"userId": "", "anonymousId": "a-1", {base}}}"#
+            ))
+            .customer_id,
+            "a-1"
+        );
+        assert_eq!(
+            ev(&format!(r#"{{"userId": 1234, {base}}}"#)).customer_id,
+            "1234"
+        );
+        assert_eq!(
+            ev(&format!(r#"{{"anonymousId": 7, {base}}}"#)).customer_id,
+            "7"
+        );
+        let escaped = ev(&format!(r#"{{"userId": "u\"1", "messageId": 99, {base}}}"#));
+        assert_eq!(escaped.customer_id, "u\"1");
+        assert_eq!(escaped.event_id.as_deref(), Some("99"));
+        // Without `type` the call is a track call.
+        assert_eq!(ev(&format!(r#"{{"userId": "u", {base}}}"#)).name, "x");
+    }
+
+    #[test]
+    fn timestamp_falls_back_to_original_timestamp_then_sent_at() {
+        let dec = decoder();
+        let ts = |fields: &str| {
+            let record = format!(r#"{{"userId": "u", "event": "x", {fields}}}"#);
+            dec.decode(record.as_bytes()).map(|e| e.ts)
+        };
+        assert_eq!(
+            ts(r#""originalTimestamp": "2026-11-22T10:00:00.120Z", "sentAt": 1"#),
+            Ok(1_795_341_600_120)
+        );
+        assert_eq!(
+            ts(r#""timestamp": null, "sentAt": "2026-11-22T10:00:00.120Z""#),
+            Ok(1_795_341_600_120)
+        );
+        assert_eq!(ts(r#""timestamp": 1795341600120"#), Ok(1_795_341_600_120));
+    }
+
+    #[test]
+    fn page_screen_and_identify_calls() {
+        let dec = decoder();
+        let page = dec
+            .decode(
+                br#"{"type": "page", "anonymousId": "a", "name": "Shoes", "category": "Shop",
+                    "timestamp": "2026-11-22T10:00:00Z",
+                    "properties": {"url": "https://shop.example/products/shoes",
+                                   "path": "/products/shoes", "category": "Kept"}}"#,
+            )
+            .unwrap();
+        assert_eq!(page.name, "page_view");
+        assert_eq!(
+            page.attributes,
+            json!({"url": "https://shop.example/products/shoes", "path": "/products/shoes",
+                   "category": "Kept", "name": "Shoes"})
+        );
+
+        let screen = dec
+            .decode(
+                br#"{"type": "screen", "userId": "u", "name": "Home", "timestamp": 1795341600000}"#,
+            )
+            .unwrap();
+        assert_eq!(screen.name, "screen_view");
+        assert_eq!(screen.attributes, json!({"name": "Home"}));
+
+        let identify = dec
+            .decode(
+                br#"{"type": "identify", "userId": "u", "timestamp": 1795341600000,
+                    "traits": {"email": "a@b.c", "plan": "pro"}, "context": {"ip": "1.2.3.4"}}"#,
+            )
+            .unwrap();
+        assert_eq!(identify.name, "identify");
+        assert_eq!(
+            identify.attributes,
+            json!({"traits": {"email": "a@b.c", "plan": "pro"}, "context": {"ip": "1.2.3.4"}})
+        );
+
+        let bare = dec
+            .decode(
+                br#"{"type": "track", "event": "x", "userId": "u", "timestamp": 1795341600000}"#,
+            )
+            .unwrap();
+        assert_eq!(bare.attributes, Value::Null);
+        assert_eq!(bare.event_id, None);
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let dec = decoder();
+        let cases = [
+            (
+                "{",
+                "not_json",
+                "record is not a JSON object: EOF while parsing an object",
+            ),
+            (
+                "[]",
+                "not_json",
+                "record is not a JSON object: invalid type: sequence, expected a JSON object",
+            ),
+            (
+                r#"{"userId": "u"} x"#,
+                "not_json",
+                "record is not a JSON object: trailing characters",
+            ),
+            (
+                r#"{"userId": "u", "userId": "v"}"#,
+                "not_json",
+                "record is not a JSON object: duplicate field `userId`",
+            ),
+            (
+                r#"{"type": "group", "userId": "u", "timestamp": 1795341600000}"#,
+                "wrong_type",
+                "field `type` must be one of `track`, `page`, `screen`, `identify`",
+            ),
+            (
+                r#"{"type": 1, "userId": "u", "timestamp": 1795341600000}"#,
+                "wrong_type",
+                "field `type` must be one of `track`, `page`, `screen`, `identify`",
+            ),
+            (
+                r#"{"event": "x", "timestamp": 1795341600000}"#,
+                "missing_field",
+                "missing field `userId`",
+            ),
+            (
+                r#"{"event": "x", "userId": null, "anonymousId": null, "timestamp": 1795341600000}"#,
+                "missing_field",
+                "missing field `userId`",
+            ),
+            (
+                r#"{"event": "x", "userId": true, "timestamp": 1795341600000}"#,
+                "wrong_type",
+                "field `userId` must be a string or number",
+            ),
+            (
+                r#"{"event": "x", "anonymousId": ["a"], "timestamp": 1795341600000}"#,
+                "wrong_type",
+                "field `anonymousId` must be a string or number",
+            ),
+            (
+                r#"{"event": "x", "userId": "", "timestamp": 1795341600000}"#,
+                "customer_id_length",
+                "`customer_id` must be 1 to 256 bytes, got 0",
+            ),
+            (
+                r#"{"userId": "u", "timestamp": 1795341600000}"#,
+                "missing_field",
+                "missing field `event`",
+            ),
+            (
+                r#"{"event": 3, "userId": "u", "timestamp": 1795341600000}"#,
+                "wrong_type",
+                "field `event` must be a string",
+            ),
+            (
+                r#"{"event": "", "userId": "u", "timestamp": 1795341600000}"#,
+                "wrong_type",
+                "field `event` must be a non-empty string",
+            ),
+            (
+                r#"{"event": "x", "userId": "u"}"#,
+                "missing_field",
+                "missing field `timestamp`",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "timestamp": {}}"#,
+                "wrong_type",
+                "field `timestamp` must be an RFC 3339 string or epoch milliseconds",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "originalTimestamp": false}"#,
+                "wrong_type",
+                "field `originalTimestamp` must be an RFC 3339 string or epoch milliseconds",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "sentAt": []}"#,
+                "wrong_type",
+                "field `sentAt` must be an RFC 3339 string or epoch milliseconds",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "timestamp": "yesterday"}"#,
+                "bad_timestamp",
+                "`ts` is not RFC 3339 or epoch milliseconds: `yesterday`",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "timestamp": 1795341600000.5}"#,
+                "bad_timestamp",
+                "`ts` is not RFC 3339 or epoch milliseconds: `1795341600000.5`",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "timestamp": 5}"#,
+                "timestamp_out_of_range",
+                "`ts` 5 is outside the accepted range 2000-01-01 to 2100-01-01",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "timestamp": "2100-01-01T00:00:00Z"}"#,
+                "timestamp_out_of_range",
+                "`ts` 4102444800000 is outside the accepted range 2000-01-01 to 2100-01-01",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "timestamp": 1795341600000, "messageId": {}}"#,
+                "wrong_type",
+                "field `messageId` must be a string or number",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "timestamp": 1795341600000, "properties": [1]}"#,
+                "wrong_type",
+                "field `properties` must be an object",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "timestamp": 1795341600000, "context": "c"}"#,
+                "wrong_type",
+                "field `context` must be an object",
+            ),
+            (
+                r#"{"type": "identify", "userId": "u", "timestamp": 1795341600000, "traits": 1}"#,
+                "wrong_type",
+                "field `traits` must be an object",
+            ),
+        ];
+        for (record, reason, message) in cases {
+            let err = dec.decode(record.as_bytes()).unwrap_err();
+            assert_eq!(shown(&err), (reason, message.to_string()), "{record}");
+        }
+        let long = format!(
+            r#"{{"event": "x", "userId": "{}", "timestamp": 1795341600000}}"#,
+            "u".repeat(257)
+        );
+        assert_eq!(
+            dec.decode(long.as_bytes()).unwrap_err(),
+            DecodeError::CustomerIdLength(257)
+        );
+        assert_eq!(
+            dec.decode(b"{\"userId\": \"\xc3\"}").unwrap_err(),
+            DecodeError::InvalidUtf8
+        );
+        let small = Decoder::new(
+            Format::Segment,
+            "web",
+            DecodeLimits {
+                max_record_bytes: 4,
+            },
+        );
+        assert_eq!(
+            small.decode(b"{ }  ").unwrap_err().to_string(),
+            "record of 5 bytes exceeds the limit of 4 bytes"
+        );
+    }
+}

@@ -1,0 +1,1470 @@
+//! Configuration of the `journeyd` binary: one TOML file, overridden by `JOURNEYD_*` variables.
+//!
+//! Loading takes three steps, so that every mistake is reported once, precisely:
+//!
+//! 1. the file is parsed into a [`toml::Table`]; a syntax error carries line and column;
+//! 2. environment overrides `JOURNEYD_<SECTION>__<KEY>` are written into that table;
+//! 3. the table is deserialised into raw structs that reject unknown keys, and
+//!    [`RawConfig::build`] checks every value at once, each problem naming its key path.
+//!
+//! Every default lives in [`Settings::defaults`] (engine defaults come from
+//! [`EngineConfig::default`]); `config/journeyd.toml` spells each one out with a comment, and a
+//! test keeps the two equal.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use journey_core::time::{parse_duration, HumanDuration, Millis};
+use journey_core::EngineConfig;
+use journey_ingest::Format;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// Prefix of environment variables that override the file.
+pub const ENV_PREFIX: &str = "JOURNEYD_";
+
+const LOG_FORMATS: [&str; 2] = ["text", "json"];
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// More workers than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
+/// Everything `journeyd` is configured with, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `[session]`, `[journey]`, `[breakdown]` and `[retention]`.
+    pub engine: EngineConfig,
+    pub rules: RulesSettings,
+    pub runtime: RuntimeSettings,
+    pub http: HttpSettings,
+    pub ingest: IngestSettings,
+    pub kafka: KafkaSettings,
+    pub log: LogSettings,
+}
+
+/// `[rules]`: where the touchpoint rules live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulesSettings {
+    /// Relative paths are relative to the working directory.
+    pub path: PathBuf,
+    /// Reload the rules when the file changes.
+    pub watch: bool,
+}
+
+/// `[runtime]`: worker threads owning the shards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeSettings {
+    /// Always at least 1: `workers = 0` in the file resolves to the number of available cores.
+    pub workers: usize,
+    /// Batches queued per worker before ingest waits.
+    pub channel_capacity: usize,
+    /// How often workers publish partial aggregates to the API.
+    pub publish_interval: Duration,
+    /// How often the watermark follows the wall clock.
+    pub tick_interval: Duration,
+}
+
+/// `[http]`: the API server and `POST /v1/events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub request_timeout: Duration,
+    /// `source` of events posted without one.
+    pub default_source: String,
+}
+
+/// `[ingest]`: limits shared by every source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestSettings {
+    /// A larger record goes to the dead-letter sink.
+    pub max_record_bytes: usize,
+}
+
+/// `[kafka]`: the consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSettings {
+    pub enabled: bool,
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// `group.id`.
+    pub group_id: String,
+    /// Passed verbatim to librdkafka.
+    pub properties: BTreeMap<String, String>,
+    pub topics: Vec<TopicSettings>,
+}
+
+/// One `[[kafka.topics]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSettings {
+    pub name: String,
+    /// `source` of the events read from it; defaults to the topic name.
+    pub source: String,
+    /// One of [`journey_ingest::Format::NAMES`]; defaults to `canonical`. Checked with
+    /// [`journey_ingest::Format::parse`], so that call cannot fail on these settings.
+    pub format: String,
+    /// Canonical field → JSON pointer; present exactly when `format` is `mapping`.
+    pub mapping: Option<BTreeMap<String, String>>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    /// A level or `tracing` filter directives such as `info,journeyd=debug`.
+    pub level: String,
+    /// JSON lines instead of text.
+    pub json: bool,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML at all.
+    #[error("{origin}:{line}:{column}: invalid TOML: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// TOML, but a key that does not exist or a value of the wrong type. `origin` is the file,
+    /// or the environment variable that introduced the problem.
+    #[error("{}: {message}", Located(origin, *location))]
+    Schema {
+        origin: String,
+        location: Option<(usize, usize)>,
+        message: String,
+    },
+    /// Every problem found, each starting with its key path.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+struct Located<'a>(&'a str, Option<(usize, usize)>);
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Some((line, column)) => write!(f, "{}:{line}:{column}", self.0),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
+impl Settings {
+    /// The built-in defaults, as written out in `config/journeyd.toml`.
+    pub fn defaults() -> Settings {
+        Settings {
+            engine: EngineConfig::default(),
+            rules: RulesSettings {
+                path: PathBuf::from("config/rules.toml"),
+                watch: true,
+            },
+            runtime: RuntimeSettings {
+                workers: available_cores(),
+                channel_capacity: 64,
+                publish_interval: Duration::from_secs(1),
+                tick_interval: Duration::from_secs(1),
+            },
+            http: HttpSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                max_body_bytes: 10 << 20,
+                max_batch_events: 10_000,
+                request_timeout: Duration::from_secs(30),
+                default_source: "http".to_string(),
+            },
+            ingest: IngestSettings {
+                max_record_bytes: 1 << 20,
+            },
+            kafka: KafkaSettings {
+                enabled: false,
+                brokers: "localhost:9092".to_string(),
+                group_id: "journeyd".to_string(),
+                properties: BTreeMap::new(),
+                topics: Vec::new(),
+            },
+            log: LogSettings {
+                level: "info".to_string(),
+                json: false,
+            },
+        }
+    }
+
+    /// Reads the file at `path` (built-in defaults when `None`) and applies `env` overrides.
+    ///
+    /// `env` is usually the process environment; `std::env::vars()` panics on a variable that
+    /// is not Unicode, so pass
+    /// `std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                load_text(&text, &path.display().to_string(), env)
+            }
+            None => Settings::from_toml_str("", env),
+        }
+    }
+
+    /// Like [`Settings::load`] with the file's text; errors name the origin `<string>`.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        load_text(text, "<string>", env)
+    }
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn load_text(
+    text: &str,
+    origin: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let file: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let (line, column) = e.span().map_or((1, 1), |s| line_column(text, s.start));
+        ConfigError::Syntax {
+            origin: origin.to_string(),
+            line,
+            column,
+            message: one_line(e.message()),
+        }
+    })?;
+    let overrides = env_overrides(env).map_err(ConfigError::Invalid)?;
+    let mut table = file.clone();
+    let problems: Vec<String> = overrides
+        .iter()
+        .filter_map(|o| o.apply(&mut table).err())
+        .collect();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    let raw = deserialize(&table).map_err(|e| locate(e, text, origin, &file, &overrides))?;
+    raw.build().map_err(ConfigError::Invalid)
+}
+
+fn deserialize(table: &toml::Table) -> Result<RawConfig, toml::de::Error> {
+    toml::Value::Table(table.clone()).try_into()
+}
+
+/// Finds where a deserialisation error of the merged table comes from: the file (with line
+/// and column, which only the file's text has) or one environment variable.
+fn locate(
+    err: toml::de::Error,
+    text: &str,
+    origin: &str,
+    file: &toml::Table,
+    overrides: &[Override],
+) -> ConfigError {
+    let message = one_line(err.message());
+    let schema = |origin: String, location| ConfigError::Schema {
+        origin,
+        location,
+        message: message.clone(),
+    };
+    if let Err(e) = toml::from_str::<RawConfig>(text) {
+        if one_line(e.message()) == message {
+            return schema(
+                origin.to_string(),
+                e.span().map(|s| line_column(text, s.start)),
+            );
+        }
+    }
+    for o in overrides {
+        let mut alone = file.clone();
+        if o.apply(&mut alone).is_ok() {
+            if let Err(e) = deserialize(&alone) {
+                if one_line(e.message()) == message {
+                    return schema(format!("environment variable {}", o.var), None);
+                }
+            }
+        }
+    }
+    schema(origin.to_string(), None)
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---- environment overrides ----------------------------------------------------------------
+
+/// One `JOURNEYD_<SECTION>__<KEY>` variable, ready to be written into the table.
+#[derive(Debug)]
+struct Override {
+    var: String,
+    path: Vec<String>,
+    value: toml::Value,
+}
+
+/// Picks the overrides out of `env`, sorted by variable name so the result never depends on
+/// the environment's order. Variables without a `__` (such as `JOURNEYD_CONFIG`, left to the
+/// command line) are not overrides.
+fn env_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<Override>, Vec<String>> {
+    let mut overrides = Vec::new();
+    let mut problems = Vec::new();
+    for (var, value) in env {
+        let Some(rest) = var
+            .get(..ENV_PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+            .map(|_| &var[ENV_PREFIX.len()..])
+        else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            problems.push(format!(
+                "{var}: not a setting such as JOURNEYD_SESSION__GAP (sections and keys joined by `__`)"
+            ));
+            continue;
+        }
+        // librdkafka properties are strings: keep them verbatim, even when they look numeric.
+        let value = if path.len() > 2 && path[0] == "kafka" && path[1] == "properties" {
+            toml::Value::String(value)
+        } else {
+            env_value(&value)
+        };
+        overrides.push(Override { var, path, value });
+    }
+    overrides.sort_by(|a, b| a.var.cmp(&b.var));
+    if problems.is_empty() {
+        Ok(overrides)
+    } else {
+        Err(problems)
+    }
+}
+
+/// An integer, float or boolean written exactly as TOML prints it, or a TOML array, becomes
+/// that value; anything else stays a string. Requiring the canonical spelling keeps strings
+/// such as `1_000` or `1e3` (a group id, a password) from being silently rewritten.
+fn env_value(text: &str) -> toml::Value {
+    match toml::Value::deserialize(toml::de::ValueDeserializer::new(text)) {
+        Ok(v @ toml::Value::Array(_)) => v,
+        Ok(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)))
+            if v.to_string() == text =>
+        {
+            v
+        }
+        _ => toml::Value::String(text.to_string()),
+    }
+}
+
+impl Override {
+    fn apply(&self, table: &mut toml::Table) -> Result<(), String> {
+        let (last, parents) = self.path.split_last().expect("at least two segments");
+        let mut current = table;
+        for (i, segment) in parents.iter().enumerate() {
+            let entry = current
+                .entry(segment.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            current = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(format!(
+                        "{}: {} is not a table",
+                        self.var,
+                        self.path[..=i].join(".")
+                    ))
+                }
+            };
+        }
+        current.insert(last.clone(), self.value.clone());
+        Ok(())
+    }
+}
+
+// ---- raw structs: what the file may say ---------------------------------------------------
+
+/// A string setting. Numbers and booleans are accepted and kept as written, because an
+/// environment override such as `JOURNEYD_HTTP__LISTEN=8080` arrives as a number; validation
+/// then says what is wrong with the text.
+#[derive(Debug, Clone)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text, E> {
+                Ok(Text(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Text, E> {
+                // As TOML prints it (`1.0`, not Rust's `1`), so env_value's text survives.
+                Ok(Text(toml::Value::Float(v).to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+/// The file as written: every key optional (absent means the default), unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    session: RawSession,
+    journey: RawJourney,
+    breakdown: RawBreakdown,
+    retention: RawRetention,
+    rules: RawRules,
+    runtime: RawRuntime,
+    http: RawHttp,
+    ingest: RawIngest,
+    kafka: RawKafka,
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawSession {
+    gap: Option<Text>,
+    max_duration: Option<Text>,
+    allowed_lateness: Option<Text>,
+    max_events: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawJourney {
+    window: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawBreakdown {
+    attributes: Option<Vec<String>>,
+    max_values: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawRetention {
+    fine: Option<Text>,
+    total: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawRules {
+    path: Option<Text>,
+    watch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawRuntime {
+    workers: Option<usize>,
+    channel_capacity: Option<usize>,
+    publish_interval: Option<Text>,
+    tick_interval: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Text>,
+    max_body_bytes: Option<usize>,
+    max_batch_events: Option<usize>,
+    request_timeout: Option<Text>,
+    default_source: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawIngest {
+    max_record_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawKafka {
+    enabled: Option<bool>,
+    brokers: Option<Text>,
+    group_id: Option<Text>,
+    properties: BTreeMap<String, Text>,
+    topics: Vec<RawTopic>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawTopic {
+    name: Option<Text>,
+    source: Option<Text>,
+    format: Option<Text>,
+    mapping: Option<BTreeMap<String, Text>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawLog {
+    level: Option<Text>,
+    format: Option<Text>,
+}
+
+// ---- validation ---------------------------------------------------------------------------
+
+/// Problems found so far, and the keys whose value could not even be read (checks that
+/// involve them are skipped: they would only judge the stand-in default).
+#[derive(Debug, Default)]
+struct Problems {
+    errs: Vec<String>,
+    unreadable: Vec<&'static str>,
+}
+
+impl Problems {
+    fn push(&mut self, message: String) {
+        self.errs.push(message);
+    }
+
+    fn duration(&mut self, key: &'static str, raw: Option<Text>, default: Millis) -> Millis {
+        match raw.map(|t| parse_duration(&t.0)) {
+            None => default,
+            Some(Ok(ms)) => ms,
+            Some(Err(e)) => {
+                self.push(format!("{key}: {e}"));
+                self.unreadable.push(key);
+                default
+            }
+        }
+    }
+
+    /// A duration that must be positive, as a [`Duration`].
+    fn interval(&mut self, key: &'static str, raw: Option<Text>, default: Duration) -> Duration {
+        let default_ms = Millis::try_from(default.as_millis()).unwrap_or(Millis::MAX);
+        let ms = self.duration(key, raw, default_ms);
+        if ms <= 0 {
+            self.push(format!(
+                "{key}: must be positive, got {}",
+                HumanDuration(ms)
+            ));
+            return default;
+        }
+        Duration::from_millis(ms.unsigned_abs())
+    }
+
+    fn at_least_one(&mut self, key: &str, raw: Option<usize>, default: usize) -> usize {
+        match raw {
+            None => default,
+            Some(0) => {
+                self.push(format!("{key}: must be at least 1, got 0"));
+                default
+            }
+            Some(n) => n,
+        }
+    }
+
+    fn not_empty(&mut self, key: &str, raw: Option<Text>, default: &str) -> String {
+        match raw {
+            None => default.to_string(),
+            Some(t) if t.0.trim().is_empty() => {
+                self.push(format!("{key}: must not be empty"));
+                default.to_string()
+            }
+            Some(t) => t.0,
+        }
+    }
+
+    /// `value` must be one of `allowed`.
+    fn one_of(&mut self, key: &str, what: &str, value: &str, allowed: &[&str]) -> bool {
+        let ok = allowed.contains(&value);
+        if !ok {
+            self.push(format!(
+                "{key}: unknown {what} `{value}` (expected one of: {})",
+                allowed.join(", ")
+            ));
+        }
+        ok
+    }
+}
+
+impl RawConfig {
+    /// Every value checked; all problems at once, section by section.
+    fn build(self) -> Result<Settings, Vec<String>> {
+        let d = Settings::defaults();
+        let mut p = Problems::default();
+
+        let engine = EngineConfig {
+            session_gap: p.duration("session.gap", self.session.gap, d.engine.session_gap),
+            session_max_duration: p.duration(
+                "session.max_duration",
+                self.session.max_duration,
+                d.engine.session_max_duration,
+            ),
+            allowed_lateness: p.duration(
+                "session.allowed_lateness",
+                self.session.allowed_lateness,
+                d.engine.allowed_lateness,
+            ),
+            session_max_events: self
+                .session
+                .max_events
+                .unwrap_or(d.engine.session_max_events),
+            journey_window: p.duration(
+                "journey.window",
+                self.journey.window,
+                d.engine.journey_window,
+            ),
+            breakdowns: self.breakdown.attributes.unwrap_or(d.engine.breakdowns),
+            breakdown_max_values: self
+                .breakdown
+                .max_values
+                .unwrap_or(d.engine.breakdown_max_values),
+            retention_fine: p.duration(
+                "retention.fine",
+                self.retention.fine,
+                d.engine.retention_fine,
+            ),
+            retention_total: p.duration(
+                "retention.total",
+                self.retention.total,
+                d.engine.retention_total,
+            ),
+        };
+        if let Err(errs) = engine.validate() {
+            let judged = errs
+                .into_iter()
+                .filter(|e| !p.unreadable.iter().any(|key| e.contains(key)));
+            p.errs.extend(judged);
+        }
+
+        let rules = RulesSettings {
+            path: PathBuf::from(p.not_empty(
+                "rules.path",
+                self.rules.path,
+                &d.rules.path.to_string_lossy(),
+            )),
+            watch: self.rules.watch.unwrap_or(d.rules.watch),
+        };
+
+        let r = self.runtime;
+        let workers = match r.workers {
+            None | Some(0) => available_cores(),
+            Some(n) if n > MAX_WORKERS => {
+                p.push(format!(
+                    "runtime.workers: at most {MAX_WORKERS} allowed, got {n} (0 = one per core)"
+                ));
+                d.runtime.workers
+            }
+            Some(n) => n,
+        };
+        let runtime = RuntimeSettings {
+            workers,
+            channel_capacity: p.at_least_one(
+                "runtime.channel_capacity",
+                r.channel_capacity,
+                d.runtime.channel_capacity,
+            ),
+            publish_interval: p.interval(
+                "runtime.publish_interval",
+                r.publish_interval,
+                d.runtime.publish_interval,
+            ),
+            tick_interval: p.interval(
+                "runtime.tick_interval",
+                r.tick_interval,
+                d.runtime.tick_interval,
+            ),
+        };
+
+        let h = self.http;
+        let listen = match h.listen {
+            None => d.http.listen,
+            Some(t) => t.0.trim().parse().unwrap_or_else(|_| {
+                p.push(format!(
+                    "http.listen: `{}` is not an address such as 127.0.0.1:8080",
+                    t.0
+                ));
+                d.http.listen
+            }),
+        };
+        let http = HttpSettings {
+            listen,
+            max_body_bytes: p.at_least_one(
+                "http.max_body_bytes",
+                h.max_body_bytes,
+                d.http.max_body_bytes,
+            ),
+            max_batch_events: p.at_least_one(
+                "http.max_batch_events",
+                h.max_batch_events,
+                d.http.max_batch_events,
+            ),
+            request_timeout: p.interval(
+                "http.request_timeout",
+                h.request_timeout,
+                d.http.request_timeout,
+            ),
+            default_source: p.not_empty(
+                "http.default_source",
+                h.default_source,
+                &d.http.default_source,
+            ),
+        };
+
+        let ingest = IngestSettings {
+            max_record_bytes: p.at_least_one(
+                "ingest.max_record_bytes",
+                self.ingest.max_record_bytes,
+                d.ingest.max_record_bytes,
+            ),
+        };
+
+        let kafka = build_kafka(self.kafka, d.kafka, &mut p);
+
+        let level = p.not_empty("log.level", self.log.level, &d.log.level);
+        check_log_level(&level, &mut p);
+        let json = match self.log.format {
+            None => d.log.json,
+            Some(t) => p.one_of("log.format", "format", &t.0, &LOG_FORMATS) && t.0 == "json",
+        };
+        let log = LogSettings { level, json };
+
+        if p.errs.is_empty() {
+            Ok(Settings {
+                engine,
+                rules,
+                runtime,
+                http,
+                ingest,
+                kafka,
+                log,
+            })
+        } else {
+            Err(p.errs)
+        }
+    }
+}
+
+fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettings {
+    let enabled = raw.enabled.unwrap_or(d.enabled);
+    let brokers = raw.brokers.map_or(d.brokers, |t| t.0);
+    let group_id = raw.group_id.map_or(d.group_id, |t| t.0);
+    if enabled {
+        if brokers.trim().is_empty() {
+            p.push("kafka.brokers: must not be empty when kafka.enabled = true".into());
+        }
+        if group_id.trim().is_empty() {
+            p.push("kafka.group_id: must not be empty when kafka.enabled = true".into());
+        }
+        if raw.topics.is_empty() {
+            p.push(
+                "kafka.topics: at least one [[kafka.topics]] entry is needed when kafka.enabled = true"
+                    .into(),
+            );
+        }
+    }
+
+    let mut properties = BTreeMap::new();
+    for (name, value) in raw.properties {
+        let own_setting = match name.as_str() {
+            "bootstrap.servers" => Some("kafka.brokers"),
+            "group.id" => Some("kafka.group_id"),
+            _ => None,
+        };
+        if let Some(setting) = own_setting {
+            p.push(format!("kafka.properties.{name}: set {setting} instead"));
+        } else if name.trim().is_empty() {
+            p.push("kafka.properties: empty property name".into());
+        } else {
+            properties.insert(name, value.0);
+        }
+    }
+
+    let mut topics: Vec<TopicSettings> = Vec::new();
+    for (i, t) in raw.topics.into_iter().enumerate() {
+        let key = format!("kafka.topics[{i}]");
+        let name = match t.name {
+            None => {
+                p.push(format!("{key}.name: required"));
+                String::new()
+            }
+            Some(n) if n.0.trim().is_empty() => {
+                p.push(format!("{key}.name: must not be empty"));
+                String::new()
+            }
+            Some(n) => n.0,
+        };
+        if !name.is_empty() && topics.iter().any(|seen| seen.name == name) {
+            p.push(format!("{key}.name: duplicate topic `{name}`"));
+        }
+        let source = match t.source {
+            None => name.clone(),
+            Some(s) if s.0.trim().is_empty() => {
+                p.push(format!("{key}.source: must not be empty"));
+                name.clone()
+            }
+            Some(s) => s.0,
+        };
+        let format = t.format.map_or_else(|| "canonical".to_string(), |f| f.0);
+        let mapping = t
+            .mapping
+            .map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .filter(|m| !m.is_empty());
+        // The decoder's own check, so that building it from these settings cannot fail.
+        if let Err(why) = Format::parse(&format, mapping.as_ref()) {
+            let field = if Format::NAMES.contains(&format.as_str()) {
+                "mapping"
+            } else {
+                "format"
+            };
+            p.push(format!("{key}.{field}: {why}"));
+        }
+        topics.push(TopicSettings {
+            name,
+            source,
+            format,
+            mapping,
+        });
+    }
+
+    KafkaSettings {
+        enabled,
+        brokers,
+        group_id,
+        properties,
+        topics,
+    }
+}
+
+/// `info`, or `tracing` directives such as `info,journeyd=debug`: every directive must end in
+/// a level.
+fn check_log_level(level: &str, p: &mut Problems) {
+    let ok = level.split(',').map(str::trim).all(|directive| {
+        let lvl = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        LOG_LEVELS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(lvl))
+    });
+    if !ok && !level.trim().is_empty() {
+        p.push(format!(
+            "log.level: `{level}` is not a level ({}) or directives such as info,journeyd=debug",
+            LOG_LEVELS.join(", ")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use journey_core::time::{DAY, HOUR, MINUTE};
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn invalid(text: &str) -> Vec<String> {
+        match Settings::from_toml_str(text, no_env()) {
+            Err(ConfigError::Invalid(errs)) => errs,
+            other => panic!("expected validation errors, got {other:?}"),
+        }
+    }
+
+    fn error(text: &str, vars: &[(&str, &str)]) -> String {
+        Settings::from_toml_str(text, env(vars))
+            .expect_err("configuration should be rejected")
+            .to_string()
+    }
+
+    fn repo_file(relative: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let d = Settings::defaults();
+        assert_eq!(d.engine, EngineConfig::default());
+        assert_eq!(d.engine.session_gap, 30 * MINUTE);
+        assert_eq!(d.engine.session_max_duration, 24 * HOUR);
+        assert_eq!(d.engine.allowed_lateness, 5 * MINUTE);
+        assert_eq!(d.engine.session_max_events, 10_000);
+        assert_eq!(d.engine.journey_window, 30 * DAY);
+        assert_eq!(d.engine.breakdown_max_values, 100);
+        assert_eq!(d.engine.retention_fine, 48 * HOUR);
+        assert_eq!(d.engine.retention_total, 90 * DAY);
+        assert_eq!(d.rules.path, Path::new("config/rules.toml"));
+        assert!(d.rules.watch);
+        assert!(d.runtime.workers >= 1);
+        assert_eq!(d.runtime.channel_capacity, 64);
+        assert_eq!(d.runtime.publish_interval, Duration::from_secs(1));
+        assert_eq!(d.runtime.tick_interval, Duration::from_secs(1));
+        assert_eq!(d.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(d.http.max_body_bytes, 10_485_760);
+        assert_eq!(d.http.max_batch_events, 10_000);
+        assert_eq!(d.http.request_timeout, Duration::from_secs(30));
+        assert_eq!(d.http.default_source, "http");
+        assert_eq!(d.ingest.max_record_bytes, 1_048_576);
+        assert!(!d.kafka.enabled);
+        assert_eq!(d.kafka.brokers, "localhost:9092");
+        assert_eq!(d.kafka.group_id, "journeyd");
+        assert!(d.kafka.properties.is_empty() && d.kafka.topics.is_empty());
+        assert_eq!(d.log.level, "info");
+        assert!(!d.log.json);
+    }
+
+    #[test]
+    fn empty_file_and_no_file_give_defaults() {
+        assert_eq!(
+            Settings::from_toml_str("", no_env()).unwrap(),
+            Settings::defaults()
+        );
+        assert_eq!(
+            Settings::load(None, no_env()).unwrap(),
+            Settings::defaults()
+        );
+    }
+
+    #[test]
+    fn shipped_file_equals_defaults() {
+        let path = repo_file("../../config/journeyd.toml");
+        assert_eq!(
+            Settings::load(Some(&path), no_env()).unwrap(),
+            Settings::defaults()
+        );
+    }
+
+    /// Every setting is spelled out in the shipped file, so it documents them all: an absent
+    /// key would deserialise to `None`, which shows up as `null` here.
+    #[test]
+    fn shipped_file_spells_out_every_setting() {
+        fn nulls(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Null => out.push(path.to_string()),
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        nulls(v, &format!("{path}.{k}"), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let text = std::fs::read_to_string(repo_file("../../config/journeyd.toml")).unwrap();
+        let raw: RawConfig = toml::from_str(&text).unwrap();
+        let mut missing = Vec::new();
+        nulls(&serde_json::to_value(&raw).unwrap(), "", &mut missing);
+        assert_eq!(missing, Vec::<String>::new());
+    }
+
+    #[test]
+    fn reads_every_setting() {
+        let s = Settings::from_toml_str(
+            r#"
+            [session]
+            gap = "45m"
+            max_duration = "12h"
+            allowed_lateness = "1m30s"
+            max_events = 500
+            [journey]
+            window = "7d"
+            [breakdown]
+            attributes = ["persona", "utm.medium"]
+            max_values = 20
+            [retention]
+            fine = "6h"
+            total = "2w"
+            [rules]
+            path = "/etc/journeyd/rules.toml"
+            watch = false
+            [runtime]
+            workers = 3
+            channel_capacity = 8
+            publish_interval = "250ms"
+            tick_interval = "2s"
+            [http]
+            listen = "[::]:9000"
+            max_body_bytes = 1024
+            max_batch_events = 10
+            request_timeout = "5s"
+            default_source = "api"
+            [ingest]
+            max_record_bytes = 512
+            [kafka]
+            enabled = true
+            brokers = "k1:9092,k2:9092"
+            group_id = "jd"
+            [kafka.properties]
+            "security.protocol" = "SASL_SSL"
+            "fetch.min.bytes" = 1024
+            "enable.partition.eof" = false
+            [[kafka.topics]]
+            name = "web-events"
+            source = "web"
+            format = "segment"
+            [[kafka.topics]]
+            name = "crm"
+            format = "mapping"
+            mapping = { customer_id = "/user/id", event = "/type", ts = "/at" }
+            [log]
+            level = "info,journeyd=debug"
+            format = "json"
+            "#,
+            no_env(),
+        )
+        .unwrap();
+        let e = &s.engine;
+        assert_eq!(
+            (e.session_gap, e.session_max_duration, e.allowed_lateness),
+            (45 * MINUTE, 12 * HOUR, 90_000)
+        );
+        assert_eq!((e.session_max_events, e.journey_window), (500, 7 * DAY));
+        assert_eq!(e.breakdowns, ["persona", "utm.medium"]);
+        assert_eq!(e.breakdown_max_values, 20);
+        assert_eq!((e.retention_fine, e.retention_total), (6 * HOUR, 14 * DAY));
+        assert_eq!(
+            s.rules,
+            RulesSettings {
+                path: "/etc/journeyd/rules.toml".into(),
+                watch: false
+            }
+        );
+        assert_eq!(
+            s.runtime,
+            RuntimeSettings {
+                workers: 3,
+                channel_capacity: 8,
+                publish_interval: Duration::from_millis(250),
+                tick_interval: Duration::from_secs(2),
+            }
+        );
+        assert_eq!(
+            s.http,
+            HttpSettings {
+                listen: "[::]:9000".parse().unwrap(),
+                max_body_bytes: 1024,
+                max_batch_events: 10,
+                request_timeout: Duration::from_secs(5),
+                default_source: "api".into(),
+            }
+        );
+        assert_eq!(s.ingest.max_record_bytes, 512);
+        let k = &s.kafka;
+        assert!(k.enabled);
+        assert_eq!(
+            (k.brokers.as_str(), k.group_id.as_str()),
+            ("k1:9092,k2:9092", "jd")
+        );
+        assert_eq!(
+            k.properties,
+            BTreeMap::from([
+                ("enable.partition.eof".to_string(), "false".to_string()),
+                ("fetch.min.bytes".to_string(), "1024".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ])
+        );
+        assert_eq!(
+            k.topics,
+            vec![
+                TopicSettings {
+                    name: "web-events".into(),
+                    source: "web".into(),
+                    format: "segment".into(),
+                    mapping: None,
+                },
+                TopicSettings {
+                    name: "crm".into(),
+                    source: "crm".into(),
+                    format: "mapping".into(),
+                    mapping: Some(BTreeMap::from([
+                        ("customer_id".to_string(), "/user/id".to_string()),
+                        ("event".to_string(), "/type".to_string()),
+                        ("ts".to_string(), "/at".to_string()),
+                    ])),
+                },
+            ]
+        );
+        assert_eq!(
+            s.log,
+            LogSettings {
+                level: "info,journeyd=debug".into(),
+                json: true
+            }
+        );
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let s = Settings::from_toml_str(
+            "[session]\ngap = \"10m\"\n[http]\nlisten = \"127.0.0.1:1\"\n",
+            env(&[
+                ("JOURNEYD_SESSION__GAP", "45m"),
+                ("JOURNEYD_HTTP__LISTEN", "0.0.0.0:9000"),
+                ("JOURNEYD_SESSION__MAX_EVENTS", "500"),
+                ("journeyd_rules__watch", "false"),
+                (
+                    "JOURNEYD_BREAKDOWN__ATTRIBUTES",
+                    r#"["persona", "utm_medium"]"#,
+                ),
+                ("JOURNEYD_KAFKA__PROPERTIES__SASL.USERNAME", "x"),
+                // Verbatim, not the float 1.0 printed as "1".
+                ("JOURNEYD_KAFKA__PROPERTIES__SASL.PASSWORD", "1.0"),
+                ("JOURNEYD_KAFKA__GROUP_ID", "1_000"),
+                ("JOURNEYD_HTTP__DEFAULT_SOURCE", "1.0"),
+                ("JOURNEYD_LOG__FORMAT", "json"),
+                // Not overrides: other programs' variables, and the command line's own.
+                ("PATH", "/usr/bin"),
+                ("JOURNEYD_CONFIG", "/etc/journeyd.toml"),
+            ]),
+        )
+        .unwrap();
+        let d = Settings::defaults();
+        assert_eq!(s.engine.session_gap, 45 * MINUTE);
+        assert_eq!(s.engine.session_max_events, 500);
+        assert_eq!(s.engine.breakdowns, ["persona", "utm_medium"]);
+        assert_eq!(s.http.listen, "0.0.0.0:9000".parse().unwrap());
+        assert!(!s.rules.watch);
+        assert_eq!(
+            s.kafka.properties,
+            BTreeMap::from([
+                ("sasl.password".to_string(), "1.0".to_string()),
+                ("sasl.username".to_string(), "x".to_string()),
+            ])
+        );
+        assert_eq!(s.kafka.group_id, "1_000");
+        assert_eq!(s.http.default_source, "1.0");
+        assert!(s.log.json);
+        assert_eq!(s.runtime, d.runtime);
+        assert_eq!(s.ingest, d.ingest);
+    }
+
+    #[test]
+    fn env_values_are_typed_like_toml() {
+        assert_eq!(env_value("500"), toml::Value::Integer(500));
+        assert_eq!(env_value("-3"), toml::Value::Integer(-3));
+        assert_eq!(env_value("true"), toml::Value::Boolean(true));
+        assert_eq!(env_value("0.5"), toml::Value::Float(0.5));
+        assert_eq!(
+            env_value("[1, 2]"),
+            toml::Value::Array(vec![toml::Value::Integer(1), toml::Value::Integer(2)])
+        );
+        for text in [
+            "45m",
+            "0.0.0.0:9000",
+            "1_000",
+            "1e3",
+            "True",
+            "",
+            "2026-01-01",
+            "a b",
+        ] {
+            assert_eq!(env_value(text), toml::Value::String(text.into()), "{text}");
+        }
+    }
+
+    #[test]
+    fn env_numbers_in_string_settings_are_judged_as_text() {
+        assert_eq!(
+            error(
+                "",
+                &[
+                    ("JOURNEYD_SESSION__GAP", "30"),
+                    ("JOURNEYD_HTTP__LISTEN", "8080")
+                ]
+            ),
+            "invalid configuration:\n  \
+             session.gap: invalid duration `30`: missing unit (ms, s, m, h, d, w)\n  \
+             http.listen: `8080` is not an address such as 127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn env_typo_names_the_variable() {
+        assert_eq!(
+            error("", &[("JOURNEYD_SESSION__GAPP", "45m")]),
+            "environment variable JOURNEYD_SESSION__GAPP: unknown field `gapp`, \
+             expected one of `gap`, `max_duration`, `allowed_lateness`, `max_events`"
+        );
+        assert_eq!(
+            error("", &[("JOURNEYD_SESSION____GAP", "45m")]),
+            "invalid configuration:\n  JOURNEYD_SESSION____GAP: not a setting such as \
+             JOURNEYD_SESSION__GAP (sections and keys joined by `__`)"
+        );
+        let minutes = [("JOURNEYD_SESSION__GAP__MINUTES", "45")];
+        assert_eq!(
+            error("[session]\ngap = \"30m\"\n", &minutes),
+            "invalid configuration:\n  JOURNEYD_SESSION__GAP__MINUTES: session.gap is not a table"
+        );
+        assert_eq!(
+            error("", &minutes),
+            "environment variable JOURNEYD_SESSION__GAP__MINUTES: invalid type: map, \
+             expected a string, number or boolean"
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_named_with_its_place() {
+        assert_eq!(
+            error("# journeyd\n[sesion]\ngap = \"30m\"\n", &[]),
+            "<string>:2:2: unknown field `sesion`, expected one of `session`, `journey`, \
+             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `log`"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_a_file_names_the_file() {
+        let path = repo_file("tests/config/unknown-key.toml");
+        let err = Settings::load(Some(&path), no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::Schema { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:3:1: unknown field `gapp`, expected one of `gap`, `max_duration`, \
+                 `allowed_lateness`, `max_events`",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_place() {
+        assert_eq!(
+            error("[session]\nmax_events = \"many\"\n", &[]),
+            "<string>:2:14: invalid type: string \"many\", expected usize"
+        );
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let path = repo_file("tests/config/does-not-exist.toml");
+        let err = Settings::load(Some(&path), no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot read config file {}: ", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = Settings::from_toml_str("[session]\ngap = 30m\n", no_env()).unwrap_err();
+        let ConfigError::Syntax { line, column, .. } = &err else {
+            panic!("expected a syntax error, got {err:?}");
+        };
+        assert_eq!((*line, *column), (2, 9));
+        assert!(
+            err.to_string().starts_with("<string>:2:9: invalid TOML: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        assert_eq!(
+            invalid("[session]\ngap = \"30\"\n"),
+            ["session.gap: invalid duration `30`: missing unit (ms, s, m, h, d, w)"]
+        );
+        assert_eq!(
+            invalid("[runtime]\ntick_interval = \"0s\"\n"),
+            ["runtime.tick_interval: must be positive, got 0s"]
+        );
+    }
+
+    /// A value that could not be read is not judged again through its stand-in default.
+    #[test]
+    fn unreadable_duration_is_reported_once() {
+        assert_eq!(
+            invalid("[retention]\nfine = \"two days\"\ntotal = \"2h\"\n"),
+            ["retention.fine: invalid duration `two days`: expected a number, as in `30m`"]
+        );
+    }
+
+    #[test]
+    fn bad_listen_address() {
+        assert_eq!(
+            invalid("[http]\nlisten = \"localhost\"\n"),
+            ["http.listen: `localhost` is not an address such as 127.0.0.1:8080"]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        assert_eq!(
+            invalid(
+                r#"
+                [session]
+                gap = "30"
+                max_events = 0
+                [journey]
+                window = "1m"
+                [breakdown]
+                attributes = ["source"]
+                [runtime]
+                channel_capacity = 0
+                publish_interval = "soon"
+                [http]
+                listen = "localhost"
+                request_timeout = "0ms"
+                default_source = ""
+                [ingest]
+                max_record_bytes = 0
+                [kafka]
+                properties = { "group.id" = "x" }
+                [[kafka.topics]]
+                name = "web"
+                format = "avro"
+                [[kafka.topics]]
+                name = "web"
+                format = "segment"
+                mapping = { customer_id = "/id" }
+                [log]
+                level = "verbose"
+                format = "xml"
+                "#
+            ),
+            [
+                "session.gap: invalid duration `30`: missing unit (ms, s, m, h, d, w)",
+                "journey.window (1m) must be at least session.allowed_lateness (5m)",
+                "session.max_events must be at least 1",
+                "breakdown.attributes[0]: `source` is built in, remove it",
+                "runtime.channel_capacity: must be at least 1, got 0",
+                "runtime.publish_interval: invalid duration `soon`: expected a number, as in `30m`",
+                "http.listen: `localhost` is not an address such as 127.0.0.1:8080",
+                "http.request_timeout: must be positive, got 0s",
+                "http.default_source: must not be empty",
+                "ingest.max_record_bytes: must be at least 1, got 0",
+                "kafka.properties.group.id: set kafka.group_id instead",
+                "kafka.topics[0].format: unknown format `avro` (expected one of: canonical, \
+                 segment, cloudevents, mapping)",
+                "kafka.topics[1].name: duplicate topic `web`",
+                "kafka.topics[1].mapping: a field mapping is only used by format `mapping`, not \
+                 by format `segment`",
+                "log.level: `verbose` is not a level (trace, debug, info, warn, error, off) or \
+                 directives such as info,journeyd=debug",
+                "log.format: unknown format `xml` (expected one of: text, json)",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_message_lists_every_problem() {
+        assert_eq!(
+            error("[http]\nlisten = \"localhost\"\nmax_body_bytes = 0\n", &[]),
+            "invalid configuration:\n  \
+             http.listen: `localhost` is not an address such as 127.0.0.1:8080\n  \
+             http.max_body_bytes: must be at least 1, got 0"
+        );
+    }
+
+    #[test]
+    fn kafka_enabled_needs_topics() {
+        assert_eq!(
+            invalid("[kafka]\nenabled = true\n"),
+            ["kafka.topics: at least one [[kafka.topics]] entry is needed when kafka.enabled = true"]
+        );
+        // Disabled, no topics is fine.
+        assert!(Settings::from_toml_str("[kafka]\nenabled = false\n", no_env()).is_ok());
+    }
+
+    #[test]
+    fn mapping_format_needs_a_mapping() {
+        assert_eq!(
+            invalid("[[kafka.topics]]\nname = \"crm\"\nformat = \"mapping\"\n"),
+            ["kafka.topics[0].mapping: format `mapping` needs a field mapping with at least the \
+              keys customer_id, event and ts"]
+        );
+    }
+
+    #[test]
+    fn mapping_is_checked() {
+        assert_eq!(
+            invalid(
+                "[[kafka.topics]]\nname = \"crm\"\nformat = \"mapping\"\n\
+                 mapping = { customer_id = \"/user/id\", ts = \"at\", user = \"/u\" }\n"
+            ),
+            ["kafka.topics[0].mapping: invalid JSON pointer `at` for mapping key `ts`: must start \
+              with `/`; unknown mapping key `user` (expected one of: customer_id, event, ts, \
+              source, event_id, attributes); missing required mapping key `event`"]
+        );
+    }
+
+    #[test]
+    fn topic_needs_a_name() {
+        assert_eq!(
+            invalid("[[kafka.topics]]\nformat = \"segment\"\n"),
+            ["kafka.topics[0].name: required"]
+        );
+    }
+
+    #[test]
+    fn workers_zero_means_one_per_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let s = Settings::from_toml_str("[runtime]\nworkers = 0\n", no_env()).unwrap();
+        assert_eq!(s.runtime.workers, cores);
+        assert!(s.runtime.workers > 0);
+        let s = Settings::from_toml_str("", env(&[("JOURNEYD_RUNTIME__WORKERS", "3")])).unwrap();
+        assert_eq!(s.runtime.workers, 3);
+    }
+}

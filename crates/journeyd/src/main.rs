@@ -1,0 +1,413 @@
+//! journeyd: the binary. Command line, configuration, wiring of sources, workers and the HTTP
+//! API, and orderly shutdown. The work itself lives in the library crates.
+
+mod config;
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use journey_api::{router, system_clock, AppState, IngestLimits, Metrics};
+use journey_core::query::{funnel, touchpoints, transitions, Include, Summary};
+use journey_core::time::{Millis, MINUTE};
+use journey_core::{DecodeLimits, Event, Rules};
+use journey_ingest::{for_each_line, Decoder, Format};
+use journey_runtime::{Runtime, RuntimeConfig, RuntimeHandle};
+use serde_json::json;
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "journeyd",
+    version,
+    about = "Live customer-journey analytics: funnels, drop-offs and dwell from the events you already emit"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service with the given configuration.
+    Run {
+        /// Configuration file (default: built-in defaults; JOURNEYD_* variables override).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the service on a live synthetic stream (web, CRM, service): no Kafka needed.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// New synthetic customers per minute.
+        #[arg(long, default_value_t = 100)]
+        customers_per_minute: usize,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Process NDJSON files (or `-` for stdin) as fast as possible and print the figures as JSON.
+    Replay {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Rules file (default: rules.path from the configuration).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Wire format: canonical, segment or cloudevents.
+        #[arg(long, default_value = "canonical")]
+        format: String,
+        /// `source` of events that name none.
+        #[arg(long, default_value = "file")]
+        source: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate a rules file and print every problem.
+    CheckRules { file: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckRules { file } => check_rules(&file),
+        Command::Replay {
+            config,
+            rules,
+            format,
+            source,
+            files,
+        } => load_settings(config.as_deref())
+            .and_then(|s| replay(s, rules, &format, &source, &files)),
+        Command::Run { config } => load_settings(config.as_deref()).and_then(|s| serve(s, None)),
+        Command::Demo {
+            listen,
+            customers_per_minute,
+            config,
+        } => load_settings(config.as_deref()).and_then(|mut s| {
+            s.http.listen = listen;
+            serve(s, Some(customers_per_minute))
+        }),
+    };
+    if let Err(e) = result {
+        eprintln!("journeyd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load_settings(path: Option<&Path>) -> Result<Settings> {
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    Settings::load(path, env).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn load_rules(path: &Path) -> Result<Rules> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read rules file {}", path.display()))?;
+    Rules::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn check_rules(file: &Path) -> Result<()> {
+    let rules = load_rules(file)?;
+    println!(
+        "{}: ok, {} touchpoints in {} phases ({})",
+        file.display(),
+        rules.touchpoints().len(),
+        rules.phases().len(),
+        rules.phases().join(" → ")
+    );
+    Ok(())
+}
+
+fn init_logging(s: &Settings) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&s.log.level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if s.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// `run` and `demo`: workers, the HTTP API, rule reloads, and a synthetic feed for `demo`.
+fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
+    init_logging(&settings);
+    if settings.kafka.enabled {
+        bail!("kafka.enabled = true: the Kafka source is not available in this build yet; ingest over HTTP (POST /v1/events)");
+    }
+    let rules = Arc::new(load_rules(&settings.rules.path)?);
+    let engine = Arc::new(settings.engine.clone());
+    let rc = RuntimeConfig {
+        workers: settings.runtime.workers,
+        channel_capacity: settings.runtime.channel_capacity,
+        publish_interval: settings.runtime.publish_interval,
+        tick_interval: settings.runtime.tick_interval,
+        live: true,
+    };
+    let runtime = Runtime::start(engine, rules, rc);
+    let handle = runtime.handle();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = tokio.block_on(async {
+        let state = AppState {
+            runtime: handle.clone(),
+            metrics: Arc::new(Metrics::new()),
+            limits: IngestLimits {
+                max_body_bytes: settings.http.max_body_bytes,
+                max_batch_events: settings.http.max_batch_events,
+                max_record_bytes: settings.ingest.max_record_bytes,
+                default_source: settings.http.default_source.clone(),
+            },
+            clock: system_clock(),
+        };
+        let app = router(state).layer(axum::middleware::from_fn_with_state(
+            settings.http.request_timeout,
+            request_timeout,
+        ));
+        let listener = tokio::net::TcpListener::bind(settings.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.http.listen))?;
+        tracing::info!(address = %listener.local_addr()?, workers = handle.workers(), "journeyd is serving");
+        if settings.rules.watch {
+            tokio::spawn(watch_rules(settings.rules.path.clone(), handle.clone()));
+        }
+        if let Some(per_minute) = demo {
+            tokio::spawn(demo_feed(handle.clone(), per_minute));
+        }
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        tracing::info!("shutting down");
+        anyhow::Ok(())
+    });
+    drop(tokio);
+    runtime.shutdown();
+    result
+}
+
+/// Abandons requests that take longer than `http.request_timeout`.
+async fn request_timeout(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => axum::response::IntoResponse::into_response(journey_api::Problem::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long and was abandoned",
+        )),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Reloads the rules file when it changes; an invalid file is reported and the old rules stay.
+async fn watch_rules(path: PathBuf, rt: RuntimeHandle) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = modified(&path);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = modified(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load_rules(&path) {
+            Ok(rules) => {
+                if rt.set_rules(Arc::new(rules)).await.is_err() {
+                    return;
+                }
+                tracing::info!(path = %path.display(), "rules reloaded");
+            }
+            Err(e) => tracing::error!(
+                "rules file changed but was rejected, the current rules stay: {e:#}"
+            ),
+        }
+    }
+}
+
+/// Feeds synthetic journeys in real time: each round generates customers whose journeys start
+/// within the next minute (and, at start, the last 90 minutes, so that closed sessions show at once)
+/// and submits every event whose time has come.
+async fn demo_feed(rt: RuntimeHandle, per_minute: usize) {
+    use journey_gen::{generate, GenConfig};
+    let mut pending: Vec<Event<'static>> = Vec::new();
+    let mut round: u64 = 0;
+    let mut next_start = now_ms() - 90 * MINUTE;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        while next_start < now + MINUTE {
+            let cfg = GenConfig {
+                seed: 7 + round,
+                customers: per_minute.max(1),
+                start: next_start,
+                span: MINUTE,
+                out_of_order: 0.02,
+                ..GenConfig::default()
+            };
+            let mut batch = generate(&cfg);
+            for e in &mut batch {
+                e.customer_id = format!("r{round}-{}", e.customer_id).into();
+            }
+            pending.extend(batch);
+            round += 1;
+            next_start += MINUTE;
+        }
+        pending.sort_by_key(|e| std::cmp::Reverse(e.ts));
+        let due = pending.iter().rev().take_while(|e| e.ts <= now).count();
+        // Oldest first, as a real stream delivers them.
+        let mut ready: Vec<Event<'static>> = pending.split_off(pending.len() - due);
+        ready.reverse();
+        if !ready.is_empty() && rt.submit(ready).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `replay`: decode files as fast as possible with all workers, then print the figures.
+fn replay(
+    settings: Settings,
+    rules: Option<PathBuf>,
+    format: &str,
+    source: &str,
+    files: &[PathBuf],
+) -> Result<()> {
+    let rules_path = rules.unwrap_or_else(|| settings.rules.path.clone());
+    let rules = Arc::new(load_rules(&rules_path)?);
+    let format = Format::parse(format, None).map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let decoder = Decoder::new(
+        format,
+        source,
+        DecodeLimits {
+            max_record_bytes: settings.ingest.max_record_bytes,
+        },
+    );
+    let rc = RuntimeConfig {
+        workers: settings.runtime.workers,
+        channel_capacity: settings.runtime.channel_capacity,
+        publish_interval: Duration::from_secs(3600),
+        tick_interval: Duration::from_secs(3600),
+        live: false,
+    };
+    let runtime = Runtime::start(Arc::new(settings.engine.clone()), rules.clone(), rc);
+    let rt = runtime.handle();
+    let progress = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let (mut read, mut accepted) = (0u64, 0u64);
+    let mut rejected: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut batch: Vec<Event<'static>> = Vec::with_capacity(4096);
+    let mut submit_error = None;
+    for file in files {
+        let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            let f = std::fs::File::open(file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            Box::new(std::io::BufReader::with_capacity(1 << 20, f))
+        };
+        for_each_line(input, |_, line| {
+            read += 1;
+            match decoder.decode(line) {
+                Ok(e) => {
+                    accepted += 1;
+                    batch.push(e.into_owned());
+                    if batch.len() == batch.capacity() {
+                        if let Err(e) = rt.submit_blocking(std::mem::replace(
+                            &mut batch,
+                            Vec::with_capacity(4096),
+                        )) {
+                            submit_error = Some(e);
+                        }
+                    }
+                }
+                Err(e) => *rejected.entry(e.reason()).or_default() += 1,
+            }
+            if progress && last_report.elapsed() > Duration::from_millis(500) {
+                last_report = Instant::now();
+                let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                eprint!("\r{read} lines, {accepted} accepted, {:.0} lines/s", rate);
+                let _ = std::io::stderr().flush();
+            }
+        })
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    rt.submit_blocking(batch)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(e) = submit_error {
+        bail!("{e}");
+    }
+    rt.flush_blocking().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if progress {
+        eprintln!(
+            "\r{read} lines, {accepted} accepted in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let parts = rt.partials();
+    let span = parts.iter().filter_map(|p| p.time_span()).fold(
+        None,
+        |acc: Option<(Millis, Millis)>, (a, b)| {
+            Some(acc.map_or((a, b), |(x, y)| (x.min(a), y.max(b))))
+        },
+    );
+    let (from, to) = span.unwrap_or((0, 0));
+    let sum = Summary::collect(
+        parts.iter().map(|p| p.as_ref()),
+        from,
+        to,
+        &Include::default(),
+    );
+    let stats = rt.stats();
+    let out = json!({
+        "events": {
+            "read": read,
+            "accepted": accepted,
+            "rejected": rejected,
+            "applied": stats.applied.load(Ordering::Relaxed),
+            "late": stats.late.load(Ordering::Relaxed),
+            "rejected_by_engine": { "too_many_events": stats.rejected_too_many_events.load(Ordering::Relaxed) },
+        },
+        "from": from,
+        "to": to,
+        "sessions": sum.sessions,
+        "funnel": funnel(&sum, rules.phases(), None, settings.engine.breakdown_max_values),
+        "touchpoints": touchpoints(&sum, &rules),
+        "transitions": transitions(&sum),
+    });
+    runtime.shutdown();
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The real `journeyd` binary, driven over real HTTP and its command line.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn journeyd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_journeyd"));
+    c.current_dir(repo())
+        .env("NO_COLOR", "1")
+        .env("JOURNEYD_LOG__LEVEL", "warn");
+    c
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request; returns status and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    // Chunked bodies: join the chunks.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn get_json(port: u16, path: &str) -> Option<Value> {
+    let (status, body) = http(port, "GET", path, "").ok()?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Service {
+    /// Asks for a graceful stop (SIGTERM) and returns whether the process exited cleanly.
+    fn terminate(mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn reached(funnel: &Value) -> Vec<i64> {
+    funnel["funnel"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reached"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn demo_serves_a_live_funnel_over_http() {
+    let port = free_port();
+    let child = journeyd()
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--customers-per-minute",
+            "30",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let service = Service(child);
+    let funnel = wait_until("a non-empty funnel", || {
+        get_json(port, "/v1/funnel").filter(|f| f["funnel"]["journeys"].as_i64() > Some(0))
+    });
+    let r = reached(&funnel);
+    assert!(
+        r[0] > 0 && r.windows(2).all(|w| w[0] >= w[1]),
+        "reached never grows along the funnel: {r:?}"
+    );
+    let tps = wait_until("closed sessions", || {
+        get_json(port, "/v1/touchpoints").filter(|t| {
+            t["touchpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["sessions"].as_u64() > Some(0))
+        })
+    });
+    assert!(tps["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["name"] == "product_page" && x["visits"].as_u64() > Some(0)));
+    let (status, metrics) = http(port, "GET", "/metrics", "").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("journeyd_touchpoint_visits_total{touchpoint=\"product_page\"}"));
+    assert!(service.terminate(), "SIGTERM stops journeyd cleanly");
+}
+
+#[test]
+fn run_ingests_over_http_and_answers_queries() {
+    let port = free_port();
+    let child = journeyd()
+        .arg("run")
+        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("JOURNEYD_RUNTIME__TICK_INTERVAL", "100ms")
+        .env("JOURNEYD_RUNTIME__PUBLISH_INTERVAL", "100ms")
+        // Short sessions, so the wall-clock watermark closes them within seconds.
+        .env("JOURNEYD_SESSION__GAP", "2s")
+        .env("JOURNEYD_SESSION__ALLOWED_LATENESS", "10s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let service = Service(child);
+    wait_until("readiness", || get_json(port, "/readyz"));
+    // Recent events: in live mode the watermark follows the wall clock, so older ones are late.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t = now - 5_000;
+    let lines = [
+        format!(
+            r#"{{"customer_id":"a","ts":{t},"source":"web","event":"page_view","attributes":{{"url":"/products/1"}}}}"#
+        ),
+        format!(
+            r#"{{"customer_id":"a","ts":{},"source":"web","event":"order_completed"}}"#,
+            t + 100
+        ),
+        format!(
+            r#"{{"customer_id":"b","ts":{t},"source":"web","event":"page_view","attributes":{{"url":"/products/2"}}}}"#
+        ),
+        "not json".to_string(),
+    ];
+    let (status, body) = http(port, "POST", "/v1/events", &lines.join("\n")).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let reply: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (reply["accepted"].as_u64(), reply["rejected"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let tps = wait_until("both sessions closed", || {
+        get_json(port, "/v1/touchpoints?from=now-3h").filter(|v| {
+            v["touchpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["name"] == "product_page" && t["sessions"] == 2)
+        })
+    });
+    let product = tps["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "product_page")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (product["visits"].as_u64(), product["drop_offs"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let funnel = get_json(port, "/v1/funnel?from=now-3h").unwrap();
+    assert_eq!(reached(&funnel), vec![2, 2, 1, 0, 0]);
+    let (status, problem) = http(port, "GET", "/v1/funnel?from=someday", "").unwrap();
+    assert_eq!(status, 400);
+    assert!(problem.contains("\"parameter\":\"from\""), "{problem}");
+    assert!(service.terminate());
+}
+
+fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = journeyd();
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn replay_prints_the_figures_of_a_file() {
+    let out = output(
+        &["replay", "tests/golden/events.ndjson"],
+        &[("JOURNEYD_RUNTIME__WORKERS", "1")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["events"]["read"], 28);
+    assert_eq!(v["events"]["accepted"], 27);
+    assert_eq!(v["events"]["rejected"]["bad_timestamp"], 1);
+    assert_eq!(
+        v["events"]["late"], 1,
+        "one worker: cat's first event arrives behind the watermark"
+    );
+    assert_eq!(v["sessions"], 11);
+    assert_eq!(reached(&v), vec![4, 4, 4, 3, 2]);
+    // The same file from stdin.
+    let mut child = journeyd()
+        .args(["replay", "-"])
+        .env("JOURNEYD_RUNTIME__WORKERS", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = std::fs::read(repo().join("tests/golden/events.ndjson")).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let w: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(w["funnel"], v["funnel"]);
+}
+
+#[test]
+fn check_rules_reports_every_problem() {
+    let ok = output(&["check-rules", "config/rules.toml"], &[]);
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok, 22 touchpoints in 5 phases"));
+    let dir = std::env::temp_dir().join(format!("journeyd-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[touchpoint]]\nname = \"a\"\nphase = \"nope\"\n[[touchpoint]]\nname = \"a\"\nphase = \"awareness\"\nevent = \"x\"\n").unwrap();
+    let out = output(&["check-rules", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 problems in rules"), "{err}");
+    assert!(
+        err.contains("touchpoint 1 `a`: unknown phase `nope`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("touchpoint 2 `a`: duplicate name `a` (first used by touchpoint 1)"),
+        "{err}"
+    );
+    let missing = output(&["check-rules", "no/such/file.toml"], &[]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr)
+        .contains("cannot read rules file no/such/file.toml"));
+}
