@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use journey_core::agg::Aggregates;
 use journey_core::time::Millis;
@@ -24,7 +24,8 @@ pub struct RuntimeConfig {
     pub channel_capacity: usize,
     pub publish_interval: Duration,
     pub tick_interval: Duration,
-    /// Live mode: the watermark also follows the wall clock. Off for replays.
+    /// Live mode: while a worker receives no events, its watermark advances with the wall
+    /// clock, so sessions close when traffic pauses. Off for replays.
     pub live: bool,
 }
 
@@ -57,7 +58,8 @@ pub struct Stats {
 }
 
 enum Msg {
-    Events(Vec<Event<'static>>, Instant),
+    /// Events, when they were submitted, and who to tell once they are applied.
+    Events(Vec<Event<'static>>, Instant, Option<flume::Sender<()>>),
     Rules(Arc<Rules>),
     Customer(String, flume::Sender<Option<CustomerView>>),
     /// Apply everything queued before, publish, acknowledge.
@@ -111,12 +113,6 @@ pub fn worker_for(customer_id: &str, workers: usize) -> usize {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (h % workers.max(1) as u64) as usize
-}
-
-fn wall_clock_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 impl Runtime {
@@ -204,6 +200,7 @@ fn worker(
     };
     let stats = &shared.stats;
     let mut dirty = false;
+    let mut last_event = Instant::now();
     let mut next_publish = Instant::now() + rc.publish_interval;
     let mut next_tick = Instant::now() + rc.tick_interval;
     loop {
@@ -214,7 +211,7 @@ fn worker(
             next_publish
         };
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(Msg::Events(batch, submitted)) => {
+            Ok(Msg::Events(batch, submitted, ack)) => {
                 let (mut applied, mut late, mut rejected) = (0, 0, 0);
                 for e in &batch {
                     match shard.apply(e) {
@@ -234,6 +231,10 @@ fn worker(
                     .latency_us_sum
                     .fetch_add(submitted.elapsed().as_micros() as u64, Ordering::Relaxed);
                 stats.latency_count.fetch_add(1, Ordering::Relaxed);
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+                last_event = Instant::now();
                 dirty = true;
             }
             Ok(Msg::Rules(rules)) => shard.set_rules(rules),
@@ -256,8 +257,14 @@ fn worker(
         }
         let now = Instant::now();
         if rc.live && now >= next_tick {
-            shard.advance_clock(wall_clock_ms());
-            dirty = true;
+            // Event time is taken to run with the wall clock only while no events arrive, so a
+            // backlog being caught up is not declared late, and a pause still closes sessions.
+            let idle = now.duration_since(last_event);
+            if let (Some(max), true) = (shard.aggregates().max_event_time, idle >= rc.tick_interval)
+            {
+                shard.advance_clock(max.saturating_add(idle.as_millis() as Millis));
+                dirty = true;
+            }
             next_tick = now + rc.tick_interval;
         }
         if now >= next_publish {
@@ -318,7 +325,7 @@ impl RuntimeHandle {
         for (i, part) in self.split(events).into_iter().enumerate() {
             if !part.is_empty() {
                 self.inner.senders[i]
-                    .send_async(Msg::Events(part, now))
+                    .send_async(Msg::Events(part, now, None))
                     .await
                     .map_err(|_| Stopped)?;
             }
@@ -332,23 +339,32 @@ impl RuntimeHandle {
         for (i, part) in self.split(events).into_iter().enumerate() {
             if !part.is_empty() {
                 self.inner.senders[i]
-                    .send(Msg::Events(part, now))
+                    .send(Msg::Events(part, now, None))
                     .map_err(|_| Stopped)?;
             }
         }
         Ok(())
     }
 
-    /// Queues events for one worker, in order (a Kafka partition maps to one worker).
-    pub fn submit_to_blocking(
+    /// Queues events, waiting while a queue is full, and returns one receiver per worker
+    /// involved that yields once that worker has applied its part. Sources that must not
+    /// acknowledge input before it is applied (Kafka offsets) wait on these.
+    pub fn submit_acked_blocking(
         &self,
-        worker: usize,
         events: Vec<Event<'static>>,
-    ) -> Result<(), Stopped> {
-        let sender = &self.inner.senders[worker % self.workers()];
-        sender
-            .send(Msg::Events(events, Instant::now()))
-            .map_err(|_| Stopped)
+    ) -> Result<Vec<flume::Receiver<()>>, Stopped> {
+        let now = Instant::now();
+        let mut acks = Vec::new();
+        for (i, part) in self.split(events).into_iter().enumerate() {
+            if !part.is_empty() {
+                let (tx, rx) = flume::bounded(1);
+                self.inner.senders[i]
+                    .send(Msg::Events(part, now, Some(tx)))
+                    .map_err(|_| Stopped)?;
+                acks.push(rx);
+            }
+        }
+        Ok(acks)
     }
 
     /// Swaps the rules: events queued before keep the old ones, events after get the new.

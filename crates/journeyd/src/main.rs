@@ -2,6 +2,7 @@
 //! API, and orderly shutdown. The work itself lives in the library crates.
 
 mod config;
+mod kafka;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -145,9 +146,6 @@ fn now_ms() -> Millis {
 /// `run` and `demo`: workers, the HTTP API, rule reloads, and a synthetic feed for `demo`.
 fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     init_logging(&settings);
-    if settings.kafka.enabled {
-        bail!("kafka.enabled = true: the Kafka source is not available in this build yet; ingest over HTTP (POST /v1/events)");
-    }
     let rules = Arc::new(load_rules(&settings.rules.path)?);
     let engine = Arc::new(settings.engine.clone());
     let rc = RuntimeConfig {
@@ -159,6 +157,20 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     };
     let runtime = Runtime::start(engine, rules, rc);
     let handle = runtime.handle();
+    let metrics = Arc::new(Metrics::new());
+    let kafka = if settings.kafka.enabled {
+        let limits = DecodeLimits {
+            max_record_bytes: settings.ingest.max_record_bytes,
+        };
+        Some(kafka::KafkaSource::start(
+            &settings.kafka,
+            limits,
+            handle.clone(),
+            metrics.clone(),
+        )?)
+    } else {
+        None
+    };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -166,7 +178,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     let result = tokio.block_on(async {
         let state = AppState {
             runtime: handle.clone(),
-            metrics: Arc::new(Metrics::new()),
+                        metrics: metrics.clone(),
             limits: IngestLimits {
                 max_body_bytes: settings.http.max_body_bytes,
                 max_batch_events: settings.http.max_batch_events,
@@ -194,6 +206,9 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         anyhow::Ok(())
     });
     drop(tokio);
+    if let Some(k) = kafka {
+        k.stop();
+    }
     runtime.shutdown();
     result
 }

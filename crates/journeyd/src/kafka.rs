@@ -1,0 +1,199 @@
+//! The Kafka source: a consumer-group member polled on its own thread.
+//!
+//! Like Quickwit, journeyd polls a `BaseConsumer` on a plain thread, because rdkafka's async
+//! calls turn synchronous during rebalances. Each poll round's records are decoded with their
+//! topic's format and submitted to the workers; their offsets are stored (for the next
+//! auto-commit) only once every worker involved has applied them, so a crash never commits
+//! an offset whose events were not applied.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use journey_api::Metrics;
+use journey_core::{DecodeLimits, Event};
+use journey_ingest::{Decoder, Format};
+use journey_runtime::RuntimeHandle;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+
+use crate::config::KafkaSettings;
+
+/// Records handed to the workers per submission.
+const BATCH: usize = 2048;
+
+/// A running Kafka consumer thread.
+#[derive(Debug)]
+pub struct KafkaSource {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Topic {
+    source: String,
+    decoder: Decoder,
+}
+
+impl KafkaSource {
+    pub fn start(
+        settings: &KafkaSettings,
+        limits: DecodeLimits,
+        rt: RuntimeHandle,
+        metrics: Arc<Metrics>,
+    ) -> Result<KafkaSource> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &settings.brokers)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.offset.reset", "earliest");
+        for (k, v) in &settings.properties {
+            cfg.set(k, v);
+        }
+        let consumer: BaseConsumer = cfg.create().context("cannot create the Kafka consumer")?;
+        let mut topics = HashMap::new();
+        for t in &settings.topics {
+            let format = Format::parse(&t.format, t.mapping.as_ref())
+                .map_err(|e| anyhow::anyhow!("kafka topic `{}`: {e}", t.name))?;
+            topics.insert(
+                t.name.clone(),
+                Topic {
+                    source: t.source.clone(),
+                    decoder: Decoder::new(format, t.source.clone(), limits),
+                },
+            );
+        }
+        let names: Vec<&str> = settings.topics.iter().map(|t| t.name.as_str()).collect();
+        consumer
+            .subscribe(&names)
+            .context("cannot subscribe to the Kafka topics")?;
+        tracing::info!(brokers = %settings.brokers, group = %settings.group_id, topics = ?names, "consuming from Kafka");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("journeyd-kafka".into())
+            .spawn(move || consume(consumer, topics, rt, metrics, flag))
+            .context("cannot start the Kafka thread")?;
+        Ok(KafkaSource {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops polling, waits for submitted events to be applied, stores and commits their offsets.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Offsets to store once every worker that received part of a round has applied it.
+struct Pending {
+    acks: Vec<flume::Receiver<()>>,
+    offsets: BTreeMap<(String, i32), i64>,
+}
+
+fn consume(
+    consumer: BaseConsumer,
+    topics: HashMap<String, Topic>,
+    rt: RuntimeHandle,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut events: Vec<Event<'static>> = Vec::new();
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        while events.len() < BATCH && Instant::now() < deadline {
+            let Some(result) = consumer.poll(Duration::from_millis(20)) else {
+                continue;
+            };
+            let msg = match result {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("Kafka: {e}");
+                    continue;
+                }
+            };
+            let Some(topic) = topics.get(msg.topic()) else {
+                continue;
+            };
+            offsets.insert((msg.topic().to_string(), msg.partition()), msg.offset());
+            let payload = msg.payload().unwrap_or_default();
+            match topic.decoder.decode(payload) {
+                Ok(e) => {
+                    metrics
+                        .ingest_events
+                        .with_label_values(&[topic.source.as_str(), "accepted"])
+                        .inc();
+                    events.push(e.into_owned());
+                }
+                Err(e) => {
+                    metrics
+                        .ingest_events
+                        .with_label_values(&[topic.source.as_str(), "rejected"])
+                        .inc();
+                    metrics
+                        .ingest_rejected
+                        .with_label_values(&[topic.source.as_str(), e.reason()])
+                        .inc();
+                    tracing::debug!(
+                        topic = msg.topic(),
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        "rejected: {e}"
+                    );
+                }
+            }
+        }
+        if !offsets.is_empty() {
+            match rt.submit_acked_blocking(events) {
+                Ok(acks) => pending.push_back(Pending { acks, offsets }),
+                Err(_) => break,
+            }
+        }
+        store_applied(&consumer, &mut pending, false);
+    }
+    store_applied(&consumer, &mut pending, true);
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored yet is a normal reason; offsets are also in the next checkpoint.
+        tracing::debug!("final Kafka commit: {e}");
+    }
+}
+
+/// Stores the offsets of every leading round whose events are all applied.
+fn store_applied(consumer: &BaseConsumer, pending: &mut VecDeque<Pending>, wait: bool) {
+    while let Some(front) = pending.front() {
+        let done = front.acks.iter().all(|a| {
+            if wait {
+                a.recv_timeout(Duration::from_secs(30)).is_ok() || a.is_disconnected()
+            } else {
+                !a.is_empty() || a.is_disconnected()
+            }
+        });
+        if !done {
+            return;
+        }
+        let round = pending.pop_front().expect("front exists");
+        for a in &round.acks {
+            let _ = a.try_recv();
+        }
+        for ((topic, partition), offset) in round.offsets {
+            if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    "cannot store the Kafka offset: {e}"
+                );
+            }
+        }
+    }
+}

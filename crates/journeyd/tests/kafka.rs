@@ -1,0 +1,259 @@
+//! journeyd against librdkafka's mock cluster (a real Kafka protocol peer on a TCP port):
+//! three topics in three wire formats, several partitions, a known event set. The figures the
+//! service computes must equal those of the engine run directly in this test, and the consumer
+//! group's committed offsets must reach the end of every partition once the events are applied.
+
+use std::borrow::Cow;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use journey_core::query::{funnel, Include, Summary};
+use journey_core::time::DAY;
+use journey_core::{EngineConfig, Event, Rules, Shard};
+use journey_gen::{generate, GenConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+const TOPICS: [(&str, i32, &str); 3] = [
+    ("web", 3, "segment"),
+    ("crm", 2, "canonical"),
+    ("service", 2, "cloudevents"),
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The record for a topic's wire format.
+fn encode(e: &Event<'_>) -> (&'static str, String) {
+    let attrs = if e.attributes.is_null() {
+        json!({})
+    } else {
+        e.attributes.clone()
+    };
+    match &*e.source {
+        "web" => ("web", json!({"type": "track", "event": e.name, "userId": e.customer_id, "timestamp": iso(e.ts), "messageId": e.event_id, "properties": attrs}).to_string()),
+        "crm" => ("crm", serde_json::to_string(e).unwrap()),
+        _ => ("service", json!({"specversion": "1.0", "type": e.name, "source": "/service-desk", "id": e.event_id, "subject": e.customer_id, "time": iso(e.ts), "data": attrs}).to_string()),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.starts_with("HTTP/1.0 200")
+        .then(|| raw.split_once("\r\n\r\n").map(|x| x.1.to_string()))
+        .flatten()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+}
+
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_offsets() {
+    let cluster = MockCluster::new(1).unwrap();
+    for (topic, partitions, _) in TOPICS {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+
+    let start = 1_795_132_800_000; // 2026-11-20T00:00:00Z
+    let events = generate(&GenConfig {
+        customers: 120,
+        start,
+        span: DAY,
+        ..GenConfig::default()
+    });
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for e in &events {
+        let (topic, payload) = encode(e);
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .key(e.customer_id.as_ref())
+                    .payload(&payload),
+            )
+            .unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    // What the engine makes of the same events, in time order.
+    let rules = Arc::new(
+        Rules::from_toml(&std::fs::read_to_string(repo().join("config/rules.toml")).unwrap())
+            .unwrap(),
+    );
+    let mut shard = Shard::new(Arc::new(EngineConfig::default()), rules.clone());
+    for e in &events {
+        shard
+            .apply(&Event {
+                source: Cow::Borrowed(&*e.source),
+                ..e.clone()
+            })
+            .unwrap();
+    }
+    shard.flush();
+    let (from, to) = (start - DAY, start + 60 * DAY);
+    let want = Summary::collect([shard.aggregates()], from, to, &Include::default());
+
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("journeyd-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("journeyd.toml");
+    let mut toml = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n[runtime]\nworkers = 2\npublish_interval = \"200ms\"\ntick_interval = \"200ms\"\n\
+         [kafka]\nenabled = true\nbrokers = \"{brokers}\"\ngroup_id = \"journeyd-test\"\n[kafka.properties]\n\"auto.commit.interval.ms\" = \"200\"\n"
+    );
+    for (topic, _, format) in TOPICS {
+        toml.push_str(&format!(
+            "[[kafka.topics]]\nname = \"{topic}\"\nsource = \"{topic}\"\nformat = \"{format}\"\n"
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(repo())
+        .env("JOURNEYD_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _service = Service(child);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let n = events.len() as f64;
+    loop {
+        let applied =
+            get(port, "/metrics").and_then(|m| metric(&m, "journeyd_events_applied_total"));
+        if applied == Some(n) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "applied {applied:?} of {n} events"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = get(port, "/metrics").unwrap();
+    for (topic, _, _) in TOPICS {
+        let count = events.iter().filter(|e| e.source == topic).count() as f64;
+        let line =
+            format!("journeyd_ingest_events_total{{outcome=\"accepted\",source=\"{topic}\"}}");
+        assert_eq!(metric(&metrics, &line), Some(count), "{topic}");
+    }
+
+    // Funnel and visits do not depend on arrival order: they must match exactly.
+    std::thread::sleep(Duration::from_millis(600));
+    let q = format!("from={from}&to={to}");
+    let got: Value = serde_json::from_str(&get(port, &format!("/v1/funnel?{q}")).unwrap()).unwrap();
+    let expected = serde_json::to_value(funnel(&want, rules.phases(), None, 100)).unwrap();
+    let reached = |v: &Value| {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["reached"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reached(&got["funnel"]), reached(&expected));
+    assert!(reached(&expected)[0] > 50, "a meaningful data set");
+    let tps: Value =
+        serde_json::from_str(&get(port, &format!("/v1/touchpoints?{q}")).unwrap()).unwrap();
+    for t in tps["touchpoints"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let want_visits = want.touchpoints.get(name).map_or(0, |a| a.visits);
+        assert_eq!(t["visits"].as_u64(), Some(want_visits), "{name}");
+        if let Some(score) = want.touchpoints.get(name).filter(|a| a.score.count > 0) {
+            assert_eq!(
+                t["score"]["count"].as_u64(),
+                Some(score.score.count),
+                "{name} scores"
+            );
+        }
+    }
+
+    // Offsets: committed only after the events were applied, up to the end of each partition.
+    let check: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "journeyd-test")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for (topic, partitions, _) in TOPICS {
+            for p in 0..partitions {
+                tpl.add_partition(topic, p);
+                let (_, high) = check
+                    .fetch_watermarks(topic, p, Duration::from_secs(5))
+                    .unwrap();
+                ends.push(((topic.to_string(), p), high));
+            }
+        }
+        let committed = check
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .unwrap();
+        let all = ends.iter().all(|((t, p), high)| {
+            let off = committed.find_partition(t, *p).map(|e| e.offset());
+            *high == 0 || off == Some(Offset::Offset(*high))
+        });
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed {committed:?}, partition ends {ends:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
