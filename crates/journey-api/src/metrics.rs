@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use journey_runtime::RuntimeHandle;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -25,6 +27,8 @@ pub struct Metrics {
     tp_completions: IntCounterVec,
     phase_reached: IntCounterVec,
     workers: IntGauge,
+    /// Records behind the end of each assigned partition, set by the Kafka source.
+    pub kafka_lag: IntGaugeVec,
     /// Last cumulative value exported per series, so counters advance by the difference.
     seen: Mutex<HashMap<(usize, String), u64>>,
 }
@@ -53,6 +57,16 @@ impl Metrics {
         let workers = IntGauge::new("journeyd_workers", "Worker threads, each owning one shard")
             .expect("valid metric");
         r.register(Box::new(workers.clone()))
+            .expect("registered once");
+        let kafka_lag = IntGaugeVec::new(
+            Opts::new(
+                "journeyd_kafka_consumer_lag",
+                "Records between the consumer's position and the end of the partition",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(kafka_lag.clone()))
             .expect("registered once");
         Metrics {
             ingest_events: counter_vec(
@@ -129,6 +143,7 @@ impl Metrics {
                 &["phase"],
             ),
             workers,
+            kafka_lag,
             registry: r,
             seen: Mutex::new(HashMap::new()),
         }

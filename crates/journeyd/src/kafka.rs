@@ -20,6 +20,7 @@ use journey_runtime::RuntimeHandle;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
 
@@ -30,7 +31,7 @@ const BATCH: usize = 2048;
 #[derive(Debug)]
 pub struct KafkaSource {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 struct Topic {
@@ -73,6 +74,17 @@ impl KafkaSource {
             .context("cannot subscribe to the Kafka topics")?;
         tracing::info!(brokers = %settings.brokers, group = %settings.group_id, topics = ?names, "consuming from Kafka");
         let stop = Arc::new(AtomicBool::new(false));
+        let lag_client: BaseConsumer =
+            cfg.create().context("cannot create the Kafka lag client")?;
+        let (lag_topics, lag_metrics, lag_stop) = (
+            settings.topics.iter().map(|t| t.name.clone()).collect(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        let lag = std::thread::Builder::new()
+            .name("journeyd-kafka-lag".into())
+            .spawn(move || report_lag(lag_client, lag_topics, lag_metrics, lag_stop))
+            .context("cannot start the Kafka lag thread")?;
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("journeyd-kafka".into())
@@ -80,14 +92,14 @@ impl KafkaSource {
             .context("cannot start the Kafka thread")?;
         Ok(KafkaSource {
             stop,
-            thread: Some(thread),
+            threads: vec![thread, lag],
         })
     }
 
     /// Stops polling, waits for submitted events to be applied, stores and commits their offsets.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads {
             let _ = t.join();
         }
     }
@@ -165,6 +177,58 @@ fn consume(
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored yet is a normal reason; offsets are also in the next checkpoint.
         tracing::debug!("final Kafka commit: {e}");
+    }
+}
+
+/// Reports consumer-group lag (end of partition minus committed offset, as Kafka's own tools
+/// define it) every few seconds, from a client of its own that does not join the group, so the
+/// consuming thread never waits on these round trips. Every partition of every topic gets a
+/// gauge, so a stuck one shows.
+fn report_lag(
+    client: BaseConsumer,
+    topics: Vec<String>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let timeout = Duration::from_secs(2);
+    while !stop.load(Ordering::Relaxed) {
+        for topic in &topics {
+            let Ok(meta) = client.fetch_metadata(Some(topic), timeout) else {
+                continue;
+            };
+            let mut list = TopicPartitionList::new();
+            for t in meta.topics() {
+                for p in t.partitions() {
+                    list.add_partition(topic, p.id());
+                }
+            }
+            let Ok(committed) = client.committed_offsets(list.clone(), timeout) else {
+                continue;
+            };
+            for e in list.elements() {
+                let Ok((low, high)) = client.fetch_watermarks(topic, e.partition(), timeout) else {
+                    continue;
+                };
+                let at = match committed
+                    .find_partition(topic, e.partition())
+                    .map(|c| c.offset())
+                {
+                    Some(Offset::Offset(o)) => o,
+                    _ => low,
+                };
+                let label = e.partition().to_string();
+                metrics
+                    .kafka_lag
+                    .with_label_values(&[topic.as_str(), label.as_str()])
+                    .set((high - at).max(0));
+            }
+        }
+        for _ in 0..50 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -126,6 +126,20 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let mut non_empty = 0;
+    for (topic, partitions, _) in TOPICS {
+        for p in 0..partitions {
+            let (_, high) = probe
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .unwrap();
+            non_empty += (high > 0) as usize;
+        }
+    }
+    assert!(non_empty >= 5, "records spread over the partitions");
 
     // What the engine makes of the same events, in time order.
     let rules = Arc::new(
@@ -219,6 +233,29 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
                 "{name} scores"
             );
         }
+    }
+
+    // Every assigned partition has a lag gauge, zero once everything is consumed (refreshed
+    // every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = get(port, "/metrics").unwrap();
+        let lags: Vec<f64> = m
+            .lines()
+            .filter(|l| l.starts_with("journeyd_kafka_consumer_lag{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if lags.len() == 7 && lags.iter().all(|&l| l == 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag gauges: {:?}",
+            m.lines()
+                .filter(|l| l.starts_with("journeyd_kafka"))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 
     // Offsets: committed only after the events were applied, up to the end of each partition.
