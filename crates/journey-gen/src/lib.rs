@@ -351,6 +351,41 @@ pub fn to_canonical_json(e: &Event<'_>) -> String {
     serde_json::to_string(e).expect("events always serialise")
 }
 
+fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// The event as a Segment `track` call.
+pub fn to_segment_json(e: &Event<'_>) -> String {
+    let properties = if e.attributes.is_null() {
+        json!({})
+    } else {
+        e.attributes.clone()
+    };
+    json!({
+        "type": "track", "event": e.name, "userId": e.customer_id, "timestamp": rfc3339(e.ts),
+        "messageId": e.event_id, "properties": properties,
+    })
+    .to_string()
+}
+
+/// The event as a structured CloudEvents 1.0 record.
+pub fn to_cloudevents_json(e: &Event<'_>) -> String {
+    let data = if e.attributes.is_null() {
+        json!({})
+    } else {
+        e.attributes.clone()
+    };
+    json!({
+        "specversion": "1.0", "type": e.name, "source": format!("/{}", e.source), "id": e.event_id,
+        "subject": e.customer_id, "time": rfc3339(e.ts), "data": data,
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +425,30 @@ mod tests {
             max_seen = max_seen.max(e.ts);
         }
         assert!(behind > 0, "some events arrive out of order");
+    }
+
+    #[test]
+    fn segment_and_cloudevents_lines_carry_the_same_fields() {
+        let ts = |v: &serde_json::Value| {
+            journey_core::event::parse_rfc3339(v.as_str().unwrap()).unwrap()
+        };
+        for e in &generate(&GenConfig {
+            customers: 20,
+            ..Default::default()
+        }) {
+            let seg: serde_json::Value = serde_json::from_str(&to_segment_json(e)).unwrap();
+            assert_eq!(
+                (seg["userId"].as_str(), seg["event"].as_str()),
+                (Some(&*e.customer_id), Some(&*e.name))
+            );
+            assert_eq!(ts(&seg["timestamp"]), e.ts);
+            let ce: serde_json::Value = serde_json::from_str(&to_cloudevents_json(e)).unwrap();
+            assert_eq!(
+                (ce["subject"].as_str(), ce["type"].as_str()),
+                (Some(&*e.customer_id), Some(&*e.name))
+            );
+            assert_eq!(ts(&ce["time"]), e.ts);
+        }
     }
 
     #[test]

@@ -303,3 +303,66 @@ fn check_rules_reports_every_problem() {
     assert!(String::from_utf8_lossy(&missing.stderr)
         .contains("cannot read rules file no/such/file.toml"));
 }
+
+fn generate_and_replay(format: &str, source: &str) -> Value {
+    let gen = output(
+        &[
+            "generate",
+            "--customers",
+            "300",
+            "--format",
+            format,
+            "--only-source",
+            source,
+        ],
+        &[],
+    );
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let mut child = journeyd()
+        .args(["replay", "--format", format, "--source", source, "-"])
+        .env("JOURNEYD_RUNTIME__WORKERS", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&gen.stdout).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn generated_streams_replay_to_the_same_figures_in_every_format() {
+    for (source, other) in [("web", "segment"), ("service", "cloudevents")] {
+        let canonical = generate_and_replay("canonical", source);
+        let encoded = generate_and_replay(other, source);
+        assert_eq!(canonical["events"]["rejected"], serde_json::json!({}));
+        assert_eq!(
+            encoded["events"]["rejected"],
+            serde_json::json!({}),
+            "{other}"
+        );
+        assert!(
+            canonical["events"]["accepted"].as_u64() > Some(50),
+            "{source}"
+        );
+        assert_eq!(
+            encoded["events"]["accepted"], canonical["events"]["accepted"],
+            "{other}"
+        );
+        assert!(
+            canonical["funnel"]["journeys"].as_i64() > Some(10),
+            "{source}: {}",
+            canonical["funnel"]
+        );
+        for key in ["funnel", "touchpoints", "transitions", "sessions"] {
+            assert_eq!(encoded[key], canonical[key], "{other} {key}");
+        }
+    }
+    let bad = output(&["generate", "--format", "avro"], &[]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown format `avro`"));
+}
