@@ -171,6 +171,29 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// Adds `o` into `self`: the merge of two partials of the same time span.
+    pub fn merge(&mut self, o: &Bucket) {
+        self.sessions += o.sessions;
+        for (i, t) in o.touchpoints.iter().enumerate() {
+            self.touchpoint(i as u16).merge(t);
+        }
+        for (i, p) in o.phases.iter().enumerate() {
+            let a = self.phase(i as u8);
+            a.furthest += p.furthest;
+            a.dwell.merge(&p.dwell);
+        }
+        for (k, n) in &o.transitions {
+            *self.transitions.entry(*k).or_default() += n;
+        }
+        for (d, values) in o.breakdowns.iter().enumerate() {
+            for (v, row) in values {
+                for (p, n) in row.iter().enumerate() {
+                    *self.breakdown(d, *v, p as u8) += n;
+                }
+            }
+        }
+    }
+
     #[inline]
     pub fn touchpoint(&mut self, id: u16) -> &mut TouchpointAgg {
         let i = id as usize;
@@ -296,45 +319,113 @@ impl Ring {
     }
 }
 
-/// Minute buckets for recent data and hour buckets for the long tail, both always written.
+/// Minute buckets for recent data and hour buckets for the long tail.
+///
+/// Writes go to the minute bucket only; an hour is rolled up from its minutes once event time
+/// has moved [`Timeline::seal_delay`] past its end ("sealed"). A late write into a sealed hour
+/// goes to both resolutions. This halves bucket writes on the hot path; readers take a sealed
+/// hour from the hour bucket and an unsealed one from its minutes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timeline {
     pub fine: Ring,
     pub coarse: Ring,
+    /// Hours before this time are sealed: their hour buckets are complete. `Millis::MAX` when
+    /// the minute retention is too short to roll up (every write then goes to both).
+    sealed_until: Millis,
+    seal_delay: Millis,
 }
 
 impl Timeline {
     pub fn new(fine_retention: Millis, total_retention: Millis) -> Timeline {
+        // Rolling up needs an hour's minutes to outlive the hour by the seal delay.
+        let seal_delay = (fine_retention - HOUR - MINUTE).min(HOUR);
         Timeline {
             fine: Ring::new(MINUTE, fine_retention),
             coarse: Ring::new(HOUR, total_retention),
+            sealed_until: if seal_delay > 0 {
+                Millis::MIN
+            } else {
+                Millis::MAX
+            },
+            seal_delay,
         }
     }
 
-    /// Applies `f` to the minute and the hour bucket of `t`. Returns false if `t` has expired.
+    /// How far event time must pass an hour's end before the hour is rolled up.
+    pub fn seal_delay(&self) -> Millis {
+        self.seal_delay
+    }
+
+    /// Applies `f` to the bucket(s) of `t`. Returns false if `t` has expired.
     #[inline]
     pub fn update(&mut self, t: Millis, mut f: impl FnMut(&mut Bucket)) -> bool {
-        let mut applied = false;
+        if t < self.sealed_until {
+            let mut applied = false;
+            if let Some(b) = self.fine.slot(t) {
+                f(b);
+                applied = true;
+            }
+            if let Some(b) = self.coarse.slot(t) {
+                f(b);
+                applied = true;
+            }
+            return applied;
+        }
+        if self.fine.end_time().is_some_and(|end| t >= end) {
+            self.seal(t.div_euclid(MINUTE) * MINUTE + MINUTE - self.seal_delay);
+        }
         if let Some(b) = self.fine.slot(t) {
             f(b);
-            applied = true;
+            return true;
         }
-        if let Some(b) = self.coarse.slot(t) {
-            f(b);
-            applied = true;
+        // Older than the minute retention: its minutes are gone, so the hour takes it directly
+        // (the roll-up only ever adds minutes that exist).
+        match self.coarse.slot(t) {
+            Some(b) => {
+                f(b);
+                true
+            }
+            None => false,
         }
-        applied
     }
 
-    /// Visits each bucket covering `[from, to)` once: whole hours from the hour buckets,
-    /// the edges from minute buckets; where minute buckets have expired, the hour buckets
-    /// whose start lies in the range.
+    /// Rolls up every unsealed hour that ends at or before `line`. Runs before the minute
+    /// ring advances, so the minutes of those hours are all still there.
+    fn seal(&mut self, line: Millis) {
+        let until = line.div_euclid(HOUR) * HOUR;
+        if until <= self.sealed_until {
+            return;
+        }
+        let Some(first) = self.fine.first_time() else {
+            self.sealed_until = until;
+            return;
+        };
+        let mut h = self.sealed_until.max(first.div_euclid(HOUR) * HOUR);
+        while h < until {
+            let (fine, coarse) = (&self.fine, &mut self.coarse);
+            let mut minutes = (h..h + HOUR)
+                .step_by(MINUTE as usize)
+                .filter_map(|m| fine.get(m))
+                .peekable();
+            if minutes.peek().is_some() {
+                if let Some(slot) = coarse.slot(h) {
+                    minutes.for_each(|b| slot.merge(b));
+                }
+            }
+            h += HOUR;
+        }
+        self.sealed_until = until;
+    }
+
+    /// Visits each bucket covering `[from, to)` once: whole sealed hours from the hour
+    /// buckets, the rest from minute buckets; where minute buckets have expired, the hour
+    /// buckets whose start lies in the range.
     pub fn for_each(&self, from: Millis, to: Millis, mut f: impl FnMut(&Bucket)) {
         let mut m = ceil_to(from, MINUTE);
         let end = ceil_to(to, MINUTE);
         let fine_start = self.fine.horizon().unwrap_or(Millis::MAX);
         while m < end {
-            if m.rem_euclid(HOUR) == 0 && m + HOUR <= end {
+            if m.rem_euclid(HOUR) == 0 && m + HOUR <= end && m < self.sealed_until {
                 if let Some(b) = self.coarse.get(m) {
                     f(b);
                 }
@@ -353,6 +444,21 @@ impl Timeline {
                 }
                 m = h + HOUR;
             }
+        }
+    }
+
+    /// The hour-aligned span of event time held, if any.
+    pub fn span(&self) -> Option<(Millis, Millis)> {
+        let hour_floor = |t: Millis| t.div_euclid(HOUR) * HOUR;
+        let fine = self
+            .fine
+            .first_time()
+            .zip(self.fine.end_time())
+            .map(|(a, b)| (hour_floor(a), ceil_to(b, HOUR)));
+        let coarse = self.coarse.first_time().zip(self.coarse.end_time());
+        match (fine, coarse) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (x, y) => x.or(y),
         }
     }
 }
@@ -466,10 +572,7 @@ pub struct Aggregates {
 impl Aggregates {
     /// The hour-aligned span of event time these aggregates hold, if any.
     pub fn time_span(&self) -> Option<(Millis, Millis)> {
-        Some((
-            self.timeline.coarse.first_time()?,
-            self.timeline.coarse.end_time()?,
-        ))
+        self.timeline.span()
     }
 
     pub fn new(
@@ -499,6 +602,7 @@ impl Aggregates {
 mod tests {
     use super::*;
     use crate::time::DAY;
+    use proptest::prelude::*;
 
     #[test]
     fn ring_is_bounded_and_drops_expired() {
@@ -549,5 +653,65 @@ mod tests {
         // the partial hour at the end (start inside the range) is counted whole.
         t.for_each(base + 30 * MINUTE, base + 90 * MINUTE, |b| n += b.sessions);
         assert_eq!(n, 60);
+    }
+
+    /// Writes at mostly increasing times with stragglers, some older than minute retention.
+    fn writes() -> impl Strategy<Value = Vec<Millis>> {
+        proptest::collection::vec((0i64..40, 0i64..(6 * HOUR), any::<bool>()), 1..400).prop_map(
+            |steps| {
+                let mut now = 1_000 * DAY;
+                steps
+                    .into_iter()
+                    .map(|(advance, back, late)| {
+                        now += advance * MINUTE;
+                        if late {
+                            now - back
+                        } else {
+                            now
+                        }
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    proptest! {
+        /// Rolling minutes up into hours loses and doubles nothing: every whole-hour range
+        /// counts exactly the writes inside it, whether its hours are sealed or not.
+        #[test]
+        fn roll_up_preserves_every_write(
+            ts in writes(),
+            fine_hours in 1i64..5,
+            range in (0i64..60, 1i64..60),
+        ) {
+            let mut t = Timeline::new(fine_hours * HOUR, 90 * DAY);
+            for &w in &ts {
+                prop_assert!(t.update(w, |b| b.sessions += 1));
+            }
+            let base = (1_000 * DAY).div_euclid(HOUR) * HOUR - 6 * HOUR;
+            let (from, to) = (base + range.0 * HOUR, base + (range.0 + range.1) * HOUR);
+            let mut got = 0;
+            t.for_each(from, to, |b| got += b.sessions);
+            let want = ts.iter().filter(|&&w| w >= from && w < to).count() as u64;
+            prop_assert_eq!(got, want);
+        }
+
+        /// Inside the minute retention, any minute-aligned range is exact.
+        #[test]
+        fn minute_ranges_are_exact_within_retention(
+            ts in writes(),
+            range in (0i64..(60 * 60), 1i64..(60 * 30)),
+        ) {
+            let mut t = Timeline::new(30 * DAY, 90 * DAY);
+            for &w in &ts {
+                t.update(w, |b| b.sessions += 1);
+            }
+            let base = 1_000 * DAY - 6 * HOUR;
+            let (from, to) = (base + range.0 * MINUTE, base + (range.0 + range.1) * MINUTE);
+            let mut got = 0;
+            t.for_each(from, to, |b| got += b.sessions);
+            let want = ts.iter().filter(|&&w| w >= from && w < to).count() as u64;
+            prop_assert_eq!(got, want);
+        }
     }
 }

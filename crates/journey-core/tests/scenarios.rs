@@ -341,7 +341,7 @@ fn corrupt_snapshots_are_refused_whole() {
     version[8] = 99;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 99 is not supported (this build reads version 1)"
+        "snapshot format version 99 is not supported (this build reads version 2)"
     );
     assert!(matches!(
         restore(&good[..10]),
