@@ -5,8 +5,15 @@
 //! the CRM, open support tickets, answer NPS surveys and refer friends. Event names and
 //! attributes match `config/rules.toml`. The same seed always gives the same events, so tests
 //! and benchmarks can rely on them.
+//!
+//! [`stream`] yields events in delivery order while holding only the pending events of
+//! customers already started, so ten million customers need no more memory than their tails;
+//! [`generate`] collects it. A [`Spike`] makes visitors abandon at one step from a chosen time,
+//! to exercise drop-off alerts.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 use journey_core::time::{Millis, DAY, HOUR, MINUTE, SECOND};
 use journey_core::Event;
@@ -23,6 +30,44 @@ pub struct GenConfig {
     /// Share of events delivered out of order (delayed by up to `max_delay`).
     pub out_of_order: f64,
     pub max_delay: Millis,
+    /// Extra abandonment at one web step from a chosen time.
+    pub spike: Option<Spike>,
+}
+
+/// A web step where a [`Spike`] can make visitors leave; named after its touchpoint in
+/// `config/rules.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    ProductPage,
+    Compare,
+    Cart,
+    Checkout,
+}
+
+impl Step {
+    pub const ALL: [Step; 4] = [Step::ProductPage, Step::Compare, Step::Cart, Step::Checkout];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::ProductPage => "product_page",
+            Step::Compare => "compare",
+            Step::Cart => "cart",
+            Step::Checkout => "checkout",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// From `from` on, a visitor reaching `step` ends the visit there with probability `abandon`
+/// (on top of the usual behaviour): a rising drop-off at that touchpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spike {
+    pub step: Step,
+    pub from: Millis,
+    pub abandon: f64,
 }
 
 impl Default for GenConfig {
@@ -34,6 +79,7 @@ impl Default for GenConfig {
             span: DAY,
             out_of_order: 0.0,
             max_delay: 4 * MINUTE,
+            spike: None,
         }
     }
 }
@@ -103,6 +149,7 @@ impl Persona {
 
 struct Journey<'r> {
     rng: &'r mut Rng,
+    spike: Option<Spike>,
     customer: String,
     persona: Persona,
     t: Millis,
@@ -131,6 +178,14 @@ impl Journey<'_> {
 
     fn wait(&mut self, median: Millis) {
         self.t += self.rng.dwell(median);
+    }
+
+    /// Whether a configured spike makes the visitor leave at `step` now.
+    fn spiked(&mut self, step: Step) -> bool {
+        match self.spike {
+            Some(s) if s.step == step && self.t >= s.from => self.rng.chance(s.abandon),
+            _ => false,
+        }
     }
 
     /// One web visit. Returns whether it ended in an order.
@@ -164,6 +219,9 @@ impl Journey<'_> {
             self.wait(40 * SECOND);
             let id = self.rng.range(1, 400);
             self.page(&format!("/products/{id}"), None);
+            if self.spiked(Step::ProductPage) {
+                return false;
+            }
             if self.rng.chance(0.15) {
                 self.wait(20 * SECOND);
                 let v = self.rng.range(10, 100);
@@ -177,6 +235,9 @@ impl Journey<'_> {
         }) {
             self.wait(60 * SECOND);
             self.page("/compare", None);
+            if self.spiked(Step::Compare) {
+                return false;
+            }
         }
         if self.rng.chance(0.05) {
             self.wait(30 * SECOND);
@@ -194,12 +255,12 @@ impl Journey<'_> {
         self.emit("web", "add_to_cart", json!({ "price": v }));
         self.wait(20 * SECOND);
         self.page("/cart", None);
-        if !self.rng.chance(p_checkout) {
+        if self.spiked(Step::Cart) || !self.rng.chance(p_checkout) {
             return false;
         }
         self.wait(45 * SECOND);
         self.emit("web", "checkout_started", json!({}));
-        if !self.rng.chance(p_order) {
+        if self.spiked(Step::Checkout) || !self.rng.chance(p_order) {
             return false;
         }
         self.wait(2 * MINUTE);
@@ -278,7 +339,12 @@ impl Journey<'_> {
 }
 
 /// All events of one customer, in time order.
-pub fn customer_events(rng: &mut Rng, index: usize, start: Millis) -> Vec<Event<'static>> {
+pub fn customer_events(
+    rng: &mut Rng,
+    index: usize,
+    start: Millis,
+    spike: Option<Spike>,
+) -> Vec<Event<'static>> {
     let persona = *rng.pick(&[
         Persona::BargainHunter,
         Persona::BargainHunter,
@@ -288,6 +354,7 @@ pub fn customer_events(rng: &mut Rng, index: usize, start: Millis) -> Vec<Event<
     ]);
     let mut j = Journey {
         rng,
+        spike,
         customer: format!("c-{index}"),
         persona,
         t: start,
@@ -313,37 +380,110 @@ pub fn customer_events(rng: &mut Rng, index: usize, start: Millis) -> Vec<Event<
     j.out
 }
 
-/// Every customer's events, merged in time order, then the configured share delayed.
+/// Every customer's events in delivery order: by time, with the configured share delayed.
 pub fn generate(cfg: &GenConfig) -> Vec<Event<'static>> {
-    let mut rng = Rng::new(cfg.seed);
-    let mut events = Vec::new();
-    for i in 0..cfg.customers {
-        let start = cfg.start + rng.range(0, cfg.span.max(1));
-        events.extend(customer_events(&mut rng, i, start));
+    stream(cfg).collect()
+}
+
+/// The events of [`generate`], one at a time. Customers start in order (journey starts are
+/// spread evenly over the span, jittered within their slot), so an event can be released as
+/// soon as no customer still to come can start before its delivery time.
+pub fn stream(cfg: &GenConfig) -> Stream {
+    Stream {
+        cfg: cfg.clone(),
+        rng: Rng::new(cfg.seed),
+        next: 0,
+        seq: 0,
+        pending: BinaryHeap::new(),
     }
-    events.sort_by_key(|e| e.ts);
-    if cfg.out_of_order > 0.0 {
-        // Deliver some events late, by at most `max_delay` behind the newest one seen.
-        let mut keyed: Vec<(Millis, usize)> = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let d = if rng.chance(cfg.out_of_order) {
-                    rng.range(0, cfg.max_delay + 1)
+}
+
+/// Iterator returned by [`stream`].
+#[derive(Debug)]
+pub struct Stream {
+    cfg: GenConfig,
+    rng: Rng,
+    next: usize,
+    seq: u64,
+    pending: BinaryHeap<Pending>,
+}
+
+/// An event waiting for its delivery time; the heap's top is the earliest.
+#[derive(Debug)]
+struct Pending {
+    deliver: Millis,
+    seq: u64,
+    event: Event<'static>,
+}
+
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.deliver, o.seq).cmp(&(self.deliver, self.seq))
+    }
+}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        (self.deliver, self.seq) == (o.deliver, o.seq)
+    }
+}
+
+impl Eq for Pending {}
+
+impl Stream {
+    /// Start of customer `i`'s slot: `[start + i·span/n, start + (i+1)·span/n)`.
+    fn slot_start(&self, i: usize) -> Millis {
+        let n = self.cfg.customers.max(1) as i128;
+        self.cfg.start + (i as i128 * self.cfg.span.max(1) as i128 / n) as Millis
+    }
+
+    /// Customers generated so far.
+    pub fn customers_started(&self) -> usize {
+        self.next
+    }
+}
+
+impl Iterator for Stream {
+    type Item = Event<'static>;
+
+    fn next(&mut self) -> Option<Event<'static>> {
+        loop {
+            let more = self.next < self.cfg.customers;
+            let horizon = if more {
+                self.slot_start(self.next)
+            } else {
+                Millis::MAX
+            };
+            if self.pending.peek().is_some_and(|p| p.deliver < horizon) || !more {
+                return self.pending.pop().map(|p| p.event);
+            }
+            let (lo, hi) = (self.slot_start(self.next), self.slot_start(self.next + 1));
+            let start = self.rng.range(lo, hi.max(lo + 1));
+            let spike = self.cfg.spike;
+            for event in customer_events(&mut self.rng, self.next, start, spike) {
+                // Deliver some events late, by at most `max_delay` behind the newest one seen.
+                let delay = if self.cfg.out_of_order > 0.0 && self.rng.chance(self.cfg.out_of_order)
+                {
+                    self.rng.range(0, self.cfg.max_delay + 1)
                 } else {
                     0
                 };
-                (e.ts + d, i)
-            })
-            .collect();
-        keyed.sort_unstable();
-        let mut slots: Vec<Option<Event<'static>>> = events.into_iter().map(Some).collect();
-        events = keyed
-            .into_iter()
-            .filter_map(|(_, i)| slots[i].take())
-            .collect();
+                self.seq += 1;
+                self.pending.push(Pending {
+                    deliver: event.ts + delay,
+                    seq: self.seq,
+                    event,
+                });
+            }
+            self.next += 1;
+        }
     }
-    events
 }
 
 /// One canonical NDJSON line (without the newline).
@@ -403,6 +543,58 @@ mod tests {
             ..cfg.clone()
         };
         assert_ne!(generate(&cfg), generate(&other));
+    }
+
+    #[test]
+    fn events_arrive_in_time_order_without_reordering() {
+        let events = generate(&GenConfig {
+            customers: 500,
+            ..Default::default()
+        });
+        assert!(events.len() > 2_000);
+        assert!(events.windows(2).all(|w| w[0].ts <= w[1].ts));
+        let customers: std::collections::HashSet<_> =
+            events.iter().map(|e| e.customer_id.clone()).collect();
+        assert_eq!(customers.len(), 500);
+    }
+
+    #[test]
+    fn spike_raises_abandonment_at_its_step_from_its_time() {
+        let base = GenConfig {
+            customers: 4_000,
+            ..Default::default()
+        };
+        let from = base.start + base.span / 2;
+        let spiked = GenConfig {
+            spike: Some(Spike {
+                step: Step::Cart,
+                from,
+                abandon: 0.9,
+            }),
+            ..base.clone()
+        };
+        // Share of cart views followed by a checkout in the same customer's history.
+        let checkout_share = |events: &[Event<'static>], after: bool| {
+            let mut carts = 0;
+            let mut checkouts = 0;
+            for e in events {
+                if (e.ts >= from) != after || e.source != "web" {
+                    continue;
+                }
+                if e.name == "page_view" && e.attributes["url"] == "/cart" {
+                    carts += 1;
+                }
+                if e.name == "checkout_started" {
+                    checkouts += 1;
+                }
+            }
+            checkouts as f64 / carts as f64
+        };
+        let (plain, spike) = (generate(&base), generate(&spiked));
+        let before = (checkout_share(&plain, false), checkout_share(&spike, false));
+        assert!((before.0 - before.1).abs() < 0.05, "{before:?}");
+        let after = (checkout_share(&plain, true), checkout_share(&spike, true));
+        assert!(after.1 < after.0 * 0.3, "{after:?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! API, and orderly shutdown. The work itself lives in the library crates.
 
 mod config;
+mod generate;
 mod kafka;
 
 use std::io::{IsTerminal, Write};
@@ -22,6 +23,11 @@ use journey_runtime::{Runtime, RuntimeConfig, RuntimeHandle};
 use serde_json::json;
 
 use crate::config::Settings;
+
+/// Events are allocated by the thread that decodes them and freed by the worker that applies
+/// them; mimalloc handles such cross-thread frees without glibc's arena lock contention.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,47 +76,15 @@ enum Command {
     },
     /// Validate a rules file and print every problem.
     CheckRules { file: PathBuf },
-    /// Write synthetic journeys (web, CRM, service) as NDJSON to stdout.
-    Generate {
-        #[arg(long, default_value_t = 10_000)]
-        customers: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// canonical, segment or cloudevents.
-        #[arg(long, default_value = "canonical")]
-        format: String,
-        /// Share of events delivered out of order (within 4 minutes).
-        #[arg(long, default_value_t = 0.0)]
-        out_of_order: f64,
-        /// Journeys start within a day from this time (RFC 3339).
-        #[arg(long, default_value = "2026-11-20T00:00:00Z")]
-        start: String,
-        /// Only events of this source (web, crm or service), e.g. one file per Kafka topic.
-        /// Segment and CloudEvents records carry no source: replay them with `--source`.
-        #[arg(long)]
-        only_source: Option<String>,
-    },
+    /// Synthetic journeys (web, CRM, service) as NDJSON to stdout or a file, or to Kafka.
+    Generate(generate::GenerateArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckRules { file } => check_rules(&file),
-        Command::Generate {
-            customers,
-            seed,
-            format,
-            out_of_order,
-            start,
-            only_source,
-        } => generate(
-            customers,
-            seed,
-            &format,
-            out_of_order,
-            &start,
-            only_source.as_deref(),
-        ),
+        Command::Generate(args) => generate::run(args),
         Command::Replay {
             config,
             rules,
@@ -156,45 +130,6 @@ fn check_rules(file: &Path) -> Result<()> {
         rules.phases().len(),
         rules.phases().join(" → ")
     );
-    Ok(())
-}
-
-fn generate(
-    customers: usize,
-    seed: u64,
-    format: &str,
-    out_of_order: f64,
-    start: &str,
-    only_source: Option<&str>,
-) -> Result<()> {
-    use journey_gen::{to_canonical_json, to_cloudevents_json, to_segment_json, GenConfig};
-    let encode: fn(&Event<'_>) -> String = match format {
-        "canonical" => to_canonical_json,
-        "segment" => to_segment_json,
-        "cloudevents" => to_cloudevents_json,
-        other => bail!(
-            "--format: unknown format `{other}` (expected one of: canonical, segment, cloudevents)"
-        ),
-    };
-    if !(0.0..=1.0).contains(&out_of_order) {
-        bail!("--out-of-order: must be between 0 and 1, got {out_of_order}");
-    }
-    let start = journey_core::event::parse_rfc3339(start)
-        .with_context(|| format!("--start: `{start}` is not an RFC 3339 time"))?;
-    let cfg = GenConfig {
-        seed,
-        customers,
-        start,
-        out_of_order,
-        ..GenConfig::default()
-    };
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    for e in journey_gen::generate(&cfg) {
-        if only_source.is_none_or(|s| s == e.source) {
-            writeln!(out, "{}", encode(&e))?;
-        }
-    }
-    out.flush()?;
     Ok(())
 }
 
