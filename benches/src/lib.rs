@@ -4,6 +4,10 @@ use std::sync::Arc;
 
 use journey_core::{EngineConfig, Event, Rules, Shard};
 
+/// The allocator the `journeyd` binary uses, so the engine is measured as it runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The shipped default rules, so benchmarks classify what users would.
 pub const DEFAULT_RULES: &str = include_str!("../../config/rules.toml");
 

@@ -5,7 +5,7 @@
 //! stays with the allocator and would hide the next measurement:
 //! - `open`: N customers, each with one classified event in a still-open session;
 //! - `closed`: N customers whose sessions have closed while their journeys stay tracked (the
-//!   conversion window is 30 days). Customers arrive in batches of 10 000 an hour apart, so
+//!   conversion window is 30 days). Customers arrive in groups (10 000, or n/500) an hour apart, so
 //!   session buffers freed by one batch are reused by the next, as in a live service.
 
 use std::borrow::Cow;
@@ -17,7 +17,11 @@ use journey_core::{Event, Shard};
 use serde_json::{json, Value};
 
 const T0: i64 = 1_795_000_000_000;
-const BATCH: usize = 10_000;
+/// Customers arriving together, an hour after the previous group; at most 500 groups, so the
+/// last arrives within the 30-day conversion window of the first.
+fn batch(n: usize) -> usize {
+    (n / 500).max(10_000)
+}
 
 fn event(i: usize, ts: i64, attributes: &Value) -> Event<'static> {
     Event {
@@ -44,16 +48,17 @@ fn measure(mode: &str, n: usize) -> f64 {
             assert_eq!(shard.open_sessions(), n);
         }
         _ => {
+            let group = batch(n);
             for i in 0..n {
-                let batch_start = T0 + (i / BATCH) as i64 * HOUR;
-                if i % BATCH == 0 {
+                let batch_start = T0 + (i / group) as i64 * HOUR;
+                if i % group == 0 {
                     shard.advance_clock(batch_start);
                 }
                 shard
                     .apply(&event(i, batch_start + (i % 1_000) as i64, &attributes))
                     .expect("accepted");
             }
-            shard.advance_clock(T0 + (n / BATCH + 1) as i64 * HOUR + 10 * MINUTE);
+            shard.advance_clock(T0 + (n / group + 1) as i64 * HOUR + 10 * MINUTE);
             assert_eq!(shard.open_sessions(), 0);
         }
     }

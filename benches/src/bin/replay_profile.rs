@@ -1,7 +1,9 @@
 //! Applies generated events to one shard, batch by batch right after decoding, for profilers
 //! (perf, callgrind). Prints the apply rate, decoding excluded.
 //!
-//! Run: `cargo run --release -p journey-benches --bin replay_profile -- [customers] [rounds]`.
+//! Run: `cargo run --release -p journey-benches --bin replay_profile -- [customers] [rounds]
+//! [span_minutes]`: journeys start within `span_minutes` (default a day); a short span gives the
+//! dense event time of a busy live stream.
 
 use journey_benches::{bench_config, default_rules};
 use journey_core::{decode_canonical, DecodeLimits, Shard};
@@ -11,8 +13,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let customers = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let span_minutes: i64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(24 * 60);
     let events = generate(&GenConfig {
         customers,
+        span: span_minutes * journey_core::time::MINUTE,
         out_of_order: 0.05,
         ..GenConfig::default()
     });

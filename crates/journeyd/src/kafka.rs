@@ -35,8 +35,12 @@ pub struct KafkaSource {
 }
 
 struct Topic {
+    /// Index into the topic names, so offsets are tracked without a string per record.
+    index: usize,
     source: String,
     decoder: Decoder,
+    /// Resolved once: a labelled counter lookup per record would cost more than decoding.
+    accepted: prometheus::IntCounter,
 }
 
 impl KafkaSource {
@@ -57,14 +61,18 @@ impl KafkaSource {
         }
         let consumer: BaseConsumer = cfg.create().context("cannot create the Kafka consumer")?;
         let mut topics = HashMap::new();
-        for t in &settings.topics {
+        for (index, t) in settings.topics.iter().enumerate() {
             let format = Format::parse(&t.format, t.mapping.as_ref())
                 .map_err(|e| anyhow::anyhow!("kafka topic `{}`: {e}", t.name))?;
             topics.insert(
                 t.name.clone(),
                 Topic {
+                    index,
                     source: t.source.clone(),
                     decoder: Decoder::new(format, t.source.clone(), limits),
+                    accepted: metrics
+                        .ingest_events
+                        .with_label_values(&[t.source.as_str(), "accepted"]),
                 },
             );
         }
@@ -86,9 +94,10 @@ impl KafkaSource {
             .spawn(move || report_lag(lag_client, lag_topics, lag_metrics, lag_stop))
             .context("cannot start the Kafka lag thread")?;
         let flag = stop.clone();
+        let lag_names: Vec<String> = settings.topics.iter().map(|t| t.name.clone()).collect();
         let thread = std::thread::Builder::new()
             .name("journeyd-kafka".into())
-            .spawn(move || consume(consumer, topics, rt, metrics, flag))
+            .spawn(move || consume(consumer, topics, lag_names, rt, metrics, flag))
             .context("cannot start the Kafka thread")?;
         Ok(KafkaSource {
             stop,
@@ -108,12 +117,14 @@ impl KafkaSource {
 /// Offsets to store once every worker that received part of a round has applied it.
 struct Pending {
     acks: Vec<flume::Receiver<()>>,
-    offsets: BTreeMap<(String, i32), i64>,
+    /// (topic index, partition) → offset.
+    offsets: BTreeMap<(usize, i32), i64>,
 }
 
 fn consume(
     consumer: BaseConsumer,
     topics: HashMap<String, Topic>,
+    names: Vec<String>,
     rt: RuntimeHandle,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
@@ -121,7 +132,8 @@ fn consume(
     let mut pending: VecDeque<Pending> = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
         let mut events: Vec<Event<'static>> = Vec::new();
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut offsets: BTreeMap<(usize, i32), i64> = BTreeMap::new();
+        let mut accepted: HashMap<usize, u64> = HashMap::new();
         let deadline = Instant::now() + Duration::from_millis(50);
         while events.len() < BATCH && Instant::now() < deadline {
             let Some(result) = consumer.poll(Duration::from_millis(20)) else {
@@ -137,14 +149,11 @@ fn consume(
             let Some(topic) = topics.get(msg.topic()) else {
                 continue;
             };
-            offsets.insert((msg.topic().to_string(), msg.partition()), msg.offset());
+            offsets.insert((topic.index, msg.partition()), msg.offset());
             let payload = msg.payload().unwrap_or_default();
             match topic.decoder.decode(payload) {
                 Ok(e) => {
-                    metrics
-                        .ingest_events
-                        .with_label_values(&[topic.source.as_str(), "accepted"])
-                        .inc();
+                    *accepted.entry(topic.index).or_default() += 1;
                     events.push(e.into_owned());
                 }
                 Err(e) => {
@@ -165,15 +174,20 @@ fn consume(
                 }
             }
         }
+        for t in topics.values() {
+            if let Some(n) = accepted.get(&t.index) {
+                t.accepted.inc_by(*n);
+            }
+        }
         if !offsets.is_empty() {
             match rt.submit_acked_blocking(events) {
                 Ok(acks) => pending.push_back(Pending { acks, offsets }),
                 Err(_) => break,
             }
         }
-        store_applied(&consumer, &mut pending, false);
+        store_applied(&consumer, &names, &mut pending, false);
     }
-    store_applied(&consumer, &mut pending, true);
+    store_applied(&consumer, &names, &mut pending, true);
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored yet is a normal reason; offsets are also in the next checkpoint.
         tracing::debug!("final Kafka commit: {e}");
@@ -233,7 +247,12 @@ fn report_lag(
 }
 
 /// Stores the offsets of every leading round whose events are all applied.
-fn store_applied(consumer: &BaseConsumer, pending: &mut VecDeque<Pending>, wait: bool) {
+fn store_applied(
+    consumer: &BaseConsumer,
+    names: &[String],
+    pending: &mut VecDeque<Pending>,
+    wait: bool,
+) {
     while let Some(front) = pending.front() {
         let done = front.acks.iter().all(|a| {
             if wait {
@@ -250,7 +269,8 @@ fn store_applied(consumer: &BaseConsumer, pending: &mut VecDeque<Pending>, wait:
             let _ = a.try_recv();
         }
         for ((topic, partition), offset) in round.offsets {
-            if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+            let topic = names[topic].as_str();
+            if let Err(e) = consumer.store_offset(topic, partition, offset) {
                 tracing::warn!(
                     topic,
                     partition,

@@ -1,0 +1,585 @@
+//! The macro benchmarks of SPEC §9, run against the real `journeyd` binary:
+//!
+//! - `replay`: end-to-end replay throughput (NDJSON file → aggregates) with 1 and 2 workers,
+//!   against the parse-only baseline (the same lines read and decoded by the same code, then
+//!   dropped);
+//! - `kafka`: Kafka end-to-end throughput of one instance reading librdkafka's mock cluster;
+//! - `api`: p50/p99 latency of funnel and touchpoint queries, measured by `wrk`, over a
+//!   service holding 1 M customers and 7 days of buckets while it ingests over HTTP at full
+//!   speed;
+//! - `scale`: engine throughput at 10 k, 100 k and 1 M customers, and resident bytes per
+//!   customer (the `memory` probe) at 10 k … 10 M.
+//!
+//! Run: `cargo build --release -p journeyd -p journey-benches && target/release/suite all`
+//! (or one of the names above). `--quick` runs each at a tiny size to prove it works; the
+//! figures it prints then mean nothing.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use journey_benches::{bench_config, default_rules};
+use journey_core::time::{DAY, HOUR};
+use journey_core::{DecodeLimits, Shard};
+use journey_gen::{stream, to_canonical_json, GenConfig};
+use journey_ingest::{for_each_line, Decoder, Format};
+
+const START: i64 = 1_795_000_000_000 / DAY * DAY;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--scale-child") {
+        scale_child(args[1].parse().expect("customer count"));
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let what: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let all = what.is_empty() || what.contains(&"all");
+    let run = |name: &str| all || what.contains(&name);
+    let mut failed = false;
+    for (name, bench) in [
+        ("replay", replay as fn(bool) -> Result<()>),
+        ("kafka", kafka),
+        ("api", api),
+        ("scale", scale),
+    ] {
+        if run(name) {
+            println!(
+                "== {name}{}",
+                if quick {
+                    " (quick: figures mean nothing)"
+                } else {
+                    ""
+                }
+            );
+            if let Err(e) = bench(quick) {
+                eprintln!("{name} failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `journeyd` from the same target directory as this binary.
+fn journeyd() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let path = exe.with_file_name("journeyd");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found: build it first (cargo build --release -p journeyd)",
+            path.display()
+        ))
+    }
+}
+
+fn data_dir() -> PathBuf {
+    let dir = repo().join("target").join("bench-data");
+    std::fs::create_dir_all(&dir).expect("target/bench-data is writable");
+    dir
+}
+
+/// Generated journeys as canonical NDJSON, written once and reused. Returns (path, lines).
+fn dataset(customers: usize, span: i64) -> Result<(PathBuf, u64)> {
+    let path = data_dir().join(format!("journeys-{customers}-{}h.ndjson", span / HOUR));
+    if let Ok(text) = std::fs::read(path.with_extension("count")) {
+        if let Ok(n) = String::from_utf8_lossy(&text).trim().parse() {
+            return Ok((path, n));
+        }
+    }
+    eprintln!("generating {} ...", path.display());
+    let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut n = 0u64;
+    for e in stream(&gen(customers, span, 42)) {
+        writeln!(out, "{}", to_canonical_json(&e)).map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    std::fs::write(path.with_extension("count"), n.to_string()).map_err(|e| e.to_string())?;
+    Ok((path, n))
+}
+
+fn gen(customers: usize, span: i64, seed: u64) -> GenConfig {
+    GenConfig {
+        seed,
+        customers,
+        start: START,
+        span,
+        out_of_order: 0.05,
+        ..GenConfig::default()
+    }
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    format!("{:.2} M events/s", n as f64 / d.as_secs_f64() / 1e6)
+}
+
+// ---------------------------------------------------------------- replay
+
+fn replay(quick: bool) -> Result<()> {
+    let customers = if quick { 2_000 } else { 200_000 };
+    let (file, lines) = dataset(customers, DAY)?;
+    let bytes = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
+    println!(
+        "data: {customers} customers, {lines} lines, {:.0} MB, canonical NDJSON",
+        bytes as f64 / 1e6
+    );
+    let rounds = if quick { 1 } else { 3 };
+    let best = |f: &dyn Fn() -> Result<Duration>| -> Result<Duration> {
+        let mut best = Duration::MAX;
+        for _ in 0..rounds {
+            best = best.min(f()?);
+        }
+        Ok(best)
+    };
+    let parse = best(&|| {
+        let decoder = Decoder::new(Format::Canonical, "file", DecodeLimits::default());
+        let started = Instant::now();
+        let f = std::fs::File::open(&file).map_err(|e| e.to_string())?;
+        let mut ok = 0u64;
+        for_each_line(BufReader::with_capacity(1 << 20, f), |_, line| {
+            ok += decoder.decode(line).is_ok() as u64;
+        })
+        .map_err(|e| e.to_string())?;
+        if ok != lines {
+            return Err(format!("parse-only decoded {ok} of {lines} lines"));
+        }
+        Ok(started.elapsed())
+    })?;
+    println!(
+        "parse-only baseline (read + decode, then drop): {}",
+        rate(lines, parse)
+    );
+    let bin = journeyd()?;
+    for workers in [1, 2] {
+        let took = best(&|| {
+            let started = Instant::now();
+            let out = Command::new(&bin)
+                .args(["replay", "--rules", "config/rules.toml", "--source", "file"])
+                .arg(&file)
+                .current_dir(repo())
+                .env("JOURNEYD_RUNTIME__WORKERS", workers.to_string())
+                .env("JOURNEYD_LOG__LEVEL", "warn")
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| e.to_string())?;
+            let took = started.elapsed();
+            if !out.status.success() {
+                return Err(format!("journeyd replay failed: {}", out.status));
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            if v["events"]["accepted"].as_u64() != Some(lines) {
+                return Err(format!(
+                    "replay accepted {} of {lines}",
+                    v["events"]["accepted"]
+                ));
+            }
+            Ok(took)
+        })?;
+        println!(
+            "end-to-end `journeyd replay`, {workers} worker(s): {} ({:.2} × parse-only)",
+            rate(lines, took),
+            parse.as_secs_f64() / took.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- service helpers
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .and_then(|_| s.write_all(body))
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let status = resp
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad response: {resp:.80}"))?;
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, text) = http(port, "GET", "/metrics", b"").ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The running service; killed when dropped.
+struct Service(Child, PathBuf);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn start_service(port: u16, extra_toml: &str) -> Result<Service> {
+    let config = data_dir().join(format!("journeyd-{port}.toml"));
+    let toml = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = 67108864\nmax_batch_events = 1000000\n\
+         [runtime]\npublish_interval = \"1s\"\n{extra_toml}"
+    );
+    std::fs::write(&config, toml).map_err(|e| e.to_string())?;
+    let child = Command::new(journeyd()?)
+        .args(["run", "--config"])
+        .arg(&config)
+        .current_dir(repo())
+        .env("JOURNEYD_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let service = Service(child, config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(port, "GET", "/healthz", b"").is_err() {
+        if Instant::now() > deadline {
+            return Err("journeyd did not start listening within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(service)
+}
+
+fn wait_applied(port: u16, n: u64, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let applied = metric(port, "journeyd_events_applied_total").unwrap_or(0.0) as u64;
+        if applied >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {applied} of {n} events applied in {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------- kafka
+
+fn kafka(quick: bool) -> Result<()> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let customers = if quick { 2_000 } else { 200_000 };
+    let (file, lines) = dataset(customers, DAY)?;
+    let cluster = MockCluster::new(1).map_err(|e| e.to_string())?;
+    // The mock broker keeps at most 5 MB per partition (older records are deleted), so the
+    // data set is spread thin enough for every record to stay.
+    let partitions =
+        (std::fs::metadata(&file).map_err(|e| e.to_string())?.len() / (2 << 20) + 4) as i32;
+    cluster
+        .create_topic("web", partitions, 1)
+        .map_err(|e| e.to_string())?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    for line in text.lines() {
+        // The customer id as key, as producers do to keep a customer on one partition.
+        let key = line
+            .split("\"customer_id\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        let mut record = BaseRecord::to("web").key(key).payload(line);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "produced {lines} events to the mock cluster ({partitions} partitions) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let port = free_port();
+    let extra = format!(
+        "tick_interval = \"100ms\"\n[kafka]\nenabled = true\nbrokers = \"{}\"\ngroup_id = \"bench\"\n\
+         [[kafka.topics]]\nname = \"web\"\nsource = \"web\"\nformat = \"canonical\"\n",
+        cluster.bootstrap_servers()
+    );
+    let _service = start_service(port, &extra)?;
+    // Time from the first applied event to the last, so group join and start-up do not count.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, u64)> = None;
+    let end = loop {
+        let applied = metric(port, "journeyd_events_applied_total").unwrap_or(0.0) as u64;
+        let now = Instant::now();
+        if first.is_none() && applied > 0 {
+            first = Some((now, applied));
+        }
+        if applied >= lines {
+            break now;
+        }
+        if now > deadline {
+            return Err(format!("only {applied} of {lines} events applied"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (t0, n0) = first.expect("events were applied");
+    println!(
+        "Kafka end-to-end, one instance (2 workers): {} over {} events",
+        rate(lines - n0, end - t0),
+        lines - n0
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- api
+
+fn ndjson_batches(cfg: &GenConfig, prefix: &str, batch: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut body = Vec::with_capacity(batch * 200);
+    let mut n = 0;
+    for mut e in stream(cfg) {
+        if !prefix.is_empty() {
+            e.customer_id = format!("{prefix}{}", e.customer_id).into();
+        }
+        body.extend_from_slice(to_canonical_json(&e).as_bytes());
+        body.push(b'\n');
+        n += 1;
+        if n == batch {
+            out.push(std::mem::replace(
+                &mut body,
+                Vec::with_capacity(batch * 200),
+            ));
+            n = 0;
+        }
+    }
+    if n > 0 {
+        out.push(body);
+    }
+    out
+}
+
+fn post_all(port: u16, batches: &[Vec<u8>], stop: &AtomicBool, sent: &AtomicU64) -> Result<()> {
+    for b in batches {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let (status, body) = http(port, "POST", "/v1/events", b)?;
+        if status != 200 && status != 202 {
+            return Err(format!("POST /v1/events: {status} {body:.200}"));
+        }
+        sent.fetch_add(
+            b.iter().filter(|&&c| c == b'\n').count() as u64,
+            Ordering::Relaxed,
+        );
+    }
+    Ok(())
+}
+
+/// Runs wrk on one URL; returns (p50, p99, requests/s) as wrk prints them.
+fn wrk(url: &str, secs: u64) -> Result<(String, String, String)> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c4", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .map_err(|e| format!("cannot run wrk (apt-get install wrk): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let find = |key: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+    };
+    match (find("50%"), find("99%"), find("Requests/sec:")) {
+        (Some(a), Some(b), Some(c)) if !text.contains("Non-2xx") => Ok((a, b, c)),
+        _ => Err(format!("unexpected wrk output:\n{text}")),
+    }
+}
+
+fn api(quick: bool) -> Result<()> {
+    let customers = if quick { 2_000 } else { 1_000_000 };
+    let secs = if quick { 2 } else { 10 };
+    let port = free_port();
+    let _service = start_service(port, "")?;
+    eprintln!("generating {customers} customers over 7 days ...");
+    let preload = ndjson_batches(&gen(customers, 7 * DAY, 42), "", 20_000);
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let started = Instant::now();
+    post_all(port, &preload, &stop, &sent)?;
+    let n = sent.load(Ordering::Relaxed);
+    wait_applied(port, n, Duration::from_secs(600))?;
+    println!(
+        "preloaded {n} events of {customers} customers over 7 days in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(preload);
+    // Live traffic for the measurement: new customers in the last day of the range, half of
+    // them for each query so that no event is sent twice.
+    let live_customers = if quick { 2_000 } else { 1_000_000 };
+    let mut live = ndjson_batches(
+        &GenConfig {
+            start: START + 6 * DAY,
+            ..gen(live_customers, DAY, 7)
+        },
+        "live-",
+        5_000,
+    );
+    let second = Arc::new(live.split_off(live.len() / 2));
+    let mut halves = [Arc::new(live), second].into_iter();
+    let range = format!("from={}&to={}", START, START + 7 * DAY);
+    for (name, path) in [
+        ("funnel", format!("/v1/funnel?{range}")),
+        ("touchpoints", format!("/v1/touchpoints?{range}")),
+    ] {
+        let (p50, p99, rps) = wrk(&format!("http://127.0.0.1:{port}{path}"), secs)?;
+        println!("GET /v1/{name} over 7 days, no ingest: p50 {p50}, p99 {p99}, {rps} requests/s");
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let loader = {
+            let live = halves.next().expect("one half per query");
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || post_all(port, &live, &stop, &sent))
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let (sent0, t0) = (sent.load(Ordering::Relaxed), Instant::now());
+        let result = wrk(&format!("http://127.0.0.1:{port}{path}"), secs);
+        let ingested = sent.load(Ordering::Relaxed) - sent0;
+        let took = t0.elapsed();
+        let exhausted = loader.is_finished();
+        stop.store(true, Ordering::Relaxed);
+        loader.join().map_err(|_| "loader panicked")??;
+        let (p50, p99, rps) = result?;
+        println!(
+            "GET /v1/{name} over 7 days, while ingesting: p50 {p50}, p99 {p99}, {rps} requests/s; meanwhile ingested {} over HTTP",
+            rate(ingested, took)
+        );
+        if exhausted && !quick {
+            return Err("the loader ran out of events before the measurement ended".into());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- scale
+
+fn scale(quick: bool) -> Result<()> {
+    // Throughput streams whole generated journeys (11.7 events per customer); 10 M customers
+    // would be 117 M events, so that size is measured for memory only.
+    let sizes: &[(usize, bool)] = if quick {
+        &[(10_000, true)]
+    } else {
+        &[
+            (10_000, true),
+            (100_000, true),
+            (1_000_000, true),
+            (10_000_000, false),
+        ]
+    };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let run = |cmd: &Path, args: &[String]| -> Result<String> {
+        let out = Command::new(cmd)
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("{} {args:?} failed: {}", cmd.display(), out.status));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    println!(
+        "customers | events | engine, one shard | bytes per customer, no open session | with a one-event open session"
+    );
+    for &(n, throughput) in sizes {
+        let (events, mrate) = if throughput {
+            let out = run(&exe, &["--scale-child".into(), n.to_string()])?;
+            let v: Vec<&str> = out.split_whitespace().collect();
+            (v[0].to_string(), format!("{} M events/s", v[1]))
+        } else {
+            ("-".into(), "not measured".into())
+        };
+        // The memory probe: customers in their own process, as in `memory`.
+        let mem = run(&exe.with_file_name("memory"), &[n.to_string()])?;
+        let per: Vec<&str> = mem
+            .lines()
+            .filter_map(|l| l.rsplit(": ").next().filter(|_| l.starts_with("resident")))
+            .collect();
+        println!(
+            "{n} | {events} | {mrate} | {} | {}",
+            per.first().unwrap_or(&"?"),
+            per.get(1).unwrap_or(&"?")
+        );
+    }
+    Ok(())
+}
+
+/// Streams `n` customers' journeys (starting within one day) into one shard, timing only
+/// `apply`, and prints the events applied and the rate in millions per second.
+fn scale_child(n: usize) {
+    let mut shard = Shard::new(bench_config(), default_rules());
+    let mut events = stream(&gen(n, DAY, 42));
+    let mut batch = Vec::with_capacity(4096);
+    let (mut applied, mut spent) = (0u64, Duration::ZERO);
+    loop {
+        batch.clear();
+        batch.extend(events.by_ref().take(4096));
+        if batch.is_empty() {
+            break;
+        }
+        let t = Instant::now();
+        for e in &batch {
+            let _ = shard.apply(e);
+        }
+        spent += t.elapsed();
+        applied += batch.len() as u64;
+    }
+    println!(
+        "{applied} {:.2}",
+        applied as f64 / spent.as_secs_f64().max(1e-9) / 1e6
+    );
+}
