@@ -173,6 +173,12 @@ pub struct Bucket {
 impl Bucket {
     /// Adds `o` into `self`: the merge of two partials of the same time span.
     pub fn merge(&mut self, o: &Bucket) {
+        self.merge_dims(o, |_| true);
+    }
+
+    /// [`Bucket::merge`], carrying only the breakdown dimensions `keep` accepts (they cost
+    /// the most to merge).
+    pub fn merge_dims(&mut self, o: &Bucket, keep: impl Fn(usize) -> bool) {
         self.sessions += o.sessions;
         for (i, t) in o.touchpoints.iter().enumerate() {
             self.touchpoint(i as u16).merge(t);
@@ -185,7 +191,7 @@ impl Bucket {
         for (k, n) in &o.transitions {
             *self.transitions.entry(*k).or_default() += n;
         }
-        for (d, values) in o.breakdowns.iter().enumerate() {
+        for (d, values) in o.breakdowns.iter().enumerate().filter(|(d, _)| keep(*d)) {
             for (v, row) in values {
                 for (p, n) in row.iter().enumerate() {
                     *self.breakdown(d, *v, p as u8) += n;

@@ -46,29 +46,8 @@ impl Summary {
             .map(|(i, _)| i)
             .collect();
         let mut acc = Bucket::default();
-        agg.timeline.for_each(from, to, |b| {
-            acc.sessions += b.sessions;
-            for (i, t) in b.touchpoints.iter().enumerate() {
-                acc.touchpoint(i as u16).merge(t);
-            }
-            for (i, p) in b.phases.iter().enumerate() {
-                let a = acc.phase(i as u8);
-                a.furthest += p.furthest;
-                a.dwell.merge(&p.dwell);
-            }
-            for (k, n) in &b.transitions {
-                *acc.transitions.entry(*k).or_default() += n;
-            }
-            for &d in &dims {
-                if let Some(values) = b.breakdowns.get(d) {
-                    for (v, row) in values {
-                        for (p, n) in row.iter().enumerate() {
-                            *acc.breakdown(d, *v, p as u8) += n;
-                        }
-                    }
-                }
-            }
-        });
+        agg.timeline
+            .for_each(from, to, |b| acc.merge_dims(b, |d| dims.contains(&d)));
         let tp_name = |id: u16| match id {
             START => START_LABEL.to_string(),
             EXIT => EXIT_LABEL.to_string(),
