@@ -4,6 +4,7 @@
 //! readers turn the buckets of a time range into name-keyed summaries that merge exactly.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -231,13 +232,17 @@ impl Bucket {
 }
 
 /// Buckets of one resolution, newest last, at most `capacity` of them.
+///
+/// Buckets are shared behind `Arc`s and copied on write, so cloning a ring for readers costs
+/// a reference count per bucket, and only buckets written since then are ever copied. Most
+/// writes go to the newest minute, so a publish copies about one bucket per resolution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ring {
     step: Millis,
     capacity: usize,
     /// Bucket index (time / step) of the front.
     start: i64,
-    buckets: VecDeque<Bucket>,
+    buckets: VecDeque<Arc<Bucket>>,
 }
 
 impl Ring {
@@ -258,13 +263,13 @@ impl Ring {
         let cap = self.capacity as i64;
         if len == 0 {
             self.start = idx;
-            self.buckets.push_back(Bucket::default());
+            self.buckets.push_back(Arc::default());
         } else if idx < self.start {
             if self.start + len - idx > cap {
                 return None;
             }
             for _ in idx..self.start {
-                self.buckets.push_front(Bucket::default());
+                self.buckets.push_front(Arc::default());
             }
             self.start = idx;
         } else if idx >= self.start + len {
@@ -272,7 +277,7 @@ impl Ring {
             if needed - cap >= len {
                 self.buckets.clear();
                 self.start = idx;
-                self.buckets.push_back(Bucket::default());
+                self.buckets.push_back(Arc::default());
             } else {
                 if needed > cap {
                     let drop = needed - cap;
@@ -280,11 +285,13 @@ impl Ring {
                     self.start += drop;
                 }
                 while self.start + (self.buckets.len() as i64) <= idx {
-                    self.buckets.push_back(Bucket::default());
+                    self.buckets.push_back(Arc::default());
                 }
             }
         }
-        self.buckets.get_mut((idx - self.start) as usize)
+        self.buckets
+            .get_mut((idx - self.start) as usize)
+            .map(Arc::make_mut)
     }
 
     /// The bucket starting at time `t` (a multiple of the step), if retained.
@@ -293,7 +300,7 @@ impl Ring {
         if idx < 0 {
             return None;
         }
-        self.buckets.get(idx as usize)
+        self.buckets.get(idx as usize).map(|b| &**b)
     }
 
     /// Start time of the oldest retained bucket.
@@ -493,6 +500,8 @@ pub struct Counters {
     pub journeys_started: u64,
     pub customers_evicted: u64,
     pub rejected_too_many_events: u64,
+    /// Events dropped because their `event_id` was seen before within the dedup horizon.
+    pub duplicates: u64,
 }
 
 impl Counters {
@@ -507,6 +516,7 @@ impl Counters {
         self.journeys_started += o.journeys_started;
         self.customers_evicted += o.customers_evicted;
         self.rejected_too_many_events += o.rejected_too_many_events;
+        self.duplicates += o.duplicates;
     }
 }
 
