@@ -4,6 +4,7 @@
 //! never wait for ingest. Every error is an RFC 9457 problem document built in [`problem`];
 //! internal details are logged, never returned. Metrics are rendered by [`metrics`].
 
+pub mod auth;
 pub mod metrics;
 mod openapi;
 pub mod problem;
@@ -23,7 +24,7 @@ use journey_core::agg::Aggregates;
 use journey_core::query::{funnel, timeseries, touchpoints, transitions, Figure, Include, Summary};
 use journey_core::time::Millis;
 use journey_core::{DecodeLimits, Rules};
-use journey_ingest::{split_body, Decoder, Format};
+use journey_ingest::{split_body, DeadLetter, DeadLetters, Decoder, Format, Position};
 use journey_runtime::RuntimeHandle;
 use serde_json::{json, Value};
 
@@ -69,6 +70,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: IngestLimits,
     pub clock: Clock,
+    pub tokens: auth::Tokens,
+    /// Where rejected records of `POST /v1/events` go.
+    pub dead_letters: DeadLetters,
 }
 
 impl std::fmt::Debug for AppState {
@@ -99,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             Problem::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .with_state(state)
 }
 
@@ -426,6 +434,7 @@ async fn post_events(
     );
     let mut events = Vec::with_capacity(records.len());
     let mut errors = Vec::new();
+    let mut letters = Vec::new();
     for r in &records {
         match decoder.decode(r.bytes) {
             Ok(e) => events.push(e.into_owned()),
@@ -437,6 +446,14 @@ async fn post_events(
                 errors.push(
                     json!({ "line": r.position, "reason": e.reason(), "error": e.to_string() }),
                 );
+                letters.push(DeadLetter {
+                    at: (s.clock)(),
+                    reason: e.reason(),
+                    error: e.to_string(),
+                    source: source.clone(),
+                    position: Position::Http { line: r.position },
+                    record: r.bytes.to_vec(),
+                });
             }
         }
     }
@@ -449,6 +466,11 @@ async fn post_events(
         .ingest_events
         .with_label_values(&[source.as_str(), "rejected"])
         .inc_by(errors.len() as u64);
+    for dl in letters {
+        if !s.dead_letters.send(dl).await {
+            return Err(Problem::internal("the dead-letter sink stopped"));
+        }
+    }
     if !events.is_empty() {
         s.runtime
             .submit(events)

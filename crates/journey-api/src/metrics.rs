@@ -18,6 +18,17 @@ pub struct Metrics {
     applied: IntCounter,
     late: IntCounter,
     rejected_too_many: IntCounter,
+    duplicates: IntCounter,
+    /// Dead letters by sink and outcome (written, failed), set by the sink.
+    pub dead_letters: IntCounterVec,
+    /// Checkpoints by outcome (written, failed).
+    pub checkpoints: IntCounterVec,
+    /// Unix time of the last checkpoint written, in seconds.
+    pub checkpoint_last_success: IntGauge,
+    /// Size of the last checkpoint written.
+    pub checkpoint_bytes: IntGauge,
+    /// Requests refused for a missing or wrong bearer token, by access kind.
+    pub unauthorized: IntCounterVec,
     latency_sum_us: IntCounter,
     latency_count: IntCounter,
     tp_visits: IntCounterVec,
@@ -37,6 +48,12 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("registered once");
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -95,6 +112,39 @@ impl Metrics {
                 &r,
                 "journeyd_events_rejected_too_many_events_total",
                 "Events refused because their session already held session.max_events",
+            ),
+            duplicates: counter(
+                &r,
+                "journeyd_events_duplicate_total",
+                "Events dropped because their event_id was already applied (dedup.horizon)",
+            ),
+            dead_letters: counter_vec(
+                &r,
+                "journeyd_dead_letters_total",
+                "Rejected records handed to the dead-letter sink, by sink and outcome (written, failed)",
+                &["sink", "outcome"],
+            ),
+            checkpoints: counter_vec(
+                &r,
+                "journeyd_checkpoints_total",
+                "Checkpoints attempted, by outcome (written, failed)",
+                &["outcome"],
+            ),
+            checkpoint_last_success: gauge(
+                &r,
+                "journeyd_checkpoint_last_success_timestamp_seconds",
+                "Unix time of the last checkpoint written",
+            ),
+            checkpoint_bytes: gauge(
+                &r,
+                "journeyd_checkpoint_bytes",
+                "Size of the last checkpoint written",
+            ),
+            unauthorized: counter_vec(
+                &r,
+                "journeyd_http_unauthorized_total",
+                "Requests refused for a missing or wrong bearer token, by access kind",
+                &["access"],
             ),
             latency_sum_us: counter(
                 &r,
@@ -176,6 +226,12 @@ impl Metrics {
             "",
             s.rejected_too_many_events.load(Ordering::Relaxed),
             &self.rejected_too_many,
+        );
+        advance(
+            5,
+            "",
+            s.duplicates.load(Ordering::Relaxed),
+            &self.duplicates,
         );
         advance(
             3,

@@ -6,8 +6,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
+use journey_api::auth::Tokens;
 use journey_api::{router, AppState, IngestLimits, Metrics};
 use journey_core::{EngineConfig, Rules};
+use journey_ingest::{DeadLetter, DeadLetters, Position};
 use journey_runtime::{Runtime, RuntimeConfig, RuntimeHandle};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -37,10 +39,16 @@ const NOW: i64 = 1_795_176_000_000;
 struct Api {
     app: Router,
     rt: RuntimeHandle,
+    metrics: Arc<Metrics>,
+    letters: flume::Receiver<DeadLetter>,
     _runtime: Runtime,
 }
 
 fn api() -> Api {
+    api_with(Tokens::default())
+}
+
+fn api_with(tokens: Tokens) -> Api {
     let cfg = Arc::new(EngineConfig {
         breakdowns: vec!["persona".into()],
         ..EngineConfig::default()
@@ -52,29 +60,45 @@ fn api() -> Api {
     };
     let runtime = Runtime::start(cfg, Arc::new(Rules::from_toml(RULES).unwrap()), rc);
     let rt = runtime.handle();
+    let (dead_letters, letters) = DeadLetters::channel(100);
+    let metrics = Arc::new(Metrics::new());
     let state = AppState {
         runtime: rt.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
         limits: IngestLimits {
             max_body_bytes: 4096,
             max_batch_events: 20,
             ..IngestLimits::default()
         },
         clock: Arc::new(|| NOW),
+        tokens,
+        dead_letters,
     };
     Api {
         app: router(state),
         rt,
+        metrics,
+        letters,
         _runtime: runtime,
     }
 }
 
 async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, String, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::from(body.to_string()))
-        .unwrap();
+    call_as(app, None, method, uri, body).await
+}
+
+async fn call_as(
+    app: &Router,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, String, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Body::from(body.to_string())).unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let ctype = resp
@@ -114,6 +138,146 @@ async fn ingest(api: &Api) {
         json!({"line": 7, "reason": "missing_field", "error": "missing field `ts`"})
     );
     api.rt.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn rejected_records_become_dead_letters_with_their_bytes_and_line() {
+    let api = api();
+    let body = concat!(
+        "{\"customer_id\": \"a\", \"ts\": 1795168800000, \"event\": \"page_view\"}\n",
+        "not json at all\n",
+        "{\"customer_id\": \"\", \"ts\": 1795168800000, \"event\": \"x\"}\n",
+        "{\"customer_id\": \"b\", \"ts\": \"yesterday\", \"event\": \"x\"}\n",
+        "{\"customer_id\": \"c\", \"ts\": 1795168800000, \"event\": \"order\"}\n",
+    );
+    let (status, _, v) = call(&api.app, "POST", "/v1/events?source=shop", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let letters: Vec<DeadLetter> = api.letters.try_iter().collect();
+    let seen: Vec<(&str, Position, &[u8])> = letters
+        .iter()
+        .map(|d| (d.reason, d.position.clone(), d.record.as_slice()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "not_json",
+                Position::Http { line: 2 },
+                &b"not json at all"[..]
+            ),
+            (
+                "customer_id_length",
+                Position::Http { line: 3 },
+                br#"{"customer_id": "", "ts": 1795168800000, "event": "x"}"#
+            ),
+            (
+                "bad_timestamp",
+                Position::Http { line: 4 },
+                br#"{"customer_id": "b", "ts": "yesterday", "event": "x"}"#
+            ),
+        ]
+    );
+    assert!(letters.iter().all(|d| d.source == "shop" && d.at == NOW));
+    api.rt.flush().await.unwrap();
+    let (_, f) = get(
+        &api.app,
+        "/v1/touchpoints?from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z",
+    )
+    .await;
+    let visits: u64 = f["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["visits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        visits, 1,
+        "the valid order around the bad records is counted"
+    );
+}
+
+#[tokio::test]
+async fn tokens_guard_each_kind_of_access() {
+    const READ: &str = "read-token-0123456789";
+    const INGEST: &str = "ingest-token-0123456789";
+    const ADMIN: &str = "admin-token-0123456789";
+    let api = api_with(Tokens {
+        read: vec![READ.into()],
+        ingest: vec![INGEST.into()],
+        admin: vec![ADMIN.into()],
+    });
+    let app = &api.app;
+    let event = r#"{"customer_id": "a", "ts": 1795168800000, "event": "page_view"}"#;
+    let cases: Vec<(Option<&str>, &str, &str, &str, StatusCode)> = vec![
+        (None, "GET", "/healthz", "", StatusCode::OK),
+        (None, "GET", "/readyz", "", StatusCode::OK),
+        (None, "GET", "/", "", StatusCode::OK),
+        (None, "GET", "/openapi.json", "", StatusCode::OK),
+        (None, "GET", "/v1/funnel", "", StatusCode::UNAUTHORIZED),
+        (None, "GET", "/metrics", "", StatusCode::UNAUTHORIZED),
+        (
+            Some("wrong-token-0123456789"),
+            "GET",
+            "/v1/funnel",
+            "",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Some(INGEST),
+            "GET",
+            "/v1/funnel",
+            "",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (Some(READ), "GET", "/v1/funnel", "", StatusCode::OK),
+        (Some(ADMIN), "GET", "/metrics", "", StatusCode::OK),
+        (
+            Some(READ),
+            "POST",
+            "/v1/events",
+            event,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Some(INGEST),
+            "POST",
+            "/v1/events",
+            event,
+            StatusCode::ACCEPTED,
+        ),
+        (
+            Some(READ),
+            "PUT",
+            "/v1/rules",
+            RULES,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Some(INGEST),
+            "PUT",
+            "/v1/rules",
+            RULES,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (Some(ADMIN), "PUT", "/v1/rules", RULES, StatusCode::OK),
+    ];
+    for (token, method, uri, body, want) in cases {
+        let (status, ctype, v) = call_as(app, token, method, uri, body).await;
+        assert_eq!(status, want, "{method} {uri} with {token:?}: {v}");
+        if status == StatusCode::UNAUTHORIZED {
+            assert_eq!(ctype, "application/problem+json");
+            assert!(!v.to_string().contains("token-0123456789"), "{v}");
+        }
+    }
+    let unauthorized: u64 = ["read", "ingest", "admin"]
+        .iter()
+        .map(|a| api.metrics.unauthorized.with_label_values(&[a]).get())
+        .sum();
+    assert_eq!(unauthorized, 7);
 }
 
 #[tokio::test]

@@ -28,6 +28,11 @@ pub struct EngineConfig {
     pub retention_fine: Millis,
     /// How long hour buckets are kept.
     pub retention_total: Millis,
+    /// An event whose `(customer_id, event_id)` was seen within this much event time before
+    /// the latest event is a duplicate and is dropped. `0` turns duplicate suppression off.
+    pub dedup_horizon: Millis,
+    /// Most event ids remembered per shard; the oldest are forgotten first.
+    pub dedup_max_ids: usize,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +47,8 @@ impl Default for EngineConfig {
             breakdown_max_values: 100,
             retention_fine: 48 * HOUR,
             retention_total: 90 * DAY,
+            dedup_horizon: 10 * MINUTE,
+            dedup_max_ids: 1_000_000,
         }
     }
 }
@@ -80,6 +87,12 @@ impl EngineConfig {
                 HumanDuration(self.retention_total),
                 HumanDuration(self.retention_fine)
             ));
+        }
+        if self.dedup_horizon < 0 {
+            errs.push("dedup.horizon must not be negative".into());
+        }
+        if self.dedup_horizon > 0 && self.dedup_max_ids == 0 {
+            errs.push("dedup.max_ids must be at least 1 while dedup.horizon is set".into());
         }
         if !(1..=60_000).contains(&self.breakdown_max_values) {
             errs.push(format!(

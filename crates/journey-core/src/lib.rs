@@ -7,6 +7,7 @@
 
 pub mod agg;
 pub mod config;
+mod dedup;
 pub mod event;
 pub mod query;
 pub mod rules;

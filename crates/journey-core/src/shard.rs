@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::agg::{Aggregates, EXIT, NONE_VALUE, OTHER_VALUE, START};
 use crate::config::{EngineConfig, MAX_BREAKDOWNS};
+use crate::dedup::Dedup;
 use crate::event::{lookup, Event};
 use crate::rules::Rules;
 use crate::sketch::Bin;
@@ -43,12 +44,18 @@ pub struct Applied {
 pub enum ApplyError {
     #[error("customer `{customer_id}` already has {limit} events in its open session")]
     TooManyEvents { customer_id: String, limit: usize },
+    #[error("event `{event_id}` of customer `{customer_id}` was already applied")]
+    Duplicate {
+        customer_id: String,
+        event_id: String,
+    },
 }
 
 impl ApplyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ApplyError::TooManyEvents { .. } => "too_many_events",
+            ApplyError::Duplicate { .. } => "duplicate",
         }
     }
 }
@@ -164,6 +171,7 @@ struct State {
     max_seen: Millis,
     watermark: Millis,
     agg: Aggregates,
+    dedup: Dedup,
 }
 
 /// Owns a set of customers. Single-threaded by design: one worker owns each shard.
@@ -215,6 +223,7 @@ impl Shard {
             max_seen: Millis::MIN,
             watermark: Millis::MIN,
             agg,
+            dedup: Dedup::default(),
         };
         Shard::from_state(cfg, rules, st)
     }
@@ -273,6 +282,11 @@ impl Shard {
         self.index.len()
     }
 
+    /// Event ids remembered for duplicate suppression.
+    pub fn remembered_ids(&self) -> usize {
+        self.st.dedup.len()
+    }
+
     /// Customers with a session not yet closed.
     pub fn open_sessions(&self) -> usize {
         self.st
@@ -301,6 +315,25 @@ impl Shard {
                 inside
             }
         };
+        if let (Some(id), true) = (ev.event_id.as_deref(), self.ctx.cfg.dedup_horizon > 0) {
+            let cfg = &self.ctx.cfg;
+            let (horizon, max_ids) = (cfg.dedup_horizon, cfg.dedup_max_ids);
+            let seen = self.st.max_seen;
+            if self
+                .st
+                .dedup
+                .check(&ev.customer_id, id, ts, seen, horizon, max_ids)
+            {
+                self.st.agg.counters.duplicates += 1;
+                if self.st.customers[idx].is_empty() {
+                    self.st.evict(idx, &mut self.index, &self.hasher);
+                }
+                return Err(ApplyError::Duplicate {
+                    customer_id: ev.customer_id.to_string(),
+                    event_id: id.to_string(),
+                });
+            }
+        }
 
         let counters = &mut self.st.agg.counters;
         counters.events += 1;

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 const MAGIC: &[u8; 8] = b"JRNYSHRD";
 /// Bump when the encoded state changes shape; older snapshots are then refused, not misread.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const HEADER: usize = 8 + 4 + 4;
 
 /// Why a snapshot could not be restored. Nothing is half-loaded.

@@ -180,6 +180,52 @@ fn too_many_events_in_one_session_are_rejected_and_nothing_is_applied() {
     assert_eq!(touchpoints(&sum, s.rules())[2].visits, 0);
 }
 
+fn with_id(mut e: Event<'static>, id: &str) -> Event<'static> {
+    e.event_id = Some(Cow::Owned(id.to_string()));
+    e
+}
+
+#[test]
+fn a_retried_event_id_counts_once_and_survives_a_snapshot() {
+    let mut s = shard();
+    s.apply(&with_id(ev("a", T, "page_view"), "e1")).unwrap();
+    let err = s
+        .apply(&with_id(ev("a", T, "page_view"), "e1"))
+        .unwrap_err();
+    assert_eq!(err.reason(), "duplicate");
+    // The same id from another customer, and events without ids, are not duplicates.
+    s.apply(&with_id(ev("b", T, "page_view"), "e1")).unwrap();
+    s.apply(&ev("a", T + MINUTE, "page_view")).unwrap();
+    s.apply(&ev("a", T + MINUTE, "page_view")).unwrap();
+    let bytes = s.snapshot();
+    let mut r = Shard::restore(&bytes, s.config().clone(), s.rules().clone()).unwrap();
+    assert!(r.apply(&with_id(ev("a", T, "page_view"), "e1")).is_err());
+    r.flush();
+    let sum = summary(&r);
+    assert_eq!(sum.counters.events, 4);
+    assert_eq!(sum.counters.duplicates, 2);
+    assert_eq!(touchpoints(&sum, r.rules())[0].visits, 4);
+}
+
+#[test]
+fn duplicates_beyond_the_horizon_or_with_dedup_off_are_applied() {
+    let mut s = shard_with(EngineConfig {
+        dedup_horizon: HOUR,
+        ..Default::default()
+    });
+    s.apply(&with_id(ev("a", T, "page_view"), "e1")).unwrap();
+    s.apply(&ev("b", T + 2 * HOUR, "page_view")).unwrap();
+    // Two hours on, `e1` is forgotten; it is also late, and still counted.
+    s.apply(&with_id(ev("a", T, "page_view"), "e1")).unwrap();
+    let mut off = shard_with(EngineConfig {
+        dedup_horizon: 0,
+        ..Default::default()
+    });
+    off.apply(&with_id(ev("a", T, "page_view"), "e1")).unwrap();
+    off.apply(&with_id(ev("a", T, "page_view"), "e1")).unwrap();
+    assert_eq!(off.remembered_ids(), 0);
+}
+
 #[test]
 fn an_event_after_the_window_starts_a_new_journey() {
     let mut s = shard();
@@ -341,7 +387,7 @@ fn corrupt_snapshots_are_refused_whole() {
     version[8] = 99;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 99 is not supported (this build reads version 2)"
+        "snapshot format version 99 is not supported (this build reads version 3)"
     );
     assert!(matches!(
         restore(&good[..10]),

@@ -15,12 +15,14 @@
 
 mod body;
 mod cloudevents;
+mod deadletter;
 mod decode;
 mod format;
 mod mapping;
 mod segment;
 
 pub use body::{for_each_line, split_body, Record, Records};
+pub use deadletter::{DeadLetter, DeadLetters, Position};
 pub use decode::Decoder;
 pub use format::Format;
 pub use mapping::Mapping;

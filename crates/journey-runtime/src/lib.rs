@@ -7,6 +7,8 @@
 //! live mode they let the watermark follow the wall clock so sessions close while traffic
 //! pauses. This crate reads the clock; `journey-core` never does.
 
+pub mod checkpoint;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -14,7 +16,20 @@ use std::time::{Duration, Instant};
 
 use journey_core::agg::Aggregates;
 use journey_core::time::Millis;
-use journey_core::{CustomerView, EngineConfig, Event, Rules, Shard};
+use journey_core::{ApplyError, CustomerView, EngineConfig, Event, Rules, Shard};
+
+/// Called by a worker for each event its shard refused (other than a duplicate), so the
+/// service can keep it as a dead letter.
+#[derive(Clone)]
+pub struct RejectHook(pub Arc<RejectFn>);
+
+pub type RejectFn = dyn Fn(&Event<'static>, &ApplyError) + Send + Sync;
+
+impl std::fmt::Debug for RejectHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RejectHook")
+    }
+}
 
 /// How the workers run.
 #[derive(Debug, Clone)]
@@ -27,6 +42,7 @@ pub struct RuntimeConfig {
     /// Live mode: while a worker receives no events, its watermark advances with the wall
     /// clock, so sessions close when traffic pauses. Off for replays.
     pub live: bool,
+    pub on_reject: Option<RejectHook>,
 }
 
 impl Default for RuntimeConfig {
@@ -37,6 +53,7 @@ impl Default for RuntimeConfig {
             publish_interval: Duration::from_secs(1),
             tick_interval: Duration::from_secs(1),
             live: true,
+            on_reject: None,
         }
     }
 }
@@ -52,6 +69,7 @@ pub struct Stats {
     pub applied: AtomicU64,
     pub late: AtomicU64,
     pub rejected_too_many_events: AtomicU64,
+    pub duplicates: AtomicU64,
     /// Sum and count of the time from submission to applied, in microseconds.
     pub latency_us_sum: AtomicU64,
     pub latency_count: AtomicU64,
@@ -64,6 +82,8 @@ enum Msg {
     Customer(String, flume::Sender<Option<CustomerView>>),
     /// Apply everything queued before, publish, acknowledge.
     Sync(flume::Sender<()>),
+    /// Apply everything queued before and reply with the shard's snapshot.
+    Snapshot(flume::Sender<Vec<u8>>),
     /// End of input: close every session, publish, acknowledge.
     Flush(flume::Sender<()>),
     /// Publish and exit; handles still around get [`Stopped`] from then on.
@@ -212,16 +232,23 @@ fn worker(
         };
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Msg::Events(batch, submitted, ack)) => {
-                let (mut applied, mut late, mut rejected) = (0, 0, 0);
+                let (mut applied, mut late, mut rejected, mut duplicates) = (0, 0, 0, 0);
                 for e in &batch {
                     match shard.apply(e) {
                         Ok(a) => {
                             applied += 1;
                             late += a.late as u64;
                         }
-                        Err(_) => rejected += 1,
+                        Err(ApplyError::Duplicate { .. }) => duplicates += 1,
+                        Err(err) => {
+                            rejected += 1;
+                            if let Some(hook) = &rc.on_reject {
+                                (hook.0)(e, &err);
+                            }
+                        }
                     }
                 }
+                stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
                 stats.applied.fetch_add(applied, Ordering::Relaxed);
                 stats.late.fetch_add(late, Ordering::Relaxed);
                 stats
@@ -245,6 +272,9 @@ fn worker(
                 publish(&shard);
                 dirty = false;
                 let _ = reply.send(());
+            }
+            Ok(Msg::Snapshot(reply)) => {
+                let _ = reply.send(shard.snapshot());
             }
             Ok(Msg::Flush(reply)) => {
                 shard.flush();
@@ -397,6 +427,22 @@ impl RuntimeHandle {
     /// End of input: closes every session in every worker and publishes the result.
     pub async fn flush(&self) -> Result<(), Stopped> {
         self.ack_all(Msg::Flush).await
+    }
+
+    /// Every shard's snapshot, in worker order, taken once each worker has applied everything
+    /// queued before this call. Events submitted before it by the calling thread are all in it,
+    /// and none submitted after: the consistent cut a checkpoint needs.
+    pub fn snapshot_blocking(&self) -> Result<Vec<Vec<u8>>, Stopped> {
+        let mut waits = Vec::new();
+        for s in &self.inner.senders {
+            let (tx, rx) = flume::bounded(1);
+            s.send(Msg::Snapshot(tx)).map_err(|_| Stopped)?;
+            waits.push(rx);
+        }
+        waits
+            .into_iter()
+            .map(|rx| rx.recv().map_err(|_| Stopped))
+            .collect()
     }
 
     /// Blocking [`RuntimeHandle::flush`].

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use journey_api::auth::Tokens;
 use journey_core::time::{parse_duration, HumanDuration, Millis};
 use journey_core::EngineConfig;
 use journey_ingest::Format;
@@ -28,6 +29,8 @@ pub const ENV_PREFIX: &str = "JOURNEYD_";
 
 const LOG_FORMATS: [&str; 2] = ["text", "json"];
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+const DEAD_LETTER_SINKS: [&str; 3] = ["none", "file", "kafka"];
 
 /// More workers than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
@@ -42,7 +45,28 @@ pub struct Settings {
     pub http: HttpSettings,
     pub ingest: IngestSettings,
     pub kafka: KafkaSettings,
+    pub checkpoint: CheckpointSettings,
+    pub dead_letter: DeadLetterSettings,
     pub log: LogSettings,
+}
+
+/// `[checkpoint]`: periodic snapshots of all state with the source positions they reflect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSettings {
+    /// `None` turns checkpoints off: a restart then starts empty.
+    pub dir: Option<PathBuf>,
+    pub interval: Duration,
+}
+
+/// `[dead_letter]`: where rejected records are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadLetterSettings {
+    /// Counted and logged at debug level only.
+    None,
+    /// Appended to an NDJSON file.
+    File(PathBuf),
+    /// Produced to a topic of the `[kafka]` cluster, the original bytes as the value.
+    Kafka { topic: String },
 }
 
 /// `[rules]`: where the touchpoint rules live.
@@ -76,6 +100,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// `source` of events posted without one.
     pub default_source: String,
+    /// Bearer tokens per kind of access; a kind without tokens is open.
+    pub tokens: Tokens,
 }
 
 /// `[ingest]`: limits shared by every source.
@@ -182,6 +208,7 @@ impl Settings {
                 max_batch_events: 10_000,
                 request_timeout: Duration::from_secs(30),
                 default_source: "http".to_string(),
+                tokens: Tokens::default(),
             },
             ingest: IngestSettings {
                 max_record_bytes: 1 << 20,
@@ -193,6 +220,11 @@ impl Settings {
                 properties: BTreeMap::new(),
                 topics: Vec::new(),
             },
+            checkpoint: CheckpointSettings {
+                dir: None,
+                interval: Duration::from_secs(10),
+            },
+            dead_letter: DeadLetterSettings::None,
             log: LogSettings {
                 level: "info".to_string(),
                 json: false,
@@ -464,7 +496,35 @@ struct RawConfig {
     http: RawHttp,
     ingest: RawIngest,
     kafka: RawKafka,
+    dedup: RawDedup,
+    checkpoint: RawCheckpoint,
+    dead_letter: RawDeadLetter,
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawDedup {
+    horizon: Option<Text>,
+    max_ids: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawCheckpoint {
+    dir: Option<Text>,
+    interval: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawDeadLetter {
+    sink: Option<Text>,
+    path: Option<Text>,
+    topic: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -527,6 +587,9 @@ struct RawHttp {
     max_batch_events: Option<usize>,
     request_timeout: Option<Text>,
     default_source: Option<Text>,
+    read_tokens: Option<Vec<Text>>,
+    ingest_tokens: Option<Vec<Text>>,
+    admin_tokens: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -683,6 +746,8 @@ impl RawConfig {
                 self.retention.total,
                 d.engine.retention_total,
             ),
+            dedup_horizon: p.duration("dedup.horizon", self.dedup.horizon, d.engine.dedup_horizon),
+            dedup_max_ids: self.dedup.max_ids.unwrap_or(d.engine.dedup_max_ids),
         };
         if let Err(errs) = engine.validate() {
             let judged = errs
@@ -763,6 +828,11 @@ impl RawConfig {
                 h.default_source,
                 &d.http.default_source,
             ),
+            tokens: Tokens {
+                read: tokens("http.read_tokens", h.read_tokens, &mut p),
+                ingest: tokens("http.ingest_tokens", h.ingest_tokens, &mut p),
+                admin: tokens("http.admin_tokens", h.admin_tokens, &mut p),
+            },
         };
 
         let ingest = IngestSettings {
@@ -774,6 +844,35 @@ impl RawConfig {
         };
 
         let kafka = build_kafka(self.kafka, d.kafka, &mut p);
+
+        let c = self.checkpoint;
+        let checkpoint = CheckpointSettings {
+            dir: c
+                .dir
+                .map(|t| t.0)
+                .filter(|d| !d.trim().is_empty())
+                .map(PathBuf::from),
+            interval: p.interval("checkpoint.interval", c.interval, d.checkpoint.interval),
+        };
+
+        let dl = self.dead_letter;
+        let sink = dl.sink.map_or_else(|| "none".to_string(), |t| t.0);
+        let dead_letter = if !p.one_of("dead_letter.sink", "sink", &sink, &DEAD_LETTER_SINKS) {
+            d.dead_letter
+        } else if sink == "file" {
+            let path = p.not_empty("dead_letter.path", dl.path, "dead-letters.ndjson");
+            DeadLetterSettings::File(PathBuf::from(path))
+        } else if sink == "kafka" {
+            let topic = p.not_empty("dead_letter.topic", dl.topic, "journeyd-dead-letters");
+            if kafka.topics.iter().any(|t| t.name == topic) {
+                p.push(format!(
+                    "dead_letter.topic: `{topic}` is also consumed as kafka.topics; dead letters would loop"
+                ));
+            }
+            DeadLetterSettings::Kafka { topic }
+        } else {
+            DeadLetterSettings::None
+        };
 
         let level = p.not_empty("log.level", self.log.level, &d.log.level);
         check_log_level(&level, &mut p);
@@ -791,6 +890,8 @@ impl RawConfig {
                 http,
                 ingest,
                 kafka,
+                checkpoint,
+                dead_letter,
                 log,
             })
         } else {
@@ -892,6 +993,22 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         properties,
         topics,
     }
+}
+
+/// A token list: each token non-empty, without whitespace, at least 16 characters.
+fn tokens(key: &str, raw: Option<Vec<Text>>, p: &mut Problems) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, t) in raw.unwrap_or_default().into_iter().enumerate() {
+        if t.0.len() < 16 || t.0.chars().any(char::is_whitespace) {
+            // The value is a secret: name its position, never echo it.
+            p.push(format!(
+                "{key}[{i}]: a token must be at least 16 characters without whitespace"
+            ));
+        } else {
+            out.push(t.0);
+        }
+    }
+    out
 }
 
 /// `info`, or `tracing` directives such as `info,journeyd=debug`: every directive must end in
@@ -1049,6 +1166,8 @@ mod tests {
             max_batch_events = 10
             request_timeout = "5s"
             default_source = "api"
+            read_tokens = ["read-token-0123456789"]
+            admin_tokens = ["admin-token-0123456789", "admin-token-9876543210"]
             [ingest]
             max_record_bytes = 512
             [kafka]
@@ -1067,6 +1186,15 @@ mod tests {
             name = "crm"
             format = "mapping"
             mapping = { customer_id = "/user/id", event = "/type", ts = "/at" }
+            [dedup]
+            horizon = "1h"
+            max_ids = 5000
+            [checkpoint]
+            dir = "/var/lib/journeyd"
+            interval = "30s"
+            [dead_letter]
+            sink = "kafka"
+            topic = "rejects"
             [log]
             level = "info,journeyd=debug"
             format = "json"
@@ -1107,6 +1235,28 @@ mod tests {
                 max_batch_events: 10,
                 request_timeout: Duration::from_secs(5),
                 default_source: "api".into(),
+                tokens: Tokens {
+                    read: vec!["read-token-0123456789".into()],
+                    ingest: vec![],
+                    admin: vec![
+                        "admin-token-0123456789".into(),
+                        "admin-token-9876543210".into()
+                    ],
+                },
+            }
+        );
+        assert_eq!((e.dedup_horizon, e.dedup_max_ids), (HOUR, 5000));
+        assert_eq!(
+            s.checkpoint,
+            CheckpointSettings {
+                dir: Some("/var/lib/journeyd".into()),
+                interval: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(
+            s.dead_letter,
+            DeadLetterSettings::Kafka {
+                topic: "rejects".into()
             }
         );
         assert_eq!(s.ingest.max_record_bytes, 512);
@@ -1151,6 +1301,55 @@ mod tests {
                 level: "info,journeyd=debug".into(),
                 json: true
             }
+        );
+    }
+
+    #[test]
+    fn durability_and_token_settings_are_checked() {
+        let err = error(
+            r#"
+            [http]
+            read_tokens = ["short", "fine-token-0123456789"]
+            ingest_tokens = ["has whitespace in it, 32 chars"]
+            [dedup]
+            horizon = "-1m"
+            [checkpoint]
+            interval = "0s"
+            [dead_letter]
+            sink = "s3"
+            "#,
+            &[],
+        );
+        assert_eq!(
+            err,
+            "invalid configuration:\n  \
+             dedup.horizon: invalid duration `-1m`: expected a number, as in `30m`\n  \
+             http.read_tokens[0]: a token must be at least 16 characters without whitespace\n  \
+             http.ingest_tokens[0]: a token must be at least 16 characters without whitespace\n  \
+             checkpoint.interval: must be positive, got 0s\n  \
+             dead_letter.sink: unknown sink `s3` (expected one of: none, file, kafka)"
+        );
+        assert!(!err.contains("short"), "a token never appears in a message");
+        let looped = error(
+            "[kafka]\nenabled = true\n[[kafka.topics]]\nname = \"web\"\n[dead_letter]\nsink = \"kafka\"\ntopic = \"web\"\n",
+            &[],
+        );
+        assert!(
+            looped.contains("dead_letter.topic: `web` is also consumed"),
+            "{looped}"
+        );
+        let tokens = Settings::from_toml_str(
+            "",
+            env(&[(
+                "JOURNEYD_HTTP__INGEST_TOKENS",
+                r#"["producer-token-0123456789"]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(tokens.http.tokens.ingest, ["producer-token-0123456789"]);
+        assert_eq!(
+            format!("{:?}", tokens.http.tokens),
+            "Tokens { read: 0, ingest: 1, admin: 0 }"
         );
     }
 
@@ -1268,7 +1467,7 @@ mod tests {
         assert_eq!(
             error("# journeyd\n[sesion]\ngap = \"30m\"\n", &[]),
             "<string>:2:2: unknown field `sesion`, expected one of `session`, `journey`, \
-             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `log`"
+             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `checkpoint`, `dead_letter`, `log`"
         );
     }
 

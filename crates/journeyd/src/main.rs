@@ -1,7 +1,9 @@
 //! journeyd: the binary. Command line, configuration, wiring of sources, workers and the HTTP
 //! API, and orderly shutdown. The work itself lives in the library crates.
 
+mod checkpoint;
 mod config;
+mod deadletter;
 mod generate;
 mod kafka;
 
@@ -17,9 +19,9 @@ use clap::{Parser, Subcommand};
 use journey_api::{router, system_clock, AppState, IngestLimits, Metrics};
 use journey_core::query::{funnel, touchpoints, transitions, Include, Summary};
 use journey_core::time::{Millis, MINUTE};
-use journey_core::{DecodeLimits, Event, Rules};
-use journey_ingest::{for_each_line, Decoder, Format};
-use journey_runtime::{Runtime, RuntimeConfig, RuntimeHandle};
+use journey_core::{ApplyError, DecodeLimits, Event, Rules};
+use journey_ingest::{for_each_line, DeadLetter, Decoder, Format, Position};
+use journey_runtime::{RejectHook, Runtime, RuntimeConfig, RuntimeHandle};
 use serde_json::json;
 
 use crate::config::Settings;
@@ -152,33 +154,72 @@ fn now_ms() -> Millis {
         .map_or(0, |d| d.as_millis() as Millis)
 }
 
-/// `run` and `demo`: workers, the HTTP API, rule reloads, and a synthetic feed for `demo`.
+/// `run` and `demo`: workers (restored from a checkpoint if there is one), sources, the HTTP
+/// API, rule reloads, checkpoints, and a synthetic feed for `demo`.
 fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     init_logging(&settings);
     let rules = Arc::new(load_rules(&settings.rules.path)?);
     let engine = Arc::new(settings.engine.clone());
+    let metrics = Arc::new(Metrics::new());
+    let (dead_letters, sink) =
+        deadletter::Sink::start(&settings.dead_letter, &settings.kafka, metrics.clone())?;
+    let on_reject = dead_letters.enabled().then(|| {
+        let letters = dead_letters.clone();
+        RejectHook(Arc::new(move |e: &Event<'static>, err: &ApplyError| {
+            letters.send_blocking(DeadLetter {
+                at: now_ms(),
+                reason: err.reason(),
+                error: err.to_string(),
+                source: e.source.to_string(),
+                position: Position::Engine,
+                record: serde_json::to_vec(e).unwrap_or_default(),
+            });
+        }))
+    });
     let rc = RuntimeConfig {
         workers: settings.runtime.workers,
         channel_capacity: settings.runtime.channel_capacity,
         publish_interval: settings.runtime.publish_interval,
         tick_interval: settings.runtime.tick_interval,
         live: true,
+        on_reject,
     };
-    let runtime = Runtime::start(engine, rules, rc);
+    let cp = &settings.checkpoint;
+    let restored = match &cp.dir {
+        Some(dir) => checkpoint::restore(dir, rc.workers, &engine, &rules)?,
+        None => {
+            if demo.is_none() {
+                tracing::warn!("checkpoint.dir is not set: a restart starts with empty state");
+            }
+            None
+        }
+    };
+    let (runtime, positions) = match restored {
+        Some(r) => (Runtime::start_with(r.shards, engine, rules, rc), r.kafka),
+        None => (Runtime::start(engine, rules, rc), Vec::new()),
+    };
     let handle = runtime.handle();
-    let metrics = Arc::new(Metrics::new());
-    let kafka = if settings.kafka.enabled {
+    let checkpointer = cp
+        .dir
+        .clone()
+        .map(|dir| checkpoint::Checkpointer::new(dir, cp.interval, metrics.clone()));
+    // With Kafka, its thread checkpoints between rounds; otherwise the service does.
+    let (kafka, mut checkpointer) = if settings.kafka.enabled {
         let limits = DecodeLimits {
             max_record_bytes: settings.ingest.max_record_bytes,
         };
-        Some(kafka::KafkaSource::start(
+        let source = kafka::KafkaSource::start(
             &settings.kafka,
             limits,
             handle.clone(),
             metrics.clone(),
-        )?)
+            dead_letters.clone(),
+            checkpointer,
+            positions,
+        )?;
+        (Some(source), None)
     } else {
-        None
+        (None, checkpointer)
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -187,7 +228,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     let result = tokio.block_on(async {
         let state = AppState {
             runtime: handle.clone(),
-                        metrics: metrics.clone(),
+            metrics: metrics.clone(),
             limits: IngestLimits {
                 max_body_bytes: settings.http.max_body_bytes,
                 max_batch_events: settings.http.max_batch_events,
@@ -195,6 +236,8 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
                 default_source: settings.http.default_source.clone(),
             },
             clock: system_clock(),
+            tokens: settings.http.tokens.clone(),
+            dead_letters: dead_letters.clone(),
         };
         let app = router(state).layer(axum::middleware::from_fn_with_state(
             settings.http.request_timeout,
@@ -210,17 +253,47 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         if let Some(per_minute) = demo {
             tokio::spawn(demo_feed(handle.clone(), per_minute));
         }
+        let periodic = checkpointer.take().map(|c| {
+            let rt = handle.clone();
+            tokio::task::spawn_blocking(move || periodic_checkpoints(c, rt))
+        });
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("shutting down");
+        if let Some(p) = periodic {
+            checkpointer = p.await.ok();
+        }
         anyhow::Ok(())
     });
     drop(tokio);
     if let Some(k) = kafka {
         k.stop();
     }
+    if let Some(mut c) = checkpointer {
+        c.take(&handle, Vec::new());
+    }
+    drop(handle);
+    drop(dead_letters);
     runtime.shutdown();
+    sink.stop();
     result
 }
+
+/// Checkpoints on schedule until the runtime stops; returns the checkpointer for the final one.
+fn periodic_checkpoints(
+    mut c: checkpoint::Checkpointer,
+    rt: RuntimeHandle,
+) -> checkpoint::Checkpointer {
+    while !SHUTTING_DOWN.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if c.due() {
+            c.take(&rt, Vec::new());
+        }
+    }
+    c
+}
+
+/// Set once a shutdown signal arrives.
+static SHUTTING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Abandons requests that take longer than `http.request_timeout`.
 async fn request_timeout(
@@ -253,6 +326,7 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    SHUTTING_DOWN.store(true, Ordering::Relaxed);
 }
 
 /// Reloads the rules file when it changes; an invalid file is reported and the old rules stay.
@@ -344,6 +418,7 @@ fn replay(
         publish_interval: Duration::from_secs(3600),
         tick_interval: Duration::from_secs(3600),
         live: false,
+        on_reject: None,
     };
     let runtime = Runtime::start(Arc::new(settings.engine.clone()), rules.clone(), rc);
     let rt = runtime.handle();
