@@ -97,10 +97,8 @@ impl ConsumerContext for Resume {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                tracing::warn!(
-                    partitions = tpl.count(),
-                    "Kafka partitions revoked; their customers' state stays with this instance"
-                );
+                // Also at shutdown. The customers' state stays with this instance either way.
+                tracing::info!(partitions = tpl.count(), "Kafka partitions revoked");
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -228,6 +226,7 @@ impl KafkaSource {
             dead_letters,
             positions,
             checkpointer,
+            committed: Vec::new(),
         };
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -266,6 +265,8 @@ struct Consume {
     dead_letters: DeadLetters,
     positions: Positions,
     checkpointer: Option<Checkpointer>,
+    /// Positions last committed to Kafka, so an idle stream commits nothing.
+    committed: Vec<KafkaPosition>,
 }
 
 impl Consume {
@@ -384,7 +385,7 @@ impl Consume {
         let Some(cp) = self.checkpointer.as_mut() else {
             return;
         };
-        let positions: Vec<KafkaPosition> = self
+        let mut positions: Vec<KafkaPosition> = self
             .positions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -395,7 +396,8 @@ impl Consume {
                 next_offset,
             })
             .collect();
-        if !cp.take(&self.rt, positions.clone()) {
+        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        if !cp.take(&self.rt, positions.clone()) || positions == self.committed {
             return;
         }
         let mut list = TopicPartitionList::new();
@@ -407,9 +409,11 @@ impl Consume {
             }
         }
         if list.count() > 0 {
-            if let Err(e) = self.consumer.commit(&list, mode) {
-                // Lag monitoring only: the checkpoint holds the positions that matter.
-                tracing::warn!("cannot commit offsets to Kafka after a checkpoint: {e}");
+            match self.consumer.commit(&list, mode) {
+                Ok(()) => self.committed = positions,
+                // Lag monitoring only: the checkpoint holds the positions that matter, and
+                // the next checkpoint commits again.
+                Err(e) => tracing::debug!("cannot commit offsets to Kafka after a checkpoint: {e}"),
             }
         }
     }
