@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use journey_core::time::DAY;
-use journey_gen::{generate, GenConfig};
-use journey_tests::{get_json, group_caught_up, metric, temp_dir, wait_until, Rng, Service};
+use journey_gen::{generate, GenConfig, Rng};
+use journey_tests::{get_json, group_caught_up, metric, temp_dir, wait_until, Service};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
@@ -153,7 +153,7 @@ fn killed_at_random_points_and_restarted_the_figures_equal_an_uninterrupted_run(
         wait_until("consumption to start", Duration::from_secs(60), || {
             metric(port, "journeyd_events_applied_total").filter(|&a| a > 0.0)
         });
-        std::thread::sleep(Duration::from_millis(rng.range(0, 800)));
+        std::thread::sleep(Duration::from_millis((rng.unit() * 800.0) as u64));
         let applied = metric(port, "journeyd_events_applied_total").unwrap_or(0.0);
         progress.push(applied as u64);
         service.kill();
