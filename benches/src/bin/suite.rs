@@ -3,7 +3,9 @@
 //! - `replay`: end-to-end replay throughput (NDJSON file → aggregates) with 1 and 2 workers,
 //!   against the parse-only baseline (the same lines read and decoded by the same code, then
 //!   dropped);
-//! - `kafka`: Kafka end-to-end throughput of one instance reading librdkafka's mock cluster;
+//! - `kafka`: Kafka end-to-end throughput of one instance reading librdkafka's mock cluster,
+//!   against a bare consumer reading the same topic (`JOURNEYD_BENCH_KAFKA_PROPS="k=v,…"` passes
+//!   librdkafka properties to the service, for experiments);
 //! - `api`: p50/p99 latency of funnel and touchpoint queries, measured by `wrk`, over a
 //!   service holding 1 M customers and 7 days of buckets while it ingests over HTTP at full
 //!   speed;
@@ -296,6 +298,8 @@ fn wait_applied(port: u16, n: u64, limit: Duration) -> Result<()> {
 
 fn kafka(quick: bool) -> Result<()> {
     use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -350,7 +354,18 @@ fn kafka(quick: bool) -> Result<()> {
          [[kafka.topics]]\nname = \"web\"\nsource = \"web\"\nformat = \"canonical\"\n",
         cluster.bootstrap_servers()
     );
-    let _service = start_service(port, &extra)?;
+    // Extra librdkafka consumer properties for experiments: `k=v,k=v`.
+    let mut extra = extra;
+    if let Ok(props) = std::env::var("JOURNEYD_BENCH_KAFKA_PROPS") {
+        extra.push_str("[kafka.properties]\n");
+        for kv in props.split(',').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or("JOURNEYD_BENCH_KAFKA_PROPS: k=v,k=v")?;
+            extra.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+        }
+    }
+    let service = start_service(port, &extra)?;
     // Time from the first applied event to the last, so group join and start-up do not count.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, u64)> = None;
@@ -369,10 +384,47 @@ fn kafka(quick: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let (t0, n0) = first.expect("events were applied");
+    let service_rate = (lines - n0) as f64 / (end - t0).as_secs_f64();
     println!(
         "Kafka end-to-end, one instance (2 workers): {} over {} events",
         rate(lines - n0, end - t0),
         lines - n0
+    );
+    drop(service);
+
+    // The ceiling the mock broker sets: the same topic read by a bare consumer that only
+    // counts payload bytes (no decode, no engine).
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "bench-consume-only")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    consumer.subscribe(&["web"]).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (mut n, mut bytes, mut t0) = (0u64, 0u64, None);
+    while n < lines {
+        if Instant::now() > deadline {
+            return Err(format!("consume-only: only {n} of {lines} records read"));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                t0.get_or_insert_with(Instant::now);
+                n += 1;
+                bytes += m.payload().map_or(0, |p| p.len() as u64);
+            }
+            Some(Err(e)) => return Err(format!("consume-only: {e}")),
+            None => {}
+        }
+    }
+    let took = t0.map_or(Duration::ZERO, |t| t.elapsed());
+    let baseline = n as f64 / took.as_secs_f64();
+    println!(
+        "Kafka consume-only baseline (same mock cluster, no decode): {} ({:.0} MB); service/baseline = {:.2}",
+        rate(n, took),
+        bytes as f64 / 1e6,
+        service_rate / baseline
     );
     Ok(())
 }
