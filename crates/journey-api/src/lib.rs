@@ -73,6 +73,8 @@ pub struct AppState {
     pub tokens: auth::Tokens,
     /// Where rejected records of `POST /v1/events` go.
     pub dead_letters: DeadLetters,
+    /// Drop-off alert evaluation, when `[alerts]` is enabled.
+    pub alerts: Option<journey_alert::Board>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -190,7 +192,7 @@ async fn get_funnel(State(s): State<AppState>, Query(q): Params) -> Result<Json<
     let rules = s.runtime.rules();
     let report = funnel(&sum, rules.phases(), breakdown.as_deref(), limit);
     Ok(Json(
-        json!({ "from": iso(from), "to": iso(to), "funnel": report }),
+        json!({ "from": iso(from), "to": iso(to), "dimensions": dims, "funnel": report }),
     ))
 }
 
@@ -326,9 +328,56 @@ async fn get_customer(
     }
 }
 
-async fn get_alerts() -> Json<Value> {
-    // Drop-off alert evaluation is configured separately; with none configured the list is empty.
-    Json(json!({ "alerts": [], "evaluation": "not configured" }))
+async fn get_alerts(State(s): State<AppState>, Query(q): Params) -> Result<Json<Value>, Problem> {
+    known(&q, &["state"])?;
+    let Some(board) = &s.alerts else {
+        return Ok(Json(
+            json!({ "evaluation": { "enabled": false }, "alerts": [] }),
+        ));
+    };
+    let wanted = match q.get("state").map(String::as_str) {
+        None => None,
+        Some(st @ ("pending" | "firing" | "resolved")) => Some(st),
+        Some(other) => {
+            return Err(Problem::bad_parameter(
+                "state",
+                format!("unknown state `{other}` (expected one of: pending, firing, resolved)"),
+            ))
+        }
+    };
+    let report = board.report();
+    let c = &board.config;
+    let alerts: Vec<Value> = report
+        .alerts
+        .iter()
+        .filter(|a| wanted.is_none_or(|w| a.state.as_str() == w))
+        .map(|a| {
+            json!({
+                "touchpoint": a.touchpoint, "phase": a.phase, "state": a.state,
+                "drop_off_rate": a.drop_off_rate, "baseline_rate": a.baseline_rate,
+                "sessions": a.sessions, "baseline_sessions": a.baseline_sessions,
+                "active_since": iso(a.active_since), "fired_at": a.fired_at.map(iso),
+                "resolved_at": a.resolved_at.map(iso), "summary": a.summary,
+            })
+        })
+        .collect();
+    let baseline = match c.baseline {
+        journey_alert::Baseline::DayBefore => json!("day_before"),
+        journey_alert::Baseline::Trailing(ms) => json!({ "trailing_ms": ms }),
+    };
+    Ok(Json(json!({
+        "evaluation": {
+            "enabled": true,
+            "evaluated_at": report.evaluated_at.map(iso),
+            "window_ms": c.window,
+            "baseline": baseline,
+            "threshold_relative": c.threshold_relative,
+            "threshold_absolute": c.threshold_absolute,
+            "min_sessions": c.min_sessions,
+            "for_ms": c.for_,
+        },
+        "alerts": alerts,
+    })))
 }
 
 async fn get_rules(State(s): State<AppState>) -> Json<Value> {

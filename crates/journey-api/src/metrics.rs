@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use journey_runtime::RuntimeHandle;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Debug)]
@@ -40,6 +41,14 @@ pub struct Metrics {
     workers: IntGauge,
     /// Records behind the end of each assigned partition, set by the Kafka source.
     pub kafka_lag: IntGaugeVec,
+    /// journeyd's own drop-off alerts per touchpoint: 0 inactive, 1 pending, 2 firing.
+    pub alert_state: IntGaugeVec,
+    /// Drop-off rate per touchpoint in the alert windows (`recent`, `baseline`).
+    pub alert_rate: GaugeVec,
+    /// Alert deliveries by target (alertmanager, webhook) and outcome (sent, failed).
+    pub alert_notifications: IntCounterVec,
+    /// Unix time of the end of the last evaluated window (event time).
+    pub alert_evaluated: IntGauge,
     /// Last cumulative value exported per series, so counters advance by the difference.
     seen: Mutex<HashMap<(usize, String), u64>>,
 }
@@ -85,7 +94,40 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(kafka_lag.clone()))
             .expect("registered once");
+        let alert_state = IntGaugeVec::new(
+            Opts::new(
+                "journeyd_dropoff_alert_state",
+                "journeyd's drop-off alert per touchpoint: 0 inactive or resolved, 1 pending, 2 firing",
+            ),
+            &["touchpoint"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(alert_state.clone()))
+            .expect("registered once");
+        let alert_rate = GaugeVec::new(
+            Opts::new(
+                "journeyd_dropoff_rate",
+                "Drop-off rate per touchpoint in the alert windows (window: recent, baseline)",
+            ),
+            &["touchpoint", "window"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(alert_rate.clone()))
+            .expect("registered once");
         Metrics {
+            alert_state,
+            alert_rate,
+            alert_notifications: counter_vec(
+                &r,
+                "journeyd_alert_notifications_total",
+                "Alert deliveries by target (alertmanager, webhook) and outcome (sent, failed)",
+                &["target", "outcome"],
+            ),
+            alert_evaluated: gauge(
+                &r,
+                "journeyd_alert_evaluated_timestamp_seconds",
+                "End of the window the drop-off alerts were last evaluated over (event time)",
+            ),
             ingest_events: counter_vec(
                 &r,
                 "journeyd_ingest_events_total",

@@ -44,7 +44,9 @@ pub fn document() -> Value {
             "/v1/customers/{id}": { "get": { "summary": "A customer's live journey and open session", "parameters": [
                 { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": { "description": "the customer" }, "404": { "description": "no live state" } } } },
-            "/v1/alerts": { "get": { "summary": "Drop-off alerts", "responses": ok("alerts") } },
+            "/v1/alerts": { "get": { "summary": "Drop-off alerts (pending, firing, resolved) and how they are evaluated", "parameters": [
+                { "name": "state", "in": "query", "schema": { "type": "string", "enum": ["pending", "firing", "resolved"] } }],
+                "responses": ok("alerts") } },
             "/v1/rules": {
                 "get": { "summary": "The rules in force", "responses": ok("rules") },
                 "put": { "summary": "Replace the rules (TOML body); an invalid set is rejected whole",

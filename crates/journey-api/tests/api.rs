@@ -41,6 +41,7 @@ struct Api {
     rt: RuntimeHandle,
     metrics: Arc<Metrics>,
     letters: flume::Receiver<DeadLetter>,
+    board: journey_alert::Board,
     _runtime: Runtime,
 }
 
@@ -62,6 +63,7 @@ fn api_with(tokens: Tokens) -> Api {
     let rt = runtime.handle();
     let (dead_letters, letters) = DeadLetters::channel(100);
     let metrics = Arc::new(Metrics::new());
+    let board = journey_alert::Board::new(journey_alert::AlertConfig::default());
     let state = AppState {
         runtime: rt.clone(),
         metrics: metrics.clone(),
@@ -73,12 +75,14 @@ fn api_with(tokens: Tokens) -> Api {
         clock: Arc::new(|| NOW),
         tokens,
         dead_letters,
+        alerts: Some(board.clone()),
     };
     Api {
         app: router(state),
         rt,
         metrics,
         letters,
+        board,
         _runtime: runtime,
     }
 }
@@ -539,4 +543,71 @@ async fn metrics_health_and_openapi() {
     let (s, html) = get(&api.app, "/").await;
     assert_eq!(s, StatusCode::OK);
     assert!(html.as_str().unwrap().contains("/v1/funnel"));
+}
+
+#[tokio::test]
+async fn alerts_show_the_evaluators_report() {
+    use journey_alert::{Alert, Report, State};
+    let api = api();
+    let (s, v) = get(&api.app, "/v1/alerts").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["evaluation"]["enabled"], true);
+    assert_eq!(v["evaluation"]["evaluated_at"], Value::Null);
+    assert_eq!(v["evaluation"]["baseline"], "day_before");
+    assert_eq!(v["alerts"], json!([]));
+
+    let alert = |tp: &str, state: State, resolved: Option<i64>| Alert {
+        touchpoint: tp.into(),
+        phase: Some("decision".into()),
+        state,
+        drop_off_rate: 0.5,
+        baseline_rate: 0.125,
+        sessions: 80,
+        baseline_sessions: 64,
+        active_since: NOW - 600_000,
+        fired_at: Some(NOW - 300_000),
+        resolved_at: resolved,
+        summary: format!("drop-off at {tp} rose"),
+    };
+    api.board.publish(Report {
+        evaluated_at: Some(NOW),
+        alerts: vec![
+            alert("cart", State::Firing, None),
+            alert("checkout", State::Resolved, Some(NOW)),
+        ],
+        rates: Vec::new(),
+    });
+    let (_, v) = get(&api.app, "/v1/alerts").await;
+    assert_eq!(v["evaluation"]["evaluated_at"], "2026-11-20T12:00:00.000Z");
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 2);
+    let cart = &v["alerts"][0];
+    assert_eq!(
+        (
+            cart["touchpoint"].as_str(),
+            cart["state"].as_str(),
+            cart["drop_off_rate"].as_f64(),
+            cart["sessions"].as_u64(),
+            cart["fired_at"].as_str(),
+            &cart["resolved_at"],
+        ),
+        (
+            Some("cart"),
+            Some("firing"),
+            Some(0.5),
+            Some(80),
+            Some("2026-11-20T11:55:00.000Z"),
+            &Value::Null
+        )
+    );
+    let (_, v) = get(&api.app, "/v1/alerts?state=resolved").await;
+    let names: Vec<&str> = v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["touchpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["checkout"]);
+    let (s, v) = get(&api.app, "/v1/alerts?state=loud").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["detail"].as_str().unwrap().contains("state"), "{v}");
 }

@@ -61,12 +61,13 @@ impl Step {
     }
 }
 
-/// From `from` on, a visitor reaching `step` ends the visit there with probability `abandon`
-/// (on top of the usual behaviour): a rising drop-off at that touchpoint.
+/// From `from` on (until `until`, if set), a visitor reaching `step` ends the visit there with
+/// probability `abandon` (on top of the usual behaviour): a rising drop-off at that touchpoint.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spike {
     pub step: Step,
     pub from: Millis,
+    pub until: Option<Millis>,
     pub abandon: f64,
 }
 
@@ -183,7 +184,9 @@ impl Journey<'_> {
     /// Whether a configured spike makes the visitor leave at `step` now.
     fn spiked(&mut self, step: Step) -> bool {
         match self.spike {
-            Some(s) if s.step == step && self.t >= s.from => self.rng.chance(s.abandon),
+            Some(s) if s.step == step && self.t >= s.from && s.until.is_none_or(|u| self.t < u) => {
+                self.rng.chance(s.abandon)
+            }
             _ => false,
         }
     }
@@ -569,6 +572,7 @@ mod tests {
             spike: Some(Spike {
                 step: Step::Cart,
                 from,
+                until: None,
                 abandon: 0.9,
             }),
             ..base.clone()
@@ -595,6 +599,21 @@ mod tests {
         assert!((before.0 - before.1).abs() < 0.05, "{before:?}");
         let after = (checkout_share(&plain, true), checkout_share(&spike, true));
         assert!(after.1 < after.0 * 0.3, "{after:?}");
+
+        // A spike that ended before `from` leaves the later behaviour alone.
+        let ended = GenConfig {
+            spike: Some(Spike {
+                step: Step::Cart,
+                from: base.start,
+                until: Some(from),
+                abandon: 0.9,
+            }),
+            ..base.clone()
+        };
+        let ended = generate(&ended);
+        assert!(checkout_share(&ended, false) < before.0 * 0.3);
+        let later = checkout_share(&ended, true);
+        assert!((later - after.0).abs() < 0.05, "{later} vs {}", after.0);
     }
 
     #[test]

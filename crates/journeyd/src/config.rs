@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use journey_alert::{AlertConfig, Baseline};
 use journey_api::auth::Tokens;
-use journey_core::time::{parse_duration, HumanDuration, Millis};
+use journey_core::time::{parse_duration, HumanDuration, Millis, DAY};
 use journey_core::EngineConfig;
 use journey_ingest::Format;
 use serde::de::{self, Deserializer, Visitor};
@@ -31,6 +32,8 @@ const LOG_FORMATS: [&str; 2] = ["text", "json"];
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
 const DEAD_LETTER_SINKS: [&str; 3] = ["none", "file", "kafka"];
+
+const ALERT_BASELINES: [&str; 2] = ["day_before", "trailing"];
 
 /// More workers than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
@@ -47,7 +50,21 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub checkpoint: CheckpointSettings,
     pub dead_letter: DeadLetterSettings,
+    pub alerts: AlertSettings,
     pub log: LogSettings,
+}
+
+/// `[alerts]`: drop-off alerts evaluated by journeyd itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertSettings {
+    pub enabled: bool,
+    /// How often the rules are evaluated (wall clock).
+    pub interval: Duration,
+    pub eval: AlertConfig,
+    /// Alertmanager's base URL; firing alerts are re-sent every `resend`.
+    pub alertmanager_url: Option<String>,
+    pub webhook_url: Option<String>,
+    pub resend: Duration,
 }
 
 /// `[checkpoint]`: periodic snapshots of all state with the source positions they reflect.
@@ -225,6 +242,14 @@ impl Settings {
                 interval: Duration::from_secs(10),
             },
             dead_letter: DeadLetterSettings::None,
+            alerts: AlertSettings {
+                enabled: false,
+                interval: Duration::from_secs(15),
+                eval: AlertConfig::default(),
+                alertmanager_url: None,
+                webhook_url: None,
+                resend: Duration::from_secs(60),
+            },
             log: LogSettings {
                 level: "info".to_string(),
                 json: false,
@@ -499,7 +524,29 @@ struct RawConfig {
     dedup: RawDedup,
     checkpoint: RawCheckpoint,
     dead_letter: RawDeadLetter,
+    alerts: RawAlerts,
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawAlerts {
+    enabled: Option<bool>,
+    interval: Option<Text>,
+    window: Option<Text>,
+    baseline: Option<Text>,
+    trailing: Option<Text>,
+    threshold_relative: Option<f64>,
+    threshold_absolute: Option<f64>,
+    min_sessions: Option<u64>,
+    #[serde(rename = "for")]
+    for_: Option<Text>,
+    keep_resolved: Option<Text>,
+    touchpoints: Option<Vec<String>>,
+    alertmanager_url: Option<Text>,
+    webhook_url: Option<Text>,
+    resend: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -874,6 +921,8 @@ impl RawConfig {
             DeadLetterSettings::None
         };
 
+        let alerts = build_alerts(self.alerts, d.alerts, &engine, &mut p);
+
         let level = p.not_empty("log.level", self.log.level, &d.log.level);
         check_log_level(&level, &mut p);
         let json = match self.log.format {
@@ -892,6 +941,7 @@ impl RawConfig {
                 kafka,
                 checkpoint,
                 dead_letter,
+                alerts,
                 log,
             })
         } else {
@@ -996,6 +1046,127 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
 }
 
 /// A token list: each token non-empty, without whitespace, at least 16 characters.
+fn build_alerts(
+    a: RawAlerts,
+    d: AlertSettings,
+    engine: &EngineConfig,
+    p: &mut Problems,
+) -> AlertSettings {
+    let window = p.duration("alerts.window", a.window, d.eval.window);
+    if window <= 0 {
+        p.push(format!(
+            "alerts.window: must be positive, got {}",
+            HumanDuration(window)
+        ));
+    }
+    let name = a.baseline.map_or_else(|| "day_before".to_string(), |t| t.0);
+    let trailing = p.duration("alerts.trailing", a.trailing, DAY);
+    let baseline = if !p.one_of("alerts.baseline", "baseline", &name, &ALERT_BASELINES) {
+        d.eval.baseline
+    } else if name == "trailing" {
+        if trailing <= 0 {
+            p.push(format!(
+                "alerts.trailing: must be positive, got {}",
+                HumanDuration(trailing)
+            ));
+        }
+        Baseline::Trailing(trailing)
+    } else {
+        Baseline::DayBefore
+    };
+    // Minute buckets end at retention.fine; an older baseline would be read from hour
+    // buckets, which cannot be cut to the window.
+    let reach = match baseline {
+        Baseline::DayBefore => DAY + window,
+        Baseline::Trailing(len) => window + len,
+    } + engine.allowed_lateness
+        + engine.session_gap;
+    let enabled = a.enabled.unwrap_or(d.enabled);
+    if enabled && window > 0 && reach > engine.retention_fine {
+        p.push(format!(
+            "alerts.baseline: `{name}` reads data {} old, beyond retention.fine ({}); raise \
+             retention.fine or shorten the windows",
+            HumanDuration(reach),
+            HumanDuration(engine.retention_fine)
+        ));
+    }
+    let mut ratio = |key: &str, v: Option<f64>, default: f64, lo: f64| match v {
+        None => default,
+        Some(x) if x.is_finite() && x >= lo => x,
+        Some(x) => {
+            p.push(format!("{key}: must be a number of at least {lo}, got {x}"));
+            default
+        }
+    };
+    let threshold_relative = ratio(
+        "alerts.threshold_relative",
+        a.threshold_relative,
+        d.eval.threshold_relative,
+        1.0,
+    );
+    let threshold_absolute = ratio(
+        "alerts.threshold_absolute",
+        a.threshold_absolute,
+        d.eval.threshold_absolute,
+        0.0,
+    );
+    let min_sessions = match a.min_sessions {
+        None => d.eval.min_sessions,
+        Some(0) => {
+            p.push("alerts.min_sessions: must be at least 1, got 0".to_string());
+            d.eval.min_sessions
+        }
+        Some(n) => n,
+    };
+    let mut non_negative = |key: &'static str, raw: Option<Text>, default: Millis| {
+        let v = p.duration(key, raw, default);
+        if v < 0 {
+            p.push(format!(
+                "{key}: must not be negative, got {}",
+                HumanDuration(v)
+            ));
+            return default;
+        }
+        v
+    };
+    let for_ = non_negative("alerts.for", a.for_, d.eval.for_);
+    let keep_resolved = non_negative(
+        "alerts.keep_resolved",
+        a.keep_resolved,
+        d.eval.keep_resolved,
+    );
+    let mut url = |key: &str, raw: Option<Text>| {
+        let u = raw
+            .map(|t| t.0.trim().to_string())
+            .filter(|u| !u.is_empty())?;
+        if u.starts_with("http://") || u.starts_with("https://") {
+            Some(u)
+        } else {
+            p.push(format!("{key}: `{u}` is not an http:// or https:// URL"));
+            None
+        }
+    };
+    let alertmanager_url = url("alerts.alertmanager_url", a.alertmanager_url);
+    let webhook_url = url("alerts.webhook_url", a.webhook_url);
+    AlertSettings {
+        enabled,
+        interval: p.interval("alerts.interval", a.interval, d.interval),
+        eval: AlertConfig {
+            window,
+            baseline,
+            threshold_relative,
+            threshold_absolute,
+            min_sessions,
+            for_,
+            keep_resolved,
+            touchpoints: a.touchpoints.unwrap_or_default(),
+        },
+        alertmanager_url,
+        webhook_url,
+        resend: p.interval("alerts.resend", a.resend, d.resend),
+    }
+}
+
 fn tokens(key: &str, raw: Option<Vec<Text>>, p: &mut Problems) -> Vec<String> {
     let mut out = Vec::new();
     for (i, t) in raw.unwrap_or_default().into_iter().enumerate() {
@@ -1195,6 +1366,21 @@ mod tests {
             [dead_letter]
             sink = "kafka"
             topic = "rejects"
+            [alerts]
+            enabled = true
+            interval = "30s"
+            window = "30m"
+            baseline = "trailing"
+            trailing = "4h"
+            threshold_relative = 2.0
+            threshold_absolute = 0.1
+            min_sessions = 200
+            for = "10m"
+            keep_resolved = "2h"
+            touchpoints = ["cart", "checkout"]
+            alertmanager_url = "http://alertmanager:9093"
+            webhook_url = "https://hooks.example.com/journeyd"
+            resend = "2m"
             [log]
             level = "info,journeyd=debug"
             format = "json"
@@ -1296,12 +1482,72 @@ mod tests {
             ]
         );
         assert_eq!(
+            s.alerts,
+            AlertSettings {
+                enabled: true,
+                interval: Duration::from_secs(30),
+                eval: AlertConfig {
+                    window: 30 * MINUTE,
+                    baseline: Baseline::Trailing(4 * HOUR),
+                    threshold_relative: 2.0,
+                    threshold_absolute: 0.1,
+                    min_sessions: 200,
+                    for_: 10 * MINUTE,
+                    keep_resolved: 2 * HOUR,
+                    touchpoints: vec!["cart".into(), "checkout".into()],
+                },
+                alertmanager_url: Some("http://alertmanager:9093".into()),
+                webhook_url: Some("https://hooks.example.com/journeyd".into()),
+                resend: Duration::from_secs(120),
+            }
+        );
+        assert_eq!(
             s.log,
             LogSettings {
                 level: "info,journeyd=debug".into(),
                 json: true
             }
         );
+    }
+
+    #[test]
+    fn alert_settings_are_checked() {
+        let err = error(
+            r#"
+            [alerts]
+            enabled = true
+            window = "0s"
+            baseline = "last_week"
+            threshold_relative = 0.5
+            threshold_absolute = -0.1
+            min_sessions = 0
+            for = "-5m"
+            webhook_url = "hooks.example.com"
+            "#,
+            &[],
+        );
+        assert_eq!(
+            err,
+            "invalid configuration:\n  \
+             alerts.window: must be positive, got 0s\n  \
+             alerts.baseline: unknown baseline `last_week` (expected one of: day_before, trailing)\n  \
+             alerts.threshold_relative: must be a number of at least 1, got 0.5\n  \
+             alerts.threshold_absolute: must be a number of at least 0, got -0.1\n  \
+             alerts.min_sessions: must be at least 1, got 0\n  \
+             alerts.for: invalid duration `-5m`: expected a number, as in `30m`\n  \
+             alerts.webhook_url: `hooks.example.com` is not an http:// or https:// URL"
+        );
+        // The day-before baseline must lie within the minute buckets.
+        let err = error(
+            "[retention]\nfine = \"12h\"\n[alerts]\nenabled = true\n",
+            &[],
+        );
+        assert!(
+            err.contains("alerts.baseline: `day_before` reads data 1d") && err.contains("retention.fine (12h)"),
+            "{err}"
+        );
+        // Disabled alerts are not held to it.
+        assert!(Settings::from_toml_str("[retention]\nfine = \"12h\"\n", no_env()).is_ok());
     }
 
     #[test]
@@ -1467,7 +1713,7 @@ mod tests {
         assert_eq!(
             error("# journeyd\n[sesion]\ngap = \"30m\"\n", &[]),
             "<string>:2:2: unknown field `sesion`, expected one of `session`, `journey`, \
-             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `checkpoint`, `dead_letter`, `log`"
+             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `checkpoint`, `dead_letter`, `alerts`, `log`"
         );
     }
 

@@ -43,6 +43,9 @@ pub struct GenerateArgs {
     /// ...from this time (RFC 3339)...
     #[arg(long, requires = "spike")]
     spike_from: Option<String>,
+    /// ...until this time (RFC 3339; default: no end)...
+    #[arg(long, requires = "spike")]
+    spike_until: Option<String>,
     /// ...with this extra probability.
     #[arg(long, default_value_t = 0.5, requires = "spike")]
     spike_abandon: f64,
@@ -96,9 +99,17 @@ impl GenerateArgs {
                     Some(t) => time("--spike-from", t)?,
                     None => start + span / 2,
                 };
+                let until = match &self.spike_until {
+                    Some(t) => Some(time("--spike-until", t)?),
+                    None => None,
+                };
+                if until.is_some_and(|u| u <= from) {
+                    bail!("--spike-until: must be after the spike's start");
+                }
                 Some(Spike {
                     step,
                     from,
+                    until,
                     abandon: self.spike_abandon,
                 })
             }

@@ -1,6 +1,7 @@
 //! journeyd: the binary. Command line, configuration, wiring of sources, workers and the HTTP
 //! API, and orderly shutdown. The work itself lives in the library crates.
 
+mod alerts;
 mod checkpoint;
 mod config;
 mod deadletter;
@@ -221,6 +222,19 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     } else {
         (None, checkpointer)
     };
+    let alerts = if settings.alerts.enabled {
+        let a = alerts::start(
+            &settings.alerts,
+            format!("http://{}/", settings.http.listen),
+            handle.clone(),
+            metrics.clone(),
+            &SHUTTING_DOWN,
+        )
+        .context("cannot start the alert thread")?;
+        Some(a)
+    } else {
+        None
+    };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -238,6 +252,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
             clock: system_clock(),
             tokens: settings.http.tokens.clone(),
             dead_letters: dead_letters.clone(),
+            alerts: alerts.as_ref().map(|(board, _)| board.clone()),
         };
         let app = router(state).layer(axum::middleware::from_fn_with_state(
             settings.http.request_timeout,
@@ -265,6 +280,10 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         anyhow::Ok(())
     });
     drop(tokio);
+    SHUTTING_DOWN.store(true, Ordering::Relaxed);
+    if let Some((_, thread)) = alerts {
+        let _ = thread.join();
+    }
     if let Some(k) = kafka {
         k.stop();
     }

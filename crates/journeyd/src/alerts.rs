@@ -1,0 +1,107 @@
+//! The drop-off alert loop: evaluates `[alerts]` every `interval` over the workers' published
+//! partials, keeps the board the API reads, sets the gauges and delivers changes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use journey_alert::notify::{Notifier, Targets};
+use journey_alert::{tick, Board, Evaluator, State};
+use journey_api::Metrics;
+use journey_runtime::RuntimeHandle;
+
+use crate::config::AlertSettings;
+
+/// Starts the loop; it ends once `stop` is set.
+pub fn start(
+    settings: &AlertSettings,
+    generator_url: String,
+    rt: RuntimeHandle,
+    metrics: Arc<Metrics>,
+    stop: &'static AtomicBool,
+) -> std::io::Result<(Board, JoinHandle<()>)> {
+    let board = Board::new(settings.eval.clone());
+    let mut ev = Evaluator::new(settings.eval.clone());
+    let mut notifier = Notifier::new(
+        Targets {
+            alertmanager: settings.alertmanager_url.clone(),
+            webhook: settings.webhook_url.clone(),
+            generator_url,
+        },
+        settings.resend,
+    );
+    let interval = settings.interval;
+    let published = board.clone();
+    let thread = std::thread::Builder::new()
+        .name("journeyd-alerts".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(50).min(interval));
+                    continue;
+                }
+                next = Instant::now() + interval;
+                let cfg = rt.engine_config().clone();
+                let Some(changes) = tick(
+                    &mut ev,
+                    &published,
+                    &rt.partials(),
+                    &rt.rules(),
+                    cfg.allowed_lateness,
+                    cfg.session_gap,
+                ) else {
+                    continue;
+                };
+                let report = published.report();
+                update_gauges(&metrics, &report);
+                for c in &changes {
+                    tracing::info!(
+                        touchpoint = c.alert.touchpoint,
+                        from = c.from.map_or("inactive", State::as_str),
+                        to = c.alert.state.as_str(),
+                        "{}",
+                        c.alert.summary
+                    );
+                }
+                for d in notifier.deliver(&changes, &report.alerts) {
+                    let outcome = if d.ok { "sent" } else { "failed" };
+                    metrics
+                        .alert_notifications
+                        .with_label_values(&[d.target, outcome])
+                        .inc();
+                }
+            }
+        })?;
+    Ok((board, thread))
+}
+
+fn update_gauges(metrics: &Metrics, report: &journey_alert::Report) {
+    if let Some(t) = report.evaluated_at {
+        metrics.alert_evaluated.set(t / 1000);
+    }
+    for (touchpoint, recent, baseline) in &report.rates {
+        let state = report
+            .alerts
+            .iter()
+            .find(|a| &a.touchpoint == touchpoint)
+            .map_or(0, |a| match a.state {
+                State::Pending => 1,
+                State::Firing => 2,
+                State::Resolved => 0,
+            });
+        metrics
+            .alert_state
+            .with_label_values(&[touchpoint.as_str()])
+            .set(state);
+        metrics
+            .alert_rate
+            .with_label_values(&[touchpoint.as_str(), "recent"])
+            .set(*recent);
+        metrics
+            .alert_rate
+            .with_label_values(&[touchpoint.as_str(), "baseline"])
+            .set(*baseline);
+    }
+}
