@@ -1307,6 +1307,17 @@ mod tests {
     }
 
     #[test]
+    fn deployment_configs_are_valid() {
+        for f in ["deploy/image/journeyd.toml", "deploy/compose/journeyd.toml"] {
+            let path = repo_file(&format!("../../{f}"));
+            let s = Settings::load(Some(&path), no_env())
+                .unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert!(s.checkpoint.dir.is_some(), "{f}: deployments keep checkpoints");
+            assert_eq!(s.http.listen.ip().to_string(), "0.0.0.0", "{f}");
+        }
+    }
+
+    #[test]
     fn reads_every_setting() {
         let s = Settings::from_toml_str(
             r#"
