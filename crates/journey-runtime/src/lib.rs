@@ -43,6 +43,10 @@ pub struct RuntimeConfig {
     /// clock, so sessions close when traffic pauses. Off for replays.
     pub live: bool,
     pub on_reject: Option<RejectHook>,
+    /// Nice value of the worker threads (0: unchanged). Above 0, the scheduler prefers the
+    /// threads answering queries over the workers whenever both want a core, which is what
+    /// keeps query latency low while ingest saturates the machine.
+    pub worker_nice: i32,
 }
 
 impl Default for RuntimeConfig {
@@ -54,6 +58,7 @@ impl Default for RuntimeConfig {
             tick_interval: Duration::from_secs(1),
             live: true,
             on_reject: None,
+            worker_nice: 0,
         }
     }
 }
@@ -212,6 +217,17 @@ fn worker(
     shared: Arc<Shared>,
     rc: RuntimeConfig,
 ) {
+    #[cfg(unix)]
+    if rc.worker_nice != 0 {
+        // On Linux the nice value is per thread: this lowers only the calling worker.
+        if let Err(e) = rustix::process::setpriority_process(None, rc.worker_nice) {
+            tracing::warn!(
+                worker = i,
+                nice = rc.worker_nice,
+                "cannot set the worker's nice value: {e}"
+            );
+        }
+    }
     let publish = |shard: &Shard| {
         let snapshot = Arc::new(shard.aggregates().clone());
         *shared.published[i]
@@ -565,6 +581,35 @@ mod tests {
         let rtm = tokio_free_block_on(h.customer("c7")).unwrap();
         assert_eq!(rtm.unwrap().journeys.len(), 1);
         assert!(tokio_free_block_on(h.customer("nobody")).unwrap().is_none());
+        rt.shutdown();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn workers_take_the_configured_nice_value() {
+        let rt = Runtime::start(
+            Arc::new(EngineConfig::default()),
+            Arc::new(Rules::from_toml(RULES).unwrap()),
+            RuntimeConfig {
+                workers: 2,
+                live: false,
+                worker_nice: 7,
+                ..RuntimeConfig::default()
+            },
+        );
+        // Each worker sets its value before it takes its first message.
+        rt.handle().flush_blocking().unwrap();
+        let niced = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .filter(|stat| stat.contains("(journeyd-worker)"))
+            .filter(|stat| {
+                // Fields after the command name; the nice value is the 19th field overall.
+                let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                rest.split_whitespace().nth(16) == Some("7")
+            })
+            .count();
+        assert_eq!(niced, 2, "both workers of this runtime run at nice 7");
         rt.shutdown();
     }
 

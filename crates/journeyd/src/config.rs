@@ -106,6 +106,8 @@ pub struct RuntimeSettings {
     pub publish_interval: Duration,
     /// How often the watermark follows the wall clock.
     pub tick_interval: Duration,
+    /// Nice value of the worker threads, so queries win the CPU over ingest (0 to 19).
+    pub worker_nice: i32,
 }
 
 /// `[http]`: the API server and `POST /v1/events`.
@@ -218,6 +220,7 @@ impl Settings {
                 channel_capacity: 64,
                 publish_interval: Duration::from_secs(1),
                 tick_interval: Duration::from_secs(1),
+                worker_nice: 10,
             },
             http: HttpSettings {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -623,6 +626,7 @@ struct RawRuntime {
     channel_capacity: Option<usize>,
     publish_interval: Option<Text>,
     tick_interval: Option<Text>,
+    worker_nice: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -840,6 +844,14 @@ impl RawConfig {
                 r.tick_interval,
                 d.runtime.tick_interval,
             ),
+            worker_nice: match r.worker_nice {
+                None => d.runtime.worker_nice,
+                Some(n) if (0..=19).contains(&n) => n,
+                Some(n) => {
+                    p.push(format!("runtime.worker_nice: must be 0 to 19, got {n}"));
+                    d.runtime.worker_nice
+                }
+            },
         };
 
         let h = self.http;
@@ -1310,9 +1322,11 @@ mod tests {
     fn deployment_configs_are_valid() {
         for f in ["deploy/image/journeyd.toml", "deploy/compose/journeyd.toml"] {
             let path = repo_file(&format!("../../{f}"));
-            let s = Settings::load(Some(&path), no_env())
-                .unwrap_or_else(|e| panic!("{f}: {e}"));
-            assert!(s.checkpoint.dir.is_some(), "{f}: deployments keep checkpoints");
+            let s = Settings::load(Some(&path), no_env()).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert!(
+                s.checkpoint.dir.is_some(),
+                "{f}: deployments keep checkpoints"
+            );
             assert_eq!(s.http.listen.ip().to_string(), "0.0.0.0", "{f}");
         }
     }
@@ -1342,6 +1356,7 @@ mod tests {
             channel_capacity = 8
             publish_interval = "250ms"
             tick_interval = "2s"
+            worker_nice = 5
             [http]
             listen = "[::]:9000"
             max_body_bytes = 1024
@@ -1422,6 +1437,7 @@ mod tests {
                 channel_capacity: 8,
                 publish_interval: Duration::from_millis(250),
                 tick_interval: Duration::from_secs(2),
+                worker_nice: 5,
             }
         );
         assert_eq!(
@@ -1554,7 +1570,8 @@ mod tests {
             &[],
         );
         assert!(
-            err.contains("alerts.baseline: `day_before` reads data 1d") && err.contains("retention.fine (12h)"),
+            err.contains("alerts.baseline: `day_before` reads data 1d")
+                && err.contains("retention.fine (12h)"),
             "{err}"
         );
         // Disabled alerts are not held to it.

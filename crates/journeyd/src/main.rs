@@ -184,6 +184,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         tick_interval: settings.runtime.tick_interval,
         live: true,
         on_reject,
+        worker_nice: settings.runtime.worker_nice,
     };
     let cp = &settings.checkpoint;
     let restored = match &cp.dir {
@@ -438,6 +439,7 @@ fn replay(
         tick_interval: Duration::from_secs(3600),
         live: false,
         on_reject: None,
+        worker_nice: 0,
     };
     let runtime = Runtime::start(Arc::new(settings.engine.clone()), rules.clone(), rc);
     let rt = runtime.handle();
