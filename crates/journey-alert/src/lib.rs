@@ -300,13 +300,7 @@ impl Evaluator {
                 }
                 (Some(State::Firing), false) => {
                     if let Some(a) = self.alerts.get_mut(&o.touchpoint) {
-                        a.state = State::Resolved;
-                        a.resolved_at = Some(now);
-                        a.summary = summary(a);
-                        changes.push(Change {
-                            alert: a.clone(),
-                            from: Some(State::Firing),
-                        });
+                        changes.push(resolve(a, now));
                     }
                 }
                 (None | Some(State::Resolved), false) => {}
@@ -315,13 +309,7 @@ impl Evaluator {
         // A touchpoint gone from the rules can no longer breach.
         for (name, a) in self.alerts.iter_mut() {
             if !seen.contains(name) && a.state == State::Firing {
-                a.state = State::Resolved;
-                a.resolved_at = Some(now);
-                a.summary = summary(a);
-                changes.push(Change {
-                    alert: a.clone(),
-                    from: Some(State::Firing),
-                });
+                changes.push(resolve(a, now));
             }
         }
         let keep = self.cfg.keep_resolved;
@@ -347,6 +335,17 @@ impl Evaluator {
             )
         });
         v
+    }
+}
+
+/// Moves a firing alert to resolved.
+fn resolve(a: &mut Alert, now: Millis) -> Change {
+    a.state = State::Resolved;
+    a.resolved_at = Some(now);
+    a.summary = summary(a);
+    Change {
+        alert: a.clone(),
+        from: Some(State::Firing),
     }
 }
 
