@@ -154,7 +154,7 @@ async fn ready(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
-    let body = s.metrics.render(&s.runtime);
+    let body = s.metrics.render(&s.runtime, (s.clock)());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

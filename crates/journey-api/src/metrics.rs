@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
+use journey_core::query::{funnel, touchpoints, DurationStats, Include, Summary};
+use journey_core::time::{Millis, HOUR};
 use journey_runtime::RuntimeHandle;
 use prometheus::{
     Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -49,6 +51,9 @@ pub struct Metrics {
     pub alert_notifications: IntCounterVec,
     /// Unix time of the end of the last evaluated window (event time).
     pub alert_evaluated: IntGauge,
+    /// Dwell quantiles over the last hour, per touchpoint and per phase.
+    tp_dwell: GaugeVec,
+    phase_dwell: GaugeVec,
     /// Last cumulative value exported per series, so counters advance by the difference.
     seen: Mutex<HashMap<(usize, String), u64>>,
 }
@@ -114,7 +119,27 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(alert_rate.clone()))
             .expect("registered once");
+        let dwell_gauge = |name: &str, help: &str, label: &str| {
+            let g =
+                GaugeVec::new(Opts::new(name, help), &[label, "quantile"]).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let tp_dwell = dwell_gauge(
+            "journeyd_touchpoint_dwell_seconds",
+            "Time from an event at the touchpoint to the session's next classified event, over \
+             the last hour (event time); quantiles from a 1 % sketch",
+            "touchpoint",
+        );
+        let phase_dwell = dwell_gauge(
+            "journeyd_phase_dwell_seconds",
+            "Time journeys spent in the phase before moving on, recorded over the last hour \
+             (event time); quantiles from a 1 % sketch",
+            "phase",
+        );
         Metrics {
+            tp_dwell,
+            phase_dwell,
             alert_state,
             alert_rate,
             alert_notifications: counter_vec(
@@ -241,14 +266,42 @@ impl Metrics {
         }
     }
 
-    /// Brings engine counters up to date from the runtime, then renders the text format.
-    pub fn render(&self, rt: &RuntimeHandle) -> String {
+    /// Brings engine counters and the last hour's dwell quantiles (up to `now`) up to date
+    /// from the runtime, then renders the text format.
+    pub fn render(&self, rt: &RuntimeHandle, now: Millis) -> String {
         self.refresh(rt);
+        self.refresh_dwell(rt, now);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding never fails");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    fn refresh_dwell(&self, rt: &RuntimeHandle, now: Millis) {
+        let parts = rt.partials();
+        let sum = Summary::collect(
+            parts.iter().map(|p| p.as_ref()),
+            now - HOUR,
+            now,
+            &Include::default(),
+        );
+        let rules = rt.rules();
+        let set = |g: &GaugeVec, name: &str, d: &DurationStats| {
+            for (q, v) in [("0.5", d.p50_ms), ("0.9", d.p90_ms), ("0.99", d.p99_ms)] {
+                let g = g.with_label_values(&[name, q]);
+                // No dwell in the hour: NaN, so a panel shows a gap rather than a stale value.
+                g.set(v.map_or(f64::NAN, |ms| ms / 1000.0));
+            }
+        };
+        for t in touchpoints(&sum, &rules) {
+            set(&self.tp_dwell, &t.name, &t.dwell);
+        }
+        for step in funnel(&sum, rules.phases(), None, 1).steps {
+            if let Some(d) = &step.dwell {
+                set(&self.phase_dwell, &step.phase, d);
+            }
+        }
     }
 
     fn refresh(&self, rt: &RuntimeHandle) {

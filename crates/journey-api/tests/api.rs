@@ -611,3 +611,45 @@ async fn alerts_show_the_evaluators_report() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(v["detail"].as_str().unwrap().contains("state"), "{v}");
 }
+
+#[tokio::test]
+async fn metrics_carry_the_last_hours_dwell_quantiles() {
+    let api = api();
+    // Inside the last hour before NOW: landing → product after 2 minutes, product → order
+    // after 1 minute; the journey moves on from awareness after 2 minutes.
+    let body = [
+        json!({"customer_id": "e", "ts": "2026-11-20T11:30:00Z", "event": "page_view", "attributes": {"url": "/"}}),
+        json!({"customer_id": "e", "ts": "2026-11-20T11:32:00Z", "event": "page_view", "attributes": {"url": "/p/9"}}),
+        json!({"customer_id": "e", "ts": "2026-11-20T11:33:00Z", "event": "order"}),
+        // Before the hour: not in the quantiles.
+        json!({"customer_id": "f", "ts": "2026-11-20T10:00:00Z", "event": "page_view", "attributes": {"url": "/"}}),
+        json!({"customer_id": "f", "ts": "2026-11-20T10:30:00Z", "event": "page_view", "attributes": {"url": "/p/1"}}),
+    ]
+    .iter()
+    .map(|l| l.to_string() + "\n")
+    .collect::<String>();
+    let (status, _, _) = call(&api.app, "POST", "/v1/events?source=web", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    api.rt.flush().await.unwrap();
+    let (_, _, text) = call(&api.app, "GET", "/metrics", "").await;
+    let text = text.as_str().unwrap().to_string();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no `{series}` in\n{text}"))
+    };
+    // The sketch's relative error is 1 %.
+    let near = |got: f64, want: f64| (got - want).abs() <= want * 0.01 + 1e-9;
+    let landing =
+        value("journeyd_touchpoint_dwell_seconds{quantile=\"0.5\",touchpoint=\"landing\"}");
+    assert!(near(landing, 120.0), "landing p50 {landing}");
+    let product =
+        value("journeyd_touchpoint_dwell_seconds{quantile=\"0.99\",touchpoint=\"product\"}");
+    assert!(near(product, 60.0), "product p99 {product}");
+    let awareness = value("journeyd_phase_dwell_seconds{phase=\"awareness\",quantile=\"0.5\"}");
+    assert!(near(awareness, 120.0), "awareness p50 {awareness}");
+    // No dwell at the order (nothing follows it): a gap, not a zero.
+    assert!(
+        value("journeyd_touchpoint_dwell_seconds{quantile=\"0.5\",touchpoint=\"order\"}").is_nan()
+    );
+}
