@@ -39,6 +39,8 @@ pub struct IngestLimits {
     pub max_record_bytes: usize,
     /// `source` of events that name none, unless the request's `source` parameter does.
     pub default_source: String,
+    /// Nice value of the threads decoding request bodies (as the workers': queries first).
+    pub decode_nice: i32,
 }
 
 impl Default for IngestLimits {
@@ -48,6 +50,7 @@ impl Default for IngestLimits {
             max_batch_events: 10_000,
             max_record_bytes: 1 << 20,
             default_source: "http".into(),
+            decode_nice: 0,
         }
     }
 }
@@ -469,10 +472,15 @@ async fn post_events(
     );
     let (max_batch, now) = (s.limits.max_batch_events, (s.clock)());
     let src = source.clone();
-    let decoded =
-        tokio::task::spawn_blocking(move || decode_batch(&bytes, &decoder, &src, max_batch, now))
-            .await
-            .map_err(|_| Problem::internal("the decoder stopped"))??;
+    let nice = s.limits.decode_nice;
+    let decoded = tokio::task::spawn_blocking(move || {
+        if let Err(e) = journey_runtime::set_thread_nice(nice) {
+            tracing::debug!("cannot lower the decoding thread's priority: {e}");
+        }
+        decode_batch(&bytes, &decoder, &src, max_batch, now)
+    })
+    .await
+    .map_err(|_| Problem::internal("the decoder stopped"))??;
     let Decoded {
         events,
         errors,

@@ -130,6 +130,18 @@ pub struct Runtime {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Sets the calling thread's nice value (0 leaves it alone). On Linux the nice value is per
+/// thread, so only the caller changes; elsewhere this does nothing.
+pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if nice != 0 {
+        rustix::process::setpriority_process(None, nice)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+    Ok(())
+}
+
 /// The worker that owns a customer: a stable FNV-1a hash, so ownership survives restarts.
 pub fn worker_for(customer_id: &str, workers: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -217,16 +229,12 @@ fn worker(
     shared: Arc<Shared>,
     rc: RuntimeConfig,
 ) {
-    #[cfg(unix)]
-    if rc.worker_nice != 0 {
-        // On Linux the nice value is per thread: this lowers only the calling worker.
-        if let Err(e) = rustix::process::setpriority_process(None, rc.worker_nice) {
-            tracing::warn!(
-                worker = i,
-                nice = rc.worker_nice,
-                "cannot set the worker's nice value: {e}"
-            );
-        }
+    if let Err(e) = set_thread_nice(rc.worker_nice) {
+        tracing::warn!(
+            worker = i,
+            nice = rc.worker_nice,
+            "cannot set the worker's nice value: {e}"
+        );
     }
     let publish = |shard: &Shard| {
         let snapshot = Arc::new(shard.aggregates().clone());

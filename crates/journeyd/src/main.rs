@@ -249,6 +249,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
                 max_batch_events: settings.http.max_batch_events,
                 max_record_bytes: settings.ingest.max_record_bytes,
                 default_source: settings.http.default_source.clone(),
+                decode_nice: settings.runtime.worker_nice,
             },
             clock: system_clock(),
             tokens: settings.http.tokens.clone(),
