@@ -189,7 +189,8 @@ fn a_graceful_restart_resumes_from_the_checkpoint_without_replaying() {
     wait_consumed(&brokers, "graceful");
     let before = figures(port);
     assert!(first.terminate(), "clean exit on SIGTERM");
-    assert!(dir.join("checkpoints/checkpoint.bin").exists());
+    // One partition: one task, one checkpoint file.
+    assert!(dir.join("checkpoints/task-00000.ckpt").exists());
 
     let mut second = Service::start(&config, port);
     second.wait_ready();

@@ -81,19 +81,17 @@ impl Windows {
         Windows { recent, baseline }
     }
 
-    /// The end of the recent window for the given partials: the oldest worker's newest event,
-    /// less the allowed lateness and the session gap, by when every session that ended in the
-    /// window has closed and been counted. `None` before any worker has seen an event.
-    pub fn end_for(
-        parts: &[Arc<Aggregates>],
-        lateness: Millis,
-        session_gap: Millis,
-    ) -> Option<Millis> {
-        parts
+    /// The end of the recent window for the tasks' watermarks (epoch ms): the furthest-behind
+    /// watermark less the session gap, by when every session that ended in the window has
+    /// closed and been counted (SPEC §3). Tasks that have seen nothing (`Millis::MIN`) are
+    /// skipped; `None` before any task has.
+    pub fn end_for(watermarks: &[Millis], session_gap: Millis) -> Option<Millis> {
+        watermarks
             .iter()
-            .filter_map(|p| p.max_event_time)
+            .copied()
+            .filter(|&w| w != Millis::MIN)
             .min()
-            .map(|t| t - lateness - session_gap)
+            .map(|w| w.saturating_sub(session_gap))
     }
 }
 
@@ -413,10 +411,10 @@ pub fn tick(
     board: &Board,
     parts: &[Arc<Aggregates>],
     rules: &Rules,
-    lateness: Millis,
+    watermarks: &[Millis],
     session_gap: Millis,
 ) -> Option<Vec<Change>> {
-    let end = Windows::end_for(parts, lateness, session_gap)?;
+    let end = Windows::end_for(watermarks, session_gap)?;
     let w = Windows::ending(ev.config(), end);
     let obs = observe(parts, rules, &w);
     let changes = ev.evaluate(end, &obs);
@@ -467,6 +465,15 @@ mod tests {
             baseline_sessions: bs,
             baseline_drop_offs: bd,
         }
+    }
+
+    #[test]
+    fn the_window_ends_at_the_furthest_behind_task_less_the_gap() {
+        assert_eq!(Windows::end_for(&[], 30 * MIN), None);
+        assert_eq!(Windows::end_for(&[Millis::MIN], 30 * MIN), None);
+        // A task that has seen nothing does not hold the window back; the slowest one does.
+        let wm = [Millis::MIN, 500 * MIN, 200 * MIN, Millis::MAX];
+        assert_eq!(Windows::end_for(&wm, 30 * MIN), Some(170 * MIN));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use journey_core::query::{funnel, timeseries, touchpoints, transitions, Figure, 
 use journey_core::time::Millis;
 use journey_core::{DecodeLimits, Rules};
 use journey_ingest::{split_body, DeadLetter, DeadLetters, Decoder, Format, Position};
-use journey_runtime::RuntimeHandle;
+use journey_runtime::{RuntimeHandle, SubmitError};
 use serde_json::{json, Value};
 
 pub use metrics::Metrics;
@@ -149,10 +149,21 @@ fn iso(t: Millis) -> String {
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
-    if s.runtime.workers() > 0 {
-        Json(json!({ "status": "ready", "workers": s.runtime.workers() })).into_response()
+    let owned = s.runtime.owned_tasks().len();
+    if owned > 0 {
+        Json(json!({
+            "status": "ready",
+            "workers": s.runtime.workers(),
+            "tasks": owned,
+            "tasks_total": s.runtime.tasks(),
+        }))
+        .into_response()
     } else {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "no workers running").into_response()
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no task assigned to this instance yet",
+        )
+        .into_response()
     }
 }
 
@@ -507,10 +518,17 @@ async fn post_events(
         }
     }
     if !events.is_empty() {
-        s.runtime
-            .submit(events)
-            .await
-            .map_err(|_| Problem::internal("runtime stopped"))?;
+        s.runtime.submit(events).await.map_err(|e| match e {
+            SubmitError::Stopped => Problem::internal("runtime stopped"),
+            // Retryable: the consumer group assigns the partitions in a moment.
+            SubmitError::NotAssigned(tasks) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "partitions {tasks:?} are not assigned to this instance yet; nothing was \
+                     applied, retry"
+                ),
+            ),
+        })?;
     }
     let status = if accepted == 0 && !errors.is_empty() {
         StatusCode::BAD_REQUEST

@@ -59,7 +59,12 @@ fn api_with(tokens: Tokens) -> Api {
         live: false,
         ..RuntimeConfig::default()
     };
-    let runtime = Runtime::start(cfg, Arc::new(Rules::from_toml(RULES).unwrap()), rc);
+    let runtime = Runtime::start(
+        cfg,
+        Arc::new(Rules::from_toml(RULES).unwrap()),
+        rc,
+        Vec::new(),
+    );
     let rt = runtime.handle();
     let (dead_letters, letters) = DeadLetters::channel(100);
     let metrics = Arc::new(Metrics::new());

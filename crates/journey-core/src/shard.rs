@@ -183,6 +183,9 @@ pub struct Shard {
     hasher: DefaultHashBuilder,
     timers: BinaryHeap<Reverse<(Millis, u32)>>,
     scratch: Vec<u16>,
+    /// The owner moves the watermark with [`Shard::advance_clock`] (a task with several
+    /// inputs); otherwise every event moves it to the largest event time minus lateness.
+    external_watermark: bool,
 }
 
 /// A customer's live state, for `/v1/customers/{id}`.
@@ -252,7 +255,16 @@ impl Shard {
             hasher,
             timers,
             scratch: Vec::new(),
+            external_watermark: false,
         }
+    }
+
+    /// Hands the watermark to the owner: events no longer move it, only
+    /// [`Shard::advance_clock`] does. A task whose inputs are several Kafka partitions sets
+    /// this, so its watermark is the minimum over its inputs (SPEC §3), not the largest
+    /// event time of whichever partition was read furthest.
+    pub fn set_external_watermark(&mut self, external: bool) {
+        self.external_watermark = external;
     }
 
     pub fn rules(&self) -> &Arc<Rules> {
@@ -408,7 +420,7 @@ impl Shard {
             self.st.max_seen = ts;
             self.st.agg.max_event_time = Some(ts);
             let wm = ts.saturating_sub(self.ctx.cfg.allowed_lateness);
-            if wm > self.st.watermark {
+            if !self.external_watermark && wm > self.st.watermark {
                 self.st.watermark = wm;
                 self.fire_timers();
             }
@@ -419,7 +431,9 @@ impl Shard {
         })
     }
 
-    /// Live mode: lets the watermark follow the wall clock so sessions close while traffic pauses.
+    /// Moves the watermark to `now − allowed_lateness` if that is later: `now` is the event
+    /// time the owner has proven (the minimum over a task's inputs), or in live mode a time
+    /// derived from the wall clock so sessions close while traffic pauses.
     pub fn advance_clock(&mut self, now: Millis) {
         let wm = now.saturating_sub(self.ctx.cfg.allowed_lateness);
         if wm > self.st.watermark {

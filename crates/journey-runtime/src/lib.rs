@@ -1,22 +1,33 @@
-//! journey-runtime: worker threads that own shards.
+//! journey-runtime: worker threads that own tasks.
 //!
-//! Each worker thread owns one [`Shard`] outright, so the hot path takes no lock. Events reach
-//! a worker through a bounded channel (routing by a stable hash of the customer id), which
-//! gives backpressure: producers wait when a worker falls behind. Workers publish their
-//! partial aggregates for readers at a fixed interval, so queries never block ingest, and in
-//! live mode they let the watermark follow the wall clock so sessions close while traffic
-//! pauses. This crate reads the clock; `journey-core` never does.
+//! A task is partition index `p` of the co-partitioned input topics and owns one
+//! [`Shard`] ([`task`]); Kafka Streams calls it a `StreamTask`. Each worker thread owns any
+//! number of tasks outright, so the hot path takes no lock: task `p` always runs on worker
+//! `p mod workers` ([`RuntimeHandle::worker_of`]). Kafka records reach the task of their
+//! partition; HTTP and file input reach the task of the partition the producers' partitioner
+//! gives the customer id ([`partitioner`]), so one customer is always in one task.
+//!
+//! Events reach a worker through a bounded channel, which gives backpressure. Workers publish
+//! each task's partial aggregates for readers at a fixed interval, so queries never block
+//! ingest, and move each task's watermark from its inputs' event times ([`task::Task`]). This
+//! crate reads the clock; `journey-core` never does.
 
 pub mod checkpoint;
+pub mod partitioner;
+pub mod task;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_core::agg::Aggregates;
 use journey_core::time::Millis;
 use journey_core::{ApplyError, CustomerView, EngineConfig, Event, Rules, Shard};
+
+pub use partitioner::Partitioner;
+pub use task::{Idleness, Input, Task, TaskId, TaskSnapshot};
 
 /// Called by a worker for each event its shard refused (other than a duplicate), so the
 /// service can keep it as a dead letter.
@@ -35,12 +46,23 @@ impl std::fmt::Debug for RejectHook {
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub workers: usize,
+    /// Number of tasks: the partition count of the input topics with Kafka, else
+    /// `runtime.tasks`. Routing of HTTP and file input depends on it, figures do not.
+    pub tasks: u32,
+    /// How HTTP and file input find their task (`kafka.partitioner`).
+    pub partitioner: Partitioner,
+    /// Create every task at start (no Kafka). With Kafka, tasks are created when their
+    /// partitions are assigned ([`RuntimeHandle::assign`]).
+    pub own_all_tasks: bool,
     /// Batches queued per worker before producers wait.
     pub channel_capacity: usize,
     pub publish_interval: Duration,
     pub tick_interval: Duration,
-    /// Live mode: while a worker receives no events, its watermark advances with the wall
-    /// clock, so sessions close when traffic pauses. Off for replays.
+    /// A caught-up Kafka partition quiet this long stops holding its task's watermark
+    /// (`kafka.idle_timeout`).
+    pub idle_timeout: Duration,
+    /// Live mode: idle inputs stop holding the watermark, and with every input idle event time
+    /// advances with the wall clock, so sessions close when traffic pauses. Off for replays.
     pub live: bool,
     pub on_reject: Option<RejectHook>,
     /// Nice value of the worker threads (0: unchanged). Above 0, the scheduler prefers the
@@ -49,13 +71,20 @@ pub struct RuntimeConfig {
     pub worker_nice: i32,
 }
 
+/// Tasks without Kafka (`runtime.tasks`): divisible by 1, 2, 3, 4 and 6 workers.
+pub const DEFAULT_TASKS: u32 = 12;
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tasks: DEFAULT_TASKS,
+            partitioner: Partitioner::Murmur2,
+            own_all_tasks: true,
             channel_capacity: 64,
             publish_interval: Duration::from_secs(1),
             tick_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
             live: true,
             on_reject: None,
             worker_nice: 0,
@@ -67,6 +96,23 @@ impl Default for RuntimeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the runtime has stopped")]
 pub struct Stopped;
+
+/// Why events were not queued. Nothing of the submission was queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the runtime has stopped")]
+    Stopped,
+    /// The partitions of these tasks are not assigned to this instance (yet): a retry can
+    /// succeed once the consumer group has assigned them.
+    #[error("partitions {0:?} are not assigned to this instance")]
+    NotAssigned(Vec<TaskId>),
+}
+
+impl From<Stopped> for SubmitError {
+    fn from(_: Stopped) -> SubmitError {
+        SubmitError::Stopped
+    }
+}
 
 /// Counters the workers keep for metrics.
 #[derive(Debug, Default)]
@@ -80,25 +126,66 @@ pub struct Stats {
     pub latency_count: AtomicU64,
 }
 
+/// A task restored from a checkpoint, ready to run.
+#[derive(Debug)]
+pub struct RestoredTask {
+    pub task: TaskId,
+    pub shard: Shard,
+    /// Largest event time per input, from the checkpoint.
+    pub inputs: Vec<(Input, Option<Millis>)>,
+}
+
 enum Msg {
-    /// Events, when they were submitted, and who to tell once they are applied.
-    Events(Vec<Event<'static>>, Instant, Option<flume::Sender<()>>),
+    /// Events of one input of one task, when they were submitted, and who to tell once they
+    /// are applied.
+    Events {
+        task: TaskId,
+        input: Input,
+        events: Vec<Event<'static>>,
+        submitted: Instant,
+        ack: Option<flume::Sender<()>>,
+    },
+    /// A Kafka partition reached its end.
+    CaughtUp {
+        task: TaskId,
+        input: Input,
+    },
+    /// Partitions assigned: create the task (from `restored`, else empty) if it is not here,
+    /// then add the inputs.
+    Assign {
+        task: TaskId,
+        restored: Option<Box<RestoredTask>>,
+        inputs: Vec<Input>,
+    },
+    /// Partitions revoked: remove the inputs; once the task has no partition left, reply with
+    /// its final snapshot and drop it.
+    Revoke {
+        task: TaskId,
+        inputs: Vec<Input>,
+        reply: flume::Sender<Option<TaskSnapshot>>,
+    },
     Rules(Arc<Rules>),
-    Customer(String, flume::Sender<Option<CustomerView>>),
+    Customer(TaskId, String, flume::Sender<Option<CustomerView>>),
     /// Apply everything queued before, publish, acknowledge.
     Sync(flume::Sender<()>),
-    /// Apply everything queued before and reply with the shard's snapshot.
-    Snapshot(flume::Sender<Vec<u8>>),
+    /// Apply everything queued before and reply with every task's snapshot.
+    Snapshot(flume::Sender<Vec<TaskSnapshot>>),
     /// End of input: close every session, publish, acknowledge.
     Flush(flume::Sender<()>),
     /// Publish and exit; handles still around get [`Stopped`] from then on.
     Stop,
 }
 
+/// One worker's tasks with their latest partial aggregates and watermark (epoch ms).
+type Published = Vec<(TaskId, Arc<Aggregates>, Millis)>;
+
 /// What workers write and readers read. Workers never hold the senders, so dropping the
 /// last handle disconnects the channels and lets them finish.
 struct Shared {
-    published: Vec<RwLock<Arc<Aggregates>>>,
+    /// Per worker: its tasks' published aggregates.
+    published: Vec<RwLock<Published>>,
+    /// Per task: whether this instance owns it.
+    owned: Vec<AtomicBool>,
     stats: Stats,
 }
 
@@ -107,6 +194,8 @@ struct Inner {
     shared: Arc<Shared>,
     rules: RwLock<Arc<Rules>>,
     cfg: Arc<EngineConfig>,
+    tasks: u32,
+    partitioner: Partitioner,
 }
 
 /// A cheap, cloneable handle for producers and readers.
@@ -119,6 +208,7 @@ impl std::fmt::Debug for RuntimeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuntimeHandle")
             .field("workers", &self.workers())
+            .field("tasks", &self.tasks())
             .finish()
     }
 }
@@ -142,43 +232,61 @@ pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The worker that owns a customer: a stable FNV-1a hash, so ownership survives restarts.
-pub fn worker_for(customer_id: &str, workers: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in customer_id.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % workers.max(1) as u64) as usize
+fn wall_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 impl Runtime {
-    /// Starts `rc.workers` worker threads, each owning an empty shard.
-    pub fn start(cfg: Arc<EngineConfig>, rules: Arc<Rules>, rc: RuntimeConfig) -> Runtime {
-        let shards = (0..rc.workers.max(1))
-            .map(|_| Shard::new(cfg.clone(), rules.clone()))
-            .collect();
-        Runtime::start_with(shards, cfg, rules, rc)
-    }
-
-    /// Starts one worker per given shard (for restored state).
-    pub fn start_with(
-        shards: Vec<Shard>,
+    /// Starts `rc.workers` worker threads. With `rc.own_all_tasks`, every task not in
+    /// `restored` starts empty; otherwise only the restored ones run until [`RuntimeHandle::assign`].
+    pub fn start(
         cfg: Arc<EngineConfig>,
         rules: Arc<Rules>,
         rc: RuntimeConfig,
+        restored: Vec<RestoredTask>,
     ) -> Runtime {
+        let workers = rc.workers.max(1);
+        let tasks = rc.tasks.max(1);
+        let now = Instant::now();
+        let mut initial: Vec<BTreeMap<TaskId, Task>> =
+            (0..workers).map(|_| BTreeMap::new()).collect();
+        let owned: Vec<AtomicBool> = (0..tasks).map(|_| AtomicBool::new(false)).collect();
+        for r in restored {
+            if r.task >= tasks {
+                continue;
+            }
+            let mut t = Task::new(r.task, r.shard, now, rc.live, idleness(&rc));
+            for (input, max_ts) in r.inputs {
+                t.add_input(input, max_ts, now);
+            }
+            owned[r.task as usize].store(true, Ordering::Relaxed);
+            initial[r.task as usize % workers].insert(r.task, t);
+        }
+        if rc.own_all_tasks {
+            for task in 0..tasks {
+                initial[task as usize % workers]
+                    .entry(task)
+                    .or_insert_with(|| {
+                        let shard = Shard::new(cfg.clone(), rules.clone());
+                        Task::new(task, shard, now, rc.live, idleness(&rc))
+                    });
+                owned[task as usize].store(true, Ordering::Relaxed);
+            }
+        }
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
         let mut published = Vec::new();
-        for shard in &shards {
+        for w in &initial {
             let (tx, rx) = flume::bounded(rc.channel_capacity.max(1));
             senders.push(tx);
             receivers.push(rx);
-            published.push(RwLock::new(Arc::new(shard.aggregates().clone())));
+            published.push(RwLock::new(w.values().map(publication).collect()));
         }
         let shared = Arc::new(Shared {
             published,
+            owned,
             stats: Stats::default(),
         });
         let inner = Arc::new(Inner {
@@ -186,17 +294,24 @@ impl Runtime {
             shared: shared.clone(),
             rules: RwLock::new(rules),
             cfg,
+            tasks,
+            partitioner: rc.partitioner,
         });
-        let threads = shards
+        let threads = initial
             .into_iter()
             .zip(receivers)
             .enumerate()
-            .map(|(i, (shard, rx))| {
-                let shared = shared.clone();
-                let rc = rc.clone();
+            .map(|(i, (tasks, rx))| {
+                let w = Worker {
+                    index: i,
+                    tasks,
+                    shared: shared.clone(),
+                    rc: rc.clone(),
+                    dirty: false,
+                };
                 std::thread::Builder::new()
                     .name(format!("journeyd-worker-{i}"))
-                    .spawn(move || worker(i, shard, rx, shared, rc))
+                    .spawn(move || w.run(rx))
                     .expect("spawning a worker thread")
             })
             .collect();
@@ -222,62 +337,92 @@ impl Runtime {
     }
 }
 
-fn worker(
-    i: usize,
-    mut shard: Shard,
-    rx: flume::Receiver<Msg>,
+/// One worker thread and the tasks it owns.
+struct Worker {
+    index: usize,
+    tasks: BTreeMap<TaskId, Task>,
     shared: Arc<Shared>,
     rc: RuntimeConfig,
-) {
-    if let Err(e) = set_thread_nice(rc.worker_nice) {
-        tracing::warn!(
-            worker = i,
-            nice = rc.worker_nice,
-            "cannot set the worker's nice value: {e}"
-        );
+    /// Something changed since the last publish.
+    dirty: bool,
+}
+
+fn publication(t: &Task) -> (TaskId, Arc<Aggregates>, Millis) {
+    let shard = t.shard();
+    (
+        t.id(),
+        Arc::new(shard.aggregates().clone()),
+        shard.watermark(),
+    )
+}
+
+fn idleness(rc: &RuntimeConfig) -> Idleness {
+    Idleness {
+        topic: rc.idle_timeout,
+        push: rc.tick_interval,
     }
-    let publish = |shard: &Shard| {
-        let snapshot = Arc::new(shard.aggregates().clone());
-        *shared.published[i]
+}
+
+impl Worker {
+    fn publish(&mut self) {
+        let snapshot = self.tasks.values().map(publication).collect();
+        *self.shared.published[self.index]
             .write()
             .unwrap_or_else(|p| p.into_inner()) = snapshot;
-    };
-    let stats = &shared.stats;
-    let mut dirty = false;
-    let mut last_event = Instant::now();
-    let mut next_publish = Instant::now() + rc.publish_interval;
-    let mut next_tick = Instant::now() + rc.tick_interval;
-    loop {
-        let now = Instant::now();
-        let wake = if rc.live {
-            next_publish.min(next_tick)
-        } else {
-            next_publish
-        };
-        match rx.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(Msg::Events(batch, submitted, ack)) => {
-                let (mut applied, mut late, mut rejected, mut duplicates) = (0, 0, 0, 0);
-                for e in &batch {
-                    match shard.apply(e) {
-                        Ok(a) => {
-                            applied += 1;
-                            late += a.late as u64;
-                        }
-                        Err(ApplyError::Duplicate { .. }) => duplicates += 1,
-                        Err(err) => {
-                            rejected += 1;
-                            if let Some(hook) = &rc.on_reject {
-                                (hook.0)(e, &err);
-                            }
-                        }
-                    }
+        self.dirty = false;
+    }
+
+    fn run(mut self, rx: flume::Receiver<Msg>) {
+        if let Err(e) = set_thread_nice(self.rc.worker_nice) {
+            tracing::warn!(
+                worker = self.index,
+                nice = self.rc.worker_nice,
+                "cannot set the worker's nice value: {e}"
+            );
+        }
+        let mut next_publish = Instant::now() + self.rc.publish_interval;
+        let mut next_tick = Instant::now() + self.rc.tick_interval;
+        loop {
+            let now = Instant::now();
+            let wake = if self.rc.live {
+                next_publish.min(next_tick)
+            } else {
+                next_publish
+            };
+            match rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(Msg::Stop) | Err(flume::RecvTimeoutError::Disconnected) => break,
+                Ok(msg) => self.handle(msg),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if self.rc.live && now >= next_tick {
+                let wall = wall_ms();
+                for t in self.tasks.values_mut() {
+                    self.dirty |= t.advance(now, wall);
                 }
-                stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-                stats.applied.fetch_add(applied, Ordering::Relaxed);
-                stats.late.fetch_add(late, Ordering::Relaxed);
-                stats
-                    .rejected_too_many_events
-                    .fetch_add(rejected, Ordering::Relaxed);
+                next_tick = now + self.rc.tick_interval;
+            }
+            if now >= next_publish {
+                if self.dirty {
+                    self.publish();
+                }
+                next_publish = now + self.rc.publish_interval;
+            }
+        }
+        self.publish();
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Events {
+                task,
+                input,
+                events,
+                submitted,
+                ack,
+            } => {
+                self.apply(task, input, &events);
+                let stats = &self.shared.stats;
                 stats
                     .latency_us_sum
                     .fetch_add(submitted.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -285,56 +430,151 @@ fn worker(
                 if let Some(ack) = ack {
                     let _ = ack.send(());
                 }
-                last_event = Instant::now();
-                dirty = true;
             }
-            Ok(Msg::Rules(rules)) => shard.set_rules(rules),
-            Ok(Msg::Customer(id, reply)) => {
-                let _ = reply.send(shard.customer(&id));
+            Msg::CaughtUp { task, input } => {
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.caught_up(input, Instant::now());
+                }
             }
-            Ok(Msg::Sync(reply)) => {
-                publish(&shard);
-                dirty = false;
+            Msg::Assign {
+                task,
+                restored,
+                inputs,
+            } => {
+                let now = Instant::now();
+                let (live, idle) = (self.rc.live, idleness(&self.rc));
+                let t = self.tasks.entry(task).or_insert_with(|| {
+                    let r = *restored.expect("assign carries the task's shard");
+                    let mut t = Task::new(task, r.shard, now, live, idle);
+                    for (input, max_ts) in r.inputs {
+                        t.add_input(input, max_ts, now);
+                    }
+                    t
+                });
+                for input in inputs {
+                    t.add_input(input, None, now);
+                }
+                self.shared.owned[task as usize].store(true, Ordering::Relaxed);
+                self.publish();
+            }
+            Msg::Revoke {
+                task,
+                inputs,
+                reply,
+            } => {
+                let mut dropped = None;
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    for input in inputs {
+                        t.remove_input(input);
+                    }
+                    if t.inputs().all(|i| i == Input::Push) {
+                        dropped = Some(t.snapshot());
+                        self.tasks.remove(&task);
+                        self.shared.owned[task as usize].store(false, Ordering::Relaxed);
+                        self.publish();
+                    }
+                }
+                let _ = reply.send(dropped);
+            }
+            Msg::Rules(rules) => {
+                for t in self.tasks.values_mut() {
+                    t.shard_mut().set_rules(rules.clone());
+                }
+            }
+            Msg::Customer(task, id, reply) => {
+                let _ = reply.send(self.tasks.get(&task).and_then(|t| t.shard().customer(&id)));
+            }
+            Msg::Sync(reply) => {
+                self.publish();
                 let _ = reply.send(());
             }
-            Ok(Msg::Snapshot(reply)) => {
-                let _ = reply.send(shard.snapshot());
+            Msg::Snapshot(reply) => {
+                let _ = reply.send(self.tasks.values().map(Task::snapshot).collect());
             }
-            Ok(Msg::Flush(reply)) => {
-                shard.flush();
-                publish(&shard);
-                dirty = false;
+            Msg::Flush(reply) => {
+                for t in self.tasks.values_mut() {
+                    t.shard_mut().flush();
+                }
+                self.publish();
                 let _ = reply.send(());
             }
-            Ok(Msg::Stop) | Err(flume::RecvTimeoutError::Disconnected) => break,
-            Err(flume::RecvTimeoutError::Timeout) => {}
-        }
-        let now = Instant::now();
-        if rc.live && now >= next_tick {
-            // Event time is taken to run with the wall clock only while no events arrive, so a
-            // backlog being caught up is not declared late, and a pause still closes sessions.
-            let idle = now.duration_since(last_event);
-            if let (Some(max), true) = (shard.aggregates().max_event_time, idle >= rc.tick_interval)
-            {
-                shard.advance_clock(max.saturating_add(idle.as_millis() as Millis));
-                dirty = true;
-            }
-            next_tick = now + rc.tick_interval;
-        }
-        if now >= next_publish {
-            if dirty {
-                publish(&shard);
-                dirty = false;
-            }
-            next_publish = now + rc.publish_interval;
+            Msg::Stop => {}
         }
     }
-    publish(&shard);
+
+    fn apply(&mut self, task: TaskId, input: Input, events: &[Event<'static>]) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            // Only a partition revoked while its records were queued gets here; whoever takes
+            // the task over reads them again from its checkpointed offsets.
+            tracing::debug!(
+                task,
+                events = events.len(),
+                "events for a task this worker no longer owns"
+            );
+            return;
+        };
+        let now = Instant::now();
+        let (mut applied, mut late, mut rejected, mut duplicates) = (0, 0, 0, 0);
+        for e in events {
+            match t.apply(input, e, now) {
+                Ok(a) => {
+                    applied += 1;
+                    late += a.late as u64;
+                }
+                Err(ApplyError::Duplicate { .. }) => duplicates += 1,
+                Err(err) => {
+                    rejected += 1;
+                    if let Some(hook) = &self.rc.on_reject {
+                        (hook.0)(e, &err);
+                    }
+                }
+            }
+        }
+        let stats = &self.shared.stats;
+        stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        stats.applied.fetch_add(applied, Ordering::Relaxed);
+        stats.late.fetch_add(late, Ordering::Relaxed);
+        stats
+            .rejected_too_many_events
+            .fetch_add(rejected, Ordering::Relaxed);
+        self.dirty = true;
+    }
 }
 
 impl RuntimeHandle {
     pub fn workers(&self) -> usize {
         self.inner.senders.len()
+    }
+
+    /// Number of tasks (partitions), owned here or not.
+    pub fn tasks(&self) -> u32 {
+        self.inner.tasks
+    }
+
+    /// Tasks this instance owns now.
+    pub fn owned_tasks(&self) -> Vec<TaskId> {
+        (0..self.inner.tasks).filter(|&t| self.owns(t)).collect()
+    }
+
+    pub fn owns(&self, task: TaskId) -> bool {
+        self.inner
+            .shared
+            .owned
+            .get(task as usize)
+            .is_some_and(|o| o.load(Ordering::Relaxed))
+    }
+
+    /// The worker that runs `task`.
+    pub fn worker_of(&self, task: TaskId) -> usize {
+        task as usize % self.workers()
+    }
+
+    /// The task (partition) of a customer: where a producer keyed by customer id with the
+    /// configured partitioner writes its records.
+    pub fn task_for(&self, customer_id: &str) -> TaskId {
+        self.inner
+            .partitioner
+            .partition(customer_id.as_bytes(), self.inner.tasks)
     }
 
     pub fn engine_config(&self) -> &Arc<EngineConfig> {
@@ -354,71 +594,174 @@ impl RuntimeHandle {
             .clone()
     }
 
-    /// The latest published partial aggregates, one per worker.
+    /// The latest published partial aggregates, one per owned task, in task order.
     pub fn partials(&self) -> Vec<Arc<Aggregates>> {
-        self.inner
-            .shared
-            .published
-            .iter()
-            .map(|p| p.read().unwrap_or_else(|p| p.into_inner()).clone())
+        self.task_partials().into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// [`RuntimeHandle::partials`] with their task ids.
+    pub fn task_partials(&self) -> Vec<(TaskId, Arc<Aggregates>)> {
+        self.published()
+            .into_iter()
+            .map(|(t, a, _)| (t, a))
             .collect()
     }
 
-    fn split(&self, events: Vec<Event<'static>>) -> Vec<Vec<Event<'static>>> {
-        let n = self.workers();
-        let mut parts: Vec<Vec<Event<'static>>> = (0..n).map(|_| Vec::new()).collect();
-        for e in events {
-            parts[worker_for(&e.customer_id, n)].push(e);
-        }
-        parts
+    /// Each owned task's watermark (epoch ms; `Millis::MIN` before its first event) as last
+    /// published, in task order: sessions ending before it, less the gap, are closed.
+    pub fn watermarks(&self) -> Vec<(TaskId, Millis)> {
+        self.published()
+            .into_iter()
+            .map(|(t, _, w)| (t, w))
+            .collect()
     }
 
-    /// Queues events, waiting while a worker's queue is full.
-    pub async fn submit(&self, events: Vec<Event<'static>>) -> Result<(), Stopped> {
-        let now = Instant::now();
-        for (i, part) in self.split(events).into_iter().enumerate() {
-            if !part.is_empty() {
-                self.inner.senders[i]
-                    .send_async(Msg::Events(part, now, None))
-                    .await
-                    .map_err(|_| Stopped)?;
-            }
+    fn published(&self) -> Published {
+        let mut all: Published = self
+            .inner
+            .shared
+            .published
+            .iter()
+            .flat_map(|p| p.read().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        all.sort_by_key(|(t, _, _)| *t);
+        all
+    }
+
+    fn send(&self, task: TaskId, msg: Msg) -> Result<(), Stopped> {
+        self.inner.senders[self.worker_of(task)]
+            .send(msg)
+            .map_err(|_| Stopped)
+    }
+
+    async fn send_async(&self, task: TaskId, msg: Msg) -> Result<(), Stopped> {
+        self.inner.senders[self.worker_of(task)]
+            .send_async(msg)
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Push input by task, refusing the whole submission if a task is not owned here.
+    fn split(
+        &self,
+        events: Vec<Event<'static>>,
+    ) -> Result<BTreeMap<TaskId, Vec<Event<'static>>>, SubmitError> {
+        let mut parts: BTreeMap<TaskId, Vec<Event<'static>>> = BTreeMap::new();
+        for e in events {
+            parts
+                .entry(self.task_for(&e.customer_id))
+                .or_default()
+                .push(e);
+        }
+        let missing: Vec<TaskId> = parts.keys().copied().filter(|&t| !self.owns(t)).collect();
+        if missing.is_empty() {
+            Ok(parts)
+        } else {
+            Err(SubmitError::NotAssigned(missing))
+        }
+    }
+
+    fn events(
+        task: TaskId,
+        input: Input,
+        events: Vec<Event<'static>>,
+        ack: Option<flume::Sender<()>>,
+    ) -> Msg {
+        Msg::Events {
+            task,
+            input,
+            events,
+            submitted: Instant::now(),
+            ack,
+        }
+    }
+
+    /// Queues HTTP or file input, routed to tasks by the partitioner, waiting while a worker's
+    /// queue is full.
+    pub async fn submit(&self, events: Vec<Event<'static>>) -> Result<(), SubmitError> {
+        for (task, part) in self.split(events)? {
+            self.send_async(task, Self::events(task, Input::Push, part, None))
+                .await?;
         }
         Ok(())
     }
 
     /// Blocking [`RuntimeHandle::submit`], for threads outside an async runtime.
-    pub fn submit_blocking(&self, events: Vec<Event<'static>>) -> Result<(), Stopped> {
-        let now = Instant::now();
-        for (i, part) in self.split(events).into_iter().enumerate() {
-            if !part.is_empty() {
-                self.inner.senders[i]
-                    .send(Msg::Events(part, now, None))
-                    .map_err(|_| Stopped)?;
-            }
+    pub fn submit_blocking(&self, events: Vec<Event<'static>>) -> Result<(), SubmitError> {
+        for (task, part) in self.split(events)? {
+            self.send(task, Self::events(task, Input::Push, part, None))?;
         }
         Ok(())
     }
 
-    /// Queues events, waiting while a queue is full, and returns one receiver per worker
-    /// involved that yields once that worker has applied its part. Sources that must not
-    /// acknowledge input before it is applied (Kafka offsets) wait on these.
-    pub fn submit_acked_blocking(
+    /// Queues records of one input of one task (a Kafka partition), waiting while the
+    /// worker's queue is full. With `ack`, the receiver yields once they are applied.
+    pub fn submit_input_blocking(
         &self,
+        task: TaskId,
+        input: Input,
         events: Vec<Event<'static>>,
-    ) -> Result<Vec<flume::Receiver<()>>, Stopped> {
-        let now = Instant::now();
-        let mut acks = Vec::new();
-        for (i, part) in self.split(events).into_iter().enumerate() {
-            if !part.is_empty() {
-                let (tx, rx) = flume::bounded(1);
-                self.inner.senders[i]
-                    .send(Msg::Events(part, now, Some(tx)))
-                    .map_err(|_| Stopped)?;
-                acks.push(rx);
-            }
+        ack: bool,
+    ) -> Result<Option<flume::Receiver<()>>, Stopped> {
+        let (tx, rx) = if ack {
+            let (tx, rx) = flume::bounded(1);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.send(task, Self::events(task, input, events, tx))?;
+        Ok(rx)
+    }
+
+    /// A Kafka partition of `task` reached its end (no lag), so once quiet for the idle
+    /// timeout it stops holding the task's watermark back.
+    pub fn caught_up_blocking(&self, task: TaskId, input: Input) -> Result<(), Stopped> {
+        self.send(task, Msg::CaughtUp { task, input })
+    }
+
+    /// Partitions of `task` were assigned: the task starts from `restored` (or empty) unless it
+    /// already runs here, and reads `inputs` from now on.
+    pub fn assign_blocking(
+        &self,
+        task: TaskId,
+        restored: Option<RestoredTask>,
+        inputs: Vec<Input>,
+    ) -> Result<(), Stopped> {
+        if task >= self.inner.tasks {
+            return Ok(());
         }
-        Ok(acks)
+        let restored = Some(Box::new(restored.unwrap_or_else(|| RestoredTask {
+            task,
+            shard: Shard::new(self.inner.cfg.clone(), self.rules()),
+            inputs: Vec::new(),
+        })));
+        self.send(
+            task,
+            Msg::Assign {
+                task,
+                restored,
+                inputs,
+            },
+        )
+    }
+
+    /// Partitions of `task` were revoked. Once the task has no partition left it is dropped
+    /// and its final snapshot returned (after everything queued before for it is applied).
+    pub fn revoke_blocking(
+        &self,
+        task: TaskId,
+        inputs: Vec<Input>,
+    ) -> Result<Option<TaskSnapshot>, Stopped> {
+        let (tx, rx) = flume::bounded(1);
+        self.send(
+            task,
+            Msg::Revoke {
+                task,
+                inputs,
+                reply: tx,
+            },
+        )?;
+        rx.recv().map_err(|_| Stopped)
     }
 
     /// Swaps the rules: events queued before keep the old ones, events after get the new.
@@ -432,68 +775,76 @@ impl RuntimeHandle {
         Ok(())
     }
 
-    /// One customer's live journey, from the worker that owns it.
+    /// One customer's live journey, from the task that owns it (`None` if unknown here).
     pub async fn customer(&self, id: &str) -> Result<Option<CustomerView>, Stopped> {
+        let task = self.task_for(id);
         let (tx, rx) = flume::bounded(1);
-        let w = worker_for(id, self.workers());
-        self.inner.senders[w]
-            .send_async(Msg::Customer(id.to_string(), tx))
-            .await
-            .map_err(|_| Stopped)?;
+        self.send_async(task, Msg::Customer(task, id.to_string(), tx))
+            .await?;
         rx.recv_async().await.map_err(|_| Stopped)
     }
 
     /// Waits until everything submitted before is applied and published.
     pub async fn sync(&self) -> Result<(), Stopped> {
-        self.ack_all(Msg::Sync).await
-    }
-
-    /// End of input: closes every session in every worker and publishes the result.
-    pub async fn flush(&self) -> Result<(), Stopped> {
-        self.ack_all(Msg::Flush).await
-    }
-
-    /// Every shard's snapshot, in worker order, taken once each worker has applied everything
-    /// queued before this call. Events submitted before it by the calling thread are all in it,
-    /// and none submitted after: the consistent cut a checkpoint needs.
-    pub fn snapshot_blocking(&self) -> Result<Vec<Vec<u8>>, Stopped> {
-        let mut waits = Vec::new();
-        for s in &self.inner.senders {
-            let (tx, rx) = flume::bounded(1);
-            s.send(Msg::Snapshot(tx)).map_err(|_| Stopped)?;
-            waits.push(rx);
+        for rx in self.to_all_async(Msg::Sync).await? {
+            rx.recv_async().await.map_err(|_| Stopped)?;
         }
-        waits
-            .into_iter()
-            .map(|rx| rx.recv().map_err(|_| Stopped))
-            .collect()
+        Ok(())
+    }
+
+    /// End of input: closes every session in every task and publishes the result.
+    pub async fn flush(&self) -> Result<(), Stopped> {
+        for rx in self.to_all_async(Msg::Flush).await? {
+            rx.recv_async().await.map_err(|_| Stopped)?;
+        }
+        Ok(())
     }
 
     /// Blocking [`RuntimeHandle::flush`].
     pub fn flush_blocking(&self) -> Result<(), Stopped> {
-        let mut waits = Vec::new();
-        for s in &self.inner.senders {
-            let (tx, rx) = flume::bounded(1);
-            s.send(Msg::Flush(tx)).map_err(|_| Stopped)?;
-            waits.push(rx);
-        }
-        for rx in waits {
+        for rx in self.to_all(Msg::Flush)? {
             rx.recv().map_err(|_| Stopped)?;
         }
         Ok(())
     }
 
-    async fn ack_all(&self, make: fn(flume::Sender<()>) -> Msg) -> Result<(), Stopped> {
+    /// Every owned task's snapshot, in task order, taken once its worker has applied
+    /// everything queued before this call. Events submitted before it by the calling thread
+    /// are all in it, and none submitted after: the consistent cut a checkpoint needs.
+    pub fn snapshot_blocking(&self) -> Result<Vec<TaskSnapshot>, Stopped> {
+        let mut all = Vec::new();
+        for rx in self.to_all(Msg::Snapshot)? {
+            all.extend(rx.recv().map_err(|_| Stopped)?);
+        }
+        all.sort_by_key(|s| s.task);
+        Ok(all)
+    }
+
+    async fn to_all_async<T>(
+        &self,
+        make: fn(flume::Sender<T>) -> Msg,
+    ) -> Result<Vec<flume::Receiver<T>>, Stopped> {
         let mut waits = Vec::new();
         for s in &self.inner.senders {
             let (tx, rx) = flume::bounded(1);
             s.send_async(make(tx)).await.map_err(|_| Stopped)?;
             waits.push(rx);
         }
-        for rx in waits {
-            rx.recv_async().await.map_err(|_| Stopped)?;
+        Ok(waits)
+    }
+
+    /// Sends one message to every worker and returns their reply channels.
+    fn to_all<T>(
+        &self,
+        make: fn(flume::Sender<T>) -> Msg,
+    ) -> Result<Vec<flume::Receiver<T>>, Stopped> {
+        let mut waits = Vec::new();
+        for s in &self.inner.senders {
+            let (tx, rx) = flume::bounded(1);
+            s.send(make(tx)).map_err(|_| Stopped)?;
+            waits.push(rx);
         }
-        Ok(())
+        Ok(waits)
     }
 }
 
@@ -526,9 +877,10 @@ mod tests {
         }
     }
 
-    fn start(workers: usize) -> Runtime {
+    fn start(workers: usize, tasks: u32) -> Runtime {
         let rc = RuntimeConfig {
             workers,
+            tasks,
             live: false,
             ..RuntimeConfig::default()
         };
@@ -536,22 +888,13 @@ mod tests {
             Arc::new(EngineConfig::default()),
             Arc::new(Rules::from_toml(RULES).unwrap()),
             rc,
+            Vec::new(),
         )
     }
 
     #[test]
-    fn routing_is_stable_and_spreads() {
-        assert_eq!(worker_for("customer-42", 4), worker_for("customer-42", 4));
-        let mut counts = [0; 4];
-        for i in 0..1000 {
-            counts[worker_for(&format!("c{i}"), 4)] += 1;
-        }
-        assert!(counts.iter().all(|&n| n > 150), "{counts:?}");
-    }
-
-    #[test]
-    fn workers_apply_and_publish_merged_results() {
-        let rt = start(3);
+    fn workers_apply_and_publish_one_partial_per_task() {
+        let rt = start(3, 7);
         let h = rt.handle();
         let t = 1_795_000_000_000;
         let mut events = Vec::new();
@@ -563,12 +906,15 @@ mod tests {
         }
         h.submit_blocking(events).unwrap();
         h.flush_blocking().unwrap();
-        let parts = h.partials();
-        assert_eq!(parts.len(), 3);
+        let parts = h.task_partials();
+        assert_eq!(
+            parts.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            (0..7).collect::<Vec<_>>()
+        );
         // Ranges select whole buckets by their start: begin at the hour.
         let from = t / 3_600_000 * 3_600_000;
         let s = Summary::collect(
-            parts.iter().map(|p| p.as_ref()),
+            parts.iter().map(|(_, p)| p.as_ref()),
             from,
             from + 7_200_000,
             &Include::default(),
@@ -581,14 +927,63 @@ mod tests {
     }
 
     #[test]
-    fn customer_queries_reach_the_owning_worker() {
-        let rt = start(2);
+    fn customers_go_to_the_task_a_kafka_producer_would_pick() {
+        let rt = start(2, 6);
         let h = rt.handle();
+        for c in ["c7", "customer-42", ""] {
+            assert_eq!(
+                h.task_for(c),
+                Partitioner::Murmur2.partition(c.as_bytes(), 6)
+            );
+        }
+        assert_eq!(h.worker_of(5), 1);
+        assert_eq!(h.worker_of(4), 0);
         h.submit_blocking(vec![ev(7, 1_795_000_000_000, "page_view")])
             .unwrap();
-        let rtm = tokio_free_block_on(h.customer("c7")).unwrap();
-        assert_eq!(rtm.unwrap().journeys.len(), 1);
-        assert!(tokio_free_block_on(h.customer("nobody")).unwrap().is_none());
+        let view = block_on(h.customer("c7")).unwrap();
+        assert_eq!(view.unwrap().journeys.len(), 1);
+        assert!(block_on(h.customer("nobody")).unwrap().is_none());
+        rt.shutdown();
+    }
+
+    #[test]
+    fn push_input_for_unassigned_tasks_is_refused_whole() {
+        let rc = RuntimeConfig {
+            workers: 2,
+            tasks: 4,
+            own_all_tasks: false,
+            live: false,
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::start(
+            Arc::new(EngineConfig::default()),
+            Arc::new(Rules::from_toml(RULES).unwrap()),
+            rc,
+            Vec::new(),
+        );
+        let h = rt.handle();
+        assert!(h.owned_tasks().is_empty());
+        let e = ev(1, 1_795_000_000_000, "page_view");
+        let task = h.task_for(&e.customer_id);
+        assert_eq!(
+            h.submit_blocking(vec![e.clone()]),
+            Err(SubmitError::NotAssigned(vec![task]))
+        );
+        h.assign_blocking(task, None, vec![Input::Topic(0)])
+            .unwrap();
+        block_on(h.sync()).unwrap();
+        assert_eq!(h.owned_tasks(), vec![task]);
+        h.submit_blocking(vec![e]).unwrap();
+        // Revoking the task's last partition drops it and hands back its state.
+        let snap = h
+            .revoke_blocking(task, vec![Input::Topic(0)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(snap.task, task);
+        let shard = Shard::restore(&snap.shard, h.engine_config().clone(), h.rules()).unwrap();
+        assert_eq!(shard.aggregates().counters.events, 1);
+        assert!(h.owned_tasks().is_empty());
+        assert!(h.partials().is_empty());
         rt.shutdown();
     }
 
@@ -604,6 +999,7 @@ mod tests {
                 worker_nice: 7,
                 ..RuntimeConfig::default()
             },
+            Vec::new(),
         );
         // Each worker sets its value before it takes its first message.
         rt.handle().flush_blocking().unwrap();
@@ -622,7 +1018,7 @@ mod tests {
     }
 
     /// Drives a future to completion on this thread (flume's futures need no runtime).
-    fn tokio_free_block_on<F: std::future::Future>(f: F) -> F::Output {
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
         use std::task::{Context, Poll, Wake, Waker};
         struct ThreadWaker(std::thread::Thread);
         impl Wake for ThreadWaker {

@@ -44,12 +44,13 @@ pub fn start(
                 }
                 next = Instant::now() + interval;
                 let cfg = rt.engine_config().clone();
+                let watermarks: Vec<_> = rt.watermarks().into_iter().map(|(_, w)| w).collect();
                 let Some(changes) = tick(
                     &mut ev,
                     &published,
                     &rt.partials(),
                     &rt.rules(),
-                    cfg.allowed_lateness,
+                    &watermarks,
                     cfg.session_gap,
                 ) else {
                     continue;

@@ -22,6 +22,8 @@ use journey_api::auth::Tokens;
 use journey_core::time::{parse_duration, HumanDuration, Millis, DAY};
 use journey_core::EngineConfig;
 use journey_ingest::Format;
+pub use journey_kafka::{KafkaSettings, TopicSettings};
+use journey_runtime::Partitioner;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
@@ -37,6 +39,8 @@ const ALERT_BASELINES: [&str; 2] = ["day_before", "trailing"];
 
 /// More workers than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
+/// More tasks than this would only add per-task aggregate memory.
+const MAX_TASKS: u32 = 4096;
 
 /// Everything `journeyd` is configured with, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +104,9 @@ pub struct RulesSettings {
 pub struct RuntimeSettings {
     /// Always at least 1: `workers = 0` in the file resolves to the number of available cores.
     pub workers: usize,
+    /// Tasks when Kafka is off (HTTP, `replay`, `demo`); with Kafka the input topics'
+    /// partition count decides. Figures never depend on it; checkpoints do.
+    pub tasks: u32,
     /// Batches queued per worker before ingest waits.
     pub channel_capacity: usize,
     /// How often workers publish partial aggregates to the API.
@@ -128,32 +135,6 @@ pub struct HttpSettings {
 pub struct IngestSettings {
     /// A larger record goes to the dead-letter sink.
     pub max_record_bytes: usize,
-}
-
-/// `[kafka]`: the consumer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KafkaSettings {
-    pub enabled: bool,
-    /// `bootstrap.servers`.
-    pub brokers: String,
-    /// `group.id`.
-    pub group_id: String,
-    /// Passed verbatim to librdkafka.
-    pub properties: BTreeMap<String, String>,
-    pub topics: Vec<TopicSettings>,
-}
-
-/// One `[[kafka.topics]]` entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TopicSettings {
-    pub name: String,
-    /// `source` of the events read from it; defaults to the topic name.
-    pub source: String,
-    /// One of [`journey_ingest::Format::NAMES`]; defaults to `canonical`. Checked with
-    /// [`journey_ingest::Format::parse`], so that call cannot fail on these settings.
-    pub format: String,
-    /// Canonical field → JSON pointer; present exactly when `format` is `mapping`.
-    pub mapping: Option<BTreeMap<String, String>>,
 }
 
 /// `[log]`.
@@ -217,6 +198,7 @@ impl Settings {
             },
             runtime: RuntimeSettings {
                 workers: available_cores(),
+                tasks: journey_runtime::DEFAULT_TASKS,
                 channel_capacity: 64,
                 publish_interval: Duration::from_secs(1),
                 tick_interval: Duration::from_secs(1),
@@ -237,6 +219,8 @@ impl Settings {
                 enabled: false,
                 brokers: "localhost:9092".to_string(),
                 group_id: "journeyd".to_string(),
+                partitioner: Partitioner::Murmur2,
+                idle_timeout: Duration::from_secs(10),
                 properties: BTreeMap::new(),
                 topics: Vec::new(),
             },
@@ -623,6 +607,7 @@ struct RawRules {
 #[serde(default, deny_unknown_fields)]
 struct RawRuntime {
     workers: Option<usize>,
+    tasks: Option<u32>,
     channel_capacity: Option<usize>,
     publish_interval: Option<Text>,
     tick_interval: Option<Text>,
@@ -657,6 +642,8 @@ struct RawKafka {
     enabled: Option<bool>,
     brokers: Option<Text>,
     group_id: Option<Text>,
+    partitioner: Option<Text>,
+    idle_timeout: Option<Text>,
     properties: BTreeMap<String, Text>,
     topics: Vec<RawTopic>,
 }
@@ -827,8 +814,17 @@ impl RawConfig {
             }
             Some(n) => n,
         };
+        let tasks = match r.tasks {
+            None => d.runtime.tasks,
+            Some(n) if (1..=MAX_TASKS).contains(&n) => n,
+            Some(n) => {
+                p.push(format!("runtime.tasks: must be 1 to {MAX_TASKS}, got {n}"));
+                d.runtime.tasks
+            }
+        };
         let runtime = RuntimeSettings {
             workers,
+            tasks,
             channel_capacity: p.at_least_one(
                 "runtime.channel_capacity",
                 r.channel_capacity,
@@ -966,6 +962,14 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
     let enabled = raw.enabled.unwrap_or(d.enabled);
     let brokers = raw.brokers.map_or(d.brokers, |t| t.0);
     let group_id = raw.group_id.map_or(d.group_id, |t| t.0);
+    let partitioner = match raw.partitioner {
+        None => d.partitioner,
+        Some(t) => t.0.parse().unwrap_or_else(|e| {
+            p.push(format!("kafka.partitioner: {e}"));
+            d.partitioner
+        }),
+    };
+    let idle_timeout = p.interval("kafka.idle_timeout", raw.idle_timeout, d.idle_timeout);
     if enabled {
         if brokers.trim().is_empty() {
             p.push("kafka.brokers: must not be empty when kafka.enabled = true".into());
@@ -1052,6 +1056,8 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         enabled,
         brokers,
         group_id,
+        partitioner,
+        idle_timeout,
         properties,
         topics,
     }
@@ -1353,6 +1359,7 @@ mod tests {
             watch = false
             [runtime]
             workers = 3
+            tasks = 24
             channel_capacity = 8
             publish_interval = "250ms"
             tick_interval = "2s"
@@ -1371,6 +1378,8 @@ mod tests {
             enabled = true
             brokers = "k1:9092,k2:9092"
             group_id = "jd"
+            partitioner = "crc32"
+            idle_timeout = "30s"
             [kafka.properties]
             "security.protocol" = "SASL_SSL"
             "fetch.min.bytes" = 1024
@@ -1434,6 +1443,7 @@ mod tests {
             s.runtime,
             RuntimeSettings {
                 workers: 3,
+                tasks: 24,
                 channel_capacity: 8,
                 publish_interval: Duration::from_millis(250),
                 tick_interval: Duration::from_secs(2),
@@ -1478,6 +1488,10 @@ mod tests {
         assert_eq!(
             (k.brokers.as_str(), k.group_id.as_str()),
             ("k1:9092,k2:9092", "jd")
+        );
+        assert_eq!(
+            (k.partitioner, k.idle_timeout),
+            (Partitioner::Crc32, Duration::from_secs(30))
         );
         assert_eq!(
             k.properties,
@@ -1802,6 +1816,14 @@ mod tests {
         assert_eq!(
             invalid("[runtime]\ntick_interval = \"0s\"\n"),
             ["runtime.tick_interval: must be positive, got 0s"]
+        );
+        assert_eq!(
+            invalid("[runtime]\ntasks = 0\n[kafka]\npartitioner = \"random\"\nidle_timeout = \"0s\"\n"),
+            [
+                "runtime.tasks: must be 1 to 4096, got 0",
+                "kafka.partitioner: unknown partitioner `random`: expected `murmur2` (Java clients) or `crc32` (librdkafka `consistent`)",
+                "kafka.idle_timeout: must be positive, got 0s",
+            ]
         );
     }
 

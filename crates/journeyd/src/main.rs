@@ -2,12 +2,11 @@
 //! API, and orderly shutdown. The work itself lives in the library crates.
 
 mod alerts;
-mod checkpoint;
 mod config;
 mod deadletter;
 mod generate;
-mod kafka;
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +21,10 @@ use journey_core::query::{funnel, touchpoints, transitions, Include, Summary};
 use journey_core::time::{Millis, MINUTE};
 use journey_core::{ApplyError, DecodeLimits, Event, Rules};
 use journey_ingest::{for_each_line, DeadLetter, Decoder, Format, Position};
-use journey_runtime::{RejectHook, Runtime, RuntimeConfig, RuntimeHandle};
+use journey_runtime::checkpoint::{
+    CheckpointDir, CheckpointOutcome, CheckpointReport, Checkpointer, StoredTask,
+};
+use journey_runtime::{RejectHook, Runtime, RuntimeConfig, RuntimeHandle, TaskId};
 use serde_json::json;
 
 use crate::config::Settings;
@@ -177,52 +179,71 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
             });
         }))
     });
+    // With Kafka a task is one partition index of the input topics; otherwise a setting.
+    let kafka_on = settings.kafka.enabled;
+    let tasks = if kafka_on {
+        journey_kafka::partition_count(&settings.kafka)?
+    } else {
+        settings.runtime.tasks
+    };
     let rc = RuntimeConfig {
         workers: settings.runtime.workers,
+        tasks,
+        partitioner: settings.kafka.partitioner,
+        own_all_tasks: !kafka_on,
         channel_capacity: settings.runtime.channel_capacity,
         publish_interval: settings.runtime.publish_interval,
         tick_interval: settings.runtime.tick_interval,
+        idle_timeout: settings.kafka.idle_timeout,
         live: true,
         on_reject,
         worker_nice: settings.runtime.worker_nice,
     };
     let cp = &settings.checkpoint;
-    let restored = match &cp.dir {
-        Some(dir) => checkpoint::restore(dir, rc.workers, &engine, &rules)?,
+    let topics: Vec<String> = settings
+        .kafka
+        .topics
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let dir = cp.dir.clone().map(CheckpointDir::new);
+    let stored = match &dir {
+        Some(dir) => restore(dir, tasks, &topics, &engine, &rules)?,
         None => {
             if demo.is_none() {
                 tracing::warn!("checkpoint.dir is not set: a restart starts with empty state");
             }
-            None
+            Default::default()
         }
     };
-    let (runtime, positions) = match restored {
-        Some(r) => (Runtime::start_with(r.shards, engine, rules, rc), r.kafka),
-        None => (Runtime::start(engine, rules, rc), Vec::new()),
-    };
-    let handle = runtime.handle();
-    let checkpointer = cp
-        .dir
-        .clone()
-        .map(|dir| checkpoint::Checkpointer::new(dir, cp.interval, metrics.clone()));
-    // With Kafka, its thread checkpoints between rounds; otherwise the service does.
-    let (kafka, mut checkpointer) = if settings.kafka.enabled {
+    let checkpointer = dir
+        .map(|dir| Checkpointer::new(dir, tasks, cp.interval, checkpoint_report(metrics.clone())));
+    // With Kafka, tasks start when their partitions are assigned and the Kafka thread
+    // checkpoints between rounds; otherwise every task starts now and the service checkpoints.
+    let (runtime, kafka, mut checkpointer) = if kafka_on {
+        let runtime = Runtime::start(engine, rules, rc, Vec::new());
         let limits = DecodeLimits {
             max_record_bytes: settings.ingest.max_record_bytes,
         };
-        let source = kafka::KafkaSource::start(
+        let source = journey_kafka::KafkaSource::start(
             &settings.kafka,
             limits,
-            handle.clone(),
+            runtime.handle(),
             metrics.clone(),
             dead_letters.clone(),
             checkpointer,
-            positions,
+            stored,
         )?;
-        (Some(source), None)
+        (runtime, Some(source), None)
     } else {
-        (None, checkpointer)
+        let restored = stored.into_values().map(|s| s.task).collect();
+        (
+            Runtime::start(engine, rules, rc, restored),
+            None,
+            checkpointer,
+        )
     };
+    let handle = runtime.handle();
     let alerts = if settings.alerts.enabled {
         let a = alerts::start(
             &settings.alerts,
@@ -290,7 +311,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         k.stop();
     }
     if let Some(mut c) = checkpointer {
-        c.take(&handle, Vec::new());
+        c.take(&handle, &|_| Vec::new());
     }
     drop(handle);
     drop(dead_letters);
@@ -300,17 +321,52 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
 }
 
 /// Checkpoints on schedule until the runtime stops; returns the checkpointer for the final one.
-fn periodic_checkpoints(
-    mut c: checkpoint::Checkpointer,
-    rt: RuntimeHandle,
-) -> checkpoint::Checkpointer {
+fn periodic_checkpoints(mut c: Checkpointer, rt: RuntimeHandle) -> Checkpointer {
     while !SHUTTING_DOWN.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if c.due() {
-            c.take(&rt, Vec::new());
+            c.take(&rt, &|_| Vec::new());
         }
     }
     c
+}
+
+/// Counts checkpoint writes in the service's metrics.
+fn checkpoint_report(metrics: Arc<Metrics>) -> CheckpointReport {
+    Arc::new(move |outcome| match outcome {
+        CheckpointOutcome::Written { .. } => {
+            metrics.checkpoints.with_label_values(&["written"]).inc()
+        }
+        CheckpointOutcome::Failed => metrics.checkpoints.with_label_values(&["failed"]).inc(),
+        CheckpointOutcome::Round { bytes, at_ms } => {
+            metrics.checkpoint_bytes.set(bytes as i64);
+            metrics.checkpoint_last_success.set(at_ms / 1000);
+        }
+    })
+}
+
+/// Restores every task checkpoint in `dir`. One that cannot be used whole stops the start:
+/// starting empty instead would silently lose what it holds.
+fn restore(
+    dir: &CheckpointDir,
+    tasks: u32,
+    topics: &[String],
+    cfg: &Arc<journey_core::EngineConfig>,
+    rules: &Arc<Rules>,
+) -> Result<BTreeMap<TaskId, StoredTask>> {
+    let stored = dir.restore_all(tasks, topics, cfg, rules).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; to start with empty state instead, move the files in {} out of the way",
+            dir.path().display()
+        )
+    })?;
+    if stored.is_empty() {
+        tracing::info!(dir = %dir.path().display(), "no checkpoint yet; starting with empty state");
+    } else {
+        let customers: usize = stored.values().map(|s| s.task.shard.customers()).sum();
+        tracing::info!(dir = %dir.path().display(), tasks = stored.len(), customers, "restored task checkpoints");
+    }
+    Ok(stored)
 }
 
 /// Set once a shutdown signal arrives.
@@ -435,14 +491,23 @@ fn replay(
     );
     let rc = RuntimeConfig {
         workers: settings.runtime.workers,
+        tasks: settings.runtime.tasks,
+        partitioner: settings.kafka.partitioner,
+        own_all_tasks: true,
         channel_capacity: settings.runtime.channel_capacity,
         publish_interval: Duration::from_secs(3600),
         tick_interval: Duration::from_secs(3600),
+        idle_timeout: settings.kafka.idle_timeout,
         live: false,
         on_reject: None,
         worker_nice: 0,
     };
-    let runtime = Runtime::start(Arc::new(settings.engine.clone()), rules.clone(), rc);
+    let runtime = Runtime::start(
+        Arc::new(settings.engine.clone()),
+        rules.clone(),
+        rc,
+        Vec::new(),
+    );
     let rt = runtime.handle();
     let progress = std::io::stderr().is_terminal();
     let started = Instant::now();

@@ -245,7 +245,7 @@ fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
 fn replay_prints_the_figures_of_a_file() {
     let out = output(
         &["replay", "tests/golden/events.ndjson"],
-        &[("JOURNEYD_RUNTIME__WORKERS", "1")],
+        &[("JOURNEYD_RUNTIME__TASKS", "1")],
     );
     assert!(
         out.status.success(),
@@ -258,14 +258,14 @@ fn replay_prints_the_figures_of_a_file() {
     assert_eq!(v["events"]["rejected"]["bad_timestamp"], 1);
     assert_eq!(
         v["events"]["late"], 1,
-        "one worker: cat's first event arrives behind the watermark"
+        "one task: cat's first event arrives behind the watermark"
     );
     assert_eq!(v["sessions"], 11);
     assert_eq!(reached(&v), vec![4, 4, 4, 3, 2]);
     // The same file from stdin.
     let mut child = journeyd()
         .args(["replay", "-"])
-        .env("JOURNEYD_RUNTIME__WORKERS", "1")
+        .env("JOURNEYD_RUNTIME__TASKS", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 
 const TOPICS: [(&str, i32, &str); 3] = [
     ("web", 3, "segment"),
-    ("crm", 2, "canonical"),
-    ("service", 2, "cloudevents"),
+    ("crm", 3, "canonical"),
+    ("service", 3, "cloudevents"),
 ];
 
 fn repo() -> PathBuf {
@@ -245,7 +245,8 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
             .filter(|l| l.starts_with("journeyd_kafka_consumer_lag{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
             .collect();
-        if lags.len() == 7 && lags.iter().all(|&l| l == 0.0) {
+        let partitions: i32 = TOPICS.iter().map(|t| t.1).sum();
+        if lags.len() == partitions as usize && lags.iter().all(|&l| l == 0.0) {
             break;
         }
         assert!(

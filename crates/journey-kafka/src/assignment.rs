@@ -1,0 +1,217 @@
+//! Partitions → tasks: what happens when the consumer group assigns or revokes partitions.
+//!
+//! Kafka Streams' `TaskManager`, reduced. Partition `p` of every input topic belongs to task
+//! `p`. When partitions are assigned, their task is restored (from its checkpoint, read at
+//! start, or from the state this instance kept when it last gave the task up) and each
+//! partition is sought to the position that state reflects. When they are revoked, the task is
+//! checkpointed, kept in memory for a quick return, and dropped from the workers.
+//!
+//! A partition is caught up when librdkafka's statistics show its fetcher at the high
+//! watermark with nothing queued; its task then lets it stop holding the watermark once it has
+//! been quiet for `kafka.idle_timeout`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, StoredTask};
+use journey_runtime::{Input, RestoredTask, RuntimeHandle, TaskId, TaskSnapshot};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::Part;
+
+/// What the rebalance callback and the consuming loop share.
+pub(crate) struct TaskState {
+    /// Next offset to read per partition: what the tasks' state reflects.
+    pub(crate) positions: HashMap<Part, i64>,
+    /// Tasks not running here whose state is at hand: restored from checkpoints at start, or
+    /// kept when revoked, so a task that comes back continues at once.
+    pub(crate) stored: BTreeMap<TaskId, StoredTask>,
+    pub(crate) checkpointer: Option<Checkpointer>,
+    /// Partitions the latest statistics showed caught up.
+    pub(crate) caught_up: Vec<Part>,
+}
+
+/// The consumer's context: restores tasks on assignment and checkpoints them on revocation.
+pub(crate) struct Tasks {
+    pub(crate) names: Vec<String>,
+    pub(crate) rt: RuntimeHandle,
+    pub(crate) state: Mutex<TaskState>,
+}
+
+impl Tasks {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, TaskState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index(&self, topic: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == topic)
+    }
+
+    /// The Kafka positions of a task's partitions for its checkpoint.
+    pub(crate) fn positions_of(&self, st: &TaskState, snap: &TaskSnapshot) -> Vec<KafkaPosition> {
+        snap.inputs
+            .iter()
+            .filter_map(|&(input, max_ts)| {
+                let Input::Topic(i) = input else { return None };
+                let part = (i as usize, snap.task as i32);
+                let next_offset = *st.positions.get(&part)?;
+                Some(KafkaPosition {
+                    topic: self.names[part.0].clone(),
+                    partition: part.1,
+                    next_offset,
+                    max_ts,
+                })
+            })
+            .collect()
+    }
+
+    /// Partitions assigned: restore each task not running here, then seek every partition to
+    /// the position its task's state reflects.
+    fn assign(&self, tpl: &mut TopicPartitionList) {
+        let mut by_task: BTreeMap<TaskId, Vec<(String, usize)>> = BTreeMap::new();
+        for e in tpl.elements() {
+            if let (Some(i), Ok(task)) = (self.index(e.topic()), TaskId::try_from(e.partition())) {
+                by_task
+                    .entry(task)
+                    .or_default()
+                    .push((e.topic().to_string(), i));
+            }
+        }
+        let mut st = self.lock();
+        let mut resumed = Vec::new();
+        for (task, parts) in by_task {
+            let restored: Option<RestoredTask> = if self.rt.owns(task) {
+                None
+            } else {
+                st.stored.remove(&task).map(|s| {
+                    for p in &s.kafka {
+                        if let Some(i) = self.index(&p.topic) {
+                            st.positions.insert((i, p.partition), p.next_offset);
+                        }
+                    }
+                    s.task
+                })
+            };
+            let inputs = parts.iter().map(|(_, i)| Input::Topic(*i as u16)).collect();
+            if self.rt.assign_blocking(task, restored, inputs).is_err() {
+                return;
+            }
+            for (topic, i) in parts {
+                if let Some(&next) = st.positions.get(&(i, task as i32)) {
+                    if tpl
+                        .set_partition_offset(&topic, task as i32, Offset::Offset(next))
+                        .is_ok()
+                    {
+                        resumed.push(format!("{topic}/{task}@{next}"));
+                    }
+                }
+            }
+        }
+        tracing::info!(partitions = tpl.count(), tasks = ?self.rt.owned_tasks(), resumed = ?resumed, "Kafka partitions assigned");
+    }
+
+    /// Partitions revoked: each task left without partitions is checkpointed, kept for a quick
+    /// return, and dropped.
+    fn revoke(&self, tpl: &TopicPartitionList) {
+        let mut by_task: BTreeMap<TaskId, Vec<Input>> = BTreeMap::new();
+        for e in tpl.elements() {
+            if let (Some(i), Ok(task)) = (self.index(e.topic()), TaskId::try_from(e.partition())) {
+                by_task
+                    .entry(task)
+                    .or_default()
+                    .push(Input::Topic(i as u16));
+            }
+        }
+        let mut st = self.lock();
+        for (task, inputs) in by_task {
+            let Ok(Some(snap)) = self.rt.revoke_blocking(task, inputs) else {
+                continue;
+            };
+            let kafka = self.positions_of(&st, &snap);
+            if let Some(cp) = &st.checkpointer {
+                cp.write(&snap, kafka.clone());
+            }
+            let rt = &self.rt;
+            match journey_core::Shard::restore(&snap.shard, rt.engine_config().clone(), rt.rules())
+            {
+                Ok(shard) => {
+                    let task = RestoredTask {
+                        task,
+                        shard,
+                        inputs: snap.inputs.clone(),
+                    };
+                    st.stored.insert(task.task, StoredTask { task, kafka });
+                }
+                Err(e) => tracing::error!(task, "cannot keep the revoked task's state: {e}"),
+            }
+        }
+        tracing::info!(partitions = tpl.count(), tasks = ?self.rt.owned_tasks(), "Kafka partitions revoked");
+    }
+}
+
+impl ClientContext for Tasks {
+    fn stats(&self, stats: Statistics) {
+        let mut caught_up = Vec::new();
+        for (name, topic) in &stats.topics {
+            let Some(i) = self.index(name) else { continue };
+            for p in topic.partitions.values() {
+                // The fetcher has reached the high watermark and handed everything over.
+                if p.partition >= 0
+                    && p.desired
+                    && p.fetchq_cnt == 0
+                    && p.hi_offset >= 0
+                    && p.next_offset >= p.hi_offset
+                {
+                    caught_up.push((i, p.partition));
+                }
+            }
+        }
+        self.lock().caught_up = caught_up;
+    }
+}
+
+impl ConsumerContext for Tasks {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(tpl);
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    tracing::error!("cannot take the Kafka assignment: {e}");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(tpl);
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!("cannot give up the Kafka assignment: {e}");
+                }
+            }
+            other => {
+                tracing::error!("Kafka rebalance failed: {other:?}");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}

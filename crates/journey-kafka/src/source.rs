@@ -1,0 +1,424 @@
+//! The consuming thread: poll rounds, decoding, submission to tasks, checkpoints and commits.
+//!
+//! Each poll round's records are decoded with their topic's format and submitted, per
+//! partition and in offset order, to their task as that partition's input. Positions (next
+//! offset per partition) are tracked as records are polled. With checkpoints, this thread asks
+//! the workers for every task's snapshot between rounds: the workers' queues are FIFO, so each
+//! snapshot holds exactly the records before its partitions' positions, and restoring it and
+//! seeking gives exactly-once aggregates (Flink's model). Offsets are committed to Kafka after
+//! each checkpoint for lag monitoring only. Without checkpoints, offsets are stored for
+//! auto-commit once the tasks involved have applied the round (at-least-once).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use journey_api::Metrics;
+use journey_core::time::Millis;
+use journey_core::{DecodeLimits, Event};
+use journey_ingest::{DeadLetter, DeadLetters, Decoder, Format, Position};
+use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, StoredTask};
+use journey_runtime::{Input, RuntimeHandle, TaskId};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::assignment::{TaskState, Tasks};
+use crate::lag::report_lag;
+use crate::topology::client_config;
+use crate::{KafkaSettings, KafkaSourceError, Part};
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// Records handed to the workers per round.
+const BATCH: usize = 2048;
+
+/// A running Kafka consumer thread.
+#[derive(Debug)]
+pub struct KafkaSource {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Topic {
+    /// Index into the topic names, so offsets are tracked without a string per record.
+    index: usize,
+    source: String,
+    decoder: Decoder,
+    /// Resolved once: a labelled counter lookup per record would cost more than decoding.
+    accepted: prometheus::IntCounter,
+}
+
+/// The records of one partition read in one round, in offset order.
+struct Run {
+    part: Part,
+    events: Vec<Event<'static>>,
+    /// Offset of the last record read.
+    last: i64,
+}
+
+impl KafkaSource {
+    /// Starts consuming. Tasks in `stored` (read from checkpoints) are restored when their
+    /// partitions are assigned; with a `checkpointer` this thread takes the checkpoints.
+    pub fn start(
+        settings: &KafkaSettings,
+        limits: DecodeLimits,
+        rt: RuntimeHandle,
+        metrics: Arc<Metrics>,
+        dead_letters: DeadLetters,
+        checkpointer: Option<Checkpointer>,
+        stored: BTreeMap<TaskId, StoredTask>,
+    ) -> Result<KafkaSource, KafkaSourceError> {
+        let mut cfg = client_config(settings);
+        // With checkpoints, offsets are committed explicitly after each one.
+        cfg.set(
+            "enable.auto.commit",
+            if checkpointer.is_some() {
+                "false"
+            } else {
+                "true"
+            },
+        );
+        for (k, v) in &settings.properties {
+            cfg.set(k, v);
+        }
+        let names: Vec<String> = settings.topics.iter().map(|t| t.name.clone()).collect();
+        let consumer: BaseConsumer<Tasks> = cfg
+            .clone()
+            .create_with_context(Tasks {
+                names: names.clone(),
+                rt: rt.clone(),
+                state: Mutex::new(TaskState {
+                    positions: HashMap::new(),
+                    stored,
+                    checkpointer,
+                    caught_up: Vec::new(),
+                }),
+            })
+            .map_err(|source| KafkaSourceError::Client {
+                what: "consumer",
+                source,
+            })?;
+        let mut topics = HashMap::new();
+        for (index, t) in settings.topics.iter().enumerate() {
+            let format = Format::parse(&t.format, t.mapping.as_ref()).map_err(|e| {
+                KafkaSourceError::Format {
+                    topic: t.name.clone(),
+                    why: e.to_string(),
+                }
+            })?;
+            topics.insert(
+                t.name.clone(),
+                Topic {
+                    index,
+                    source: t.source.clone(),
+                    decoder: Decoder::new(format, t.source.clone(), limits),
+                    accepted: metrics
+                        .ingest_events
+                        .with_label_values(&[t.source.as_str(), "accepted"]),
+                },
+            );
+        }
+        let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&subscribed)
+            .map_err(|source| KafkaSourceError::Client {
+                what: "subscription",
+                source,
+            })?;
+        tracing::info!(brokers = %settings.brokers, group = %settings.group_id, topics = ?subscribed, tasks = rt.tasks(), "consuming from Kafka");
+        let stop = Arc::new(AtomicBool::new(false));
+        cfg.set("statistics.interval.ms", "0");
+        let lag_client: BaseConsumer = cfg.create().map_err(|source| KafkaSourceError::Client {
+            what: "lag client",
+            source,
+        })?;
+        let (lag_topics, lag_metrics, lag_stop) = (names.clone(), metrics.clone(), stop.clone());
+        let lag = std::thread::Builder::new()
+            .name("journeyd-kafka-lag".into())
+            .spawn(move || report_lag(lag_client, lag_topics, lag_metrics, lag_stop))
+            .map_err(|e| KafkaSourceError::Thread("Kafka lag", e))?;
+        let source = Consume {
+            consumer,
+            topics,
+            rt,
+            metrics,
+            dead_letters,
+            committed: Vec::new(),
+        };
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("journeyd-kafka".into())
+            .spawn(move || source.run(&flag))
+            .map_err(|e| KafkaSourceError::Thread("Kafka", e))?;
+        Ok(KafkaSource {
+            stop,
+            threads: vec![thread, lag],
+        })
+    }
+
+    /// Stops polling, checkpoints (or waits for submitted events to be applied and stores
+    /// their offsets) and commits.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Offsets to store once every task that received part of a round has applied it.
+struct Pending {
+    acks: Vec<flume::Receiver<()>>,
+    offsets: BTreeMap<Part, i64>,
+}
+
+/// The consuming thread's state.
+struct Consume {
+    consumer: BaseConsumer<Tasks>,
+    topics: HashMap<String, Topic>,
+    rt: RuntimeHandle,
+    metrics: Arc<Metrics>,
+    dead_letters: DeadLetters,
+    /// Positions last committed to Kafka, so an idle stream commits nothing.
+    committed: Vec<KafkaPosition>,
+}
+
+impl Consume {
+    fn checkpointing(&self) -> bool {
+        self.consumer.context().lock().checkpointer.is_some()
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        let checkpointing = self.checkpointing();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut told_caught_up: HashSet<Part> = HashSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(runs) = self.poll_round() else {
+                break;
+            };
+            let mut acks = Vec::new();
+            let mut offsets = BTreeMap::new();
+            let mut submitted = true;
+            for run in runs {
+                told_caught_up.remove(&run.part);
+                offsets.insert(run.part, run.last);
+                let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
+                match self
+                    .rt
+                    .submit_input_blocking(task, input, run.events, !checkpointing)
+                {
+                    Ok(ack) => acks.extend(ack),
+                    Err(_) => submitted = false,
+                }
+            }
+            if !submitted {
+                break;
+            }
+            // After the round's records, so the task sees them first.
+            let caught_up = self.consumer.context().lock().caught_up.clone();
+            for part in caught_up {
+                if told_caught_up.insert(part) {
+                    let _ = self
+                        .rt
+                        .caught_up_blocking(part.1 as TaskId, Input::Topic(part.0 as u16));
+                }
+            }
+            if checkpointing {
+                let due = self
+                    .consumer
+                    .context()
+                    .lock()
+                    .checkpointer
+                    .as_ref()
+                    .is_some_and(Checkpointer::due);
+                if due {
+                    self.checkpoint(CommitMode::Async);
+                }
+            } else {
+                if !offsets.is_empty() {
+                    pending.push_back(Pending { acks, offsets });
+                }
+                store_applied(&self.consumer, &mut pending, false);
+            }
+        }
+        if checkpointing {
+            self.checkpoint(CommitMode::Sync);
+            return;
+        }
+        store_applied(&self.consumer, &mut pending, true);
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored yet is a normal reason.
+            tracing::debug!("final Kafka commit: {e}");
+        }
+    }
+
+    /// Up to [`BATCH`] records or 50 ms, decoded and grouped into runs of one partition in
+    /// arrival order. `None` when the dead-letter sink has gone (shutdown).
+    fn poll_round(&mut self) -> Option<Vec<Run>> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut read = 0;
+        let mut accepted: HashMap<usize, u64> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        while read < BATCH && Instant::now() < deadline {
+            let Some(result) = self.consumer.poll(Duration::from_millis(20)) else {
+                continue;
+            };
+            let msg = match result {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("Kafka: {e}");
+                    continue;
+                }
+            };
+            let Some(topic) = self.topics.get(msg.topic()) else {
+                continue;
+            };
+            read += 1;
+            let part = (topic.index, msg.partition());
+            self.consumer
+                .context()
+                .lock()
+                .positions
+                .insert(part, msg.offset() + 1);
+            if runs.last().is_none_or(|r| r.part != part) {
+                runs.push(Run {
+                    part,
+                    events: Vec::new(),
+                    last: msg.offset(),
+                });
+            }
+            let run = runs.last_mut().expect("pushed above");
+            run.last = msg.offset();
+            let payload = msg.payload().unwrap_or_default();
+            match topic.decoder.decode(payload) {
+                Ok(e) => {
+                    *accepted.entry(topic.index).or_default() += 1;
+                    run.events.push(e.into_owned());
+                }
+                Err(e) => {
+                    let source = topic.source.as_str();
+                    self.metrics
+                        .ingest_events
+                        .with_label_values(&[source, "rejected"])
+                        .inc();
+                    self.metrics
+                        .ingest_rejected
+                        .with_label_values(&[source, e.reason()])
+                        .inc();
+                    tracing::debug!(
+                        topic = msg.topic(),
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        "rejected: {e}"
+                    );
+                    let letter = DeadLetter {
+                        at: now_ms(),
+                        reason: e.reason(),
+                        error: e.to_string(),
+                        source: source.to_string(),
+                        position: Position::Kafka {
+                            topic: msg.topic().to_string(),
+                            partition: msg.partition(),
+                            offset: msg.offset(),
+                        },
+                        record: payload.to_vec(),
+                    };
+                    if !self.dead_letters.send_blocking(letter) {
+                        return None;
+                    }
+                }
+            }
+        }
+        for t in self.topics.values() {
+            if let Some(n) = accepted.get(&t.index) {
+                t.accepted.inc_by(*n);
+            }
+        }
+        Some(runs)
+    }
+
+    /// Checkpoints every task with the positions of its partitions, then commits those
+    /// positions to Kafka.
+    fn checkpoint(&mut self, mode: CommitMode) {
+        let ctx = self.consumer.context();
+        let mut st = ctx.lock();
+        let Some(mut cp) = st.checkpointer.take() else {
+            return;
+        };
+        let written = cp.take(&self.rt, &|snap| ctx.positions_of(&st, snap));
+        st.checkpointer = Some(cp);
+        if !written {
+            return;
+        }
+        let mut positions: Vec<KafkaPosition> = st
+            .positions
+            .iter()
+            .filter(|(part, _)| self.rt.owns(part.1 as TaskId))
+            .map(|(&(topic, partition), &next_offset)| KafkaPosition {
+                topic: ctx.names[topic].clone(),
+                partition,
+                next_offset,
+                max_ts: None,
+            })
+            .collect();
+        drop(st);
+        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        if positions == self.committed {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for p in &positions {
+            if let Err(e) =
+                list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+            {
+                tracing::warn!(topic = p.topic, partition = p.partition, "{e}");
+            }
+        }
+        if list.count() > 0 {
+            match self.consumer.commit(&list, mode) {
+                Ok(()) => self.committed = positions,
+                // Lag monitoring only: the checkpoints hold the positions that matter, and
+                // the next checkpoint commits again.
+                Err(e) => tracing::debug!("cannot commit offsets to Kafka after a checkpoint: {e}"),
+            }
+        }
+    }
+}
+
+/// Stores the offsets of every leading round whose events are all applied.
+fn store_applied(consumer: &BaseConsumer<Tasks>, pending: &mut VecDeque<Pending>, wait: bool) {
+    while let Some(front) = pending.front() {
+        let done = front.acks.iter().all(|a| {
+            if wait {
+                a.recv_timeout(Duration::from_secs(30)).is_ok() || a.is_disconnected()
+            } else {
+                !a.is_empty() || a.is_disconnected()
+            }
+        });
+        if !done {
+            return;
+        }
+        let round = pending.pop_front().expect("front exists");
+        for a in &round.acks {
+            let _ = a.try_recv();
+        }
+        for ((topic, partition), offset) in round.offsets {
+            let topic = consumer.context().names[topic].as_str();
+            if let Err(e) = consumer.store_offset(topic, partition, offset) {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    "cannot store the Kafka offset: {e}"
+                );
+            }
+        }
+    }
+}
