@@ -266,7 +266,13 @@ impl Tansu {
             let out = std::fs::File::create(&log).expect("creating tansu.log");
             let err = out.try_clone().expect("tansu.log handle");
             let child = Command::new(&bin)
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
                 .args(["--storage-engine", "memory://tansu/"])
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -310,10 +316,7 @@ impl Tansu {
             .set("bootstrap.servers", self.brokers())
             .create()
             .expect("a metadata client");
-        while client
-            .fetch_metadata(None, Duration::from_secs(2))
-            .is_err()
-        {
+        while client.fetch_metadata(None, Duration::from_secs(2)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "tansu on port {} does not answer metadata requests after {limit:?}; log:\n{}",
@@ -362,8 +365,7 @@ impl Tansu {
                     .fetch_metadata(Some(name), Duration::from_secs(2))
                     .ok()?;
                 let t = md.topics().iter().find(|t| t.name() == name)?;
-                (t.error().is_none() && t.partitions().len() == partitions as usize)
-                    .then_some(())
+                (t.error().is_none() && t.partitions().len() == partitions as usize).then_some(())
             },
         );
     }
@@ -483,14 +485,29 @@ pub fn partition_count(brokers: &str, topic: &str) -> Option<i32> {
     Some(t.partitions().len() as i32)
 }
 
-/// Per partition of the given topics: `(topic, partition, committed offset of the group, end
-/// offset)`; a partition without a committed offset reports `None`. `None` if the broker does
-/// not answer.
-pub fn group_offsets(
-    brokers: &str,
-    group: &str,
-    topics: &[&str],
-) -> Option<Vec<(String, i32, Option<i64>, i64)>> {
+/// One partition's offsets as a consumer group sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// The group's committed offset (the next record it will read); `None` if it has none.
+    pub committed: Option<i64>,
+    /// The partition's end (high watermark).
+    pub end: i64,
+}
+
+impl PartitionOffsets {
+    /// Records between the committed offset and the end (all of them without a commit).
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed.unwrap_or(0)).max(0)
+    }
+}
+
+/// The offsets of every partition of the given topics for consumer group `group`; `None` if
+/// the broker does not answer or a topic is missing.
+pub fn group_offsets(brokers: &str, group: &str, topics: &[&str]) -> Option<Vec<PartitionOffsets>> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -513,7 +530,12 @@ pub fn group_offsets(
                 Some(Offset::Offset(o)) => Some(o),
                 _ => None,
             };
-            out.push((t.to_string(), p, at, high));
+            out.push(PartitionOffsets {
+                topic: t.to_string(),
+                partition: p,
+                committed: at,
+                end: high,
+            });
         }
     }
     Some(out)
@@ -524,10 +546,5 @@ pub fn group_offsets(
 /// broker does not answer.
 pub fn group_lag(brokers: &str, group: &str, topics: &[&str]) -> Option<i64> {
     let offsets = group_offsets(brokers, group, topics)?;
-    Some(
-        offsets
-            .iter()
-            .map(|(_, _, at, high)| (high - at.unwrap_or(0)).max(0))
-            .sum(),
-    )
+    Some(offsets.iter().map(PartitionOffsets::lag).sum())
 }
