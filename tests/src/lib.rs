@@ -421,14 +421,28 @@ impl ProducerContext for DeliveryCount {
     }
 }
 
-/// Produces records `(topic, key, payload)` keyed by `key` with librdkafka's
-/// `partitioner=murmur2_random`, the Java clients' default partitioner (the one journeyd routes
-/// HTTP input with), and waits until every record is delivered; panics on any failure.
-/// `properties` are extra librdkafka producer settings.
+/// One record for [`produce_keyed`].
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Record key: the customer id.
+    pub key: &'a str,
+    /// Record value.
+    pub payload: &'a str,
+    /// `None`: the partitioner picks the partition from the key; `Some(p)`: partition `p`.
+    pub partition: Option<i32>,
+}
+
+/// Produces `records` with librdkafka's `partitioner=murmur2_random`, the Java clients'
+/// default partitioner (the one journeyd routes HTTP input with), so each record lands in the
+/// partition a Java producer keyed by the same key would choose. Waits until every record is
+/// delivered, panicking on any failure, and returns how many were produced. Records of one
+/// partition keep their order. `properties` are extra librdkafka producer settings.
 pub fn produce_keyed<'a>(
     brokers: &str,
     properties: &[(&str, &str)],
-    records: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    records: impl IntoIterator<Item = Record<'a>>,
 ) -> usize {
     let mut config = ClientConfig::new();
     config
@@ -443,16 +457,19 @@ pub fn produce_keyed<'a>(
         .create_with_context(DeliveryCount::default())
         .expect("a producer");
     let mut n = 0;
-    for (topic, key, payload) in records {
-        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    for r in records {
+        let mut record = BaseRecord::to(r.topic).key(r.key).payload(r.payload);
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     producer.poll(Duration::from_millis(10));
-                    record = r;
+                    record = back;
                 }
-                Err((e, _)) => panic!("producing to {topic}: {e}"),
+                Err((e, _)) => panic!("producing to {}: {e}", r.topic),
             }
         }
         producer.poll(Duration::ZERO);

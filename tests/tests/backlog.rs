@@ -10,8 +10,9 @@
 //! completions, dwell), transitions, and the number of late events — must equal
 //! `journeyd replay` of the same events with the same configuration.
 //!
-//! The generated data starts 45 days before now, so by wall-clock time every journey (30-day
-//! window) is over: live and replay then both report closed sessions and finished journeys.
+//! After the generated events, each partition gets one unclassified event 31 days later (see
+//! [`produce_backlog`]): it moves every task's watermark past the data, as the live traffic
+//! after a backlog does, so live and replay both report closed sessions and finished journeys.
 //!
 //! `BACKLOG_CUSTOMERS` changes the data size (default 3 000, about 35 000 events);
 //! `BACKLOG_SEED` the seed of the kill point.
@@ -25,12 +26,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use journey_gen::Rng;
 use journey_tests::{
     free_port, get_json, group_lag, group_offsets, journeyd_bin, metric, produce_keyed, repo,
-    temp_dir, Service, Tansu,
+    temp_dir, Record, Service, Tansu,
 };
 use serde_json::{json, Value};
 
 const TOPICS: [&str; 3] = ["web", "crm", "service"];
 const DAY_MS: i64 = 86_400_000;
+/// Generated events later than this many days after the start are left out: a few customers'
+/// histories run on for months, and the data plus the watermark events (31 days later) must
+/// fit the 90 days of hour buckets (`retention.total`), or the oldest would expire.
+const DATA_DAYS: i64 = 40;
 /// `kafka.idle_timeout` of every run.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -73,22 +78,35 @@ fn iso_date(days: i64) -> String {
 
 /// The generated events, and the subset that was produced to Kafka.
 struct Backlog {
-    /// What was produced, one canonical event per line: the input of `replay`.
+    /// What was produced, one canonical event per line, in production order: the input of
+    /// `replay`.
     produced: PathBuf,
-    /// Produced events per topic.
+    /// Generated events produced, per topic (without the watermark events).
     per_topic: BTreeMap<&'static str, usize>,
+    /// Records produced, watermark events included.
     events: usize,
     /// Query range covering all of the data.
     from: i64,
     to: i64,
 }
 
-/// `journeyd generate` a day of journeys starting 45 days ago, then produces the events whose
-/// `source` is in `sources` to the topic of that name, keyed by customer id.
+/// `journeyd generate` a day of journeys starting 45 days ago, then produces the events of the
+/// first [`DATA_DAYS`] whose `source` is in `sources` to the topic of that name, keyed by
+/// customer id; then one watermark event into every partition of those topics.
+///
+/// The watermark events stand for the live traffic that follows a backlog. Once input is idle
+/// the watermark advances at the pace of the wall clock from the largest event time, so the
+/// sessions of the data's last 35 minutes (gap + allowed lateness) and the journeys of its last
+/// 30 days would stay open for that long, while `replay` closes everything at the end. An
+/// event 31 days after the data in each partition moves every task's watermark past all of
+/// it. It is unclassified (event `watermark`, no rule matches it), so it adds no touchpoint,
+/// transition or funnel figure; its own session stays open. Each goes to an explicit partition
+/// under its own customer id, and `replay` reads it too.
 fn produce_backlog(
     dir: &Path,
     brokers: &str,
     customers: usize,
+    partitions: i32,
     sources: &[&'static str],
 ) -> Backlog {
     let start_day = now_ms().div_euclid(DAY_MS) - 45;
@@ -110,9 +128,18 @@ fn produce_backlog(
     let mut produced = String::new();
     let mut records = Vec::new();
     let mut per_topic = BTreeMap::new();
+    let mut last_ts = i64::MIN;
+    let end = (start_day + DATA_DAYS) * DAY_MS;
+    let mut beyond = 0;
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).expect("generated lines are JSON");
         let source = v["source"].as_str().expect("a source");
+        let ts = v["ts"].as_i64().expect("ts in epoch milliseconds");
+        if ts >= end {
+            beyond += 1;
+            continue;
+        }
+        last_ts = last_ts.max(ts);
         let Some(&topic) = sources.iter().find(|s| **s == source) else {
             continue;
         };
@@ -123,13 +150,46 @@ fn produce_backlog(
         produced.push('\n');
     }
     let t0 = Instant::now();
-    let n = produce_keyed(
+    let mut n = produce_keyed(
         brokers,
         &[],
-        records.iter().map(|(t, k, l)| (*t, k.as_str(), *l)),
+        records.iter().map(|(topic, key, payload)| Record {
+            topic,
+            key,
+            payload,
+            partition: None,
+        }),
+    );
+    // After the data (a second producer: every data record is delivered before these).
+    let watermark_ts = last_ts + 31 * DAY_MS;
+    let mut watermarks = Vec::new();
+    for &topic in sources {
+        for p in 0..partitions {
+            let id = format!("watermark-{topic}-{p}");
+            let line = json!({
+                "event_id": id, "customer_id": id, "ts": watermark_ts,
+                "source": topic, "event": "watermark",
+            })
+            .to_string();
+            produced.push_str(&line);
+            produced.push('\n');
+            watermarks.push((topic, p, id, line));
+        }
+    }
+    n += produce_keyed(
+        brokers,
+        &[],
+        watermarks.iter().map(|(topic, p, key, payload)| Record {
+            topic,
+            key,
+            payload,
+            partition: Some(*p),
+        }),
     );
     eprintln!(
-        "backlog: produced {n} events {per_topic:?} in {:?}",
+        "backlog: produced {n} records ({per_topic:?} and {} watermark events; {beyond} \
+         generated events after day {DATA_DAYS} left out) in {:?}",
+        watermarks.len(),
         t0.elapsed()
     );
     let path = dir.join("produced.ndjson");
@@ -139,7 +199,7 @@ fn produce_backlog(
         per_topic,
         events: n,
         from: start_day * DAY_MS - DAY_MS,
-        to: now_ms() + DAY_MS,
+        to: (watermark_ts.div_euclid(DAY_MS) + 2) * DAY_MS,
     }
 }
 
@@ -384,7 +444,7 @@ fn run(case: Case) {
     // Killed runs read four times the data, so that the backlog takes a few seconds: the kill
     // then comes after a checkpoint and before the end.
     let customers = customers() * if case.kill { 4 } else { 1 };
-    let b = produce_backlog(&dir, &brokers, customers, case.sources);
+    let b = produce_backlog(&dir, &brokers, customers, case.partitions, case.sources);
     let port = free_port();
     let config = write_config(&dir, port, &brokers, case.workers);
     let want = expected(&replay(&config, &b.produced));
