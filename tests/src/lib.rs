@@ -323,6 +323,7 @@ impl Tansu {
                 self.port,
                 self.log_text()
             );
+            std::thread::sleep(Duration::from_millis(50));
         }
         true
     }
