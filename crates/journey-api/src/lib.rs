@@ -37,6 +37,9 @@ pub struct IngestLimits {
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
     pub max_record_bytes: usize,
+    /// Records dated more than this after [`AppState::clock`] are rejected as
+    /// `timestamp_in_future` (milliseconds, `ingest.max_future`).
+    pub max_future: Millis,
     /// `source` of events that name none, unless the request's `source` parameter does.
     pub default_source: String,
     /// Nice value of the threads decoding request bodies (as the workers': queries first).
@@ -49,6 +52,7 @@ impl Default for IngestLimits {
             max_body_bytes: 10 << 20,
             max_batch_events: 10_000,
             max_record_bytes: 1 << 20,
+            max_future: journey_core::time::DAY,
             default_source: "http".into(),
             decode_nice: 0,
         }
@@ -468,8 +472,10 @@ async fn post_events(
         source.clone(),
         DecodeLimits {
             max_record_bytes: s.limits.max_record_bytes,
+            max_future: s.limits.max_future,
         },
-    );
+    )
+    .with_clock(s.clock.clone());
     let (max_batch, now) = (s.limits.max_batch_events, (s.clock)());
     let src = source.clone();
     let nice = s.limits.decode_nice;

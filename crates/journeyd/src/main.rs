@@ -209,6 +209,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     let (kafka, mut checkpointer) = if settings.kafka.enabled {
         let limits = DecodeLimits {
             max_record_bytes: settings.ingest.max_record_bytes,
+            max_future: settings.ingest.max_future,
         };
         let source = kafka::KafkaSource::start(
             &settings.kafka,
@@ -248,6 +249,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
                 max_body_bytes: settings.http.max_body_bytes,
                 max_batch_events: settings.http.max_batch_events,
                 max_record_bytes: settings.ingest.max_record_bytes,
+                max_future: settings.ingest.max_future,
                 default_source: settings.http.default_source.clone(),
                 decode_nice: settings.runtime.worker_nice,
             },
@@ -431,6 +433,7 @@ fn replay(
         source,
         DecodeLimits {
             max_record_bytes: settings.ingest.max_record_bytes,
+            max_future: settings.ingest.max_future,
         },
     );
     let rc = RuntimeConfig {
@@ -518,7 +521,11 @@ fn replay(
             "accepted": accepted,
             "rejected": rejected,
             "applied": stats.applied.load(Ordering::Relaxed),
+            "classified": sum.counters.classified,
+            "unclassified": sum.counters.unclassified,
             "late": stats.late.load(Ordering::Relaxed),
+            "duplicates": stats.duplicates.load(Ordering::Relaxed),
+            "expired": sum.counters.expired,
             "rejected_by_engine": { "too_many_events": stats.rejected_too_many_events.load(Ordering::Relaxed) },
         },
         "from": from,
