@@ -103,7 +103,9 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
     }
     let brokers = cluster.bootstrap_servers();
 
-    let start = 1_795_132_800_000; // 2026-11-20T00:00:00Z
+    // In the past, journeys and all: the service rejects records dated more than a day after
+    // its wall clock (ingest.max_future), and generated journeys run weeks past `start`.
+    let start = 1_788_220_800_000; // 2026-09-01T00:00:00Z
     let events = generate(&GenConfig {
         customers: 120,
         start,
@@ -146,7 +148,16 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
         Rules::from_toml(&std::fs::read_to_string(repo().join("config/rules.toml")).unwrap())
             .unwrap(),
     );
-    let mut shard = Shard::new(Arc::new(EngineConfig::default()), rules.clone());
+    // One watermark per worker: reading three topics' backlogs interleaves their event times
+    // by up to the whole span of the data, and a late event never creates journey state. With
+    // an allowed lateness beyond that span (as README advises for backfills) nothing is late
+    // and every figure must equal the engine's in time order.
+    let cfg = EngineConfig {
+        allowed_lateness: 60 * DAY,
+        journey_window: 60 * DAY,
+        ..EngineConfig::default()
+    };
+    let mut shard = Shard::new(Arc::new(cfg), rules.clone());
     for e in &events {
         shard
             .apply(&Event {
@@ -164,7 +175,7 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("journeyd.toml");
     let mut toml = format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n[runtime]\nworkers = 2\npublish_interval = \"200ms\"\ntick_interval = \"200ms\"\n\
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n[session]\nallowed_lateness = \"60d\"\n[journey]\nwindow = \"60d\"\n[runtime]\nworkers = 2\npublish_interval = \"200ms\"\ntick_interval = \"200ms\"\n\
          [kafka]\nenabled = true\nbrokers = \"{brokers}\"\ngroup_id = \"journeyd-test\"\n[kafka.properties]\n\"auto.commit.interval.ms\" = \"200\"\n"
     );
     for (topic, _, format) in TOPICS {
