@@ -19,10 +19,11 @@ fn corpus() -> Vec<(Vec<u8>, &'static str)> {
         (b"{oops".to_vec(), "not_json"),
         (vec![b'{', 0xff, 0xfe, b'}'], "invalid_utf8"),
         (br#"{"customer_id": "a", "event": "page_view"}"#.to_vec(), "missing_field"),
-        (format!(r#"{{"customer_id": 5, "ts": {TS}, "event": "x"}}"#).into_bytes(), "wrong_type"),
+        (format!(r#"{{"customer_id": true, "ts": {TS}, "event": "x"}}"#).into_bytes(), "wrong_type"),
         (format!(r#"{{"customer_id": "{long_id}", "ts": {TS}, "event": "x"}}"#).into_bytes(), "customer_id_length"),
         (br#"{"customer_id": "a", "ts": "yesterday", "event": "x"}"#.to_vec(), "bad_timestamp"),
         (br#"{"customer_id": "a", "ts": 100, "event": "x"}"#.to_vec(), "timestamp_out_of_range"),
+        (br#"{"customer_id": "a", "ts": "2099-01-01T00:00:00Z", "event": "x"}"#.to_vec(), "timestamp_in_future"),
         (format!(r#"{{"customer_id": "a", "ts": {TS}, "event": "x", "attributes": {{"pad": "{}"}}}}"#, "p".repeat(2000)).into_bytes(), "too_large"),
     ]
 }

@@ -37,6 +37,9 @@ pub struct IngestLimits {
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
     pub max_record_bytes: usize,
+    /// Records dated more than this after [`AppState::clock`] are rejected as
+    /// `timestamp_in_future` (milliseconds, `ingest.max_future`).
+    pub max_future: Millis,
     /// `source` of events that name none, unless the request's `source` parameter does.
     pub default_source: String,
     /// Nice value of the threads decoding request bodies (as the workers': queries first).
@@ -49,6 +52,7 @@ impl Default for IngestLimits {
             max_body_bytes: 10 << 20,
             max_batch_events: 10_000,
             max_record_bytes: 1 << 20,
+            max_future: journey_core::time::DAY,
             default_source: "http".into(),
             decode_nice: 0,
         }
@@ -141,6 +145,22 @@ fn summary(state: &AppState, from: Millis, to: Millis, include: &Include) -> Sum
     Summary::collect(parts.iter().map(|p| p.as_ref()), from, to, include)
 }
 
+/// Adds `"truncated_from"` to a range answer whose `from` lies before the oldest time every
+/// task's retention (`retention.total`, counted back from its latest event time) still keeps:
+/// SPEC §7, the answer says so instead of silently returning smaller numbers.
+fn note_truncation(state: &AppState, from: Millis, mut answer: Value) -> Value {
+    let kept = state
+        .runtime
+        .partials()
+        .iter()
+        .filter_map(|p| p.retained_from())
+        .max();
+    if let (Some(kept), Some(map)) = (kept.filter(|&k| from < k), answer.as_object_mut()) {
+        map.insert("truncated_from".into(), Value::from(iso(kept)));
+    }
+    answer
+}
+
 fn iso(t: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(t).map_or_else(
         || t.to_string(),
@@ -205,9 +225,8 @@ async fn get_funnel(State(s): State<AppState>, Query(q): Params) -> Result<Json<
     let sum = summary(&s, from, to, &include);
     let rules = s.runtime.rules();
     let report = funnel(&sum, rules.phases(), breakdown.as_deref(), limit);
-    Ok(Json(
-        json!({ "from": iso(from), "to": iso(to), "dimensions": dims, "funnel": report }),
-    ))
+    let answer = json!({ "from": iso(from), "to": iso(to), "dimensions": dims, "funnel": report });
+    Ok(Json(note_truncation(&s, from, answer)))
 }
 
 async fn get_touchpoints(
@@ -233,9 +252,8 @@ async fn get_touchpoints(
             ))
         }
     }
-    Ok(Json(
-        json!({ "from": iso(from), "to": iso(to), "touchpoints": list }),
-    ))
+    let answer = json!({ "from": iso(from), "to": iso(to), "touchpoints": list });
+    Ok(Json(note_truncation(&s, from, answer)))
 }
 
 async fn get_transitions(
@@ -253,9 +271,8 @@ async fn get_transitions(
     let sum = summary(&s, from, to, &Include::default());
     let mut list = transitions(&sum);
     list.truncate(limit);
-    Ok(Json(
-        json!({ "from": iso(from), "to": iso(to), "transitions": list }),
-    ))
+    let answer = json!({ "from": iso(from), "to": iso(to), "transitions": list });
+    Ok(Json(note_truncation(&s, from, answer)))
 }
 
 async fn get_timeseries(
@@ -313,9 +330,8 @@ async fn get_timeseries(
         .into_iter()
         .map(|p| json!({ "t": iso(p.t), "value": p.value }))
         .collect();
-    Ok(Json(
-        json!({ "from": iso(from), "to": iso(to), "step_ms": step, "figure": figure_name, "target": target, "points": points }),
-    ))
+    let answer = json!({ "from": iso(from), "to": iso(to), "step_ms": step, "figure": figure_name, "target": target, "points": points });
+    Ok(Json(note_truncation(&s, from, answer)))
 }
 
 async fn get_customer(
@@ -479,8 +495,10 @@ async fn post_events(
         source.clone(),
         DecodeLimits {
             max_record_bytes: s.limits.max_record_bytes,
+            max_future: s.limits.max_future,
         },
-    );
+    )
+    .with_clock(s.clock.clone());
     let (max_batch, now) = (s.limits.max_batch_events, (s.clock)());
     let src = source.clone();
     let nice = s.limits.decode_nice;

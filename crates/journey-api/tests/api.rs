@@ -149,6 +149,47 @@ async fn ingest(api: &Api) {
     api.rt.flush().await.unwrap();
 }
 
+/// SPEC §1: a record dated more than `ingest.max_future` (1 day) after the API's clock is
+/// rejected as `timestamp_in_future`, dead-lettered, and moves no watermark, so the honest
+/// record after it is on time.
+#[tokio::test]
+async fn future_dated_records_are_dead_lettered_and_move_no_watermark() {
+    let api = api();
+    let day = 86_400_000;
+    let body = format!(
+        "{}\n{}\n{}\n",
+        json!({"customer_id": "a", "ts": NOW - 60_000, "event": "page_view", "attributes": {"url": "/"}}),
+        json!({"customer_id": "x", "ts": NOW + day + 1, "event": "page_view", "attributes": {"url": "/"}}),
+        json!({"customer_id": "b", "ts": NOW - 50_000, "event": "page_view", "attributes": {"url": "/"}}),
+    );
+    let (status, _, v) = call(&api.app, "POST", "/v1/events?source=web", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(v["errors"][0]["reason"], "timestamp_in_future");
+    assert_eq!(v["errors"][0]["line"], 2);
+    let letters: Vec<DeadLetter> = api.letters.try_iter().collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].reason, letters[0].position.clone()),
+        ("timestamp_in_future", Position::Http { line: 2 })
+    );
+    api.rt.flush().await.unwrap();
+    assert_eq!(
+        api.rt
+            .stats()
+            .late
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // Exactly one day ahead is still accepted.
+    let edge = json!({"customer_id": "c", "ts": NOW + day, "event": "page_view"}).to_string();
+    let (_, _, v) = call(&api.app, "POST", "/v1/events?source=web", &edge).await;
+    assert_eq!(v["accepted"], 1);
+}
+
 #[tokio::test]
 async fn rejected_records_become_dead_letters_with_their_bytes_and_line() {
     let api = api();

@@ -323,6 +323,11 @@ impl Ring {
         self.step
     }
 
+    /// How much time the ring spans at most (its retention), in milliseconds.
+    pub fn retention(&self) -> Millis {
+        self.capacity as Millis * self.step
+    }
+
     pub fn len(&self) -> usize {
         self.buckets.len()
     }
@@ -461,6 +466,15 @@ impl Timeline {
     }
 
     /// The hour-aligned span of event time held, if any.
+    /// Start of the oldest hour that retention still keeps complete, epoch milliseconds:
+    /// `retention.total` back from the newest bucket's end, rounded up to the hour (docs/
+    /// semantics.md §10). Figures of earlier times are gone or were never kept; `None` before
+    /// the first write.
+    pub fn retained_from(&self) -> Option<Millis> {
+        let end = self.fine.end_time().max(self.coarse.end_time())?;
+        Some(ceil_to(end.saturating_sub(self.coarse.retention()), HOUR))
+    }
+
     pub fn span(&self) -> Option<(Millis, Millis)> {
         let hour_floor = |t: Millis| t.div_euclid(HOUR) * HOUR;
         let fine = self
@@ -589,6 +603,12 @@ impl Aggregates {
     /// The hour-aligned span of event time these aggregates hold, if any.
     pub fn time_span(&self) -> Option<(Millis, Millis)> {
         self.timeline.span()
+    }
+
+    /// Start of the oldest hour retention keeps complete (see [`Timeline::retained_from`]):
+    /// a query range that begins earlier is truncated, epoch milliseconds.
+    pub fn retained_from(&self) -> Option<Millis> {
+        self.timeline.retained_from()
     }
 
     pub fn new(

@@ -11,7 +11,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::time::{Millis, MAX_EVENT_TIME, MIN_EVENT_TIME};
+use crate::time::{HumanDuration, Millis, DAY, MAX_EVENT_TIME, MIN_EVENT_TIME};
 
 /// Longest accepted `customer_id`, in bytes.
 pub const MAX_CUSTOMER_ID_BYTES: usize = 256;
@@ -82,6 +82,17 @@ pub enum DecodeError {
     BadTimestamp(String),
     #[error("`ts` {0} is outside the accepted range 2000-01-01 to 2100-01-01")]
     TimestampOutOfRange(Millis),
+    /// Event time more than `ingest.max_future` after the wall clock when decoded (SPEC §1):
+    /// a broken device clock, which must not move any watermark.
+    #[error("`ts` {ts} is more than {} after the wall clock ({now}), all epoch milliseconds", HumanDuration(*max_future))]
+    TimestampInFuture {
+        /// The record's event time, epoch milliseconds.
+        ts: Millis,
+        /// The wall clock when the record was decoded, epoch milliseconds.
+        now: Millis,
+        /// `ingest.max_future`, milliseconds.
+        max_future: Millis,
+    },
 }
 
 impl DecodeError {
@@ -96,6 +107,7 @@ impl DecodeError {
             DecodeError::CustomerIdLength(_) => "customer_id_length",
             DecodeError::BadTimestamp(_) => "bad_timestamp",
             DecodeError::TimestampOutOfRange(_) => "timestamp_out_of_range",
+            DecodeError::TimestampInFuture { .. } => "timestamp_in_future",
         }
     }
 }
@@ -103,14 +115,34 @@ impl DecodeError {
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
+    /// Largest accepted record, in bytes (`ingest.max_record_bytes`, default 1 MiB).
     pub max_record_bytes: usize,
+    /// Largest accepted distance of event time after the wall clock at decode time, in
+    /// milliseconds (`ingest.max_future`, default 1 day; SPEC §1). The core reads no clock:
+    /// [`check_not_future`] takes the wall clock as an argument.
+    pub max_future: Millis,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits {
             max_record_bytes: 1 << 20,
+            max_future: DAY,
         }
+    }
+}
+
+/// Rejects an event time more than `max_future` milliseconds after `now` (the wall clock when
+/// the record is decoded, epoch milliseconds) as [`DecodeError::TimestampInFuture`].
+pub fn check_not_future(ts: Millis, now: Millis, max_future: Millis) -> Result<(), DecodeError> {
+    if ts > now.saturating_add(max_future) {
+        Err(DecodeError::TimestampInFuture {
+            ts,
+            now,
+            max_future,
+        })
+    } else {
+        Ok(())
     }
 }
 
@@ -242,40 +274,38 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
             self.failure.set(Some(e));
             de::Error::custom(msg)
         };
+        // SPEC §1: null counts as absent for every field. A null optional field takes its
+        // default; a null required field is reported as missing after the loop.
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
             match &*key.0 {
-                "customer_id" => {
-                    raw.customer_id = Some(string_field(&mut map, "customer_id", fail)?)
-                }
-                "event" => raw.name = Some(string_field(&mut map, "event", fail)?),
-                "source" => raw.source = Some(string_field(&mut map, "source", fail)?),
-                "event_id" => {
-                    raw.event_id = map
-                        .next_value::<Option<CowStr<'de>>>()
-                        .map_err(|_| {
-                            fail(DecodeError::WrongType {
-                                field: "event_id",
-                                expected: "a string",
-                            })
-                        })?
-                        .map(|s| s.0)
-                }
+                "customer_id" => raw.customer_id = identifier_field(&mut map, "customer_id", fail)?,
+                "event" => raw.name = string_field(&mut map, "event", fail)?,
+                "source" => raw.source = string_field(&mut map, "source", fail)?,
+                "event_id" => raw.event_id = identifier_field(&mut map, "event_id", fail)?,
                 "ts" => {
-                    let ts = map.next_value::<RawTs<'de>>().map_err(|_| {
+                    let ts = map.next_value::<Option<RawTs<'de>>>().map_err(|_| {
                         fail(DecodeError::WrongType {
                             field: "ts",
                             expected: "an RFC 3339 string or epoch milliseconds",
                         })
                     })?;
-                    raw.ts = Some(match ts {
-                        RawTs::Int(n) => n,
-                        RawTs::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => f as Millis,
-                        RawTs::Float(f) => {
+                    raw.ts = match ts {
+                        None => None,
+                        Some(RawTs::Int(n)) => Some(n),
+                        Some(RawTs::Float(f)) if f.fract() == 0.0 && f.abs() < 1e15 => {
+                            Some(f as Millis)
+                        }
+                        Some(RawTs::Float(f)) => {
                             return Err(fail(DecodeError::BadTimestamp(f.to_string())))
                         }
-                        RawTs::Str(s) => parse_rfc3339(&s.0)
-                            .ok_or_else(|| fail(DecodeError::BadTimestamp(s.0.into_owned())))?,
-                    });
+                        Some(RawTs::TooLarge(n)) => {
+                            return Err(fail(DecodeError::BadTimestamp(n.to_string())))
+                        }
+                        Some(RawTs::Str(s)) => Some(
+                            parse_rfc3339(&s.0)
+                                .ok_or_else(|| fail(DecodeError::BadTimestamp(s.0.into_owned())))?,
+                        ),
+                    };
                 }
                 "attributes" => {
                     let v: Value = map.next_value()?;
@@ -296,17 +326,75 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
     }
 }
 
+/// A string field; `null` is `None` (absent).
 fn string_field<'de, A: MapAccess<'de>>(
     map: &mut A,
     field: &'static str,
     fail: impl Fn(DecodeError) -> A::Error,
-) -> Result<Cow<'de, str>, A::Error> {
-    map.next_value::<CowStr<'de>>().map(|s| s.0).map_err(|_| {
-        fail(DecodeError::WrongType {
-            field,
-            expected: "a string",
+) -> Result<Option<Cow<'de, str>>, A::Error> {
+    map.next_value::<Option<CowStr<'de>>>()
+        .map(|s| s.map(|s| s.0))
+        .map_err(|_| {
+            fail(DecodeError::WrongType {
+                field,
+                expected: "a string",
+            })
         })
-    })
+}
+
+/// An identifier (`customer_id`, `event_id`): a string, or a number written out in decimal, as
+/// every other decoder accepts it; `null` is `None` (absent).
+fn identifier_field<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    field: &'static str,
+    fail: impl Fn(DecodeError) -> A::Error,
+) -> Result<Option<Cow<'de, str>>, A::Error> {
+    map.next_value::<Option<Identifier<'de>>>()
+        .map(|s| s.map(|s| s.0))
+        .map_err(|_| {
+            fail(DecodeError::WrongType {
+                field,
+                expected: "a string or number",
+            })
+        })
+}
+
+/// A string (borrowed when unescaped) or a JSON number, as its decimal text.
+struct Identifier<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Identifier<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Identifier<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or number")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Identifier(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Identifier(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Identifier(Cow::Owned(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Identifier(Cow::Owned(v.to_string())))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Identifier(Cow::Owned(v.to_string())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                // As serde_json prints it, like the other decoders' `Number::to_string`.
+                Ok(Identifier(Cow::Owned(
+                    serde_json::Number::from_f64(v)
+                        .map_or_else(|| v.to_string(), |n| n.to_string()),
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A string that borrows from the input when it has no escapes.
@@ -337,6 +425,8 @@ impl<'de> Deserialize<'de> for CowStr<'de> {
 
 enum RawTs<'a> {
     Int(i64),
+    /// An integer beyond `i64`: a bad timestamp, as in the other decoders.
+    TooLarge(u64),
     Float(f64),
     Str(CowStr<'a>),
 }
@@ -353,9 +443,7 @@ impl<'de> Deserialize<'de> for RawTs<'de> {
                 Ok(RawTs::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v)
-                    .map(RawTs::Int)
-                    .map_err(|_| E::custom("out of range"))
+                Ok(i64::try_from(v).map_or(RawTs::TooLarge(v), RawTs::Int))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 Ok(RawTs::Float(v))
@@ -399,6 +487,24 @@ mod tests {
     }
 
     #[test]
+    fn null_optional_fields_are_absent() {
+        let ev = decode(
+            r#"{"event_id":null,"customer_id":"c","ts":1795341600120,"source":null,"event":"x","attributes":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ev.event_id, ev.source, ev.attributes),
+            (None, Cow::Borrowed("web"), Value::Null)
+        );
+        let ev =
+            decode(r#"{"event_id":7,"customer_id":42,"ts":1795341600120,"event":"x"}"#).unwrap();
+        assert_eq!(
+            (ev.event_id.as_deref(), &*ev.customer_id),
+            (Some("7"), "42")
+        );
+    }
+
+    #[test]
     fn unescapes_strings() {
         let ev = decode(r#"{"customer_id":"c\"1","ts":1795341600120,"event":"x"}"#).unwrap();
         assert_eq!(ev.customer_id, "c\"1");
@@ -412,8 +518,24 @@ mod tests {
             (r#"{"ts":1795341600120,"event":"x"}"#, "missing_field"),
             (r#"{"customer_id":"c","event":"x"}"#, "missing_field"),
             (
-                r#"{"customer_id":5,"ts":1795341600120,"event":"x"}"#,
+                r#"{"customer_id":true,"ts":1795341600120,"event":"x"}"#,
                 "wrong_type",
+            ),
+            (
+                r#"{"customer_id":null,"ts":1795341600120,"event":"x"}"#,
+                "missing_field",
+            ),
+            (
+                r#"{"customer_id":"c","ts":null,"event":"x"}"#,
+                "missing_field",
+            ),
+            (
+                r#"{"customer_id":"c","ts":1795341600120,"event":null}"#,
+                "missing_field",
+            ),
+            (
+                r#"{"customer_id":"c","ts":18446744073709551615,"event":"x"}"#,
+                "bad_timestamp",
             ),
             (
                 r#"{"customer_id":"","ts":1795341600120,"event":"x"}"#,
@@ -441,10 +563,14 @@ mod tests {
             assert_eq!(decode(line).unwrap_err().reason(), reason, "{line}");
         }
         assert_eq!(
-            decode(r#"{"customer_id":5,"ts":1,"event":"x"}"#)
+            decode(r#"{"customer_id":[5],"ts":1,"event":"x"}"#)
                 .unwrap_err()
                 .to_string(),
-            "field `customer_id` must be a string"
+            "field `customer_id` must be a string or number"
+        );
+        assert_eq!(
+            decode(r#"{"customer_id":null,"ts":1,"event":"x"}"#).unwrap_err(),
+            DecodeError::MissingField("customer_id")
         );
         let long = format!(
             r#"{{"customer_id":"{}","ts":1795341600120,"event":"x"}}"#,
@@ -460,6 +586,7 @@ mod tests {
     fn rejects_oversized_and_non_utf8() {
         let limits = DecodeLimits {
             max_record_bytes: 10,
+            ..DecodeLimits::default()
         };
         assert_eq!(
             decode_canonical(b"{\"customer_id\":\"c\"}", "web", &limits)

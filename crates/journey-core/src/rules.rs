@@ -41,7 +41,21 @@ const TOUCHPOINT_KEYS: &[&str] = &[
     "where",
 ];
 const OPERATORS: &[&str] = &[
-    "eq", "in", "prefix", "suffix", "contains", "regex", "exists", "gt", "gte", "lt", "lte",
+    "eq",
+    "ne",
+    "in",
+    "not_in",
+    "prefix",
+    "suffix",
+    "contains",
+    "not_contains",
+    "regex",
+    "not_regex",
+    "exists",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
 ];
 
 /// Every problem found in a rules file, in file order.
@@ -120,9 +134,13 @@ struct Lookups<'v> {
 /// Distinct condition paths beyond this many are looked up without caching.
 const LOOKUP_SLOTS: usize = 16;
 
+/// One attribute condition. The negations (`ne`, `not_in`, `not_contains`, `not_regex`) hold
+/// exactly when their positive form does not, so a missing attribute satisfies them, as
+/// PostHog's "is not" / "does not contain" filters do.
 #[derive(Debug)]
 enum Op {
     Eq(Value),
+    Not(Box<Op>),
     In(Vec<Value>),
     Prefix(Box<str>),
     Suffix(Box<str>),
@@ -221,6 +239,7 @@ impl Matcher {
 impl Op {
     fn holds(&self, v: Option<&Value>) -> bool {
         match self {
+            Op::Not(op) => !op.holds(v),
             Op::Exists(want) => v.is_some_and(|v| !v.is_null()) == *want,
             Op::Eq(want) => v.is_some_and(|v| json_eq(v, want)),
             Op::In(set) => v.is_some_and(|v| set.iter().any(|w| json_eq(v, w))),
@@ -238,21 +257,86 @@ impl Op {
     }
 }
 
-/// Numbers compare by value (`5` equals `5.0`); other types must match exactly.
+/// Numbers compare by exact value (`5` equals `5.0`, but `9007199254740993` does not equal
+/// `9007199254740992` although both round to the same `f64`); other types must match exactly.
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => number_eq(x, y),
         _ => a == b,
     }
 }
 
-/// A number, or a string holding one (form fields often arrive as strings).
+/// An integer as `i128` (every JSON integer serde_json keeps exactly: `i64` or `u64`).
+fn exact_int(n: &serde_json::Number) -> Option<i128> {
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
+}
+
+fn number_eq(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    match (exact_int(x), exact_int(y)) {
+        (Some(a), Some(b)) => a == b,
+        // An integer against a float: equal only if the float is that very integer.
+        (Some(i), None) => y.as_f64().is_some_and(|f| float_is_int(f, i)),
+        (None, Some(i)) => x.as_f64().is_some_and(|f| float_is_int(f, i)),
+        (None, None) => x.as_f64() == y.as_f64(),
+    }
+}
+
+/// `f` is exactly the integer `i` (`2^53 + 1` is not the float `2^53`).
+fn float_is_int(f: f64, i: i128) -> bool {
+    // Every float of magnitude below 2^100 that has no fraction converts to i128 exactly.
+    f.fract() == 0.0 && f.abs() < 1e30 && f as i128 == i
+}
+
+/// A number, or a string holding one in JSON number syntax (form fields often arrive as
+/// strings), with a finite value. `"Infinity"`, `"inf"`, `"NaN"`, `"0x10"`, `" 5"`, `"+5"`
+/// and `"1e999"` are not numbers (SPEC §2).
 fn as_number(v: &Value) -> Option<f64> {
     match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_f64().filter(|f| f.is_finite()),
+        Value::String(s) if is_json_number(s) => s.parse::<f64>().ok().filter(|f| f.is_finite()),
         _ => None,
     }
+}
+
+/// RFC 8259 §6: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, nothing around it.
+fn is_json_number(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
 }
 
 /// `*` matches any run of characters, `?` exactly one.
@@ -672,15 +756,16 @@ fn compile_conditions(
             _ => None,
         };
         let string = |v: &TomlValue| v.as_str().map(Box::<str>::from);
+        let not = |op: Op| Op::Not(Box::new(op));
         let compiled = match op.as_str() {
-            "eq" => match v {
+            "eq" | "ne" => match v {
                 TomlValue::String(_)
                 | TomlValue::Integer(_)
                 | TomlValue::Float(_)
                 | TomlValue::Boolean(_) => Some(Op::Eq(to_json(v))),
                 _ => None,
             },
-            "in" => match v {
+            "in" | "not_in" => match v {
                 TomlValue::Array(a) if !a.is_empty() => {
                     Some(Op::In(a.iter().map(to_json).collect()))
                 }
@@ -688,8 +773,8 @@ fn compile_conditions(
             },
             "prefix" => string(v).map(Op::Prefix),
             "suffix" => string(v).map(Op::Suffix),
-            "contains" => string(v).map(Op::Contains),
-            "regex" => match v.as_str() {
+            "contains" | "not_contains" => string(v).map(Op::Contains),
+            "regex" | "not_regex" => match v.as_str() {
                 Some(re) => match Regex::new(re) {
                     Ok(r) => Some(Op::Regex(r)),
                     Err(e) => {
@@ -717,12 +802,17 @@ fn compile_conditions(
                 continue;
             }
         };
+        let negated = matches!(op.as_str(), "ne" | "not_in" | "not_contains" | "not_regex");
         match compiled {
+            Some(c) if negated => out.push(Cond {
+                path: segments,
+                op: not(c),
+            }),
             Some(op) => out.push(Cond { path: segments, op }),
             None => {
                 let expected = match op.as_str() {
-                    "eq" => "a string, number or boolean",
-                    "in" => "a non-empty array",
+                    "eq" | "ne" => "a string, number or boolean",
+                    "in" | "not_in" => "a non-empty array",
                     "exists" => "a boolean",
                     "gt" | "gte" | "lt" | "lte" => "a number",
                     _ => "a string",
@@ -818,6 +908,125 @@ mod tests {
         assert_eq!(name(&ev("service", "ticket_opened", t)), None);
     }
 
+    fn one_rule(conds: &str) -> Rules {
+        Rules::from_toml(&format!(
+            "[[touchpoint]]\nname = \"t\"\nphase = \"awareness\"\nwhere = {conds}\n"
+        ))
+        .unwrap()
+    }
+
+    fn holds(r: &Rules, attrs: Value) -> bool {
+        r.classify(&ev("web", "x", attrs)).is_some()
+    }
+
+    #[test]
+    fn numeric_strings_follow_json_number_syntax_and_are_finite() {
+        let r = one_rule("{ total = { gte = 100 } }");
+        for ok in ["150", "100", "1e3", "1E+3", "100.0", "2.5e2"] {
+            assert!(holds(&r, serde_json::json!({ "total": ok })), "{ok}");
+        }
+        let not_numbers = [
+            "Infinity",
+            "inf",
+            "+inf",
+            "-infinity",
+            "NaN",
+            "nan",
+            "1e999",
+            "0x200",
+            " 150",
+            "150 ",
+            "+150",
+            "150.",
+            ".5e3",
+            "1_000",
+            "",
+            "01000",
+            "1e",
+            "--1",
+        ];
+        for bad in not_numbers {
+            assert!(!holds(&r, serde_json::json!({ "total": bad })), "{bad}");
+        }
+        let lt = one_rule("{ total = { lt = 10 } }");
+        for bad in ["-Infinity", "-inf", "-1e999", "NaN"] {
+            assert!(!holds(&lt, serde_json::json!({ "total": bad })), "{bad}");
+        }
+        assert!(holds(&lt, serde_json::json!({ "total": "-1e300" })));
+        assert!(holds(&lt, serde_json::json!({ "total": 5 })));
+    }
+
+    #[test]
+    fn integers_beyond_2_pow_53_compare_exactly() {
+        let big = 9_007_199_254_740_993_i64; // 2^53 + 1: rounds to 2^53 as f64
+        let r = one_rule(&format!("{{ id = {{ eq = {big} }} }}"));
+        assert!(holds(&r, serde_json::json!({ "id": big })));
+        assert!(!holds(&r, serde_json::json!({ "id": big - 1 })));
+        assert!(!holds(&r, serde_json::json!({ "id": (big - 1) as f64 })));
+        let r = one_rule(&format!("{{ id = {{ in = [{}, 1] }} }}", big - 1));
+        assert!(!holds(&r, serde_json::json!({ "id": big })));
+        assert!(holds(&r, serde_json::json!({ "id": big - 1 })));
+        let r = one_rule("{ id = { eq = 18446744073709551615.0 } }");
+        assert!(
+            !holds(&r, serde_json::json!({ "id": u64::MAX })),
+            "2^64 - 1 is not 2^64"
+        );
+        let r = one_rule("{ n = 5 }");
+        assert!(holds(&r, serde_json::json!({ "n": 5.0 })), "5 equals 5.0");
+        assert!(!holds(&r, serde_json::json!({ "n": 5.5 })));
+        assert!(
+            !holds(&r, serde_json::json!({ "n": "5" })),
+            "types must match"
+        );
+    }
+
+    #[test]
+    fn negations_hold_exactly_when_the_positive_form_does_not() {
+        let r = one_rule(r#"{ dept = { ne = "toys" } }"#);
+        assert!(holds(&r, serde_json::json!({ "dept": "shoes" })));
+        assert!(!holds(&r, serde_json::json!({ "dept": "toys" })));
+        assert!(holds(&r, serde_json::json!({})), "missing: not equal");
+        let r = one_rule(r#"{ dept = { not_in = ["toys", "food", "books"] } }"#);
+        assert!(holds(&r, serde_json::json!({ "dept": "shoes" })));
+        assert!(!holds(&r, serde_json::json!({ "dept": "food" })));
+        let r = one_rule(r#"{ url = { not_contains = "sale" } }"#);
+        assert!(holds(&r, serde_json::json!({ "url": "/shoes" })));
+        assert!(!holds(&r, serde_json::json!({ "url": "/summer-sale" })));
+        let r = one_rule(
+            r#"{ url = { not_regex = "^/(admin|internal)/" }, kind = { exists = true } }"#,
+        );
+        assert!(holds(&r, serde_json::json!({ "url": "/shop/", "kind": 1 })));
+        assert!(!holds(
+            &r,
+            serde_json::json!({ "url": "/admin/x", "kind": 1 })
+        ));
+        assert!(
+            !holds(&r, serde_json::json!({ "url": "/shop/" })),
+            "exists still applies"
+        );
+        let r = one_rule("{ n = { ne = 5 } }");
+        assert!(!holds(&r, serde_json::json!({ "n": 5.0 })));
+    }
+
+    #[test]
+    fn negations_are_validated_like_the_others() {
+        let bad = r#"
+            [[touchpoint]]
+            name = "a"
+            phase = "awareness"
+            where = { a = { ne = [1] }, b = { not_in = [] }, c = { not_contains = 3 }, d = { not_regex = "(" } }
+        "#;
+        assert_eq!(
+            Rules::from_toml(bad).unwrap_err().problems,
+            vec![
+                "touchpoint 1 `a`: where.\"a\".ne must be a string, number or boolean, found an array",
+                "touchpoint 1 `a`: where.\"b\".not_in must be a non-empty array, found an array",
+                "touchpoint 1 `a`: where.\"c\".not_contains must be a string, found an integer",
+                "touchpoint 1 `a`: where.\"d\".not_regex: bad regex `(`: unclosed group",
+            ]
+        );
+    }
+
     #[test]
     fn globs() {
         assert!(glob_match("page_*", "page_view"));
@@ -863,7 +1072,7 @@ mod tests {
                 "touchpoint 2 `a`: duplicate name `a` (first used by touchpoint 1)",
                 "touchpoint 3 `c`: empty match: give at least one of `source`, `event`, `where`",
                 "touchpoint 4 `d`: where.\"path\".regex: bad regex `(`: unclosed group",
-                "touchpoint 4 `d`: where.\"url\": unknown operator `startswith` (expected one of: eq, in, prefix, suffix, contains, regex, exists, gt, gte, lt, lte)",
+                "touchpoint 4 `d`: where.\"url\": unknown operator `startswith` (expected one of: eq, ne, in, not_in, prefix, suffix, contains, not_contains, regex, not_regex, exists, gt, gte, lt, lte)",
                 "touchpoint 5: missing `name`",
                 "touchpoint 5: unknown key `sorce` (expected one of: name, phase, description, channel, moment_of_truth, goal, score, nps, source, event, where)",
             ]

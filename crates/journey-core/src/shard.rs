@@ -60,7 +60,9 @@ impl ApplyError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// One buffered event of an open session. Buffers are ordered by `ts` only; events with equal
+/// times keep their arrival order (SPEC §3, docs/semantics.md §3), so no `Ord` is derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Point {
     ts: Millis,
     tp: u16,
@@ -93,7 +95,7 @@ struct Customer {
 struct Rare {
     /// The previous journey, kept until no on-time event can reach it any more.
     prev: Option<Journey>,
-    /// Events not yet in a closed session, ordered by `(ts, touchpoint)`.
+    /// Events not yet in a closed session, ordered by `ts`; equal times in arrival order.
     open: Vec<Point>,
 }
 
@@ -141,6 +143,9 @@ struct Hit<'a, 'e> {
     tp_id: u16,
     /// The event also joins the open session, whose timer will reschedule journey work.
     in_session: bool,
+    /// The event was older than the watermark on arrival: it may change a retained journey but
+    /// never starts one.
+    late: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,7 +322,8 @@ impl Shard {
             None => !late,
             Some(open) => {
                 let inside = !late || (open[0].ts <= ts && ts <= open[open.len() - 1].ts);
-                if inside && open.len() >= self.ctx.cfg.session_max_events {
+                let cfg = &self.ctx.cfg;
+                if inside && joined_session_len(open, ts, cfg) >= cfg.session_max_events {
                     self.st.agg.counters.rejected_too_many_events += 1;
                     return Err(ApplyError::TooManyEvents {
                         customer_id: ev.customer_id.to_string(),
@@ -383,6 +389,7 @@ impl Shard {
                         rule_tp: r,
                         tp_id: id,
                         in_session,
+                        late,
                     },
                     &mut self.timers,
                 );
@@ -398,7 +405,8 @@ impl Shard {
             let p = Point { ts, tp };
             let c = &mut self.st.customers[idx];
             let open = c.open_mut();
-            let pos = open.partition_point(|q| *q <= p);
+            // After every buffered event of the same time: ties keep arrival order.
+            let pos = open.partition_point(|q| q.ts <= ts);
             open.insert(pos, p);
             if pos == 0 {
                 // A new earliest event can only bring the first session's end forward.
@@ -647,6 +655,42 @@ fn first_session(open: &[Point], cfg: &EngineConfig) -> (Millis, usize) {
     (s, i)
 }
 
+/// Events already buffered in the session that an event at `ts` would join: the session of
+/// the buffer with the new event inserted after every buffered event of the same time, cut
+/// exactly as [`first_session`] cuts. Sessions that are complete but still wait for the
+/// watermark do not count (SPEC §3: limits per session count the session an event joins).
+fn joined_session_len(open: &[Point], ts: Millis, cfg: &EngineConfig) -> usize {
+    let pos = open.partition_point(|q| q.ts <= ts);
+    // Times of the buffer with the new event at `pos`.
+    let at = |i: usize| match i.cmp(&pos) {
+        std::cmp::Ordering::Less => open[i].ts,
+        std::cmp::Ordering::Equal => ts,
+        std::cmp::Ordering::Greater => open[i - 1].ts,
+    };
+    let n = open.len() + 1;
+    // A gap longer than `session.gap` always starts a session: walk from the last one before
+    // `pos`, so the cost is the length of the run around the new event, not of the buffer.
+    let mut start = pos;
+    while start > 0 && at(start) - at(start - 1) <= cfg.session_gap {
+        start -= 1;
+    }
+    let mut session_start = start;
+    let mut i = start + 1;
+    while i < n {
+        let split = at(i) - at(i - 1) > cfg.session_gap
+            || at(i) - at(session_start) >= cfg.session_max_duration;
+        if split {
+            if i > pos {
+                break;
+            }
+            session_start = i;
+        }
+        i += 1;
+    }
+    // `i` is one past the joined session's last event; the new event is not counted.
+    i - session_start - 1
+}
+
 /// Earliest watermark at which something is due for this customer.
 fn next_deadline(ctx: &Ctx, c: &Customer, wm: Millis) -> Millis {
     let cfg = &ctx.cfg;
@@ -763,6 +807,7 @@ impl State {
             rule_tp,
             tp_id,
             in_session,
+            late,
         } = hit;
         let ts = ev.ts;
         let w = ctx.cfg.journey_window;
@@ -795,7 +840,9 @@ impl State {
                     false
                 }
             };
-            if before_prev && c.journey.is_none() {
+            // A late event never creates journey state: a customer whose journey is final or
+            // evicted, or who was never seen, gets a visit only (SPEC §3, semantics §5, §11).
+            if (before_prev && c.journey.is_none()) || (start_new && late) {
                 self.agg.counters.late_outside_journey += 1;
                 return;
             }
@@ -949,7 +996,9 @@ fn set_dims(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, ev: &Event<'_>, tp
         } else {
             slot >> 16
         };
-        if ev.ts > cur_ts {
+        // Only an earlier event replaces the value. At the same instant the event that
+        // arrived first keeps it, as equal times keep their arrival order everywhere (SPEC §3).
+        if ev.ts >= cur_ts {
             continue;
         }
         let text: Option<std::borrow::Cow<'_, str>> = match d {
@@ -963,13 +1012,6 @@ fn set_dims(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, ev: &Event<'_>, tp
         };
         let Some(text) = text else { continue };
         let values = &mut agg.dimensions[d].values;
-        if ev.ts == cur_ts {
-            // Same instant: the smaller value wins, so arrival order does not matter.
-            let cur = (slot & 0xffff) as u16;
-            if cur == OTHER_VALUE || values.name(cur) <= text.as_ref() {
-                continue;
-            }
-        }
         let v = values.intern(&text, cap).unwrap_or(OTHER_VALUE);
         j.slots[base + d] = (ev.ts << 16) | v as i64;
     }

@@ -1,7 +1,10 @@
 //! The engine against a deliberately simple reference model: sort each customer's events by
-//! time, cut sessions and journeys, count. Random multi-customer streams arrive shuffled within
-//! the allowed lateness; every figure must equal the reference's. Merging shard partials in any
-//! grouping, and snapshot → restore → continue, must equal one uninterrupted shard.
+//! time (a stable sort of the arrival order, so equal times keep arrival order), cut sessions
+//! and journeys, count. Random multi-customer streams, with ties in time, arrive shuffled
+//! within the allowed lateness; every figure must equal the reference's. A per-session event
+//! limit rejects exactly the events that would overfill the session they join. Merging shard
+//! partials in any grouping, and snapshot → restore → continue, must equal one uninterrupted
+//! shard.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -92,9 +95,11 @@ fn kind_event(kind: u8, score: u8) -> (&'static str, &'static str, serde_json::V
     }
 }
 
-/// Gaps that straddle the session gap, the max duration and the journey window.
+/// Gaps that straddle the session gap, the max duration and the journey window, and zero
+/// gaps: trackers stamp whole seconds, so equal times are common.
 fn gap() -> impl Strategy<Value = Millis> {
     prop_oneof![
+        2 => Just(0),
         3 => (1..600i64).prop_map(|s| s * SECOND),
         3 => (1..40i64).prop_map(|m| m * MINUTE),
         2 => (25..35i64).prop_map(|m| m * MINUTE + 1),
@@ -161,14 +166,22 @@ fn stream() -> impl Strategy<Value = Stream> {
 /// An event with its time and touchpoint, as the reference sorts them.
 type Classified<'e> = (Millis, Option<u16>, &'e Event<'static>);
 
+impl Stream {
+    /// The events in arrival order.
+    fn arrived(&self) -> impl Iterator<Item = &Event<'static>> + '_ {
+        self.arrival.iter().map(|&i| &self.events[i])
+    }
+}
+
 /// The reference: per customer, events in time order, cut and counted the obvious way.
+/// `events` come in arrival order; a stable sort by time keeps equal times in that order.
 /// Returns `(time, effect)` records so any range can be summarised.
-fn reference(
-    events: &[Event<'static>],
+fn reference<'e>(
+    events: impl IntoIterator<Item = &'e Event<'static>>,
     rules: &Rules,
     cfg: &EngineConfig,
 ) -> Vec<(Millis, Effect)> {
-    let mut by_customer: BTreeMap<&str, Vec<Classified<'_>>> = BTreeMap::new();
+    let mut by_customer: BTreeMap<&str, Vec<Classified<'e>>> = BTreeMap::new();
     for e in events {
         by_customer
             .entry(&e.customer_id)
@@ -179,7 +192,8 @@ fn reference(
     let phase = |tp: u16| rules.touchpoint(tp).phase;
     let mut out = Vec::new();
     for evs in by_customer.values_mut() {
-        evs.sort_by_key(|e| (e.0, e.1.unwrap_or(u16::MAX)));
+        // Stable: ties keep arrival order (SPEC §3).
+        evs.sort_by_key(|e| e.0);
         for (ts, tp, e) in evs.iter() {
             if let Some(tp) = tp {
                 let score = rules.score(*tp, e);
@@ -247,9 +261,13 @@ fn reference(
                 j += 1;
             }
             let members = &cls[i..j];
-            let mut furthest = phase(members[0].1.unwrap());
+            // Phase dwell depends on the first time per phase only: at equal times the higher
+            // phase counts first, so a simultaneous pair records no zero sample.
+            let mut by_phase: Vec<&&Classified<'_>> = members.iter().collect();
+            by_phase.sort_by_key(|m| (m.0, std::cmp::Reverse(phase(m.1.unwrap()))));
+            let mut furthest = phase(by_phase[0].1.unwrap());
             let mut entered = t0;
-            for m in members {
+            for m in by_phase {
                 let p = phase(m.1.unwrap());
                 if p > furthest {
                     out.push((
@@ -401,7 +419,7 @@ proptest! {
         let cfg = Arc::new(config());
         let rules = Arc::new(Rules::from_toml(RULES).unwrap());
         let shards = run(&stream, 1, &cfg, &rules);
-        let records = reference(&stream.events, &rules, &cfg);
+        let records = reference(stream.arrived(), &rules, &cfg);
         for (from, to) in windows(&stream.events) {
             let got = figures(Summary::collect(shards.iter().map(|s| s.aggregates()), from, to, &include()));
             let want = figures(reference_summary(&records, &rules, from, to));
@@ -506,4 +524,71 @@ fn sketch_reference_is_the_engines_sketch() {
         b.add(v);
     }
     assert_eq!(a, b);
+}
+
+/// Which events a per-session limit must reject, arrival by arrival: each event joins the
+/// session that the customer's accepted events form with it inserted after every event of the
+/// same time; it is rejected when that session already holds `limit` events. Sessions that are
+/// complete do not count, whatever the watermark.
+fn limit_reference(stream: &Stream, cfg: &EngineConfig, limit: usize) -> Vec<bool> {
+    let mut accepted: BTreeMap<&str, Vec<Millis>> = BTreeMap::new();
+    let mut rejected = vec![false; stream.events.len()];
+    for &i in &stream.arrival {
+        let e = &stream.events[i];
+        let times = accepted.entry(&e.customer_id).or_default();
+        let pos = times.partition_point(|&t| t <= e.ts);
+        let mut with = times.clone();
+        with.insert(pos, e.ts);
+        // Cut `with` into sessions; find the one holding `pos`.
+        let (mut start, mut joined) = (0, None);
+        for k in 1..=with.len() {
+            let split = k == with.len()
+                || with[k] - with[k - 1] > cfg.session_gap
+                || with[k] - with[start] >= cfg.session_max_duration;
+            if split {
+                if (start..k).contains(&pos) {
+                    joined = Some(k - start - 1);
+                }
+                start = k;
+            }
+        }
+        if joined.unwrap() >= limit {
+            rejected[i] = true;
+        } else {
+            times.insert(pos, e.ts);
+        }
+    }
+    rejected
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn session_limit_counts_only_the_session_an_event_joins(stream in stream(), limit in 1usize..6) {
+        let cfg = Arc::new(EngineConfig { session_max_events: limit, ..config() });
+        let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+        let want = limit_reference(&stream, &cfg, limit);
+        let mut shard = Shard::new(cfg.clone(), rules.clone());
+        let mut got = vec![false; stream.events.len()];
+        for &i in &stream.arrival {
+            match shard.apply(&stream.events[i]) {
+                Ok(a) => prop_assert!(!a.late),
+                Err(journey_core::ApplyError::TooManyEvents { .. }) => got[i] = true,
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+        shard.flush();
+        prop_assert_eq!(&got, &want);
+        let rejected = want.iter().filter(|r| **r).count() as u64;
+        prop_assert_eq!(shard.aggregates().counters.rejected_too_many_events, rejected);
+        // The accepted events give exactly the reference's figures: rejected ones left no trace.
+        let accepted = stream.arrival.iter().filter(|&&i| !want[i]).map(|&i| &stream.events[i]);
+        let records = reference(accepted, &rules, &cfg);
+        for (from, to) in windows(&stream.events) {
+            let got = figures(Summary::of(shard.aggregates(), from, to, &include()));
+            let want = figures(reference_summary(&records, &rules, from, to));
+            prop_assert_eq!(got, want, "window [{}, {})", from, to);
+        }
+    }
 }

@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let limits = DecodeLimits {
         max_record_bytes: 4096,
+        ..DecodeLimits::default()
     };
     let decoder = Decoder::new(format, "fuzz", limits);
     if let Ok(e) = decoder.decode(record) {

@@ -2,10 +2,10 @@
 //!
 //! | event field   | taken from                                                          |
 //! |---------------|---------------------------------------------------------------------|
-//! | `customer_id` | `subject` (a string)                                                |
+//! | `customer_id` | `subject` (a string, or a number written out, as in every decoder)  |
 //! | `event`       | `type`                                                              |
 //! | `ts`          | `time` (RFC 3339, or integer epoch milliseconds); required here      |
-//! | `event_id`    | `id`                                                                |
+//! | `event_id`    | `id` (a string, or a number written out)                            |
 //! | `source`      | the decoder's default source                                        |
 //! | `attributes`  | `data` when it is an object, else `{"data": data}`; the CloudEvents |
 //! |               | `source` URI is added as `ce_source`                                |
@@ -42,14 +42,10 @@ struct CloudEvent<'a> {
 pub(crate) fn decode<'a>(text: &'a str, source: &'a str) -> Result<Event<'a>, DecodeError> {
     let ce: CloudEvent<'a> = decode::parse_object(text)?;
 
-    let customer_id = match ce.subject {
-        None => return Err(DecodeError::MissingField("subject")),
-        Some(subject) => decode::string(subject, "subject")?,
-    };
-    journey_core::event::check_customer_id(&customer_id)?;
+    let customer_id = decode::customer(ce.subject, "subject")?;
     let name = decode::event_name(ce.kind, "type")?;
     let ts = decode::timestamp(ce.time.ok_or(DecodeError::MissingField("time"))?, "time")?;
-    let event_id = decode::optional_string(ce.id, "id")?;
+    let event_id = ce.id.map(|id| decode::identifier(id, "id")).transpose()?;
     let ce_source = decode::optional_string(ce.source, "source")?;
 
     let mut attributes = match (ce.data, ce.data_base64) {
@@ -172,9 +168,14 @@ mod tests {
                 "missing field `subject`",
             ),
             (
-                r#"{"type": "t", "subject": 42, "time": 1795341600000}"#,
+                r#"{"type": "t", "subject": true, "time": 1795341600000}"#,
                 "wrong_type",
-                "field `subject` must be a string",
+                "field `subject` must be a string or number",
+            ),
+            (
+                r#"{"type": "t", "subject": null, "time": 1795341600000}"#,
+                "missing_field",
+                "missing field `subject`",
             ),
             (
                 r#"{"type": "t", "subject": "", "time": 1795341600000}"#,
@@ -217,9 +218,9 @@ mod tests {
                 "`ts` 946684799999 is outside the accepted range 2000-01-01 to 2100-01-01",
             ),
             (
-                r#"{"type": "t", "subject": "s", "time": 1795341600000, "id": 81}"#,
+                r#"{"type": "t", "subject": "s", "time": 1795341600000, "id": [81]}"#,
                 "wrong_type",
-                "field `id` must be a string",
+                "field `id` must be a string or number",
             ),
             (
                 r#"{"type": "t", "subject": "s", "time": 1795341600000, "source": ["x"]}"#,
@@ -248,6 +249,7 @@ mod tests {
             "web",
             DecodeLimits {
                 max_record_bytes: 2,
+                ..DecodeLimits::default()
             },
         );
         assert_eq!(

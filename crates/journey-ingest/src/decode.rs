@@ -8,8 +8,13 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use journey_core::event::{check_customer_id, check_time, decode_canonical, parse_rfc3339};
+use journey_core::event::{
+    check_customer_id, check_not_future, check_time, decode_canonical, parse_rfc3339,
+};
 use journey_core::time::Millis;
 use journey_core::{DecodeError, DecodeLimits, Event};
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
@@ -18,24 +23,62 @@ use serde_json::{Map, Value};
 
 use crate::{cloudevents, segment, Format};
 
+/// The wall clock, epoch milliseconds. Replaced in tests.
+pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
+
+/// The system's wall clock, epoch milliseconds.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+            Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+        })
+    })
+}
+
 /// Decodes records of one wire format into events.
 ///
-/// `default_source` is the event's `source` unless the canonical record (or the mapping's
-/// `source` pointer) names one; Segment and CloudEvents records always get it.
-#[derive(Debug, Clone)]
+/// `default_source` is the event's `source` unless the record names one (null counts as
+/// absent, SPEC §1); Segment and CloudEvents records always get it. Every format ends with the
+/// same checks: event time in the accepted range, and not more than `limits.max_future` after
+/// the decoder's wall clock ([`DecodeError::TimestampInFuture`]).
+#[derive(Clone)]
 pub struct Decoder {
     format: Format,
     default_source: String,
     limits: DecodeLimits,
+    clock: Clock,
+    /// `clock() + max_future` when last read, epoch milliseconds: event times up to it are
+    /// accepted without reading the clock again (the wall clock only moves forward).
+    horizon: Arc<AtomicI64>,
+}
+
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("format", &self.format)
+            .field("default_source", &self.default_source)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Decoder {
+    /// A decoder that checks event times against the system clock.
     pub fn new(format: Format, default_source: impl Into<String>, limits: DecodeLimits) -> Self {
         Decoder {
             format,
             default_source: default_source.into(),
             limits,
+            clock: system_clock(),
+            horizon: Arc::new(AtomicI64::new(Millis::MIN)),
         }
+    }
+
+    /// The same decoder with another wall clock (tests, or a clock the caller already read).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self.horizon = Arc::new(AtomicI64::new(Millis::MIN));
+        self
     }
 
     pub fn format(&self) -> &Format {
@@ -53,12 +96,26 @@ impl Decoder {
     /// Decodes one record (one JSON object). Strings borrow from `bytes` where possible.
     pub fn decode<'a>(&'a self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
         let source = self.default_source.as_str();
-        match &self.format {
+        let ev = match &self.format {
             Format::Canonical => decode_canonical(bytes, source, &self.limits),
             Format::Segment => segment::decode(checked_text(bytes, &self.limits)?, source),
             Format::CloudEvents => cloudevents::decode(checked_text(bytes, &self.limits)?, source),
             Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &self.limits)?, source),
+        }?;
+        self.check_future(ev.ts)?;
+        Ok(ev)
+    }
+
+    /// SPEC §1: a record dated more than `max_future` after the wall clock is rejected.
+    fn check_future(&self, ts: Millis) -> Result<(), DecodeError> {
+        if ts <= self.horizon.load(Ordering::Relaxed) {
+            return Ok(());
         }
+        let now = (self.clock)();
+        let max_future = self.limits.max_future;
+        self.horizon
+            .fetch_max(now.saturating_add(max_future), Ordering::Relaxed);
+        check_not_future(ts, now, max_future)
     }
 }
 
@@ -294,6 +351,7 @@ pub(crate) fn shown(err: &DecodeError) -> (&'static str, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use journey_core::time::DAY;
 
     fn field(json: &str) -> Field<'_> {
         serde_json::from_str(json).unwrap()
@@ -365,10 +423,174 @@ mod tests {
         );
     }
 
+    const NOW: Millis = 1_795_341_600_000;
+
+    /// One decoder per format; the mapping uses canonical-like names under `/r`.
+    fn decoders() -> Vec<(&'static str, Decoder)> {
+        let mapping: std::collections::BTreeMap<String, String> = [
+            ("customer_id", "/r/customer"),
+            ("event", "/r/event"),
+            ("ts", "/r/ts"),
+            ("source", "/r/source"),
+            ("event_id", "/r/id"),
+            ("attributes", "/r/attributes"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let formats = [
+            ("canonical", Format::Canonical),
+            ("segment", Format::Segment),
+            ("cloudevents", Format::CloudEvents),
+            (
+                "mapping",
+                Format::Mapping(crate::Mapping::new(&mapping).unwrap()),
+            ),
+        ];
+        formats
+            .into_iter()
+            .map(|(name, f)| {
+                let d =
+                    Decoder::new(f, "dflt", DecodeLimits::default()).with_clock(Arc::new(|| NOW));
+                (name, d)
+            })
+            .collect()
+    }
+
+    /// A record of `format` from (canonical field, value) pairs; `None` writes JSON null.
+    fn record(format: &str, fields: &[(&'static str, Option<Value>)]) -> String {
+        let name = |f: &'static str| -> &'static str {
+            match (format, f) {
+                ("segment", "customer_id") => "userId",
+                ("segment", "ts") => "timestamp",
+                ("segment", "event_id") => "messageId",
+                ("segment", "attributes") => "properties",
+                ("cloudevents", "customer_id") => "subject",
+                ("cloudevents", "ts") => "time",
+                ("cloudevents", "event") => "type",
+                ("cloudevents", "event_id") => "id",
+                ("cloudevents", "attributes") => "data",
+                ("mapping", "event_id") => "id",
+                ("mapping", "customer_id") => "customer",
+                _ => f,
+            }
+        };
+        let obj: Map<String, Value> = fields
+            .iter()
+            .map(|(f, v)| (name(f).to_string(), v.clone().unwrap_or(Value::Null)))
+            .collect();
+        let obj = if format == "mapping" {
+            serde_json::json!({ "r": obj })
+        } else {
+            Value::Object(obj)
+        };
+        obj.to_string()
+    }
+
+    fn base() -> Vec<(&'static str, Option<Value>)> {
+        vec![
+            ("customer_id", Some(Value::from("c-1"))),
+            ("event", Some(Value::from("x"))),
+            ("ts", Some(Value::from(NOW))),
+        ]
+    }
+
+    #[test]
+    fn every_decoder_treats_null_as_absent_and_a_null_required_field_as_missing() {
+        for (format, dec) in decoders() {
+            let plain = record(format, &base());
+            let want = dec.decode(plain.as_bytes()).unwrap().into_owned();
+            let optional: &[&str] = match format {
+                "segment" => &["event_id", "attributes", "anonymousId", "context", "name"],
+                "cloudevents" => &["event_id", "attributes", "source", "data_base64"],
+                _ => &["event_id", "attributes", "source"],
+            };
+            for field in optional {
+                let mut fields = base();
+                fields.push((field, None));
+                let text = record(format, &fields);
+                let got = dec.decode(text.as_bytes());
+                assert_eq!(
+                    got.map(Event::into_owned),
+                    Ok(want.clone()),
+                    "{format}: {text}"
+                );
+            }
+            for field in ["customer_id", "event", "ts"] {
+                let mut fields = base();
+                fields.iter_mut().find(|f| f.0 == field).unwrap().1 = None;
+                let text = record(format, &fields);
+                let err = dec.decode(text.as_bytes()).unwrap_err();
+                assert_eq!(err.reason(), "missing_field", "{format}: {text}");
+                let absent: Vec<_> = base().into_iter().filter(|f| f.0 != field).collect();
+                let absent = record(format, &absent);
+                assert_eq!(
+                    dec.decode(absent.as_bytes()).unwrap_err(),
+                    err,
+                    "{format}: null and absent give the same error"
+                );
+            }
+            // Identifiers: a number is written out in decimal, in every format.
+            let mut fields = base();
+            fields[0].1 = Some(Value::from(42));
+            fields.push(("event_id", Some(Value::from(7))));
+            let text = record(format, &fields);
+            let ev = dec.decode(text.as_bytes()).unwrap();
+            assert_eq!(
+                (&*ev.customer_id, ev.event_id.as_deref()),
+                ("42", Some("7")),
+                "{format}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_decoder_rejects_records_dated_beyond_max_future() {
+        for (format, dec) in decoders() {
+            let at = |ts: Millis| {
+                let mut fields = base();
+                fields[2].1 = Some(Value::from(ts));
+                dec.decode(record(format, &fields).as_bytes()).map(|e| e.ts)
+            };
+            assert_eq!(
+                at(NOW + DAY),
+                Ok(NOW + DAY),
+                "{format}: exactly max_future ahead"
+            );
+            let err = at(NOW + DAY + 1).unwrap_err();
+            assert_eq!(err.reason(), "timestamp_in_future", "{format}");
+            assert_eq!(
+                err,
+                DecodeError::TimestampInFuture {
+                    ts: NOW + DAY + 1,
+                    now: NOW,
+                    max_future: DAY
+                }
+            );
+            assert_eq!(
+                at(NOW - 400 * DAY),
+                Ok(NOW - 400 * DAY),
+                "{format}: the past is fine"
+            );
+        }
+        // The clock is read again once an event goes beyond the last reading.
+        let now = Arc::new(AtomicI64::new(NOW));
+        let clock = now.clone();
+        let dec = Decoder::new(Format::Canonical, "web", DecodeLimits::default())
+            .with_clock(Arc::new(move || clock.load(Ordering::Relaxed)));
+        let line = |ts: Millis| format!(r#"{{"customer_id":"c","ts":{ts},"event":"x"}}"#);
+        assert!(dec.decode(line(NOW + 2 * DAY).as_bytes()).is_err());
+        now.store(NOW + DAY, Ordering::Relaxed);
+        assert!(dec.decode(line(NOW + 2 * DAY).as_bytes()).is_ok());
+        let err = dec.decode(line(NOW + 3 * DAY).as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), "`ts` 1795600800000 is more than 1d after the wall clock (1795428000000), all epoch milliseconds");
+    }
+
     #[test]
     fn size_is_checked_before_utf8() {
         let limits = DecodeLimits {
             max_record_bytes: 3,
+            ..DecodeLimits::default()
         };
         assert_eq!(
             checked_text(b"\xff\xff\xff\xff", &limits),

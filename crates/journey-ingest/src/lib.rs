@@ -10,7 +10,8 @@
 //! Every way a record can fail is a [`journey_core::DecodeError`] whose `reason()` is the
 //! stable dead-letter and metric label and whose message names the offending field, so that
 //! a dead-lettered record explains itself. Nothing here does I/O beyond reading the
-//! `BufRead` it is given, and nothing is dropped silently: splitting keeps records that will
+//! `BufRead` it is given (and the wall clock, through a replaceable [`Clock`], to reject
+//! records dated more than `ingest.max_future` ahead), and nothing is dropped silently: splitting keeps records that will
 //! fail to decode, so the caller can count and dead-letter them with their position.
 
 mod body;
@@ -23,6 +24,6 @@ mod segment;
 
 pub use body::{for_each_line, split_body, Record, Records};
 pub use deadletter::{DeadLetter, DeadLetters, Position};
-pub use decode::Decoder;
+pub use decode::{system_clock, Clock, Decoder};
 pub use format::Format;
 pub use mapping::Mapping;

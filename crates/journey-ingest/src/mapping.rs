@@ -470,6 +470,7 @@ mod tests {
             "orders",
             DecodeLimits {
                 max_record_bytes: 8,
+                ..DecodeLimits::default()
             },
         );
         assert_eq!(

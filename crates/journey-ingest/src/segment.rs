@@ -463,6 +463,7 @@ mod tests {
             "web",
             DecodeLimits {
                 max_record_bytes: 4,
+                ..DecodeLimits::default()
             },
         );
         assert_eq!(

@@ -135,6 +135,9 @@ pub struct HttpSettings {
 pub struct IngestSettings {
     /// A larger record goes to the dead-letter sink.
     pub max_record_bytes: usize,
+    /// A record dated more than this after the wall clock when decoded is rejected as
+    /// `timestamp_in_future` (milliseconds; SPEC §1, default 1 day).
+    pub max_future: Millis,
 }
 
 /// `[log]`.
@@ -214,6 +217,7 @@ impl Settings {
             },
             ingest: IngestSettings {
                 max_record_bytes: 1 << 20,
+                max_future: DAY,
             },
             kafka: KafkaSettings {
                 enabled: false,
@@ -633,6 +637,7 @@ struct RawHttp {
 #[serde(default, deny_unknown_fields)]
 struct RawIngest {
     max_record_bytes: Option<usize>,
+    max_future: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -896,7 +901,18 @@ impl RawConfig {
                 self.ingest.max_record_bytes,
                 d.ingest.max_record_bytes,
             ),
+            max_future: p.duration(
+                "ingest.max_future",
+                self.ingest.max_future,
+                d.ingest.max_future,
+            ),
         };
+        if ingest.max_future <= 0 {
+            p.push(format!(
+                "ingest.max_future: must be positive, got {}",
+                HumanDuration(ingest.max_future)
+            ));
+        }
 
         let kafka = build_kafka(self.kafka, d.kafka, &mut p);
 

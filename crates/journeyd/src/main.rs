@@ -64,6 +64,10 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Process NDJSON files (or `-` for stdin) as fast as possible and print the figures as JSON.
+    ///
+    /// The figures cover the whole input, from its first event to its last: replay keeps
+    /// every hour of the data, whatever `retention.total` says. `--from/--to` restrict them
+    /// exactly as the same range queried over the API would.
     Replay {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -76,6 +80,14 @@ enum Command {
         /// `source` of events that name none.
         #[arg(long, default_value = "file")]
         source: String,
+        /// Report only figures filed at or after this time (RFC 3339, epoch milliseconds or
+        /// `now-30d`), as the API's `from` (default: the input's first event).
+        #[arg(long)]
+        from: Option<String>,
+        /// Report only figures filed before this time, as the API's `to` (default: just
+        /// after the input's last event).
+        #[arg(long)]
+        to: Option<String>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -95,9 +107,13 @@ fn main() {
             rules,
             format,
             source,
+            from,
+            to,
             files,
-        } => load_settings(config.as_deref())
-            .and_then(|s| replay(s, rules, &format, &source, &files)),
+        } => load_settings(config.as_deref()).and_then(|s| {
+            let range = ReplayRange::parse(from.as_deref(), to.as_deref(), now_ms())?;
+            replay(s, rules, &format, &source, range, &files)
+        }),
         Command::Run { config } => load_settings(config.as_deref()).and_then(|s| serve(s, None)),
         Command::Demo {
             listen,
@@ -224,6 +240,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         let runtime = Runtime::start(engine, rules, rc, Vec::new());
         let limits = DecodeLimits {
             max_record_bytes: settings.ingest.max_record_bytes,
+            max_future: settings.ingest.max_future,
         };
         let source = journey_kafka::KafkaSource::start(
             &settings.kafka,
@@ -269,6 +286,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
                 max_body_bytes: settings.http.max_body_bytes,
                 max_batch_events: settings.http.max_batch_events,
                 max_record_bytes: settings.ingest.max_record_bytes,
+                max_future: settings.ingest.max_future,
                 default_source: settings.http.default_source.clone(),
                 decode_nice: settings.runtime.worker_nice,
             },
@@ -460,23 +478,58 @@ async fn demo_feed(rt: RuntimeHandle, per_minute: usize) {
             round += 1;
             next_start += MINUTE;
         }
-        pending.sort_by_key(|e| std::cmp::Reverse(e.ts));
-        let due = pending.iter().rev().take_while(|e| e.ts <= now).count();
-        // Oldest first, as a real stream delivers them.
-        let mut ready: Vec<Event<'static>> = pending.split_off(pending.len() - due);
-        ready.reverse();
+        // Oldest first, as a real stream delivers them; a stable sort, so events of equal time
+        // keep the order they were generated in.
+        pending.sort_by_key(|e| e.ts);
+        let due = pending.partition_point(|e| e.ts <= now);
+        let ready: Vec<Event<'static>> = pending.drain(..due).collect();
         if !ready.is_empty() && rt.submit(ready).await.is_err() {
             return;
         }
     }
 }
 
+/// The range `replay` reports, each end as the API's `from`/`to` parameters are written.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReplayRange {
+    /// Epoch milliseconds, inclusive; `None`: the input's first event.
+    from: Option<Millis>,
+    /// Epoch milliseconds, exclusive; `None`: just after the input's last event.
+    to: Option<Millis>,
+}
+
+impl ReplayRange {
+    fn parse(from: Option<&str>, to: Option<&str>, now: Millis) -> Result<ReplayRange> {
+        let time = |flag: &str, v: Option<&str>| {
+            v.map(|v| {
+                journey_api::range::parse_time(v, now).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+            })
+            .transpose()
+        };
+        let range = ReplayRange {
+            from: time("--from", from)?,
+            to: time("--to", to)?,
+        };
+        if let (Some(f), Some(t)) = (range.from, range.to) {
+            if f >= t {
+                bail!("--from must be before --to");
+            }
+        }
+        Ok(range)
+    }
+}
+
 /// `replay`: decode files as fast as possible with all workers, then print the figures.
+///
+/// Retention follows the data: hour buckets are kept for the whole accepted time range
+/// (2000–2100), so memory grows with the span of the input, one hour bucket per hour it
+/// covers, and nothing is dropped as `expired`. Minute buckets keep `retention.fine`.
 fn replay(
     settings: Settings,
     rules: Option<PathBuf>,
     format: &str,
     source: &str,
+    range: ReplayRange,
     files: &[PathBuf],
 ) -> Result<()> {
     let rules_path = rules.unwrap_or_else(|| settings.rules.path.clone());
@@ -487,6 +540,7 @@ fn replay(
         source,
         DecodeLimits {
             max_record_bytes: settings.ingest.max_record_bytes,
+            max_future: settings.ingest.max_future,
         },
     );
     let rc = RuntimeConfig {
@@ -502,12 +556,11 @@ fn replay(
         on_reject: None,
         worker_nice: 0,
     };
-    let runtime = Runtime::start(
-        Arc::new(settings.engine.clone()),
-        rules.clone(),
-        rc,
-        Vec::new(),
-    );
+    let engine = journey_core::EngineConfig {
+        retention_total: journey_core::time::MAX_EVENT_TIME - journey_core::time::MIN_EVENT_TIME,
+        ..settings.engine.clone()
+    };
+    let runtime = Runtime::start(Arc::new(engine), rules.clone(), rc, Vec::new());
     let rt = runtime.handle();
     let progress = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -569,7 +622,8 @@ fn replay(
             Some(acc.map_or((a, b), |(x, y)| (x.min(a), y.max(b))))
         },
     );
-    let (from, to) = span.unwrap_or((0, 0));
+    let (first, last) = span.unwrap_or((0, 0));
+    let (from, to) = (range.from.unwrap_or(first), range.to.unwrap_or(last));
     let sum = Summary::collect(
         parts.iter().map(|p| p.as_ref()),
         from,
@@ -583,7 +637,11 @@ fn replay(
             "accepted": accepted,
             "rejected": rejected,
             "applied": stats.applied.load(Ordering::Relaxed),
+            "classified": sum.counters.classified,
+            "unclassified": sum.counters.unclassified,
             "late": stats.late.load(Ordering::Relaxed),
+            "duplicates": stats.duplicates.load(Ordering::Relaxed),
+            "expired": sum.counters.expired,
             "rejected_by_engine": { "too_many_events": stats.rejected_too_many_events.load(Ordering::Relaxed) },
         },
         "from": from,

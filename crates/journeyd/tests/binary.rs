@@ -310,6 +310,9 @@ fn generate_and_replay(format: &str, source: &str) -> Value {
             "generate",
             "--customers",
             "300",
+            // In the past: records dated more than a day after the wall clock are rejected.
+            "--start",
+            "2026-09-01T00:00:00Z",
             "--format",
             format,
             "--only-source",
