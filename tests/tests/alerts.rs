@@ -112,9 +112,6 @@ fn a_drop_off_spike_goes_pending_firing_resolved_and_reaches_the_webhook() {
         ..GenConfig::default()
     };
 
-    // One task: the slices below end where the stream's newest event is, and the evaluation
-    // must reach there. With many tasks it ends at the furthest-behind task's watermark,
-    // which at night, with few journeys per task, trails the slice's end.
     let (hook_port, inbox) = receiver();
     let dir = temp_dir("alerts");
     let port = free_port();
@@ -123,7 +120,7 @@ fn a_drop_off_spike_goes_pending_firing_resolved_and_reaches_the_webhook() {
         &config,
         format!(
             "[http]\nlisten = \"127.0.0.1:{port}\"\n\
-             [runtime]\nworkers = 1\ntasks = 1\npublish_interval = \"50ms\"\n\
+             [runtime]\nworkers = 1\npublish_interval = \"50ms\"\n\
              [alerts]\nenabled = true\ninterval = \"50ms\"\nwindow = \"1h\"\n\
              baseline = \"day_before\"\nthreshold_relative = 1.5\nthreshold_absolute = 0.2\n\
              min_sessions = 20\nfor = \"30m\"\nkeep_resolved = \"12h\"\n\

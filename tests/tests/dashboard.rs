@@ -497,7 +497,7 @@ fn now_ms() -> i64 {
 fn start_service(dir: &Path, extra: &str) -> Service {
     let port = free_port();
     let config = dir.join("journeyd.toml");
-    // One task: the closing event shares the watermark of every session.
+    // HTTP input is one stream: the closing event moves every task's watermark.
     std::fs::write(
         &config,
         format!(
@@ -509,7 +509,6 @@ listen = "127.0.0.1:{port}"
 attributes = ["persona"]
 [runtime]
 workers = 1
-tasks = 1
 publish_interval = "100ms"
 tick_interval = "200ms"
 [rules]
@@ -566,7 +565,7 @@ fn expected_touchpoints() -> HashMap<String, (u64, u64, u64, u64)> {
 
 /// Loads the events and waits until every session is closed and published. Sessions close
 /// when the watermark passes their last event + 30 min: `c-zed` then sends one unclassified
-/// event at the wall-clock time, which (one task, so one watermark) puts the watermark at
+/// event at the wall-clock time, which (HTTP input being one stream for every task) puts the watermark at
 /// now − 5 min, past every session above, and adds nothing to any figure shown.
 ///
 /// The API must agree with the hand-computed figures before the browser is asked: a mismatch

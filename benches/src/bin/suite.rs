@@ -3,8 +3,9 @@
 //! - `replay`: end-to-end replay throughput (NDJSON file → aggregates) with 1 and 2 workers,
 //!   against the parse-only baseline (the same lines read and decoded by the same code, then
 //!   dropped);
-//! - `kafka`: Kafka end-to-end throughput of one instance reading librdkafka's mock cluster,
-//!   against a bare consumer reading the same topic (`JOURNEYD_BENCH_KAFKA_PROPS="k=v,…"` passes
+//! - `kafka`: Kafka end-to-end throughput of one instance reading librdkafka's mock cluster and
+//!   a real broker in its own process (tansu, found as the tests find it), each against a bare
+//!   consumer reading the same topic (`JOURNEYD_BENCH_KAFKA_PROPS="k=v,…"` passes
 //!   librdkafka properties to the service, for experiments);
 //! - `api`: p50/p99 latency of funnel and touchpoint queries, measured by `wrk`, over a
 //!   service holding 1 M customers and 7 days of buckets while it ingests over HTTP at full
@@ -297,65 +298,87 @@ fn wait_applied(port: u16, n: u64, limit: Duration) -> Result<()> {
 // ---------------------------------------------------------------- kafka
 
 fn kafka(quick: bool) -> Result<()> {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
     let customers = if quick { 2_000 } else { 200_000 };
     let (file, lines) = dataset(customers, DAY)?;
-    let cluster = MockCluster::new(1).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
     // The mock broker keeps at most 5 MB per partition (older records are deleted), so the
     // data set is spread thin enough for every record to stay.
     let partitions =
         (std::fs::metadata(&file).map_err(|e| e.to_string())?.len() / (2 << 20) + 4) as i32;
+
+    let cluster = MockCluster::new(1).map_err(|e| e.to_string())?;
     cluster
         .create_topic("web", partitions, 1)
         .map_err(|e| e.to_string())?;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+    kafka_against(
+        "librdkafka's mock cluster",
+        &cluster.bootstrap_servers(),
+        &text,
+        lines,
+        partitions,
+    )?;
+    drop(cluster);
+
+    // A real Kafka-protocol broker in its own process.
+    let tansu = journey_tests::Tansu::start("suite-kafka");
+    tansu.create_topic("web", partitions);
+    kafka_against(
+        "tansu (separate process)",
+        &tansu.brokers(),
+        &text,
+        lines,
+        partitions,
+    )
+}
+
+/// Produces `text` (NDJSON, keyed by customer id with the Java clients' partitioner) to topic
+/// `web` of `brokers`, then measures journeyd reading it end to end, and a bare consumer
+/// reading it without decoding (the ceiling the broker sets).
+fn kafka_against(
+    broker: &str,
+    brokers: &str,
+    text: &str,
+    lines: u64,
+    partitions: i32,
+) -> Result<()> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+
     let started = Instant::now();
-    for line in text.lines() {
+    let records = text.lines().map(|line| journey_tests::Record {
+        topic: "web",
         // The customer id as key, as producers do to keep a customer on one partition.
-        let key = line
+        key: line
             .split("\"customer_id\":\"")
             .nth(1)
             .and_then(|r| r.split('"').next())
-            .unwrap_or("");
-        let mut record = BaseRecord::to("web").key(key).payload(line);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(120))
-        .map_err(|e| e.to_string())?;
+            .unwrap_or(""),
+        payload: line,
+        partition: None,
+    });
+    let produced = journey_tests::produce_keyed(
+        brokers,
+        &[
+            ("linger.ms", "20"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "1000000"),
+        ],
+        records,
+    );
     println!(
-        "produced {lines} events to the mock cluster ({partitions} partitions) in {:.1} s",
+        "{broker}: produced {produced} events ({partitions} partitions) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
     let port = free_port();
-    let extra = format!(
-        "tick_interval = \"100ms\"\n[kafka]\nenabled = true\nbrokers = \"{}\"\ngroup_id = \"bench\"\n\
-         [[kafka.topics]]\nname = \"web\"\nsource = \"web\"\nformat = \"canonical\"\n",
-        cluster.bootstrap_servers()
+    let mut extra = format!(
+        "tick_interval = \"100ms\"\n[kafka]\nenabled = true\nbrokers = \"{brokers}\"\ngroup_id = \"bench\"\n\
+         [[kafka.topics]]\nname = \"web\"\nsource = \"web\"\nformat = \"canonical\"\n"
     );
     // Extra librdkafka consumer properties for experiments: `k=v,k=v`.
-    let mut extra = extra;
     if let Ok(props) = std::env::var("JOURNEYD_BENCH_KAFKA_PROPS") {
         extra.push_str("[kafka.properties]\n");
         for kv in props.split(',').filter(|kv| !kv.is_empty()) {
@@ -379,23 +402,23 @@ fn kafka(quick: bool) -> Result<()> {
             break now;
         }
         if now > deadline {
-            return Err(format!("only {applied} of {lines} events applied"));
+            return Err(format!(
+                "{broker}: only {applied} of {lines} events applied"
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let (t0, n0) = first.expect("events were applied");
     let service_rate = (lines - n0) as f64 / (end - t0).as_secs_f64();
     println!(
-        "Kafka end-to-end, one instance (2 workers): {} over {} events",
+        "{broker}: Kafka end-to-end, one instance (2 workers, {partitions} tasks): {} over {} events",
         rate(lines - n0, end - t0),
         lines - n0
     );
     drop(service);
 
-    // The ceiling the mock broker sets: the same topic read by a bare consumer that only
-    // counts payload bytes (no decode, no engine).
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", "bench-consume-only")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -406,7 +429,9 @@ fn kafka(quick: bool) -> Result<()> {
     let (mut n, mut bytes, mut t0) = (0u64, 0u64, None);
     while n < lines {
         if Instant::now() > deadline {
-            return Err(format!("consume-only: only {n} of {lines} records read"));
+            return Err(format!(
+                "{broker}: consume-only: only {n} of {lines} records read"
+            ));
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -414,14 +439,14 @@ fn kafka(quick: bool) -> Result<()> {
                 n += 1;
                 bytes += m.payload().map_or(0, |p| p.len() as u64);
             }
-            Some(Err(e)) => return Err(format!("consume-only: {e}")),
+            Some(Err(e)) => return Err(format!("{broker}: consume-only: {e}")),
             None => {}
         }
     }
     let took = t0.map_or(Duration::ZERO, |t| t.elapsed());
     let baseline = n as f64 / took.as_secs_f64();
     println!(
-        "Kafka consume-only baseline (same mock cluster, no decode): {} ({:.0} MB); service/baseline = {:.2}",
+        "{broker}: consume-only baseline (no decode): {} ({:.0} MB); service/baseline = {:.2}",
         rate(n, took),
         bytes as f64 / 1e6,
         service_rate / baseline

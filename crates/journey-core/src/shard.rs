@@ -381,6 +381,12 @@ impl Shard {
                     self.st.agg.counters.expired += 1;
                 }
                 self.st.agg.totals.touchpoint(id).visits += 1;
+                if late {
+                    // Phase dwell samples before the watermark are final when a late event
+                    // arrives, whether or not a timer has written them yet: so what a late
+                    // event may revise depends on the watermark, not on when timers ran.
+                    self.st.settle_dwell(&self.ctx, idx);
+                }
                 self.st.journey_event(
                     &self.ctx,
                     idx,
@@ -795,6 +801,18 @@ impl State {
     }
 
     /// Routes a classified event to the customer's journey and updates its funnel contribution.
+    /// Writes the customer's phase dwell samples that the watermark has passed.
+    fn settle_dwell(&mut self, ctx: &Ctx, idx: usize) {
+        let wm = self.watermark;
+        let c = &mut self.customers[idx];
+        if let Some(p) = c.rare.as_deref_mut().and_then(|r| r.prev.as_mut()) {
+            emit_phase_dwell(ctx, &mut self.agg, p, wm);
+        }
+        if let Some(j) = c.journey.as_mut() {
+            emit_phase_dwell(ctx, &mut self.agg, j, wm);
+        }
+    }
+
     fn journey_event(
         &mut self,
         ctx: &Ctx,

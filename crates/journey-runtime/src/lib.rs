@@ -142,9 +142,13 @@ enum Msg {
         task: TaskId,
         input: Input,
         events: Vec<Event<'static>>,
+        /// Push input: the stream time of the HTTP/file stream before each event (epoch ms).
+        stream_before: Vec<Millis>,
         submitted: Instant,
         ack: Option<flume::Sender<()>>,
     },
+    /// The HTTP/file stream has reached this event time (after everything queued before).
+    PushTime(Millis),
     /// A Kafka partition reached its end.
     CaughtUp {
         task: TaskId,
@@ -176,6 +180,9 @@ enum Msg {
     Stop,
 }
 
+/// Push input of one submission by task: the events, and the push stream time before each.
+type PushParts = BTreeMap<TaskId, (Vec<Event<'static>>, Vec<Millis>)>;
+
 /// One worker's tasks with their latest partial aggregates and watermark (epoch ms).
 type Published = Vec<(TaskId, Arc<Aggregates>, Millis)>;
 
@@ -196,6 +203,8 @@ struct Inner {
     cfg: Arc<EngineConfig>,
     tasks: u32,
     partitioner: Partitioner,
+    /// Largest event time submitted by HTTP and file input (epoch ms): its stream time.
+    push_time: std::sync::atomic::AtomicI64,
 }
 
 /// A cheap, cloneable handle for producers and readers.
@@ -296,6 +305,7 @@ impl Runtime {
             cfg,
             tasks,
             partitioner: rc.partitioner,
+            push_time: std::sync::atomic::AtomicI64::new(Millis::MIN),
         });
         let threads = initial
             .into_iter()
@@ -418,10 +428,11 @@ impl Worker {
                 task,
                 input,
                 events,
+                stream_before,
                 submitted,
                 ack,
             } => {
-                self.apply(task, input, &events);
+                self.apply(task, input, &events, &stream_before);
                 let stats = &self.shared.stats;
                 stats
                     .latency_us_sum
@@ -429,6 +440,12 @@ impl Worker {
                 stats.latency_count.fetch_add(1, Ordering::Relaxed);
                 if let Some(ack) = ack {
                     let _ = ack.send(());
+                }
+            }
+            Msg::PushTime(t) => {
+                let now = Instant::now();
+                for task in self.tasks.values_mut() {
+                    self.dirty |= task.observe_push(t, now);
                 }
             }
             Msg::CaughtUp { task, input } => {
@@ -502,7 +519,13 @@ impl Worker {
         }
     }
 
-    fn apply(&mut self, task: TaskId, input: Input, events: &[Event<'static>]) {
+    fn apply(
+        &mut self,
+        task: TaskId,
+        input: Input,
+        events: &[Event<'static>],
+        stream_before: &[Millis],
+    ) {
         let Some(t) = self.tasks.get_mut(&task) else {
             // Only a partition revoked while its records were queued gets here; whoever takes
             // the task over reads them again from its checkpointed offsets.
@@ -514,8 +537,15 @@ impl Worker {
             return;
         };
         let now = Instant::now();
+        if !stream_before.is_empty() {
+            // Held at the beginning of time until the stream time below raises it.
+            t.add_input(Input::Push, None, now);
+        }
         let (mut applied, mut late, mut rejected, mut duplicates) = (0, 0, 0, 0);
-        for e in events {
+        for (i, e) in events.iter().enumerate() {
+            if let Some(&before) = stream_before.get(i) {
+                t.observe_push(before, now);
+            }
             match t.apply(input, e, now) {
                 Ok(a) => {
                     applied += 1;
@@ -641,36 +671,40 @@ impl RuntimeHandle {
             .map_err(|_| Stopped)
     }
 
-    /// Push input by task, refusing the whole submission if a task is not owned here.
-    fn split(
-        &self,
-        events: Vec<Event<'static>>,
-    ) -> Result<BTreeMap<TaskId, Vec<Event<'static>>>, SubmitError> {
-        let mut parts: BTreeMap<TaskId, Vec<Event<'static>>> = BTreeMap::new();
+    /// Push input by task, refusing the whole submission if a task is not owned here. Each
+    /// event comes with the stream time of the HTTP/file stream before it, and the stream time
+    /// after the whole submission is returned. HTTP and file input are one stream whose event
+    /// time every task shares, as a single partition's would be: so figures do not depend on
+    /// the task count, and one customer's newer event moves every task's watermark.
+    fn split(&self, events: Vec<Event<'static>>) -> Result<(PushParts, Millis), SubmitError> {
+        let mut parts: PushParts = BTreeMap::new();
+        let mut time = self.inner.push_time.load(Ordering::Relaxed);
         for e in events {
-            parts
-                .entry(self.task_for(&e.customer_id))
-                .or_default()
-                .push(e);
+            let (evs, before) = parts.entry(self.task_for(&e.customer_id)).or_default();
+            before.push(time);
+            time = time.max(e.ts);
+            evs.push(e);
         }
         let missing: Vec<TaskId> = parts.keys().copied().filter(|&t| !self.owns(t)).collect();
-        if missing.is_empty() {
-            Ok(parts)
-        } else {
-            Err(SubmitError::NotAssigned(missing))
+        if !missing.is_empty() {
+            return Err(SubmitError::NotAssigned(missing));
         }
+        self.inner.push_time.fetch_max(time, Ordering::Relaxed);
+        Ok((parts, time))
     }
 
     fn events(
         task: TaskId,
         input: Input,
         events: Vec<Event<'static>>,
+        stream_before: Vec<Millis>,
         ack: Option<flume::Sender<()>>,
     ) -> Msg {
         Msg::Events {
             task,
             input,
             events,
+            stream_before,
             submitted: Instant::now(),
             ack,
         }
@@ -679,17 +713,27 @@ impl RuntimeHandle {
     /// Queues HTTP or file input, routed to tasks by the partitioner, waiting while a worker's
     /// queue is full.
     pub async fn submit(&self, events: Vec<Event<'static>>) -> Result<(), SubmitError> {
-        for (task, part) in self.split(events)? {
-            self.send_async(task, Self::events(task, Input::Push, part, None))
+        let (parts, time) = self.split(events)?;
+        for (task, (part, before)) in parts {
+            self.send_async(task, Self::events(task, Input::Push, part, before, None))
                 .await?;
+        }
+        for s in &self.inner.senders {
+            s.send_async(Msg::PushTime(time))
+                .await
+                .map_err(|_| Stopped)?;
         }
         Ok(())
     }
 
     /// Blocking [`RuntimeHandle::submit`], for threads outside an async runtime.
     pub fn submit_blocking(&self, events: Vec<Event<'static>>) -> Result<(), SubmitError> {
-        for (task, part) in self.split(events)? {
-            self.send(task, Self::events(task, Input::Push, part, None))?;
+        let (parts, time) = self.split(events)?;
+        for (task, (part, before)) in parts {
+            self.send(task, Self::events(task, Input::Push, part, before, None))?;
+        }
+        for s in &self.inner.senders {
+            s.send(Msg::PushTime(time)).map_err(|_| Stopped)?;
         }
         Ok(())
     }
@@ -709,7 +753,7 @@ impl RuntimeHandle {
         } else {
             (None, None)
         };
-        self.send(task, Self::events(task, input, events, tx))?;
+        self.send(task, Self::events(task, input, events, Vec::new(), tx))?;
         Ok(rx)
     }
 

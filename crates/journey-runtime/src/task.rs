@@ -174,6 +174,20 @@ impl Task {
         applied
     }
 
+    /// The HTTP/file stream, which every task shares, has reached event time `t` (epoch ms):
+    /// raises this task's push clock, if it has push input, and moves the watermark. Returns
+    /// whether the watermark moved.
+    pub fn observe_push(&mut self, t: Millis, now: Instant) -> bool {
+        let Some(clock) = self.inputs.iter_mut().find(|i| i.input == Input::Push) else {
+            return false;
+        };
+        if clock.max_ts.is_some_and(|m| m >= t) || t == Millis::MIN {
+            return false;
+        }
+        clock.max_ts = Some(t);
+        self.advance(now, Millis::MIN)
+    }
+
     /// A Kafka partition reached its end: it has no lag until its next record.
     pub fn caught_up(&mut self, input: Input, now: Instant) {
         self.clock(input, now).caught_up = true;

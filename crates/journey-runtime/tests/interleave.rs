@@ -172,3 +172,59 @@ fn one_watermark_for_all_partitions_counts_a_backlog_late() {
     assert!(late_single > 50, "one watermark: {late_single} late");
     assert_eq!(late_task, 0);
 }
+
+/// Figures of `events` submitted as push input in batches of `batch` to a non-live runtime of
+/// `tasks` tasks on 2 workers.
+fn push_figures(events: &[Event<'static>], tasks: u32, batch: usize) -> Summary {
+    let rc = journey_runtime::RuntimeConfig {
+        workers: 2,
+        tasks,
+        live: false,
+        ..journey_runtime::RuntimeConfig::default()
+    };
+    let rt = journey_runtime::Runtime::start(
+        Arc::new(config()),
+        Arc::new(Rules::from_toml(RULES).unwrap()),
+        rc,
+        Vec::new(),
+    );
+    let h = rt.handle();
+    for chunk in events.chunks(batch) {
+        h.submit_blocking(chunk.to_vec()).unwrap();
+    }
+    h.flush_blocking().unwrap();
+    let parts = h.partials();
+    let mut s = Summary::collect(
+        parts.iter().map(|p| p.as_ref()),
+        T0 - DAY,
+        T0 + 30 * DAY,
+        &Include::default(),
+    );
+    s.counters.customers_evicted = 0;
+    rt.shutdown();
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// HTTP and file input are one stream shared by every task: whatever the disorder (even
+    /// beyond the allowed lateness, so events are late), the figures do not depend on the task
+    /// count or the batching, and equal one shard fed the stream in the same order.
+    #[test]
+    fn push_input_figures_do_not_depend_on_the_task_count(
+        specs in prop::collection::vec((0u8..40, 0u16..(48 * 60), 0u8..5, 0u16..240), 1..300),
+        batch in 1usize..100,
+    ) {
+        let events: Vec<Event<'static>> = specs.iter().map(event).collect();
+        let mut shard = Shard::new(Arc::new(config()), Arc::new(Rules::from_toml(RULES).unwrap()));
+        for e in &events {
+            shard.apply(e).unwrap();
+        }
+        shard.flush();
+        let want = summary(&[&shard]);
+        for tasks in [1, 4, 13] {
+            prop_assert_eq!(&push_figures(&events, tasks, batch), &want, "tasks = {}", tasks);
+        }
+    }
+}

@@ -243,29 +243,35 @@ fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 #[test]
 fn replay_prints_the_figures_of_a_file() {
-    let out = output(
-        &["replay", "tests/golden/events.ndjson"],
-        &[("JOURNEYD_RUNTIME__TASKS", "1")],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replay = |tasks: &str| {
+        let out = output(
+            &["replay", "tests/golden/events.ndjson"],
+            &[("JOURNEYD_RUNTIME__TASKS", tasks)],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let v = replay("12");
     assert_eq!(v["events"]["read"], 28);
     assert_eq!(v["events"]["accepted"], 27);
     assert_eq!(v["events"]["rejected"]["bad_timestamp"], 1);
     assert_eq!(
         v["events"]["late"], 1,
-        "one task: cat's first event arrives behind the watermark"
+        "cat's first event arrives behind the file's watermark"
     );
     assert_eq!(v["sessions"], 11);
     assert_eq!(reached(&v), vec![4, 4, 4, 3, 2]);
+    // A file is one stream: its figures do not depend on how many tasks share its customers.
+    for tasks in ["1", "5", "64"] {
+        assert_eq!(replay(tasks), v, "runtime.tasks = {tasks}");
+    }
     // The same file from stdin.
     let mut child = journeyd()
         .args(["replay", "-"])
-        .env("JOURNEYD_RUNTIME__TASKS", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
