@@ -5,10 +5,12 @@
 //! internal details are logged, never returned. Metrics are rendered by [`metrics`].
 
 pub mod auth;
+pub mod encoding;
 pub mod metrics;
 mod openapi;
 pub mod problem;
 pub mod range;
+pub mod segment;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,9 +33,11 @@ use serde_json::{json, Value};
 pub use metrics::Metrics;
 pub use problem::Problem;
 
-/// Limits and defaults for HTTP ingest.
+/// Limits, defaults and write keys of HTTP ingest.
 #[derive(Debug, Clone)]
 pub struct IngestLimits {
+    /// Write keys of the Segment tracking API and their sources ([`segment`]).
+    pub write_keys: segment::WriteKeys,
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
     pub max_record_bytes: usize,
@@ -49,6 +53,7 @@ pub struct IngestLimits {
 impl Default for IngestLimits {
     fn default() -> Self {
         IngestLimits {
+            write_keys: segment::WriteKeys::default(),
             max_body_bytes: 10 << 20,
             max_batch_events: 10_000,
             max_record_bytes: 1 << 20,
@@ -95,7 +100,7 @@ impl std::fmt::Debug for AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -108,15 +113,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}", get(get_customer))
         .route("/v1/alerts", get(get_alerts))
         .route("/v1/rules", get(get_rules).put(put_rules))
-        .route("/v1/events", axum::routing::post(post_events))
-        .fallback(|| async {
-            Problem::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
-        })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authorize,
-        ))
-        .with_state(state)
+        .route("/v1/events", axum::routing::post(post_events));
+    let app = segment::ROUTES.iter().fold(app, |app, (path, call)| {
+        app.route(path, segment::route(*call))
+    });
+    app.fallback(|| async {
+        Problem::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
+    })
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authorize,
+    ))
+    .layer(axum::middleware::from_fn(segment::cors))
+    .with_state(state)
 }
 
 type Params = Query<HashMap<String, String>>;
@@ -461,8 +470,10 @@ async fn put_rules(State(s): State<AppState>, req: Request) -> Result<Json<Value
 async fn post_events(
     State(s): State<AppState>,
     Query(q): Params,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let arrived = (s.clock)();
     known(&q, &["source", "format"])?;
     let source = q
         .get("source")
@@ -479,15 +490,7 @@ async fn post_events(
         None,
     )
     .map_err(|e| Problem::bad_parameter("format", e))?;
-    let bytes = to_bytes(body, s.limits.max_body_bytes).await.map_err(|_| {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body exceeds {} bytes; send smaller batches",
-                s.limits.max_body_bytes
-            ),
-        )
-    })?;
+    let bytes = encoding::read_body(&headers, body, s.limits.max_body_bytes).await?;
     // Splitting and decoding a batch takes milliseconds of CPU: done on the blocking pool,
     // so queries on the async workers never wait behind an ingest request.
     let decoder = Decoder::new(
@@ -498,8 +501,9 @@ async fn post_events(
             max_future: s.limits.max_future,
         },
     )
-    .with_clock(s.clock.clone());
-    let (max_batch, now) = (s.limits.max_batch_events, (s.clock)());
+    .with_clock(s.clock.clone())
+    .with_received_at(arrived);
+    let (max_batch, now) = (s.limits.max_batch_events, arrived);
     let src = source.clone();
     let nice = s.limits.decode_nice;
     let decoded = tokio::task::spawn_blocking(move || {
@@ -510,44 +514,8 @@ async fn post_events(
     })
     .await
     .map_err(|_| Problem::internal("the decoder stopped"))??;
-    let Decoded {
-        events,
-        errors,
-        letters,
-    } = decoded;
-    for l in &letters {
-        s.metrics
-            .ingest_rejected
-            .with_label_values(&[source.as_str(), l.reason])
-            .inc();
-    }
-    let accepted = events.len();
-    s.metrics
-        .ingest_events
-        .with_label_values(&[source.as_str(), "accepted"])
-        .inc_by(accepted as u64);
-    s.metrics
-        .ingest_events
-        .with_label_values(&[source.as_str(), "rejected"])
-        .inc_by(errors.len() as u64);
-    for dl in letters {
-        if !s.dead_letters.send(dl).await {
-            return Err(Problem::internal("the dead-letter sink stopped"));
-        }
-    }
-    if !events.is_empty() {
-        s.runtime.submit(events).await.map_err(|e| match e {
-            SubmitError::Stopped => Problem::internal("runtime stopped"),
-            // Retryable: the consumer group assigns the partitions in a moment.
-            SubmitError::NotAssigned(tasks) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "partitions {tasks:?} are not assigned to this instance yet; nothing was \
-                     applied, retry"
-                ),
-            ),
-        })?;
-    }
+    let errors = decoded.errors.clone();
+    let accepted = apply(&s, &source, decoded).await?;
     let status = if accepted == 0 && !errors.is_empty() {
         StatusCode::BAD_REQUEST
     } else {
@@ -560,8 +528,51 @@ async fn post_events(
         .into_response())
 }
 
+/// Counts, dead-letters and submits one decoded request; the number of events applied.
+/// `NotAssigned` is retryable (503): the consumer group assigns the partitions in a moment.
+pub(crate) async fn apply(s: &AppState, source: &str, decoded: Decoded) -> Result<usize, Problem> {
+    let Decoded {
+        events,
+        errors,
+        letters,
+    } = decoded;
+    for l in &letters {
+        s.metrics
+            .ingest_rejected
+            .with_label_values(&[source, l.reason])
+            .inc();
+    }
+    let accepted = events.len();
+    s.metrics
+        .ingest_events
+        .with_label_values(&[source, "accepted"])
+        .inc_by(accepted as u64);
+    s.metrics
+        .ingest_events
+        .with_label_values(&[source, "rejected"])
+        .inc_by(errors.len() as u64);
+    for dl in letters {
+        if !s.dead_letters.send(dl).await {
+            return Err(Problem::internal("the dead-letter sink stopped"));
+        }
+    }
+    if !events.is_empty() {
+        s.runtime.submit(events).await.map_err(|e| match e {
+            SubmitError::Stopped => Problem::internal("runtime stopped"),
+            SubmitError::NotAssigned(tasks) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "partitions {tasks:?} are not assigned to this instance yet; nothing was \
+                     applied, retry"
+                ),
+            ),
+        })?;
+    }
+    Ok(accepted)
+}
+
 /// One request body, decoded: the events, a problem per rejected record, and its dead letter.
-struct Decoded {
+pub(crate) struct Decoded {
     events: Vec<journey_core::Event<'static>>,
     errors: Vec<Value>,
     letters: Vec<DeadLetter>,
@@ -589,30 +600,45 @@ fn decode_batch(
             ),
         ));
     }
+    Ok(decode_records(
+        records.iter().map(|r| (r.position, r.bytes)),
+        decoder,
+        source,
+        now,
+    ))
+}
+
+/// Decodes records given with their 1-based positions.
+pub(crate) fn decode_records<'a>(
+    records: impl ExactSizeIterator<Item = (usize, &'a [u8])>,
+    decoder: &Decoder,
+    source: &str,
+    now: Millis,
+) -> Decoded {
     let mut out = Decoded {
         events: Vec::with_capacity(records.len()),
         errors: Vec::new(),
         letters: Vec::new(),
     };
-    for r in &records {
-        match decoder.decode(r.bytes) {
+    for (position, bytes) in records {
+        match decoder.decode(bytes) {
             Ok(e) => out.events.push(e.into_owned()),
             Err(e) => {
                 out.errors.push(
-                    json!({ "line": r.position, "reason": e.reason(), "error": e.to_string() }),
+                    json!({ "line": position, "reason": e.reason(), "error": e.to_string() }),
                 );
                 out.letters.push(DeadLetter {
                     at: now,
                     reason: e.reason(),
                     error: e.to_string(),
                     source: source.to_string(),
-                    position: Position::Http { line: r.position },
-                    record: r.bytes.to_vec(),
+                    position: Position::Http { line: position },
+                    record: bytes.to_vec(),
                 });
             }
         }
     }
-    Ok(out)
+    out
 }
 
 async fn dashboard() -> Html<&'static str> {

@@ -50,6 +50,9 @@ pub struct Decoder {
     /// `clock() + max_future` when last read, epoch milliseconds: event times up to it are
     /// accepted without reading the clock again (the wall clock only moves forward).
     horizon: Arc<AtomicI64>,
+    /// When the records arrived at journeyd (an HTTP request's arrival), epoch milliseconds:
+    /// the `receivedAt` of Segment records that carry none.
+    received_at: Option<Millis>,
 }
 
 impl fmt::Debug for Decoder {
@@ -71,7 +74,15 @@ impl Decoder {
             limits,
             clock: system_clock(),
             horizon: Arc::new(AtomicI64::new(Millis::MIN)),
+            received_at: None,
         }
+    }
+
+    /// The same decoder for records that arrived at `at` (epoch milliseconds): Segment records
+    /// without their own `receivedAt` are corrected for clock skew against it (SPEC §1).
+    pub fn with_received_at(mut self, at: Millis) -> Self {
+        self.received_at = Some(at);
+        self
     }
 
     /// The same decoder with another wall clock (tests, or a clock the caller already read).
@@ -98,7 +109,9 @@ impl Decoder {
         let source = self.default_source.as_str();
         let ev = match &self.format {
             Format::Canonical => decode_canonical(bytes, source, &self.limits),
-            Format::Segment => segment::decode(checked_text(bytes, &self.limits)?, source),
+            Format::Segment => {
+                segment::decode(checked_text(bytes, &self.limits)?, source, self.received_at)
+            }
             Format::CloudEvents => cloudevents::decode(checked_text(bytes, &self.limits)?, source),
             Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &self.limits)?, source),
         }?;
@@ -303,7 +316,13 @@ pub(crate) fn optional_string<'a>(
 /// A float without a fractional part (`1.7953416e12`) counts as an integer, as in the
 /// canonical decoder.
 pub(crate) fn timestamp(v: Field<'_>, field: &'static str) -> Result<Millis, DecodeError> {
-    let ts = match v {
+    check_time(raw_timestamp(v, field)?)
+}
+
+/// A time as [`timestamp`] reads it, without the range check: device clocks may be far off,
+/// and Segment's clock-skew correction only needs the difference of two of them.
+pub(crate) fn raw_timestamp(v: Field<'_>, field: &'static str) -> Result<Millis, DecodeError> {
+    Ok(match v {
         Field::Str(s) => {
             parse_rfc3339(&s).ok_or_else(|| DecodeError::BadTimestamp(s.into_owned()))?
         }
@@ -318,8 +337,7 @@ pub(crate) fn timestamp(v: Field<'_>, field: &'static str) -> Result<Millis, Dec
                 expected: TIMESTAMP,
             })
         }
-    };
-    check_time(ts)
+    })
 }
 
 /// An optional JSON object (absent or `null` is `None`).

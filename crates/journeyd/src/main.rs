@@ -283,6 +283,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
             runtime: handle.clone(),
             metrics: metrics.clone(),
             limits: IngestLimits {
+                write_keys: settings.http.segment_write_keys.clone(),
                 max_body_bytes: settings.http.max_body_bytes,
                 max_batch_events: settings.http.max_batch_events,
                 max_record_bytes: settings.ingest.max_record_bytes,
