@@ -163,7 +163,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let bar = crate::progress::bar(None, "events");
     let mut n = 0u64;
     let report = |n: u64| {
-        if n % 4096 == 0 {
+        if n.is_multiple_of(4096) {
             bar.set_position(n);
         }
     };

@@ -604,7 +604,7 @@ fn replay(
                 Err(e) => *rejected.entry(e.reason()).or_default() += 1,
             }
             pending_bytes += line.len() as u64 + 1;
-            if read % 4096 == 0 {
+            if read.is_multiple_of(4096) {
                 if total_bytes.is_some() {
                     bar.inc(std::mem::take(&mut pending_bytes));
                 } else {
