@@ -105,7 +105,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route(
+            "/openapi.json",
+            get(|State(s): State<AppState>| async move { Json(openapi::document(&s)) }),
+        )
         .route("/v1/funnel", get(get_funnel))
         .route("/v1/touchpoints", get(get_touchpoints))
         .route("/v1/transitions", get(get_transitions))
