@@ -131,7 +131,36 @@ pub fn router(state: AppState) -> Router {
     .with_state(state)
 }
 
-type Params = Query<HashMap<String, String>>;
+/// The query parameters of a request, each given at most once.
+///
+/// A repeated parameter (`?state=firing&state=pending`) is refused with 400 naming it: every
+/// parameter of the API takes one value, as the OpenAPI document says, and silently keeping
+/// one of the values would answer a question that was not asked.
+struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+        let mut q = HashMap::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if q.contains_key(&k) {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("parameter `{k}` is given more than once: give it once"),
+                ));
+            }
+            q.insert(k, v);
+        }
+        Ok(Params(q))
+    }
+}
 
 /// Rejects parameters the endpoint does not know, naming the first.
 fn known(q: &HashMap<String, String>, allowed: &[&'static str]) -> Result<(), Problem> {
@@ -204,7 +233,7 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn get_funnel(State(s): State<AppState>, Query(q): Params) -> Result<Json<Value>, Problem> {
+async fn get_funnel(State(s): State<AppState>, Params(q): Params) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "breakdown", "limit"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
     let dims = s.runtime.engine_config().dimension_names();
@@ -243,7 +272,7 @@ async fn get_funnel(State(s): State<AppState>, Query(q): Params) -> Result<Json<
 
 async fn get_touchpoints(
     State(s): State<AppState>,
-    Query(q): Params,
+    Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "sort"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
@@ -270,7 +299,7 @@ async fn get_touchpoints(
 
 async fn get_transitions(
     State(s): State<AppState>,
-    Query(q): Params,
+    Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "limit"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
@@ -289,7 +318,7 @@ async fn get_transitions(
 
 async fn get_timeseries(
     State(s): State<AppState>,
-    Query(q): Params,
+    Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "step", "figure", "touchpoint", "phase"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
@@ -370,13 +399,9 @@ async fn get_customer(
     }
 }
 
-async fn get_alerts(State(s): State<AppState>, Query(q): Params) -> Result<Json<Value>, Problem> {
+async fn get_alerts(State(s): State<AppState>, Params(q): Params) -> Result<Json<Value>, Problem> {
     known(&q, &["state"])?;
-    let Some(board) = &s.alerts else {
-        return Ok(Json(
-            json!({ "evaluation": { "enabled": false }, "alerts": [] }),
-        ));
-    };
+    // The parameter is checked whether or not alerts are enabled.
     let wanted = match q.get("state").map(String::as_str) {
         None => None,
         Some(st @ ("pending" | "firing" | "resolved")) => Some(st),
@@ -386,6 +411,11 @@ async fn get_alerts(State(s): State<AppState>, Query(q): Params) -> Result<Json<
                 format!("unknown state `{other}` (expected one of: pending, firing, resolved)"),
             ))
         }
+    };
+    let Some(board) = &s.alerts else {
+        return Ok(Json(
+            json!({ "evaluation": { "enabled": false }, "alerts": [] }),
+        ));
     };
     let report = board.report();
     let c = &board.config;
@@ -472,7 +502,7 @@ async fn put_rules(State(s): State<AppState>, req: Request) -> Result<Json<Value
 
 async fn post_events(
     State(s): State<AppState>,
-    Query(q): Params,
+    Params(q): Params,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {

@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::{OpenApi, ToSchema};
 
+use journey_core::time::DAY;
+
 use crate::AppState;
 
 /// An RFC 9457 problem document; `parameter` names the bad query parameter.
@@ -44,10 +46,27 @@ struct Dwell {
 struct FunnelStep {
     phase: String,
     reached: u64,
-    drop_off: u64,
+    /// `null` for the last phase, which has no next one.
+    drop_off: Option<u64>,
     conversion: Option<f64>,
     from_start: Option<f64>,
-    dwell: Dwell,
+    /// Absent in the steps of a breakdown value (dwell is not tracked per value).
+    dwell: Option<Dwell>,
+}
+
+/// The funnel of the journeys with one value of the breakdown dimension.
+#[derive(Serialize, ToSchema)]
+struct BreakdownValue {
+    /// The value; `other` folds the values past `limit`.
+    value: String,
+    journeys: u64,
+    steps: Vec<FunnelStep>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Breakdown {
+    dimension: String,
+    values: Vec<BreakdownValue>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -55,7 +74,7 @@ struct Funnel {
     journeys: u64,
     steps: Vec<FunnelStep>,
     /// With `breakdown`: the funnel per value of the dimension.
-    breakdown: Option<Value>,
+    breakdown: Option<Breakdown>,
 }
 
 /// The phase funnel of journeys starting in the range.
@@ -215,8 +234,8 @@ mod ops {
 
     #[utoipa::path(get, path = "/v1/funnel", summary = "Phase funnel of journeys starting in the range",
         params(
-            ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$", description = "RFC 3339, epoch ms or now-24h; default: to − 24h; before `to`"),
-            ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$", description = "RFC 3339, epoch ms or now-24h; default: now"),
+            ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$", description = "RFC 3339, epoch ms or now-24h; default: to − 24h. A `to` not after `from` is the empty range at `from` (answered, with nothing in it)"),
+            ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$", description = "RFC 3339, epoch ms or now-24h; default: now (`from` alone: from then until now)"),
             ("breakdown" = Option<String>, Query, description = "a breakdown dimension"),
             ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
         ),
@@ -329,6 +348,74 @@ mod ops {
 )]
 struct ApiDoc;
 
+/// `^(dates up to `last`)T..Z$`: RFC 3339 times in UTC from 2000-01-01 to the end of the day
+/// `last`, days 01 to 28 of each month (every date a regular expression of this shape allows
+/// exists). `last` is the latest day whose every time the API accepts (`ingest.max_future`).
+fn time_pattern(last: chrono::NaiveDate) -> String {
+    use chrono::Datelike;
+    let (y, m, d) = (last.year(), last.month(), last.day().min(28));
+    let mm = "(0[1-9]|1[0-2])";
+    let dd = "(0[1-9]|1[0-9]|2[0-8])";
+    let alt = |r: std::ops::RangeInclusive<u32>, width: usize| {
+        r.map(|n| format!("{n:0width$}"))
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    let mut dates = Vec::new();
+    if y > 2000 {
+        dates.push(format!("({})-{mm}-{dd}", alt(2000..=(y as u32 - 1), 4)));
+    }
+    if m > 1 {
+        dates.push(format!("{y}-({})-{dd}", alt(1..=m - 1, 2)));
+    }
+    dates.push(format!("{y}-{m:02}-({})", alt(1..=d, 2)));
+    format!(
+        r"^({})T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{{1,9}})?Z$",
+        dates.join("|")
+    )
+}
+
+/// The schemas of the Segment calls: what `segment::check_call` and journey-ingest's Segment
+/// decoder accept, field by field. `kind` is the call type of a per-call endpoint (`type` is
+/// then taken from the path), `None` for a batch item.
+fn segment_call(kind: Option<&str>, time: &Value) -> Value {
+    let id = json!({ "type": ["string", "number", "null"], "maxLength": 256,
+                     "description": "a string (at most 256 bytes as UTF-8) or a number" });
+    let present = |f: &str| json!({ "required": [f], "properties": { f: { "type": ["string", "number"], "minLength": 1 } } });
+    let mut call = json!({
+        "type": "object",
+        "description": "One Segment call. `userId` (or, when it is absent, null or empty, `anonymousId`) is the customer.",
+        "properties": {
+            "userId": id, "anonymousId": id,
+            "event": { "type": ["string", "null"], "minLength": 1 },
+            "messageId": { "type": ["string", "number", "null"] },
+            "groupId": { "type": ["string", "number", "null"] },
+            "previousId": { "type": ["string", "number", "null"] },
+            "timestamp": time, "originalTimestamp": time, "sentAt": time, "receivedAt": time,
+            "properties": { "type": ["object", "null"] },
+            "context": { "type": ["object", "null"] },
+            "traits": { "type": ["object", "null"] },
+        },
+        "anyOf": [present("userId"), present("anonymousId")],
+    });
+    let needs_event = json!({ "required": ["event"], "properties": { "event": { "type": "string", "minLength": 1 } } });
+    match kind {
+        Some("track") => call["allOf"] = json!([needs_event]),
+        Some(_) => {}
+        None => {
+            call["properties"]["type"] = json!({ "enum": ["track", "page", "screen", "identify", "group", "alias", null],
+                                                 "description": "default: track" });
+            let mut track = needs_event;
+            track["properties"]["type"] = json!({ "enum": ["track", null] });
+            call["allOf"] = json!([{ "anyOf": [track, { "required": ["type"], "properties": { "type": { "enum": ["page", "screen", "identify", "group", "alias"] } } }] }]);
+        }
+    }
+    if kind.is_some() {
+        call["properties"]["writeKey"] = json!({ "type": ["string", "null"] });
+    }
+    call
+}
+
 /// Sets `enum` on a query parameter of an operation.
 fn restrict(doc: &mut Value, path: &str, method: &str, name: &str, values: &[String]) {
     if let Some(params) = doc
@@ -349,6 +436,28 @@ pub fn document(s: &AppState) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     // The per-call Segment endpoints take one call: copies of /v1/batch with a call as body.
+    // Times the API accepts: up to `ingest.max_future` after now, whole days.
+    let now = (s.clock)();
+    let last = chrono::DateTime::from_timestamp_millis(now + s.limits.max_future - DAY)
+        .map_or_else(
+            || chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default(),
+            |t| t.date_naive(),
+        );
+    let time = json!({ "type": ["string", "integer", "null"], "pattern": time_pattern(last),
+                       "minimum": 946_684_800_000_i64, "maximum": now + s.limits.max_future,
+                       "description": "RFC 3339 or epoch milliseconds, up to `ingest.max_future` after now. The API also accepts other offsets than Z and the days 29 to 31, and, when `originalTimestamp` and `sentAt` come together, device times outside this range (the clock-skew correction uses only their difference)" });
+    doc["components"]["schemas"]["SegmentCall"] = segment_call(None, &time);
+    doc["components"]["schemas"]["SegmentBatch"] = json!({
+        "type": "object",
+        "required": ["batch"],
+        "properties": {
+            "batch": { "type": "array", "items": { "$ref": "#/components/schemas/SegmentCall" },
+                       "maxItems": s.limits.max_batch_events },
+            "sentAt": time,
+            "context": { "type": ["object", "null"] },
+            "writeKey": { "type": ["string", "null"] },
+        },
+    });
     if let Some(batch) = doc.pointer("/paths/~1v1~1batch").cloned() {
         for (path, call) in crate::segment::ROUTES {
             if let crate::segment::Call::Single(kind) = call {
@@ -357,7 +466,7 @@ pub fn document(s: &AppState) -> Value {
                 op["post"]["operationId"] =
                     json!(format!("segment_{}", path.trim_start_matches("/v1/")));
                 op["post"]["requestBody"]["content"]["application/json"]["schema"] =
-                    json!({ "$ref": "#/components/schemas/SegmentCall" });
+                    segment_call(Some(kind), &time);
                 doc["paths"][path] = op;
             }
         }

@@ -16,6 +16,11 @@
 //! tokens are configured: then those tokens are the write keys, so configuring tokens closes
 //! every ingest endpoint.
 //!
+//! The HTTP API is stricter than the shared decoder where the Segment spec is: times
+//! (`timestamp`, `originalTimestamp`, `sentAt`, `receivedAt`) are RFC 3339 strings or integer
+//! epoch milliseconds, also where unused; `event` is a non-empty string and `traits` an object on every call. The OpenAPI
+//! document describes exactly this (`SegmentCall`, `SegmentBatch`).
+//!
 //! Answers a Segment SDK understands: `200 {"success": true}`; every error is a problem
 //! document that also carries Segment's `code` and `message`. A batch is applied whole or not at
 //! all: one call that cannot become an event makes the batch `400` (each bad call is listed in
@@ -335,6 +340,7 @@ fn calls(
     max: usize,
 ) -> Result<Vec<Map<String, Value>>, Problem> {
     if let Call::Single(kind) = call {
+        check_call(&envelope).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
         envelope.insert("type".into(), Value::String(kind.into()));
         return Ok(vec![envelope]);
     }
@@ -359,6 +365,7 @@ fn calls(
             format!("{} calls in one batch, at most {max} allowed", items.len()),
         ));
     }
+    check_time_field(&envelope, "sentAt").map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
     let sent_at = envelope.get("sentAt").filter(|v| !v.is_null()).cloned();
     let context = match envelope.get("context") {
         None | Some(Value::Null) => None,
@@ -378,6 +385,8 @@ fn calls(
                 format!("batch[{i}] is not a JSON object"),
             ));
         };
+        check_call(&c)
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("batch[{i}]: {e}")))?;
         if let Some(sent) = &sent_at {
             if c.get("sentAt").is_none_or(Value::is_null) {
                 c.insert("sentAt".into(), sent.clone());
@@ -399,6 +408,41 @@ fn calls(
         out.push(c);
     }
     Ok(out)
+}
+
+/// The times of a call: RFC 3339 strings, as Segment's spec and SDKs write them.
+const TIME_FIELDS: [&str; 4] = ["timestamp", "originalTimestamp", "sentAt", "receivedAt"];
+
+/// `field` of `map` is absent, `null`, an RFC 3339 string or integer epoch milliseconds (checked even where the decoder
+/// does not use it, e.g. `sentAt` next to `timestamp`; the range is the decoder's to check).
+fn check_time_field(map: &Map<String, Value>, field: &str) -> Result<(), String> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(t)) if journey_core::event::parse_rfc3339(t).is_some() => Ok(()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
+        Some(_) => Err(format!(
+            "`{field}` must be an RFC 3339 string or integer epoch milliseconds"
+        )),
+    }
+}
+
+/// What the HTTP API requires of a call beyond journey-ingest's Segment decoder, which is
+/// lenient for files and Kafka (fields it does not use): times are RFC 3339 strings or integer
+/// epoch milliseconds, `event` is a non-empty string whenever it is given, `traits` an object. The
+/// OpenAPI document (`SegmentCall`) says the same; the decoder checks the rest.
+fn check_call(c: &Map<String, Value>) -> Result<(), String> {
+    for field in TIME_FIELDS {
+        check_time_field(c, field)?;
+    }
+    match c.get("event") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(e)) if !e.is_empty() => {}
+        Some(_) => return Err("`event` must be a non-empty string".into()),
+    }
+    match c.get("traits") {
+        None | Some(Value::Null | Value::Object(_)) => Ok(()),
+        Some(_) => Err("`traits` must be an object".into()),
+    }
 }
 
 /// Adds CORS headers to the tracking API's answers and answers its preflight requests, so

@@ -446,7 +446,7 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
     for (uri, param) in [
         ("/v1/funnel?from=yesterday", "from"),
         ("/v1/funnel?to=never", "to"),
-        ("/v1/funnel?from=now&to=now-1h", "from"),
+        ("/v1/funnel?to=0", "to"),
         ("/v1/funnel?breakdown=colour", "breakdown"),
         ("/v1/funnel?limit=0", "limit"),
         ("/v1/touchpoints?sort=best", "sort"),
@@ -473,6 +473,37 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
         assert_eq!(v["parameter"], param, "{uri}: {v}");
         assert!(v["detail"].as_str().unwrap().len() > 10, "{uri}");
     }
+    // A `to` not after `from` is the empty range at `from`: answered, with nothing in it.
+    for uri in [
+        "/v1/funnel?from=now&to=now-1h",
+        "/v1/funnel?from=now",
+        "/v1/touchpoints?from=now",
+        "/v1/transitions?from=now&to=now",
+    ] {
+        let (s, v) = get(&api.app, uri).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {v}");
+        assert_eq!(v["from"], v["to"], "{uri}: {v}");
+    }
+    let (s, v) = get(&api.app, "/v1/funnel?from=now").await;
+    assert_eq!((s, &v["funnel"]["journeys"]), (StatusCode::OK, &json!(0)));
+    // Every parameter is given once: a repeated one is refused, naming it.
+    for uri in [
+        "/v1/alerts?state=firing&state=firing",
+        "/v1/funnel?from=now-1h&from=now-2h",
+    ] {
+        let (s, v) = get(&api.app, uri).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(
+            v["detail"].as_str().unwrap().contains("more than once"),
+            "{v}"
+        );
+    }
+    // `state` is checked even while alerts are disabled.
+    let (s, v) = get(&api.app, "/v1/alerts?state=null").await;
+    assert_eq!(
+        (s, &v["parameter"]),
+        (StatusCode::BAD_REQUEST, &json!("state"))
+    );
     let (s, v) = get(&api.app, "/v1/funnel?form=now-1h").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(

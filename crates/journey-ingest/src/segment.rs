@@ -6,7 +6,8 @@
 //! | `event`       | `event` (track), `page_view`, `screen_view`, `identify`, `group`, |
 //! |               | `alias`                                                           |
 //! | `ts`          | `timestamp`; else, with `sentAt` and `originalTimestamp`, the     |
-//! |               | clock-skew correction below; else `originalTimestamp`, `sentAt`   |
+//! |               | clock-skew correction below; else `originalTimestamp`, `sentAt`;  |
+//! |               | else `receivedAt` (the record's, or the arrival over HTTP)        |
 //! | `event_id`    | `messageId` (a string or number)                                  |
 //! | `source`      | the decoder's default source                                      |
 //! | `attributes`  | `properties`, plus `context` under `context`; for identify and    |
@@ -18,7 +19,10 @@
 //! `receivedAt − (sentAt − originalTimestamp)`, where `receivedAt` is the record's own
 //! (server time, as Segment writes it into warehouses and Kafka) or, when it has none, the
 //! time the decoder was told the records arrived ([`crate::Decoder::with_received_at`]: an
-//! HTTP request's arrival). With neither, `originalTimestamp` is taken as it is.
+//! HTTP request's arrival). With neither, `originalTimestamp` is taken as it is. An
+//! `originalTimestamp` after `sentAt` (the device clock changed between the two) counts as an
+//! offset of 0, and a correction that lands before 2000 gives `receivedAt`: device times are
+//! only ever used as a difference, so no pair of them makes a call invalid.
 //!
 //! Choices where the Segment spec leaves room:
 //! - a record without `type` is a `track` call (the per-call HTTP endpoints omit it); other
@@ -32,7 +36,7 @@
 //!   properties already carry them;
 //! - the envelope's `context` and `traits` replace properties of the same name;
 //! - when neither `userId` nor `anonymousId` is present the error names `userId`, and when no
-//!   timestamp is present it names `timestamp`.
+//!   timestamp (not even a `receivedAt`) is present it names `timestamp`.
 
 use std::borrow::Cow;
 
@@ -111,6 +115,16 @@ impl Kind {
     }
 }
 
+/// The skew correction `received − (sent − original)`. An `originalTimestamp` after `sentAt`
+/// cannot come from one clock (it was changed in between): the offset counts as 0. A
+/// corrected time before the accepted range (an offset of decades) falls back to `received`.
+/// Either way the call keeps a time no later than its arrival, so a pair of valid device
+/// times never makes a call invalid.
+fn corrected(received: Millis, sent: Millis, original: Millis) -> Millis {
+    let offset = sent.saturating_sub(original).max(0);
+    check_time(received.saturating_sub(offset)).unwrap_or(received)
+}
+
 /// Decodes one Segment call; `received_at` is when it reached journeyd, if known (the skew
 /// correction's server time for records without their own `receivedAt`).
 pub(crate) fn decode<'a>(
@@ -150,11 +164,15 @@ pub(crate) fn decode<'a>(
             let original = decode::raw_timestamp(original, "originalTimestamp")?;
             let sent = decode::raw_timestamp(sent, "sentAt")?;
             let received = received_at.unwrap_or_default();
-            check_time(received.saturating_sub(sent.saturating_sub(original)))?
+            corrected(received, sent, original)
         }
         (None, Some(ts), _) => decode::timestamp(ts, "originalTimestamp")?,
         (None, None, Some(ts)) => decode::timestamp(ts, "sentAt")?,
-        (None, None, None) => return Err(DecodeError::MissingField("timestamp")),
+        (None, None, None) => match received_at {
+            // As Segment does: a call without any time happened when it arrived.
+            Some(at) => at,
+            None => return Err(DecodeError::MissingField("timestamp")),
+        },
     };
 
     let event_id = match call.message_id {
@@ -590,5 +608,34 @@ mod tests {
         let plain = br#"{"userId":"u","event":"x","originalTimestamp":"2026-11-02T08:00:00Z",
             "sentAt":"2026-11-02T08:00:09Z"}"#;
         assert_eq!(dec.decode(plain).unwrap().ts, at("2026-11-02T08:00:00Z"));
+    }
+
+    /// Device times are only used as a difference: no pair of them makes a call invalid.
+    #[test]
+    fn impossible_skew_falls_back_to_received_at() {
+        let at = |s: &str| journey_core::event::parse_rfc3339(s).unwrap();
+        let http = decoder().with_received_at(at("2026-11-02T12:00:00Z"));
+        let ts = |original: &str, sent: &str| {
+            let record = format!(
+                r#"{{"userId":"u","event":"x","originalTimestamp":"{original}","sentAt":"{sent}"}}"#
+            );
+            http.decode(record.as_bytes()).map(|e| e.ts)
+        };
+        // originalTimestamp after sentAt (the clock was changed in between): no offset, not a
+        // time in the future.
+        assert_eq!(
+            ts("2099-01-01T00:00:00Z", "2001-01-01T00:00:00Z"),
+            Ok(at("2026-11-02T12:00:00Z"))
+        );
+        // An offset of a century would land before 2000: the arrival time.
+        assert_eq!(
+            ts("2000-01-01T00:00:00Z", "2099-01-01T00:00:00Z"),
+            Ok(at("2026-11-02T12:00:00Z"))
+        );
+        // A plausible offset is still applied.
+        assert_eq!(
+            ts("2001-01-01T00:00:00Z", "2001-01-01T00:01:00Z"),
+            Ok(at("2026-11-02T11:59:00Z"))
+        );
     }
 }
