@@ -25,7 +25,7 @@ for _ in $(seq 150); do
   curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
   sleep 0.2
 done
-schemathesis run "http://127.0.0.1:$port/openapi.json" --checks all \
-  --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" --seed 1 --generation-deterministic \
-  --generation-database none --no-color --max-time 300 \
+schemathesis --config-file tests/contract/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" --checks all \
+  --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" --seed "${SCHEMATHESIS_SEED:-1}" \
+  --generation-database none --no-color \
   --exclude-operation-id put_rules --exclude-operation-id events

@@ -297,6 +297,9 @@ async fn get_touchpoints(
     Ok(Json(note_truncation(&s, from, answer)))
 }
 
+/// Largest `limit` of `GET /v1/transitions` (the OpenAPI document's maximum).
+pub const MAX_TRANSITIONS: usize = 10_000;
+
 async fn get_transitions(
     State(s): State<AppState>,
     Params(q): Params,
@@ -304,9 +307,16 @@ async fn get_transitions(
     known(&q, &["from", "to", "limit"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
     let limit = match q.get("limit") {
-        Some(v) => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-            Problem::bad_parameter("limit", "`limit` must be a whole number of at least 1")
-        })?,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_TRANSITIONS).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_parameter(
+                    "limit",
+                    format!("`limit` must be a whole number from 1 to {MAX_TRANSITIONS}"),
+                )
+            })?,
         None => 200,
     };
     let sum = summary(&s, from, to, &Include::default());
@@ -335,10 +345,8 @@ async fn get_timeseries(
         )
     })?;
     let rules = s.runtime.rules();
-    let target = if figure.is_phase_figure() {
-        let p = q.get("phase").ok_or_else(|| {
-            Problem::bad_parameter("phase", format!("figure `{figure_name}` needs a `phase`"))
-        })?;
+    // Both are checked when given, also the one the figure does not use.
+    if let Some(p) = q.get("phase") {
         if !rules.phases().contains(p) {
             return Err(Problem::bad_parameter(
                 "phase",
@@ -348,20 +356,27 @@ async fn get_timeseries(
                 ),
             ));
         }
-        p.clone()
-    } else {
-        let t = q.get("touchpoint").ok_or_else(|| {
-            Problem::bad_parameter(
-                "touchpoint",
-                format!("figure `{figure_name}` needs a `touchpoint`"),
-            )
-        })?;
+    }
+    if let Some(t) = q.get("touchpoint") {
         if !rules.touchpoints().iter().any(|x| &x.name == t) {
             return Err(Problem::bad_parameter(
                 "touchpoint",
                 format!("unknown touchpoint `{t}`"),
             ));
         }
+    }
+    let target = if figure.is_phase_figure() {
+        // Without `phase`: the first phase of the rules.
+        let p = q.get("phase").or(rules.phases().first()).ok_or_else(|| {
+            Problem::bad_parameter("phase", "the rules in force define no phases")
+        })?;
+        p.clone()
+    } else {
+        // Without `touchpoint`: the first touchpoint of the rules.
+        let first = rules.touchpoints().first().map(|t| &t.name);
+        let t = q.get("touchpoint").or(first).ok_or_else(|| {
+            Problem::bad_parameter("touchpoint", "the rules in force define no touchpoints")
+        })?;
         t.clone()
     };
     let parts = s.runtime.partials();
@@ -379,10 +394,10 @@ async fn get_customer(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    if id.is_empty() || id.len() > journey_core::event::MAX_CUSTOMER_ID_BYTES {
+    if journey_core::event::check_customer_id(&id).is_err() {
         return Err(Problem::bad_parameter(
             "id",
-            "customer ids are 1 to 256 bytes",
+            "customer ids are 1 to 256 characters",
         ));
     }
     match s

@@ -10,8 +10,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::{OpenApi, ToSchema};
 
-use journey_core::time::DAY;
-
 use crate::AppState;
 
 /// An RFC 9457 problem document; `parameter` names the bad query parameter.
@@ -255,7 +253,7 @@ mod ops {
         params(
             ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
-            ("limit" = Option<u32>, Query, minimum = 1),
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "most transitions in the answer, the most frequent first; default 200"),
         ),
         responses((status = 200, body = TransitionsAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn transitions() {}
@@ -265,15 +263,15 @@ mod ops {
             ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("figure" = Option<String>, Query, description = "default: visits"),
-            ("touchpoint" = Option<String>, Query, description = "for touchpoint figures"),
-            ("phase" = Option<String>, Query, description = "for phase figures"),
-            ("step" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,2}(m|h|d)$", description = "whole minutes, at most 10 000 points"),
+            ("touchpoint" = Option<String>, Query, description = "the touchpoint of a touchpoint figure (checked, but not used, for phase figures); default: the first touchpoint of the rules"),
+            ("phase" = Option<String>, Query, description = "the phase of a phase figure (`reached`, `phase_dwell_p50`; checked, but not used, for touchpoint figures); default: the first phase of the rules"),
+            ("step" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,2}(m|h|d)$", description = "whole minutes; default: chosen for at most ~300 points. A range that would have more than 10 000 points gets the smallest multiple of the step that gives at most 10 000 (the answer's `step_ms` is the step used)"),
         ),
         responses((status = 200, body = TimeseriesAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn timeseries() {}
 
     #[utoipa::path(get, path = "/v1/customers/{id}", summary = "A customer's live journey and open session",
-        params(("id" = String, Path, min_length = 1, max_length = 256)),
+        params(("id" = String, Path, min_length = 1, max_length = 256, description = "1 to 256 characters (code points)")),
         responses((status = 200, body = CustomerAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
                   (status = 404, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn customer() {}
@@ -348,39 +346,18 @@ mod ops {
 )]
 struct ApiDoc;
 
-/// `^(dates up to `last`)T..Z$`: RFC 3339 times in UTC from 2000-01-01 to the end of the day
-/// `last`, days 01 to 28 of each month (every date a regular expression of this shape allows
-/// exists). `last` is the latest day whose every time the API accepts (`ingest.max_future`).
-fn time_pattern(last: chrono::NaiveDate) -> String {
-    use chrono::Datelike;
-    let (y, m, d) = (last.year(), last.month(), last.day().min(28));
-    let mm = "(0[1-9]|1[0-2])";
-    let dd = "(0[1-9]|1[0-9]|2[0-8])";
-    let alt = |r: std::ops::RangeInclusive<u32>, width: usize| {
-        r.map(|n| format!("{n:0width$}"))
-            .collect::<Vec<_>>()
-            .join("|")
-    };
-    let mut dates = Vec::new();
-    if y > 2000 {
-        dates.push(format!("({})-{mm}-{dd}", alt(2000..=(y as u32 - 1), 4)));
-    }
-    if m > 1 {
-        dates.push(format!("{y}-({})-{dd}", alt(1..=m - 1, 2)));
-    }
-    dates.push(format!("{y}-{m:02}-({})", alt(1..=d, 2)));
-    format!(
-        r"^({})T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{{1,9}})?Z$",
-        dates.join("|")
-    )
-}
+/// RFC 3339 times in UTC from 2000-01-01 to 2099-12-28, days 01 to 28 of each month (every
+/// date a regular expression of this shape allows exists). Fixed: how far ahead of the wall
+/// clock a time may be (`ingest.max_future`) moves with the clock, so the document states it
+/// in words instead of in a bound that is out of date once fetched.
+const TIME_PATTERN: &str = r"^20[0-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z$";
 
 /// The schemas of the Segment calls: what `segment::check_call` and journey-ingest's Segment
 /// decoder accept, field by field. `kind` is the call type of a per-call endpoint (`type` is
 /// then taken from the path), `None` for a batch item.
 fn segment_call(kind: Option<&str>, time: &Value) -> Value {
     let id = json!({ "type": ["string", "number", "null"], "maxLength": 256,
-                     "description": "a string (at most 256 bytes as UTF-8) or a number" });
+                     "description": "a string of at most 256 characters (code points) or a number" });
     let present = |f: &str| json!({ "required": [f], "properties": { f: { "type": ["string", "number"], "minLength": 1 } } });
     let mut call = json!({
         "type": "object",
@@ -436,16 +413,21 @@ pub fn document(s: &AppState) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     // The per-call Segment endpoints take one call: copies of /v1/batch with a call as body.
-    // Times the API accepts: up to `ingest.max_future` after now, whole days.
-    let now = (s.clock)();
-    let last = chrono::DateTime::from_timestamp_millis(now + s.limits.max_future - DAY)
-        .map_or_else(
-            || chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default(),
-            |t| t.date_naive(),
-        );
-    let time = json!({ "type": ["string", "integer", "null"], "pattern": time_pattern(last),
-                       "minimum": 946_684_800_000_i64, "maximum": now + s.limits.max_future,
-                       "description": "RFC 3339 or epoch milliseconds, up to `ingest.max_future` after now. The API also accepts other offsets than Z and the days 29 to 31, and, when `originalTimestamp` and `sentAt` come together, device times outside this range (the clock-skew correction uses only their difference)" });
+    // Times the API accepts: a fixed range; the future limit is described, not bounded.
+    let time = json!({ "type": ["string", "integer", "null"], "pattern": TIME_PATTERN,
+                       "minimum": journey_core::time::MIN_EVENT_TIME,
+                       "maximum": journey_core::time::MAX_EVENT_TIME - 1,
+                       "description": format!(
+        "RFC 3339 or epoch milliseconds (an integer; a number with a zero fraction such as \
+         1796126778741.0 counts as one) from 2000-01-01 to 2100-01-01 (exclusive), checked for \
+         every time of a call, also one the decoder does not use. The API also accepts other \
+         offsets than Z and the days 29 to 31. A call whose event time lies more than \
+         `ingest.max_future` ({}) after the wall clock when it arrives is answered 200 like the \
+         others but not applied: it is dead-lettered and counted with reason \
+         `timestamp_in_future` (the rest of the request is applied). The event time is \
+         `timestamp`; without it, `receivedAt − (sentAt − originalTimestamp)` (clock-skew \
+         correction), else `originalTimestamp`, `sentAt`, the arrival.",
+        journey_core::time::HumanDuration(s.limits.max_future)) });
     doc["components"]["schemas"]["SegmentCall"] = segment_call(None, &time);
     doc["components"]["schemas"]["SegmentBatch"] = json!({
         "type": "object",

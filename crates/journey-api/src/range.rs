@@ -56,7 +56,11 @@ pub fn range(q: &HashMap<String, String>, now: Millis) -> Result<(Millis, Millis
     Ok((from, to.max(from)))
 }
 
-/// The step of a time series: given, or chosen so that the range has at most ~300 points.
+/// Most points a time series has.
+pub const MAX_POINTS: Millis = 10_000;
+
+/// The step of a time series: given, or chosen so that the range has at most ~300 points;
+/// enlarged to a multiple of itself when the range would have more than [`MAX_POINTS`].
 pub fn step(q: &HashMap<String, String>, from: Millis, to: Millis) -> Result<Millis, Problem> {
     let step = match q.get("step") {
         Some(v) => parse_duration(v).map_err(|e| Problem::bad_parameter("step", e.to_string()))?,
@@ -74,13 +78,11 @@ pub fn step(q: &HashMap<String, String>, from: Millis, to: Millis) -> Result<Mil
             "`step` must be a whole number of minutes, at least 1m",
         ));
     }
-    if (to - from) / step > 10_000 {
-        return Err(Problem::bad_parameter(
-            "step",
-            "too many points: use a larger `step` or a shorter range",
-        ));
-    }
-    Ok(step)
+    // More than MAX_POINTS points: the smallest multiple of the step that gives at most
+    // MAX_POINTS (the answer's `step_ms` says which step was used).
+    let per = step.saturating_mul(MAX_POINTS);
+    let factor = ((to - from).max(0) + per - 1) / per;
+    Ok(step * factor.max(1))
 }
 
 #[cfg(test)]

@@ -18,13 +18,17 @@
 //!
 //! The HTTP API is stricter than the shared decoder where the Segment spec is: times
 //! (`timestamp`, `originalTimestamp`, `sentAt`, `receivedAt`) are RFC 3339 strings or integer
-//! epoch milliseconds, also where unused; `event` is a non-empty string and `traits` an object on every call. The OpenAPI
+//! epoch milliseconds (`1796126778741.0` counts as an integer) from 2000 to 2100, also where
+//! unused; `event` is a non-empty string and `traits` an object on every call. The OpenAPI
 //! document describes exactly this (`SegmentCall`, `SegmentBatch`).
 //!
 //! Answers a Segment SDK understands: `200 {"success": true}`; every error is a problem
 //! document that also carries Segment's `code` and `message`. A batch is applied whole or not at
 //! all: one call that cannot become an event makes the batch `400` (each bad call is listed in
-//! `errors` and dead-lettered; nothing of the batch is applied); `401` for a missing or unknown
+//! `errors` and dead-lettered; nothing of the batch is applied). A call dated more than
+//! `ingest.max_future` after the wall clock is not a bad request (the limit moves with the
+//! clock): it is dead-lettered as `timestamp_in_future`, the rest is applied and the answer is
+//! `200`; `401` for a missing or unknown
 //! write key, `413` over `http.max_body_bytes` (also decompressed) or `http.max_batch_events`,
 //! `415` for an unknown `Content-Encoding`. Only a retry that can succeed gets `503` (no task
 //! assigned yet, shutting down). SDKs do not retry 4xx answers.
@@ -310,10 +314,18 @@ async fn ingest(
     .await
     .map_err(|_| Problem::internal("the decoder stopped"))?;
 
-    if !decoded.errors.is_empty() {
-        // All or nothing: the bad calls are counted and dead-lettered, the rest not applied.
+    // A call dated more than `ingest.max_future` after the wall clock is a device-clock
+    // problem, not a bad request (the limit moves with the clock, so no client can check it
+    // beforehand): it is dead-lettered as `timestamp_in_future` and the rest is applied.
+    let invalid = decoded
+        .errors
+        .iter()
+        .filter(|e| e["reason"] != FUTURE)
+        .count();
+    if invalid > 0 {
+        // All or nothing: the bad calls (and any dated too far ahead) are counted and
+        // dead-lettered, the rest not applied.
         let errors = decoded.errors.clone();
-        let n = errors.len();
         crate::apply(
             s,
             &source,
@@ -325,7 +337,9 @@ async fn ingest(
         .await?;
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
-            format!("{n} call(s) of the request are not valid Segment calls; nothing was applied"),
+            format!(
+                "{invalid} call(s) of the request are not valid Segment calls; nothing was applied"
+            ),
         )
         .with("errors", Value::Array(errors)));
     }
@@ -410,17 +424,37 @@ fn calls(
     Ok(out)
 }
 
+/// The reason of a call dated too far ahead (see [`ingest`]).
+const FUTURE: &str = "timestamp_in_future";
+
 /// The times of a call: RFC 3339 strings, as Segment's spec and SDKs write them.
 const TIME_FIELDS: [&str; 4] = ["timestamp", "originalTimestamp", "sentAt", "receivedAt"];
 
-/// `field` of `map` is absent, `null`, an RFC 3339 string or integer epoch milliseconds (checked even where the decoder
-/// does not use it, e.g. `sentAt` next to `timestamp`; the range is the decoder's to check).
+/// `field` of `map` is absent, `null`, an RFC 3339 string or epoch milliseconds (an integer,
+/// also written with a zero fraction such as `1796126778741.0`, as the decoder reads it) in
+/// the range every event time must lie in (2000-01-01 to 2100-01-01, exclusive). Checked for
+/// every time of a call, also where the decoder does not use it (`sentAt` next to
+/// `timestamp`), so the answer does not depend on which times a call happens to carry. How
+/// far ahead of the wall clock a time may be (`ingest.max_future`) is not checked here.
 fn check_time_field(map: &Map<String, Value>, field: &str) -> Result<(), String> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(t)) if journey_core::event::parse_rfc3339(t).is_some() => Ok(()),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
+    let millis = match map.get(field) {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::String(t)) => journey_core::event::parse_rfc3339(t),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Some(i),
+            (None, Some(f)) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => {
+                Some(f as Millis)
+            }
+            _ => None,
+        },
+        Some(_) => None,
+    };
+    match millis {
+        Some(t) if journey_core::event::check_time(t).is_ok() => Ok(()),
         Some(_) => Err(format!(
+            "`{field}` must lie in 2000-01-01 to 2100-01-01 (exclusive), also where it is not used"
+        )),
+        None => Err(format!(
             "`{field}` must be an RFC 3339 string or integer epoch milliseconds"
         )),
     }
@@ -428,11 +462,24 @@ fn check_time_field(map: &Map<String, Value>, field: &str) -> Result<(), String>
 
 /// What the HTTP API requires of a call beyond journey-ingest's Segment decoder, which is
 /// lenient for files and Kafka (fields it does not use): times are RFC 3339 strings or integer
-/// epoch milliseconds, `event` is a non-empty string whenever it is given, `traits` an object. The
+/// epoch milliseconds, `userId` and `anonymousId` strings (at most 256 characters) or numbers, `event` is a non-empty string whenever it is given, `traits` an object. The
 /// OpenAPI document (`SegmentCall`) says the same; the decoder checks the rest.
 fn check_call(c: &Map<String, Value>) -> Result<(), String> {
     for field in TIME_FIELDS {
         check_time_field(c, field)?;
+    }
+    for field in ["userId", "anonymousId"] {
+        // Checked even where unused (`anonymousId` next to a `userId`).
+        match c.get(field) {
+            None | Some(Value::Null | Value::Number(_)) => {}
+            Some(Value::String(id))
+                if id.chars().count() <= journey_core::event::MAX_CUSTOMER_ID_CHARS => {}
+            Some(_) => {
+                return Err(format!(
+                    "`{field}` must be a string of at most 256 characters or a number"
+                ))
+            }
+        }
     }
     match c.get("event") {
         None | Some(Value::Null) => {}

@@ -399,6 +399,38 @@ async fn ingested_events_show_in_funnel_touchpoints_and_transitions() {
         .map(|p| p["value"].as_f64().unwrap())
         .collect();
     assert_eq!(points, vec![0.0, 3.0, 0.0]);
+    // Without `touchpoint`, a touchpoint figure is the first touchpoint's (landing).
+    let (s, _, v) = call(
+        &api.app,
+        "GET",
+        "/v1/timeseries?figure=visits&from=2026-11-20T09:00:00Z&to=2026-11-20T12:00:00Z&step=1h",
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["target"], "landing");
+    assert_eq!(v["points"][1]["value"], 3.0);
+    // Without `phase`, a phase figure is the first phase's (awareness).
+    let (_, v) = get(
+        &api.app,
+        "/v1/timeseries?figure=reached&from=now-3h&step=1h",
+    )
+    .await;
+    assert_eq!(v["target"], "awareness");
+    // A step giving more than 10 000 points is enlarged to the smallest multiple that does not:
+    // 90 days of 1m are 129 600 points, 13m gives 9 970.
+    let (s, _, v) = call(
+        &api.app,
+        "GET",
+        "/v1/timeseries?touchpoint=landing&from=now-90d&step=1m",
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["step_ms"], 13 * 60_000);
+    assert_eq!(v["points"].as_array().unwrap().len(), 9_970);
+    let (_, v) = get(&api.app, "/v1/transitions?limit=10000").await;
+    assert!(v["transitions"].is_array());
     let (_, v) = get(
         &api.app,
         "/v1/timeseries?phase=decision&figure=reached&from=now-3h&step=1h",
@@ -452,14 +484,12 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
         ("/v1/touchpoints?sort=best", "sort"),
         ("/v1/transitions?limit=x", "limit"),
         ("/v1/timeseries?touchpoint=landing&figure=fun", "figure"),
-        ("/v1/timeseries?figure=visits", "touchpoint"),
+        ("/v1/timeseries?figure=visits&phase=nope", "phase"),
+        ("/v1/transitions?limit=10001", "limit"),
+        ("/v1/transitions?limit=0", "limit"),
         ("/v1/timeseries?touchpoint=nope", "touchpoint"),
         ("/v1/timeseries?figure=reached&phase=nope", "phase"),
         ("/v1/timeseries?touchpoint=landing&step=30s", "step"),
-        (
-            "/v1/timeseries?touchpoint=landing&from=now-90d&step=1m",
-            "step",
-        ),
         ("/v1/events?format=avro", "format"),
     ] {
         let method = if uri.starts_with("/v1/events") {

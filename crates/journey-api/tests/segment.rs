@@ -468,3 +468,117 @@ async fn browsers_get_cors_headers_and_preflight_answers() {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
 }
+
+/// What the OpenAPI document promises about times and ids, checked against the answers (the
+/// schemathesis run of tests/contract/schemathesis.sh found each of these).
+#[tokio::test]
+async fn times_and_ids_are_checked_as_the_document_describes_them() {
+    let api = open();
+    // A call dated more than `ingest.max_future` (1 day) ahead: 200, dead-lettered as
+    // `timestamp_in_future`, and the rest of the batch is applied.
+    let ahead = NOW + 2 * 86_400_000;
+    let (status, v) = post_json(
+        &api.app,
+        "/v1/batch",
+        json!({"batch": [
+            {"userId": "f1", "event": "order", "timestamp": ahead},
+            {"userId": "f1", "event": "order", "timestamp": "2026-11-20T10:00:00Z"},
+        ]}),
+    )
+    .await;
+    assert_eq!((status, v), (StatusCode::OK, json!({"success": true})));
+    assert_eq!(events_of(&api, "f1").await.len(), 1);
+    assert_eq!(counter(&api, "web", "accepted"), 1);
+    assert_eq!(counter(&api, "web", "rejected"), 1);
+    let letter = api
+        .letters
+        .try_recv()
+        .expect("the future call is dead-lettered");
+    assert_eq!(letter.reason, "timestamp_in_future");
+    // The same call alone: still 200, nothing applied.
+    let (status, _) = post_json(
+        &api.app,
+        "/v1/track",
+        json!({"userId": "f2", "event": "order", "timestamp": ahead}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(events_of(&api, "f2").await.is_empty());
+
+    // Whole numbers written as floats are integers (JSON Schema and the decoder agree).
+    let (status, v) = post_json(
+        &api.app,
+        "/v1/page",
+        json!({"userId": "w1", "timestamp": 1_795_168_800_000.0_f64, "sentAt": 1_795_168_800_000.0_f64}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(events_of(&api, "w1").await[0].0, 1_795_168_800_000);
+    let (status, _) = post_json(
+        &api.app,
+        "/v1/page",
+        json!({"userId": "w1", "timestamp": 1_795_168_800_000.5_f64}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Every time is checked against 2000-01-01..2100-01-01, also one that is not used.
+    for body in [
+        json!({"batch": [], "sentAt": 946_684_799_999_i64}),
+        json!({"batch": [{"userId": "m1", "event": "x", "timestamp": "2026-11-20T10:00:00Z",
+                          "sentAt": 946_684_799_999_i64}]}),
+        json!({"batch": [{"userId": "m1", "event": "x", "timestamp": "2026-11-20T10:00:00Z",
+                          "receivedAt": "2100-01-01T00:00:00Z"}]}),
+    ] {
+        let (status, v) = post_json(&api.app, "/v1/batch", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+    let (status, _) = post_json(
+        &api.app,
+        "/v1/batch",
+        json!({"batch": [], "sentAt": 946_684_800_000_i64}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Customer ids are limited in characters, as `maxLength` counts: 256 four-byte
+    // characters are an id, 257 are not; `anonymousId` is checked next to a `userId` too.
+    let wide = |n: usize| "\u{1F600}".repeat(n);
+    let (status, v) = post_json(
+        &api.app,
+        "/v1/track",
+        json!({"userId": wide(256), "event": "x", "timestamp": "2026-11-20T10:00:00Z"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(events_of(&api, &wide(256)).await.len(), 1);
+    for body in [
+        json!({"userId": wide(257), "event": "x"}),
+        json!({"userId": "u", "anonymousId": wide(257), "event": "x"}),
+        json!({"userId": "u", "anonymousId": {}, "event": "x"}),
+    ] {
+        let (status, v) = post_json(&api.app, "/v1/track", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+
+    // The document: fixed time bounds (no maximum that moves with the clock), the future
+    // limit in words.
+    let req = Request::builder()
+        .uri("/openapi.json")
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.app.clone().oneshot(req).await.unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let doc: Value = serde_json::from_slice(&bytes).unwrap();
+    let time = &doc["components"]["schemas"]["SegmentCall"]["properties"]["timestamp"];
+    assert_eq!(time["minimum"], 946_684_800_000_i64);
+    assert_eq!(time["maximum"], 4_102_444_799_999_i64);
+    assert!(time["pattern"]
+        .as_str()
+        .unwrap()
+        .starts_with("^20[0-9][0-9]-"));
+    assert!(time["description"]
+        .as_str()
+        .unwrap()
+        .contains("timestamp_in_future"));
+}

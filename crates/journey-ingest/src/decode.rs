@@ -248,7 +248,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
 
 const TIMESTAMP: &str = "an RFC 3339 string or epoch milliseconds";
 
-/// The customer: a string, or a number written out in decimal; 1 to 256 bytes.
+/// The customer: a string, or a number written out in decimal; 1 to 256 characters.
 pub(crate) fn customer<'a>(
     v: Option<Field<'a>>,
     field: &'static str,

@@ -445,7 +445,7 @@ mod tests {
             (
                 r#"{"event": "x", "userId": "", "timestamp": 1795341600000}"#,
                 "customer_id_length",
-                "`customer_id` must be 1 to 256 bytes, got 0",
+                "`customer_id` must be 1 to 256 characters, got 0",
             ),
             (
                 r#"{"userId": "u", "timestamp": 1795341600000}"#,
