@@ -256,7 +256,8 @@ async fn ingest(
 ) -> Result<Response, Problem> {
     let header_key = basic_key(headers)?;
     let bytes = encoding::read_body(headers, body, s.limits.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    // A byte-order mark (and `\r\n`, which JSON allows as whitespace) as in every ingest path.
+    let value: Value = serde_json::from_slice(journey_ingest::strip_bom(&bytes)).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             format!("the body is not a JSON object: {e}"),

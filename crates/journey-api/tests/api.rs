@@ -149,6 +149,41 @@ async fn ingest(api: &Api) {
     api.rt.flush().await.unwrap();
 }
 
+/// A body from a Windows producer: a UTF-8 byte-order mark and `\r\n` line endings are
+/// accepted like the plain body, as NDJSON and as a JSON array, also gzip'd.
+#[tokio::test]
+async fn bom_and_crlf_bodies_are_ingested_like_plain_ones() {
+    let api = api();
+    let line = |c: &str| {
+        json!({"customer_id": c, "ts": "2026-11-20T10:00:00Z", "event": "page_view", "attributes": {"url": "/"}})
+            .to_string()
+    };
+    let bodies = [
+        format!("\u{FEFF}{}\r\n{}\r\n", line("w1"), line("w2")),
+        format!("\u{FEFF}[{},\r\n{}]\r\n", line("w3"), line("w4")),
+        format!("\u{FEFF}{}\r\n", line("w5")),
+    ];
+    for body in &bodies {
+        let (status, _, v) = call(&api.app, "POST", "/v1/events?source=web", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body:?}: {v}");
+        assert_eq!(v["rejected"], 0, "{body:?}: {v}");
+    }
+    api.rt.flush().await.unwrap();
+    let (_, v) = get(
+        &api.app,
+        "/v1/touchpoints?from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z",
+    )
+    .await;
+    let landing = v["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "landing")
+        .unwrap()
+        .clone();
+    assert_eq!(landing["visits"], 5, "{v}");
+}
+
 /// SPEC §1: a record dated more than `ingest.max_future` (1 day) after the API's clock is
 /// rejected as `timestamp_in_future`, dead-lettered, and moves no watermark, so the honest
 /// record after it is on time.

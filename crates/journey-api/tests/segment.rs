@@ -582,3 +582,21 @@ async fn times_and_ids_are_checked_as_the_document_describes_them() {
         .unwrap()
         .contains("timestamp_in_future"));
 }
+
+/// A body with a UTF-8 byte-order mark and `\r\n` line endings is the plain body.
+#[tokio::test]
+async fn a_bom_and_crlf_body_is_the_plain_body() {
+    let api = open();
+    let body = "\u{FEFF}{\"batch\": [\r\n{\"userId\": \"b1\", \"event\": \"order\", \"timestamp\": \"2026-11-20T10:00:00Z\"}\r\n]}\r\n";
+    let (status, v) = post(&api.app, "/v1/batch", &[], body.to_string()).await;
+    assert_eq!((status, v), (StatusCode::OK, json!({"success": true})));
+    let (status, v) = post(
+        &api.app,
+        "/v1/t",
+        &[],
+        "\u{FEFF}{\"userId\": \"b1\", \"event\": \"order\", \"timestamp\": \"2026-11-20T10:01:00Z\"}\r\n".to_string(),
+    )
+    .await;
+    assert_eq!((status, v), (StatusCode::OK, json!({"success": true})));
+    assert_eq!(events_of(&api, "b1").await.len(), 2);
+}

@@ -104,8 +104,13 @@ impl Decoder {
         self.limits
     }
 
-    /// Decodes one record (one JSON object). Strings borrow from `bytes` where possible.
+    /// Decodes one record (one JSON object; a leading UTF-8 byte-order mark and a trailing
+    /// `\n` or `\r\n` are dropped). Strings borrow from `bytes` where possible.
     pub fn decode<'a>(&'a self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+        // The bytes a producer adds around a record (a Kafka message written as a line of a
+        // Windows file): a byte-order mark before it, `\r\n` after it. Bodies and files are
+        // cut by `split_body` and `for_each_line`, which drop the same bytes.
+        let bytes = crate::body::trim_line_ending(crate::body::strip_bom(bytes));
         let source = self.default_source.as_str();
         let ev = match &self.format {
             Format::Canonical => decode_canonical(bytes, source, &self.limits),
@@ -559,6 +564,29 @@ mod tests {
                 ("42", Some("7")),
                 "{format}"
             );
+        }
+    }
+
+    /// A record as a Kafka message from a Windows producer: a byte-order mark before it and
+    /// `\r\n` after it decode like the plain record, in every format.
+    #[test]
+    fn every_decoder_ignores_a_bom_and_a_crlf_around_the_record() {
+        for (format, dec) in decoders() {
+            let plain = record(format, &base());
+            let expected = dec.decode(plain.as_bytes()).unwrap().into_owned();
+            for wrapped in [
+                format!("\u{FEFF}{plain}"),
+                format!("{plain}\r\n"),
+                format!("{plain}\n"),
+                format!("\u{FEFF}{plain}\r\n"),
+            ] {
+                let ev = dec.decode(wrapped.as_bytes());
+                assert_eq!(
+                    ev.map(|e| e.into_owned()),
+                    Ok(expected.clone()),
+                    "{format}: {wrapped:?}"
+                );
+            }
         }
     }
 
