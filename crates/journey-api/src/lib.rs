@@ -297,8 +297,10 @@ async fn get_touchpoints(
     Ok(Json(note_truncation(&s, from, answer)))
 }
 
-/// Largest `limit` of `GET /v1/transitions` (the OpenAPI document's maximum).
-pub const MAX_TRANSITIONS: usize = 10_000;
+/// Largest `limit` of `GET /v1/transitions` (the OpenAPI document's maximum): every
+/// transition there can be, from `(start)` or a touchpoint to a touchpoint or `(exit)`.
+pub const MAX_TRANSITIONS: usize = 16_785_409;
+const _: () = assert!(MAX_TRANSITIONS == (journey_core::rules::MAX_TOUCHPOINTS + 1).pow(2));
 
 async fn get_transitions(
     State(s): State<AppState>,

@@ -253,7 +253,7 @@ mod ops {
         params(
             ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
-            ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "most transitions in the answer, the most frequent first; default 200"),
+            ("limit" = Option<u32>, Query, minimum = 1, maximum = 16785409, description = "most transitions in the answer, the most frequent first; default 200; the maximum is every transition the largest rule set can have"),
         ),
         responses((status = 200, body = TransitionsAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn transitions() {}

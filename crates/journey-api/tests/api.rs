@@ -464,7 +464,7 @@ async fn ingested_events_show_in_funnel_touchpoints_and_transitions() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["step_ms"], 13 * 60_000);
     assert_eq!(v["points"].as_array().unwrap().len(), 9_970);
-    let (_, v) = get(&api.app, "/v1/transitions?limit=10000").await;
+    let (_, v) = get(&api.app, "/v1/transitions?limit=16785409").await;
     assert!(v["transitions"].is_array());
     let (_, v) = get(
         &api.app,
@@ -520,7 +520,7 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
         ("/v1/transitions?limit=x", "limit"),
         ("/v1/timeseries?touchpoint=landing&figure=fun", "figure"),
         ("/v1/timeseries?figure=visits&phase=nope", "phase"),
-        ("/v1/transitions?limit=10001", "limit"),
+        ("/v1/transitions?limit=16785410", "limit"),
         ("/v1/transitions?limit=0", "limit"),
         ("/v1/timeseries?touchpoint=nope", "touchpoint"),
         ("/v1/timeseries?figure=reached&phase=nope", "phase"),
