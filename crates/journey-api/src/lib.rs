@@ -5,10 +5,12 @@
 //! internal details are logged, never returned. Metrics are rendered by [`metrics`].
 
 pub mod auth;
+pub mod encoding;
 pub mod metrics;
 mod openapi;
 pub mod problem;
 pub mod range;
+pub mod segment;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,9 +33,11 @@ use serde_json::{json, Value};
 pub use metrics::Metrics;
 pub use problem::Problem;
 
-/// Limits and defaults for HTTP ingest.
+/// Limits, defaults and write keys of HTTP ingest.
 #[derive(Debug, Clone)]
 pub struct IngestLimits {
+    /// Write keys of the Segment tracking API and their sources ([`segment`]).
+    pub write_keys: segment::WriteKeys,
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
     pub max_record_bytes: usize,
@@ -49,6 +53,7 @@ pub struct IngestLimits {
 impl Default for IngestLimits {
     fn default() -> Self {
         IngestLimits {
+            write_keys: segment::WriteKeys::default(),
             max_body_bytes: 10 << 20,
             max_batch_events: 10_000,
             max_record_bytes: 1 << 20,
@@ -95,12 +100,15 @@ impl std::fmt::Debug for AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route(
+            "/openapi.json",
+            get(|State(s): State<AppState>| async move { Json(openapi::document(&s)) }),
+        )
         .route("/v1/funnel", get(get_funnel))
         .route("/v1/touchpoints", get(get_touchpoints))
         .route("/v1/transitions", get(get_transitions))
@@ -108,18 +116,51 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}", get(get_customer))
         .route("/v1/alerts", get(get_alerts))
         .route("/v1/rules", get(get_rules).put(put_rules))
-        .route("/v1/events", axum::routing::post(post_events))
-        .fallback(|| async {
-            Problem::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
-        })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authorize,
-        ))
-        .with_state(state)
+        .route("/v1/events", axum::routing::post(post_events));
+    let app = segment::ROUTES.iter().fold(app, |app, (path, call)| {
+        app.route(path, segment::route(*call))
+    });
+    app.fallback(|| async {
+        Problem::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
+    })
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authorize,
+    ))
+    .layer(axum::middleware::from_fn(segment::cors))
+    .with_state(state)
 }
 
-type Params = Query<HashMap<String, String>>;
+/// The query parameters of a request, each given at most once.
+///
+/// A repeated parameter (`?state=firing&state=pending`) is refused with 400 naming it: every
+/// parameter of the API takes one value, as the OpenAPI document says, and silently keeping
+/// one of the values would answer a question that was not asked.
+struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+        let mut q = HashMap::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if q.contains_key(&k) {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("parameter `{k}` is given more than once: give it once"),
+                ));
+            }
+            q.insert(k, v);
+        }
+        Ok(Params(q))
+    }
+}
 
 /// Rejects parameters the endpoint does not know, naming the first.
 fn known(q: &HashMap<String, String>, allowed: &[&'static str]) -> Result<(), Problem> {
@@ -192,7 +233,7 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn get_funnel(State(s): State<AppState>, Query(q): Params) -> Result<Json<Value>, Problem> {
+async fn get_funnel(State(s): State<AppState>, Params(q): Params) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "breakdown", "limit"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
     let dims = s.runtime.engine_config().dimension_names();
@@ -231,7 +272,7 @@ async fn get_funnel(State(s): State<AppState>, Query(q): Params) -> Result<Json<
 
 async fn get_touchpoints(
     State(s): State<AppState>,
-    Query(q): Params,
+    Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "sort"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
@@ -256,16 +297,28 @@ async fn get_touchpoints(
     Ok(Json(note_truncation(&s, from, answer)))
 }
 
+/// Largest `limit` of `GET /v1/transitions` (the OpenAPI document's maximum): every
+/// transition there can be, from `(start)` or a touchpoint to a touchpoint or `(exit)`.
+pub const MAX_TRANSITIONS: usize = 16_785_409;
+const _: () = assert!(MAX_TRANSITIONS == (journey_core::rules::MAX_TOUCHPOINTS + 1).pow(2));
+
 async fn get_transitions(
     State(s): State<AppState>,
-    Query(q): Params,
+    Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "limit"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
     let limit = match q.get("limit") {
-        Some(v) => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-            Problem::bad_parameter("limit", "`limit` must be a whole number of at least 1")
-        })?,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_TRANSITIONS).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_parameter(
+                    "limit",
+                    format!("`limit` must be a whole number from 1 to {MAX_TRANSITIONS}"),
+                )
+            })?,
         None => 200,
     };
     let sum = summary(&s, from, to, &Include::default());
@@ -277,7 +330,7 @@ async fn get_transitions(
 
 async fn get_timeseries(
     State(s): State<AppState>,
-    Query(q): Params,
+    Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "step", "figure", "touchpoint", "phase"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
@@ -294,10 +347,8 @@ async fn get_timeseries(
         )
     })?;
     let rules = s.runtime.rules();
-    let target = if figure.is_phase_figure() {
-        let p = q.get("phase").ok_or_else(|| {
-            Problem::bad_parameter("phase", format!("figure `{figure_name}` needs a `phase`"))
-        })?;
+    // Both are checked when given, also the one the figure does not use.
+    if let Some(p) = q.get("phase") {
         if !rules.phases().contains(p) {
             return Err(Problem::bad_parameter(
                 "phase",
@@ -307,20 +358,27 @@ async fn get_timeseries(
                 ),
             ));
         }
-        p.clone()
-    } else {
-        let t = q.get("touchpoint").ok_or_else(|| {
-            Problem::bad_parameter(
-                "touchpoint",
-                format!("figure `{figure_name}` needs a `touchpoint`"),
-            )
-        })?;
+    }
+    if let Some(t) = q.get("touchpoint") {
         if !rules.touchpoints().iter().any(|x| &x.name == t) {
             return Err(Problem::bad_parameter(
                 "touchpoint",
                 format!("unknown touchpoint `{t}`"),
             ));
         }
+    }
+    let target = if figure.is_phase_figure() {
+        // Without `phase`: the first phase of the rules.
+        let p = q.get("phase").or(rules.phases().first()).ok_or_else(|| {
+            Problem::bad_parameter("phase", "the rules in force define no phases")
+        })?;
+        p.clone()
+    } else {
+        // Without `touchpoint`: the first touchpoint of the rules.
+        let first = rules.touchpoints().first().map(|t| &t.name);
+        let t = q.get("touchpoint").or(first).ok_or_else(|| {
+            Problem::bad_parameter("touchpoint", "the rules in force define no touchpoints")
+        })?;
         t.clone()
     };
     let parts = s.runtime.partials();
@@ -338,10 +396,10 @@ async fn get_customer(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    if id.is_empty() || id.len() > journey_core::event::MAX_CUSTOMER_ID_BYTES {
+    if journey_core::event::check_customer_id(&id).is_err() {
         return Err(Problem::bad_parameter(
             "id",
-            "customer ids are 1 to 256 bytes",
+            "customer ids are 1 to 256 characters",
         ));
     }
     match s
@@ -358,13 +416,9 @@ async fn get_customer(
     }
 }
 
-async fn get_alerts(State(s): State<AppState>, Query(q): Params) -> Result<Json<Value>, Problem> {
+async fn get_alerts(State(s): State<AppState>, Params(q): Params) -> Result<Json<Value>, Problem> {
     known(&q, &["state"])?;
-    let Some(board) = &s.alerts else {
-        return Ok(Json(
-            json!({ "evaluation": { "enabled": false }, "alerts": [] }),
-        ));
-    };
+    // The parameter is checked whether or not alerts are enabled.
     let wanted = match q.get("state").map(String::as_str) {
         None => None,
         Some(st @ ("pending" | "firing" | "resolved")) => Some(st),
@@ -374,6 +428,11 @@ async fn get_alerts(State(s): State<AppState>, Query(q): Params) -> Result<Json<
                 format!("unknown state `{other}` (expected one of: pending, firing, resolved)"),
             ))
         }
+    };
+    let Some(board) = &s.alerts else {
+        return Ok(Json(
+            json!({ "evaluation": { "enabled": false }, "alerts": [] }),
+        ));
     };
     let report = board.report();
     let c = &board.config;
@@ -460,9 +519,11 @@ async fn put_rules(State(s): State<AppState>, req: Request) -> Result<Json<Value
 
 async fn post_events(
     State(s): State<AppState>,
-    Query(q): Params,
+    Params(q): Params,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let arrived = (s.clock)();
     known(&q, &["source", "format"])?;
     let source = q
         .get("source")
@@ -479,15 +540,7 @@ async fn post_events(
         None,
     )
     .map_err(|e| Problem::bad_parameter("format", e))?;
-    let bytes = to_bytes(body, s.limits.max_body_bytes).await.map_err(|_| {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body exceeds {} bytes; send smaller batches",
-                s.limits.max_body_bytes
-            ),
-        )
-    })?;
+    let bytes = encoding::read_body(&headers, body, s.limits.max_body_bytes).await?;
     // Splitting and decoding a batch takes milliseconds of CPU: done on the blocking pool,
     // so queries on the async workers never wait behind an ingest request.
     let decoder = Decoder::new(
@@ -498,8 +551,9 @@ async fn post_events(
             max_future: s.limits.max_future,
         },
     )
-    .with_clock(s.clock.clone());
-    let (max_batch, now) = (s.limits.max_batch_events, (s.clock)());
+    .with_clock(s.clock.clone())
+    .with_received_at(arrived);
+    let (max_batch, now) = (s.limits.max_batch_events, arrived);
     let src = source.clone();
     let nice = s.limits.decode_nice;
     let decoded = tokio::task::spawn_blocking(move || {
@@ -510,44 +564,8 @@ async fn post_events(
     })
     .await
     .map_err(|_| Problem::internal("the decoder stopped"))??;
-    let Decoded {
-        events,
-        errors,
-        letters,
-    } = decoded;
-    for l in &letters {
-        s.metrics
-            .ingest_rejected
-            .with_label_values(&[source.as_str(), l.reason])
-            .inc();
-    }
-    let accepted = events.len();
-    s.metrics
-        .ingest_events
-        .with_label_values(&[source.as_str(), "accepted"])
-        .inc_by(accepted as u64);
-    s.metrics
-        .ingest_events
-        .with_label_values(&[source.as_str(), "rejected"])
-        .inc_by(errors.len() as u64);
-    for dl in letters {
-        if !s.dead_letters.send(dl).await {
-            return Err(Problem::internal("the dead-letter sink stopped"));
-        }
-    }
-    if !events.is_empty() {
-        s.runtime.submit(events).await.map_err(|e| match e {
-            SubmitError::Stopped => Problem::internal("runtime stopped"),
-            // Retryable: the consumer group assigns the partitions in a moment.
-            SubmitError::NotAssigned(tasks) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "partitions {tasks:?} are not assigned to this instance yet; nothing was \
-                     applied, retry"
-                ),
-            ),
-        })?;
-    }
+    let errors = decoded.errors.clone();
+    let accepted = apply(&s, &source, decoded).await?;
     let status = if accepted == 0 && !errors.is_empty() {
         StatusCode::BAD_REQUEST
     } else {
@@ -560,8 +578,51 @@ async fn post_events(
         .into_response())
 }
 
+/// Counts, dead-letters and submits one decoded request; the number of events applied.
+/// `NotAssigned` is retryable (503): the consumer group assigns the partitions in a moment.
+pub(crate) async fn apply(s: &AppState, source: &str, decoded: Decoded) -> Result<usize, Problem> {
+    let Decoded {
+        events,
+        errors,
+        letters,
+    } = decoded;
+    for l in &letters {
+        s.metrics
+            .ingest_rejected
+            .with_label_values(&[source, l.reason])
+            .inc();
+    }
+    let accepted = events.len();
+    s.metrics
+        .ingest_events
+        .with_label_values(&[source, "accepted"])
+        .inc_by(accepted as u64);
+    s.metrics
+        .ingest_events
+        .with_label_values(&[source, "rejected"])
+        .inc_by(errors.len() as u64);
+    for dl in letters {
+        if !s.dead_letters.send(dl).await {
+            return Err(Problem::internal("the dead-letter sink stopped"));
+        }
+    }
+    if !events.is_empty() {
+        s.runtime.submit(events).await.map_err(|e| match e {
+            SubmitError::Stopped => Problem::internal("runtime stopped"),
+            SubmitError::NotAssigned(tasks) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "partitions {tasks:?} are not assigned to this instance yet; nothing was \
+                     applied, retry"
+                ),
+            ),
+        })?;
+    }
+    Ok(accepted)
+}
+
 /// One request body, decoded: the events, a problem per rejected record, and its dead letter.
-struct Decoded {
+pub(crate) struct Decoded {
     events: Vec<journey_core::Event<'static>>,
     errors: Vec<Value>,
     letters: Vec<DeadLetter>,
@@ -589,30 +650,45 @@ fn decode_batch(
             ),
         ));
     }
+    Ok(decode_records(
+        records.iter().map(|r| (r.position, r.bytes)),
+        decoder,
+        source,
+        now,
+    ))
+}
+
+/// Decodes records given with their 1-based positions.
+pub(crate) fn decode_records<'a>(
+    records: impl ExactSizeIterator<Item = (usize, &'a [u8])>,
+    decoder: &Decoder,
+    source: &str,
+    now: Millis,
+) -> Decoded {
     let mut out = Decoded {
         events: Vec::with_capacity(records.len()),
         errors: Vec::new(),
         letters: Vec::new(),
     };
-    for r in &records {
-        match decoder.decode(r.bytes) {
+    for (position, bytes) in records {
+        match decoder.decode(bytes) {
             Ok(e) => out.events.push(e.into_owned()),
             Err(e) => {
                 out.errors.push(
-                    json!({ "line": r.position, "reason": e.reason(), "error": e.to_string() }),
+                    json!({ "line": position, "reason": e.reason(), "error": e.to_string() }),
                 );
                 out.letters.push(DeadLetter {
                     at: now,
                     reason: e.reason(),
                     error: e.to_string(),
                     source: source.to_string(),
-                    position: Position::Http { line: r.position },
-                    record: r.bytes.to_vec(),
+                    position: Position::Http { line: position },
+                    record: bytes.to_vec(),
                 });
             }
         }
     }
-    Ok(out)
+    out
 }
 
 async fn dashboard() -> Html<&'static str> {

@@ -7,8 +7,14 @@ use journey_core::time::{parse_duration, Millis, DAY, HOUR, MINUTE};
 
 use crate::problem::Problem;
 
-/// A time as given in a query parameter.
+/// A time as given in a query parameter, from 2000 to 2100 (the range of event times).
 pub fn parse_time(s: &str, now: Millis) -> Result<Millis, String> {
+    let t = parse_any_time(s, now)?;
+    journey_core::event::check_time(t)
+        .map_err(|_| format!("`{}` is outside 2000-01-01 to 2100-01-01", s.trim()))
+}
+
+fn parse_any_time(s: &str, now: Millis) -> Result<Millis, String> {
     let s = s.trim();
     if s == "now" {
         return Ok(now);
@@ -33,7 +39,11 @@ pub fn parse_time(s: &str, now: Millis) -> Result<Millis, String> {
     })
 }
 
-/// `from` and `to` (default: the last 24 hours).
+/// `from` and `to` (default: the last 24 hours; `from` alone: from then until now).
+///
+/// A range whose `to` is not after its `from` (`from=now`, `from=now&to=now-1h`) is the empty
+/// range at `from`: it is answered, with nothing in it, and the answer's `to` equals its
+/// `from`. Every pair of valid times is thus a valid range, as the OpenAPI document allows.
 pub fn range(q: &HashMap<String, String>, now: Millis) -> Result<(Millis, Millis), Problem> {
     let to = match q.get("to") {
         Some(v) => parse_time(v, now).map_err(|e| Problem::bad_parameter("to", e))?,
@@ -43,13 +53,14 @@ pub fn range(q: &HashMap<String, String>, now: Millis) -> Result<(Millis, Millis
         Some(v) => parse_time(v, now).map_err(|e| Problem::bad_parameter("from", e))?,
         None => to - DAY,
     };
-    if from >= to {
-        return Err(Problem::bad_parameter("from", "`from` must be before `to`"));
-    }
-    Ok((from, to))
+    Ok((from, to.max(from)))
 }
 
-/// The step of a time series: given, or chosen so that the range has at most ~300 points.
+/// Most points a time series has.
+pub const MAX_POINTS: Millis = 10_000;
+
+/// The step of a time series: given, or chosen so that the range has at most ~300 points;
+/// enlarged to a multiple of itself when the range would have more than [`MAX_POINTS`].
 pub fn step(q: &HashMap<String, String>, from: Millis, to: Millis) -> Result<Millis, Problem> {
     let step = match q.get("step") {
         Some(v) => parse_duration(v).map_err(|e| Problem::bad_parameter("step", e.to_string()))?,
@@ -67,13 +78,11 @@ pub fn step(q: &HashMap<String, String>, from: Millis, to: Millis) -> Result<Mil
             "`step` must be a whole number of minutes, at least 1m",
         ));
     }
-    if (to - from) / step > 10_000 {
-        return Err(Problem::bad_parameter(
-            "step",
-            "too many points: use a larger `step` or a shorter range",
-        ));
-    }
-    Ok(step)
+    // More than MAX_POINTS points: the smallest multiple of the step that gives at most
+    // MAX_POINTS (the answer's `step_ms` says which step was used).
+    let per = step.saturating_mul(MAX_POINTS);
+    let factor = ((to - from).max(0) + per - 1) / per;
+    Ok(step * factor.max(1))
 }
 
 #[cfg(test)]
@@ -95,17 +104,41 @@ mod tests {
             .unwrap_err()
             .contains("`yesterday` is not a time"));
         assert!(parse_time("now-5x", now).is_err());
+        // Outside the range of event times.
+        assert!(parse_time("0", now)
+            .unwrap_err()
+            .contains("outside 2000-01-01"));
+        assert!(parse_time("2100-01-01T00:00:00Z", now).is_err());
     }
 
     #[test]
-    fn defaults_to_the_last_day_and_rejects_inverted_ranges() {
+    fn defaults_to_the_last_day_and_inverted_ranges_are_empty() {
         let now = 1_795_000_000_000;
         assert_eq!(range(&HashMap::new(), now).unwrap(), (now - DAY, now));
-        let q: HashMap<String, String> = [
-            ("from".to_string(), "now".to_string()),
-            ("to".to_string(), "now-1h".to_string()),
-        ]
-        .into();
-        assert_eq!(range(&q, now).unwrap_err().parameter, Some("from"));
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // `from` alone: until now; `from=now` is the empty range at now.
+        assert_eq!(
+            range(&q(&[("from", "now-1h")]), now).unwrap(),
+            (now - HOUR, now)
+        );
+        assert_eq!(range(&q(&[("from", "now")]), now).unwrap(), (now, now));
+        // `to` before `from`: the empty range at `from`, not an error.
+        assert_eq!(
+            range(&q(&[("from", "now"), ("to", "now-1h")]), now).unwrap(),
+            (now, now)
+        );
+        assert_eq!(
+            range(&q(&[("from", "now+1m")]), now).unwrap(),
+            (now + MINUTE, now + MINUTE)
+        );
+        assert_eq!(
+            range(&q(&[("from", "x")]), now).unwrap_err().parameter,
+            Some("from")
+        );
     }
 }

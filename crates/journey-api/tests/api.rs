@@ -149,6 +149,41 @@ async fn ingest(api: &Api) {
     api.rt.flush().await.unwrap();
 }
 
+/// A body from a Windows producer: a UTF-8 byte-order mark and `\r\n` line endings are
+/// accepted like the plain body, as NDJSON and as a JSON array, also gzip'd.
+#[tokio::test]
+async fn bom_and_crlf_bodies_are_ingested_like_plain_ones() {
+    let api = api();
+    let line = |c: &str| {
+        json!({"customer_id": c, "ts": "2026-11-20T10:00:00Z", "event": "page_view", "attributes": {"url": "/"}})
+            .to_string()
+    };
+    let bodies = [
+        format!("\u{FEFF}{}\r\n{}\r\n", line("w1"), line("w2")),
+        format!("\u{FEFF}[{},\r\n{}]\r\n", line("w3"), line("w4")),
+        format!("\u{FEFF}{}\r\n", line("w5")),
+    ];
+    for body in &bodies {
+        let (status, _, v) = call(&api.app, "POST", "/v1/events?source=web", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body:?}: {v}");
+        assert_eq!(v["rejected"], 0, "{body:?}: {v}");
+    }
+    api.rt.flush().await.unwrap();
+    let (_, v) = get(
+        &api.app,
+        "/v1/touchpoints?from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z",
+    )
+    .await;
+    let landing = v["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "landing")
+        .unwrap()
+        .clone();
+    assert_eq!(landing["visits"], 5, "{v}");
+}
+
 /// SPEC §1: a record dated more than `ingest.max_future` (1 day) after the API's clock is
 /// rejected as `timestamp_in_future`, dead-lettered, and moves no watermark, so the honest
 /// record after it is on time.
@@ -399,6 +434,38 @@ async fn ingested_events_show_in_funnel_touchpoints_and_transitions() {
         .map(|p| p["value"].as_f64().unwrap())
         .collect();
     assert_eq!(points, vec![0.0, 3.0, 0.0]);
+    // Without `touchpoint`, a touchpoint figure is the first touchpoint's (landing).
+    let (s, _, v) = call(
+        &api.app,
+        "GET",
+        "/v1/timeseries?figure=visits&from=2026-11-20T09:00:00Z&to=2026-11-20T12:00:00Z&step=1h",
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["target"], "landing");
+    assert_eq!(v["points"][1]["value"], 3.0);
+    // Without `phase`, a phase figure is the first phase's (awareness).
+    let (_, v) = get(
+        &api.app,
+        "/v1/timeseries?figure=reached&from=now-3h&step=1h",
+    )
+    .await;
+    assert_eq!(v["target"], "awareness");
+    // A step giving more than 10 000 points is enlarged to the smallest multiple that does not:
+    // 90 days of 1m are 129 600 points, 13m gives 9 970.
+    let (s, _, v) = call(
+        &api.app,
+        "GET",
+        "/v1/timeseries?touchpoint=landing&from=now-90d&step=1m",
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["step_ms"], 13 * 60_000);
+    assert_eq!(v["points"].as_array().unwrap().len(), 9_970);
+    let (_, v) = get(&api.app, "/v1/transitions?limit=16785409").await;
+    assert!(v["transitions"].is_array());
     let (_, v) = get(
         &api.app,
         "/v1/timeseries?phase=decision&figure=reached&from=now-3h&step=1h",
@@ -446,20 +513,18 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
     for (uri, param) in [
         ("/v1/funnel?from=yesterday", "from"),
         ("/v1/funnel?to=never", "to"),
-        ("/v1/funnel?from=now&to=now-1h", "from"),
+        ("/v1/funnel?to=0", "to"),
         ("/v1/funnel?breakdown=colour", "breakdown"),
         ("/v1/funnel?limit=0", "limit"),
         ("/v1/touchpoints?sort=best", "sort"),
         ("/v1/transitions?limit=x", "limit"),
         ("/v1/timeseries?touchpoint=landing&figure=fun", "figure"),
-        ("/v1/timeseries?figure=visits", "touchpoint"),
+        ("/v1/timeseries?figure=visits&phase=nope", "phase"),
+        ("/v1/transitions?limit=16785410", "limit"),
+        ("/v1/transitions?limit=0", "limit"),
         ("/v1/timeseries?touchpoint=nope", "touchpoint"),
         ("/v1/timeseries?figure=reached&phase=nope", "phase"),
         ("/v1/timeseries?touchpoint=landing&step=30s", "step"),
-        (
-            "/v1/timeseries?touchpoint=landing&from=now-90d&step=1m",
-            "step",
-        ),
         ("/v1/events?format=avro", "format"),
     ] {
         let method = if uri.starts_with("/v1/events") {
@@ -473,6 +538,37 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
         assert_eq!(v["parameter"], param, "{uri}: {v}");
         assert!(v["detail"].as_str().unwrap().len() > 10, "{uri}");
     }
+    // A `to` not after `from` is the empty range at `from`: answered, with nothing in it.
+    for uri in [
+        "/v1/funnel?from=now&to=now-1h",
+        "/v1/funnel?from=now",
+        "/v1/touchpoints?from=now",
+        "/v1/transitions?from=now&to=now",
+    ] {
+        let (s, v) = get(&api.app, uri).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {v}");
+        assert_eq!(v["from"], v["to"], "{uri}: {v}");
+    }
+    let (s, v) = get(&api.app, "/v1/funnel?from=now").await;
+    assert_eq!((s, &v["funnel"]["journeys"]), (StatusCode::OK, &json!(0)));
+    // Every parameter is given once: a repeated one is refused, naming it.
+    for uri in [
+        "/v1/alerts?state=firing&state=firing",
+        "/v1/funnel?from=now-1h&from=now-2h",
+    ] {
+        let (s, v) = get(&api.app, uri).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(
+            v["detail"].as_str().unwrap().contains("more than once"),
+            "{v}"
+        );
+    }
+    // `state` is checked even while alerts are disabled.
+    let (s, v) = get(&api.app, "/v1/alerts?state=null").await;
+    assert_eq!(
+        (s, &v["parameter"]),
+        (StatusCode::BAD_REQUEST, &json!("state"))
+    );
     let (s, v) = get(&api.app, "/v1/funnel?form=now-1h").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(

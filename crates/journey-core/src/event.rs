@@ -13,8 +13,9 @@ use serde_json::Value;
 
 use crate::time::{HumanDuration, Millis, DAY, MAX_EVENT_TIME, MIN_EVENT_TIME};
 
-/// Longest accepted `customer_id`, in bytes.
-pub const MAX_CUSTOMER_ID_BYTES: usize = 256;
+/// Longest accepted `customer_id`, in characters (Unicode code points, as JSON Schema's
+/// `maxLength` counts them; at most 1 KiB as UTF-8).
+pub const MAX_CUSTOMER_ID_CHARS: usize = 256;
 
 /// One customer action. `ts` is event time in epoch milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,7 +77,7 @@ pub enum DecodeError {
         field: &'static str,
         expected: &'static str,
     },
-    #[error("`customer_id` must be 1 to {MAX_CUSTOMER_ID_BYTES} bytes, got {0}")]
+    #[error("`customer_id` must be 1 to {MAX_CUSTOMER_ID_CHARS} characters, got {0}")]
     CustomerIdLength(usize),
     #[error("`ts` is not RFC 3339 or epoch milliseconds: `{0}`")]
     BadTimestamp(String),
@@ -181,8 +182,11 @@ pub fn timestamp_from_value(v: &Value) -> Result<Millis, DecodeError> {
 
 /// Checks the length rule for customer ids.
 pub fn check_customer_id(id: &str) -> Result<(), DecodeError> {
-    if id.is_empty() || id.len() > MAX_CUSTOMER_ID_BYTES {
-        Err(DecodeError::CustomerIdLength(id.len()))
+    // Bytes are at least as many as characters: count only when the bytes are too many.
+    if id.is_empty()
+        || (id.len() > MAX_CUSTOMER_ID_CHARS && id.chars().count() > MAX_CUSTOMER_ID_CHARS)
+    {
+        Err(DecodeError::CustomerIdLength(id.chars().count()))
     } else {
         Ok(())
     }
@@ -578,6 +582,18 @@ mod tests {
         );
         assert_eq!(
             decode(&long).unwrap_err(),
+            DecodeError::CustomerIdLength(257)
+        );
+        // Characters, not bytes: 256 four-byte characters (1 KiB) are an id, 257 are not.
+        let wide = |n: usize| {
+            format!(
+                r#"{{"customer_id":"{}","ts":1795341600120,"event":"x"}}"#,
+                "\u{1F600}".repeat(n)
+            )
+        };
+        assert_eq!(decode(&wide(256)).unwrap().customer_id.chars().count(), 256);
+        assert_eq!(
+            decode(&wide(257)).unwrap_err(),
             DecodeError::CustomerIdLength(257)
         );
     }

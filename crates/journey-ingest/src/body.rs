@@ -36,8 +36,10 @@ pub type Records<'a> = Vec<Record<'a>>;
 ///   is trimmed. A body that is exactly one JSON object, even pretty-printed over many
 ///   lines, is one record.
 ///
-/// An empty or all-whitespace body has no records.
+/// A UTF-8 byte-order mark at the start of the body is skipped (Windows tools write one);
+/// positions are unchanged by it. An empty or all-whitespace body has no records.
 pub fn split_body(body: &[u8]) -> Result<Records<'_>, DecodeError> {
+    let body = strip_bom(body);
     let Some(start) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
         return Ok(Vec::new());
     };
@@ -93,6 +95,21 @@ fn is_one_value(bytes: &[u8]) -> bool {
     IgnoredAny::deserialize(&mut de).is_ok() && de.end().is_ok()
 }
 
+/// The UTF-8 byte-order mark, which some producers (Windows editors, PowerShell, .NET
+/// `Encoding.UTF8`) write at the start of a file or message.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// `bytes` without a leading UTF-8 byte-order mark.
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(BOM).unwrap_or(bytes)
+}
+
+/// One record without its line ending: a trailing `\n`, then a trailing `\r` (a record that
+/// a producer wrote with `\r\n`, e.g. one Kafka message per line of a Windows file).
+pub fn trim_line_ending(record: &[u8]) -> &[u8] {
+    trim_line(record.strip_suffix(b"\n").unwrap_or(record))
+}
+
 fn trim_line(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
@@ -116,7 +133,7 @@ const KEEP_BUFFER_BYTES: usize = 1 << 20;
 /// number of lines passed to `f`.
 ///
 /// Line numbers are 1-based and count blank lines too; `line` is without its `\n` and a
-/// trailing `\r`. Lines that lie inside the reader's buffer are passed without copying; only
+/// trailing `\r`, and the first line without a UTF-8 byte-order mark. Lines that lie inside the reader's buffer are passed without copying; only
 /// lines that straddle a buffer refill go through one reused buffer. The last line need
 /// not end with `\n`. Stops at the first I/O error (other than `Interrupted`, which is
 /// retried).
@@ -127,6 +144,8 @@ pub fn for_each_line(mut reader: impl BufRead, mut f: impl FnMut(u64, &[u8])) ->
     let mut emit = |pending: &[u8]| {
         line_no += 1;
         let line = trim_line(pending);
+        // A byte-order mark can only start the stream, i.e. the first line.
+        let line = if line_no == 1 { strip_bom(line) } else { line };
         if !is_blank(line) {
             records += 1;
             f(line_no, line);
@@ -277,6 +296,47 @@ mod tests {
         })
         .unwrap();
         (n, seen)
+    }
+
+    /// A byte-order mark and `\r\n` line endings give the records of the plain body, in
+    /// every shape of body and for every buffer size of a file (the mark may straddle a
+    /// buffer refill); one record (a Kafka message) loses the same bytes.
+    #[test]
+    fn bom_and_crlf_give_the_records_of_the_plain_input() {
+        let ndjson = "{\"a\":1}\n\n{\"a\":2}\n";
+        let array = "[{\"a\":1},\n{\"a\":2}]\n";
+        let pretty = "{\n  \"a\": 1\n}\n";
+        for plain in [ndjson, array, pretty] {
+            let windows = format!("\u{FEFF}{}", plain.replace('\n', "\r\n"));
+            let expected: Vec<(usize, String)> = records(plain)
+                .into_iter()
+                .map(|(p, r)| (p, r.to_string()))
+                .collect();
+            let got: Vec<(usize, String)> = records(&windows)
+                .into_iter()
+                .map(|(p, r)| (p, r.replace("\r\n", "\n")))
+                .collect();
+            assert_eq!(got, expected, "{windows:?}");
+            assert!(
+                !records(&windows)[0].1.starts_with('\u{FEFF}'),
+                "{windows:?}"
+            );
+        }
+        let windows = format!("\u{FEFF}{}", ndjson.replace('\n', "\r\n"));
+        for capacity in [1, 2, 3, 4, 5, 64] {
+            assert_eq!(
+                lines(&windows, capacity),
+                lines(ndjson, capacity),
+                "{capacity}"
+            );
+        }
+        // Only the first line may carry the mark: later ones keep it (and fail to decode).
+        let (_, later) = lines("{}\n\u{FEFF}{}\n", 64);
+        assert_eq!(later[1].1, "\u{FEFF}{}");
+        assert_eq!(trim_line_ending(b"{}\r\n"), b"{}");
+        assert_eq!(trim_line_ending(b"{}\n"), b"{}");
+        assert_eq!(trim_line_ending(b"{}"), b"{}");
+        assert_eq!(strip_bom(b"\xEF\xBB\xBF{}"), b"{}");
     }
 
     #[test]

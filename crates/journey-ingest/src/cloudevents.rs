@@ -180,7 +180,7 @@ mod tests {
             (
                 r#"{"type": "t", "subject": "", "time": 1795341600000}"#,
                 "customer_id_length",
-                "`customer_id` must be 1 to 256 bytes, got 0",
+                "`customer_id` must be 1 to 256 characters, got 0",
             ),
             (
                 r#"{"subject": "s", "time": 1795341600000}"#,

@@ -50,6 +50,9 @@ pub struct Decoder {
     /// `clock() + max_future` when last read, epoch milliseconds: event times up to it are
     /// accepted without reading the clock again (the wall clock only moves forward).
     horizon: Arc<AtomicI64>,
+    /// When the records arrived at journeyd (an HTTP request's arrival), epoch milliseconds:
+    /// the `receivedAt` of Segment records that carry none.
+    received_at: Option<Millis>,
 }
 
 impl fmt::Debug for Decoder {
@@ -71,7 +74,15 @@ impl Decoder {
             limits,
             clock: system_clock(),
             horizon: Arc::new(AtomicI64::new(Millis::MIN)),
+            received_at: None,
         }
+    }
+
+    /// The same decoder for records that arrived at `at` (epoch milliseconds): Segment records
+    /// without their own `receivedAt` are corrected for clock skew against it (SPEC §1).
+    pub fn with_received_at(mut self, at: Millis) -> Self {
+        self.received_at = Some(at);
+        self
     }
 
     /// The same decoder with another wall clock (tests, or a clock the caller already read).
@@ -93,12 +104,19 @@ impl Decoder {
         self.limits
     }
 
-    /// Decodes one record (one JSON object). Strings borrow from `bytes` where possible.
+    /// Decodes one record (one JSON object; a leading UTF-8 byte-order mark and a trailing
+    /// `\n` or `\r\n` are dropped). Strings borrow from `bytes` where possible.
     pub fn decode<'a>(&'a self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+        // The bytes a producer adds around a record (a Kafka message written as a line of a
+        // Windows file): a byte-order mark before it, `\r\n` after it. Bodies and files are
+        // cut by `split_body` and `for_each_line`, which drop the same bytes.
+        let bytes = crate::body::trim_line_ending(crate::body::strip_bom(bytes));
         let source = self.default_source.as_str();
         let ev = match &self.format {
             Format::Canonical => decode_canonical(bytes, source, &self.limits),
-            Format::Segment => segment::decode(checked_text(bytes, &self.limits)?, source),
+            Format::Segment => {
+                segment::decode(checked_text(bytes, &self.limits)?, source, self.received_at)
+            }
             Format::CloudEvents => cloudevents::decode(checked_text(bytes, &self.limits)?, source),
             Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &self.limits)?, source),
         }?;
@@ -235,7 +253,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
 
 const TIMESTAMP: &str = "an RFC 3339 string or epoch milliseconds";
 
-/// The customer: a string, or a number written out in decimal; 1 to 256 bytes.
+/// The customer: a string, or a number written out in decimal; 1 to 256 characters.
 pub(crate) fn customer<'a>(
     v: Option<Field<'a>>,
     field: &'static str,
@@ -303,7 +321,13 @@ pub(crate) fn optional_string<'a>(
 /// A float without a fractional part (`1.7953416e12`) counts as an integer, as in the
 /// canonical decoder.
 pub(crate) fn timestamp(v: Field<'_>, field: &'static str) -> Result<Millis, DecodeError> {
-    let ts = match v {
+    check_time(raw_timestamp(v, field)?)
+}
+
+/// A time as [`timestamp`] reads it, without the range check: device clocks may be far off,
+/// and Segment's clock-skew correction only needs the difference of two of them.
+pub(crate) fn raw_timestamp(v: Field<'_>, field: &'static str) -> Result<Millis, DecodeError> {
+    Ok(match v {
         Field::Str(s) => {
             parse_rfc3339(&s).ok_or_else(|| DecodeError::BadTimestamp(s.into_owned()))?
         }
@@ -318,8 +342,7 @@ pub(crate) fn timestamp(v: Field<'_>, field: &'static str) -> Result<Millis, Dec
                 expected: TIMESTAMP,
             })
         }
-    };
-    check_time(ts)
+    })
 }
 
 /// An optional JSON object (absent or `null` is `None`).
@@ -541,6 +564,29 @@ mod tests {
                 ("42", Some("7")),
                 "{format}"
             );
+        }
+    }
+
+    /// A record as a Kafka message from a Windows producer: a byte-order mark before it and
+    /// `\r\n` after it decode like the plain record, in every format.
+    #[test]
+    fn every_decoder_ignores_a_bom_and_a_crlf_around_the_record() {
+        for (format, dec) in decoders() {
+            let plain = record(format, &base());
+            let expected = dec.decode(plain.as_bytes()).unwrap().into_owned();
+            for wrapped in [
+                format!("\u{FEFF}{plain}"),
+                format!("{plain}\r\n"),
+                format!("{plain}\n"),
+                format!("\u{FEFF}{plain}\r\n"),
+            ] {
+                let ev = dec.decode(wrapped.as_bytes());
+                assert_eq!(
+                    ev.map(|e| e.into_owned()),
+                    Ok(expected.clone()),
+                    "{format}: {wrapped:?}"
+                );
+            }
         }
     }
 

@@ -397,12 +397,12 @@ mod tests {
             (
                 with("/user/id", json!("")),
                 "customer_id_length",
-                "`customer_id` must be 1 to 256 bytes, got 0",
+                "`customer_id` must be 1 to 256 characters, got 0",
             ),
             (
                 with("/user/id", json!("x".repeat(257))),
                 "customer_id_length",
-                "`customer_id` must be 1 to 256 bytes, got 257",
+                "`customer_id` must be 1 to 256 characters, got 257",
             ),
             (without("action"), "missing_field", "missing field `event`"),
             (

@@ -1,28 +1,47 @@
-//! Segment / RudderStack spec: `track`, `page`, `screen` and `identify` calls.
+//! Segment / RudderStack spec: `track`, `page`, `screen`, `identify`, `group` and `alias` calls.
 //!
 //! | event field   | taken from                                                        |
 //! |---------------|-------------------------------------------------------------------|
 //! | `customer_id` | `userId`, else `anonymousId` (a string, or a number written out)  |
-//! | `event`       | `event` (track), `page_view`, `screen_view`, `identify`           |
-//! | `ts`          | `timestamp`, else `originalTimestamp`, else `sentAt`              |
+//! | `event`       | `event` (track), `page_view`, `screen_view`, `identify`, `group`, |
+//! |               | `alias`                                                           |
+//! | `ts`          | `timestamp`; else, with `sentAt` and `originalTimestamp`, the     |
+//! |               | clock-skew correction below; else `originalTimestamp`, `sentAt`;  |
+//! |               | else `receivedAt` (the record's, or the arrival over HTTP)        |
 //! | `event_id`    | `messageId` (a string or number)                                  |
 //! | `source`      | the decoder's default source                                      |
-//! | `attributes`  | `properties`, plus `context` under `context` and, for identify,   |
-//! |               | `traits` under `traits`                                           |
+//! | `attributes`  | `properties`, plus `context` under `context`; for identify and    |
+//! |               | group `traits` under `traits`; `groupId` and `previousId` as      |
+//! |               | `group_id` and `previous_id`                                      |
+//!
+//! Clock-skew correction (Segment's "Timestamps" spec, SPEC §1): a call without `timestamp`
+//! but with `sentAt` and `originalTimestamp` (both device time) gets
+//! `receivedAt − (sentAt − originalTimestamp)`, where `receivedAt` is the record's own
+//! (server time, as Segment writes it into warehouses and Kafka) or, when it has none, the
+//! time the decoder was told the records arrived ([`crate::Decoder::with_received_at`]: an
+//! HTTP request's arrival). With neither, `originalTimestamp` is taken as it is. An
+//! `originalTimestamp` after `sentAt` (the device clock changed between the two) counts as an
+//! offset of 0, and a correction that lands before 2000 gives `receivedAt`: device times are
+//! only ever used as a difference, so no pair of them makes a call invalid.
 //!
 //! Choices where the Segment spec leaves room:
-//! - a record without `type` is a `track` call (the per-call HTTP endpoints omit it); `group`,
-//!   `alias` and other types are rejected as `wrong_type` on `type`;
+//! - a record without `type` is a `track` call (the per-call HTTP endpoints omit it); other
+//!   types than the six above are rejected as `wrong_type` on `type`;
+//! - `identify`, `group` and `alias` calls are kept as events of their customer (named after the
+//!   call) so rules can classify them; until identity stitching exists an alias does not
+//!   merge `previousId` into `userId`;
 //! - `null` counts as absent everywhere, and an empty `userId` falls back to `anonymousId`;
 //! - page and screen calls keep their properties as they are (`url`, `path`, `title`, ...);
 //!   their top-level `name` and `category` are added to the attributes unless the
 //!   properties already carry them;
 //! - the envelope's `context` and `traits` replace properties of the same name;
 //! - when neither `userId` nor `anonymousId` is present the error names `userId`, and when no
-//!   timestamp is present it names `timestamp`.
+//!   timestamp (not even a `receivedAt`) is present it names `timestamp`.
 
 use std::borrow::Cow;
 
+use journey_core::event::check_time;
+use journey_core::time::Millis;
 use journey_core::{DecodeError, Event};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -49,7 +68,13 @@ struct Call<'a> {
     #[serde(borrow)]
     sent_at: Option<Field<'a>>,
     #[serde(borrow)]
+    received_at: Option<Field<'a>>,
+    #[serde(borrow)]
     message_id: Option<Field<'a>>,
+    #[serde(borrow)]
+    group_id: Option<Field<'a>>,
+    #[serde(borrow)]
+    previous_id: Option<Field<'a>>,
     properties: Option<Value>,
     context: Option<Value>,
     traits: Option<Value>,
@@ -61,6 +86,8 @@ enum Kind {
     Page,
     Screen,
     Identify,
+    Group,
+    Alias,
 }
 
 impl Kind {
@@ -72,6 +99,8 @@ impl Kind {
                 "page" => Ok(Kind::Page),
                 "screen" => Ok(Kind::Screen),
                 "identify" => Ok(Kind::Identify),
+                "group" => Ok(Kind::Group),
+                "alias" => Ok(Kind::Alias),
                 _ => Err(Self::wrong()),
             },
             Some(Field::Other(_)) => Err(Self::wrong()),
@@ -81,12 +110,28 @@ impl Kind {
     fn wrong() -> DecodeError {
         DecodeError::WrongType {
             field: "type",
-            expected: "one of `track`, `page`, `screen`, `identify`",
+            expected: "one of `track`, `page`, `screen`, `identify`, `group`, `alias`",
         }
     }
 }
 
-pub(crate) fn decode<'a>(text: &'a str, source: &'a str) -> Result<Event<'a>, DecodeError> {
+/// The skew correction `received − (sent − original)`. An `originalTimestamp` after `sentAt`
+/// cannot come from one clock (it was changed in between): the offset counts as 0. A
+/// corrected time before the accepted range (an offset of decades) falls back to `received`.
+/// Either way the call keeps a time no later than its arrival, so a pair of valid device
+/// times never makes a call invalid.
+fn corrected(received: Millis, sent: Millis, original: Millis) -> Millis {
+    let offset = sent.saturating_sub(original).max(0);
+    check_time(received.saturating_sub(offset)).unwrap_or(received)
+}
+
+/// Decodes one Segment call; `received_at` is when it reached journeyd, if known (the skew
+/// correction's server time for records without their own `receivedAt`).
+pub(crate) fn decode<'a>(
+    text: &'a str,
+    source: &'a str,
+    received_at: Option<Millis>,
+) -> Result<Event<'a>, DecodeError> {
     let call: Call<'a> = decode::parse_object(text)?;
     let kind = Kind::of(call.kind)?;
 
@@ -105,13 +150,29 @@ pub(crate) fn decode<'a>(text: &'a str, source: &'a str) -> Result<Event<'a>, De
         Kind::Page => Cow::Borrowed("page_view"),
         Kind::Screen => Cow::Borrowed("screen_view"),
         Kind::Identify => Cow::Borrowed("identify"),
+        Kind::Group => Cow::Borrowed("group"),
+        Kind::Alias => Cow::Borrowed("alias"),
     };
 
+    let received_at = match call.received_at {
+        Some(at) => Some(decode::timestamp(at, "receivedAt")?),
+        None => received_at,
+    };
     let ts = match (call.timestamp, call.original_timestamp, call.sent_at) {
         (Some(ts), _, _) => decode::timestamp(ts, "timestamp")?,
+        (None, Some(original), Some(sent)) if received_at.is_some() => {
+            let original = decode::raw_timestamp(original, "originalTimestamp")?;
+            let sent = decode::raw_timestamp(sent, "sentAt")?;
+            let received = received_at.unwrap_or_default();
+            corrected(received, sent, original)
+        }
         (None, Some(ts), _) => decode::timestamp(ts, "originalTimestamp")?,
         (None, None, Some(ts)) => decode::timestamp(ts, "sentAt")?,
-        (None, None, None) => return Err(DecodeError::MissingField("timestamp")),
+        (None, None, None) => match received_at {
+            // As Segment does: a call without any time happened when it arrived.
+            Some(at) => at,
+            None => return Err(DecodeError::MissingField("timestamp")),
+        },
     };
 
     let event_id = match call.message_id {
@@ -128,7 +189,17 @@ pub(crate) fn decode<'a>(text: &'a str, source: &'a str) -> Result<Event<'a>, De
             }
         }
     }
-    if kind == Kind::Identify {
+    for (key, value, field) in [
+        ("group_id", call.group_id, "groupId"),
+        ("previous_id", call.previous_id, "previousId"),
+    ] {
+        if let Some(value) = value {
+            let id = decode::identifier(value, field)?;
+            let map = attributes.get_or_insert_with(Map::new);
+            map.insert(key.to_string(), Value::String(id.into_owned()));
+        }
+    }
+    if matches!(kind, Kind::Identify | Kind::Group) {
         if let Some(traits) = decode::object(call.traits, "traits")? {
             let map = attributes.get_or_insert_with(Map::new);
             map.insert("traits".to_string(), Value::Object(traits));
@@ -332,14 +403,24 @@ mod tests {
                 "record is not a JSON object: duplicate field `userId`",
             ),
             (
-                r#"{"type": "group", "userId": "u", "timestamp": 1795341600000}"#,
+                r#"{"type": "merge", "userId": "u", "timestamp": 1795341600000}"#,
                 "wrong_type",
-                "field `type` must be one of `track`, `page`, `screen`, `identify`",
+                "field `type` must be one of `track`, `page`, `screen`, `identify`, `group`, `alias`",
             ),
             (
                 r#"{"type": 1, "userId": "u", "timestamp": 1795341600000}"#,
                 "wrong_type",
-                "field `type` must be one of `track`, `page`, `screen`, `identify`",
+                "field `type` must be one of `track`, `page`, `screen`, `identify`, `group`, `alias`",
+            ),
+            (
+                r#"{"event": "x", "userId": "u", "sentAt": 1795341600000, "originalTimestamp": 1795341600000, "receivedAt": "soon"}"#,
+                "bad_timestamp",
+                "`ts` is not RFC 3339 or epoch milliseconds: `soon`",
+            ),
+            (
+                r#"{"type": "group", "userId": "u", "timestamp": 1795341600000, "groupId": []}"#,
+                "wrong_type",
+                "field `groupId` must be a string or number",
             ),
             (
                 r#"{"event": "x", "timestamp": 1795341600000}"#,
@@ -364,7 +445,7 @@ mod tests {
             (
                 r#"{"event": "x", "userId": "", "timestamp": 1795341600000}"#,
                 "customer_id_length",
-                "`customer_id` must be 1 to 256 bytes, got 0",
+                "`customer_id` must be 1 to 256 characters, got 0",
             ),
             (
                 r#"{"userId": "u", "timestamp": 1795341600000}"#,
@@ -469,6 +550,92 @@ mod tests {
         assert_eq!(
             small.decode(b"{ }  ").unwrap_err().to_string(),
             "record of 5 bytes exceeds the limit of 4 bytes"
+        );
+    }
+
+    #[test]
+    fn group_and_alias_calls_are_events_of_their_customer() {
+        let dec = decoder();
+        let group = dec
+            .decode(
+                br#"{"type": "group", "userId": "u", "groupId": 42, "timestamp": 1795341600000,
+                    "traits": {"name": "Initech"}}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            (group.name.as_ref(), group.customer_id.as_ref()),
+            ("group", "u")
+        );
+        assert_eq!(
+            group.attributes,
+            json!({"group_id": "42", "traits": {"name": "Initech"}})
+        );
+        let alias = dec
+            .decode(
+                br#"{"type": "alias", "userId": "u", "previousId": "a-9", "timestamp": 1795341600000}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            (alias.name.as_ref(), alias.customer_id.as_ref()),
+            ("alias", "u")
+        );
+        assert_eq!(alias.attributes, json!({"previous_id": "a-9"}));
+    }
+
+    /// Field case 10: a device clock one year fast; ts = receivedAt − (sentAt − originalTimestamp).
+    #[test]
+    fn clock_skew_is_corrected_against_received_at() {
+        let dec = decoder();
+        let record =
+            br#"{"type":"track","messageId":"s-2","userId":"u-7","event":"order_completed",
+            "originalTimestamp":"2027-11-02T10:01:00Z","sentAt":"2027-11-02T10:01:02Z",
+            "receivedAt":"2026-11-02T10:01:03Z"}"#;
+        let at = |s: &str| journey_core::event::parse_rfc3339(s).unwrap();
+        assert_eq!(dec.decode(record).unwrap().ts, at("2026-11-02T10:01:01Z"));
+        // The record's receivedAt wins over the time the decoder was given.
+        let http = decoder().with_received_at(at("2026-11-02T12:00:00Z"));
+        assert_eq!(http.decode(record).unwrap().ts, at("2026-11-02T10:01:01Z"));
+        // Without its own receivedAt, the arrival time given to the decoder is used: a device
+        // clock set to 1970 is still corrected into range.
+        let early = br#"{"userId":"u","event":"x","originalTimestamp":"1970-01-01T00:00:00Z",
+            "sentAt":"1970-01-01T00:00:05Z"}"#;
+        assert_eq!(http.decode(early).unwrap().ts, at("2026-11-02T11:59:55Z"));
+        // `timestamp` is already corrected: it wins.
+        let stamped = br#"{"userId":"u","event":"x","timestamp":"2026-11-02T09:00:00Z",
+            "originalTimestamp":"1970-01-01T00:00:00Z","sentAt":"1970-01-01T00:00:05Z"}"#;
+        assert_eq!(http.decode(stamped).unwrap().ts, at("2026-11-02T09:00:00Z"));
+        // No receivedAt anywhere (a file without it): originalTimestamp as written.
+        let plain = br#"{"userId":"u","event":"x","originalTimestamp":"2026-11-02T08:00:00Z",
+            "sentAt":"2026-11-02T08:00:09Z"}"#;
+        assert_eq!(dec.decode(plain).unwrap().ts, at("2026-11-02T08:00:00Z"));
+    }
+
+    /// Device times are only used as a difference: no pair of them makes a call invalid.
+    #[test]
+    fn impossible_skew_falls_back_to_received_at() {
+        let at = |s: &str| journey_core::event::parse_rfc3339(s).unwrap();
+        let http = decoder().with_received_at(at("2026-11-02T12:00:00Z"));
+        let ts = |original: &str, sent: &str| {
+            let record = format!(
+                r#"{{"userId":"u","event":"x","originalTimestamp":"{original}","sentAt":"{sent}"}}"#
+            );
+            http.decode(record.as_bytes()).map(|e| e.ts)
+        };
+        // originalTimestamp after sentAt (the clock was changed in between): no offset, not a
+        // time in the future.
+        assert_eq!(
+            ts("2099-01-01T00:00:00Z", "2001-01-01T00:00:00Z"),
+            Ok(at("2026-11-02T12:00:00Z"))
+        );
+        // An offset of a century would land before 2000: the arrival time.
+        assert_eq!(
+            ts("2000-01-01T00:00:00Z", "2099-01-01T00:00:00Z"),
+            Ok(at("2026-11-02T12:00:00Z"))
+        );
+        // A plausible offset is still applied.
+        assert_eq!(
+            ts("2001-01-01T00:00:00Z", "2001-01-01T00:01:00Z"),
+            Ok(at("2026-11-02T11:59:00Z"))
         );
     }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use journey_alert::{AlertConfig, Baseline};
 use journey_api::auth::Tokens;
+use journey_api::segment::WriteKeys;
 use journey_core::time::{parse_duration, HumanDuration, Millis, DAY};
 use journey_core::EngineConfig;
 use journey_ingest::Format;
@@ -128,6 +129,8 @@ pub struct HttpSettings {
     pub default_source: String,
     /// Bearer tokens per kind of access; a kind without tokens is open.
     pub tokens: Tokens,
+    /// Write keys of the Segment tracking API (`/v1/batch`, ...) and the source of each.
+    pub segment_write_keys: WriteKeys,
 }
 
 /// `[ingest]`: limits shared by every source.
@@ -214,6 +217,7 @@ impl Settings {
                 request_timeout: Duration::from_secs(30),
                 default_source: "http".to_string(),
                 tokens: Tokens::default(),
+                segment_write_keys: WriteKeys::default(),
             },
             ingest: IngestSettings {
                 max_record_bytes: 1 << 20,
@@ -630,6 +634,16 @@ struct RawHttp {
     read_tokens: Option<Vec<Text>>,
     ingest_tokens: Option<Vec<Text>>,
     admin_tokens: Option<Vec<Text>>,
+    segment_write_keys: Option<Vec<RawWriteKey>>,
+}
+
+/// One entry of `http.segment_write_keys`.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+struct RawWriteKey {
+    key: Text,
+    source: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -893,6 +907,7 @@ impl RawConfig {
                 ingest: tokens("http.ingest_tokens", h.ingest_tokens, &mut p),
                 admin: tokens("http.admin_tokens", h.admin_tokens, &mut p),
             },
+            segment_write_keys: write_keys(h.segment_write_keys, &mut p),
         };
 
         let ingest = IngestSettings {
@@ -1201,6 +1216,32 @@ fn build_alerts(
     }
 }
 
+/// `http.segment_write_keys`: each key at least 16 characters without whitespace, used once,
+/// with a source of 1 to 64 characters.
+fn write_keys(raw: Option<Vec<RawWriteKey>>, p: &mut Problems) -> WriteKeys {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (i, k) in raw.unwrap_or_default().into_iter().enumerate() {
+        let (key, source) = (k.key.0, k.source.0);
+        if key.len() < 16 || key.chars().any(char::is_whitespace) {
+            // The value is a secret: name its position, never echo it.
+            p.push(format!(
+                "http.segment_write_keys[{i}].key: a write key must be at least 16 characters without whitespace"
+            ));
+        } else if out.iter().any(|(k, _)| *k == key) {
+            p.push(format!(
+                "http.segment_write_keys[{i}].key: the same key is listed twice"
+            ));
+        } else if source.is_empty() || source.len() > 64 {
+            p.push(format!(
+                "http.segment_write_keys[{i}].source: must be 1 to 64 characters"
+            ));
+        } else {
+            out.push((key, source));
+        }
+    }
+    WriteKeys::new(out)
+}
+
 fn tokens(key: &str, raw: Option<Vec<Text>>, p: &mut Problems) -> Vec<String> {
     let mut out = Vec::new();
     for (i, t) in raw.unwrap_or_default().into_iter().enumerate() {
@@ -1388,6 +1429,7 @@ mod tests {
             default_source = "api"
             read_tokens = ["read-token-0123456789"]
             admin_tokens = ["admin-token-0123456789", "admin-token-9876543210"]
+            segment_write_keys = [{ key = "wk-website-0123456789", source = "site" }]
             [ingest]
             max_record_bytes = 512
             [kafka]
@@ -1482,6 +1524,10 @@ mod tests {
                         "admin-token-9876543210".into()
                     ],
                 },
+                segment_write_keys: WriteKeys::new([(
+                    "wk-website-0123456789".to_string(),
+                    "site".to_string()
+                )]),
             }
         );
         assert_eq!((e.dedup_horizon, e.dedup_max_ids), (HOUR, 5000));

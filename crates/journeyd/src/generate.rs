@@ -1,7 +1,7 @@
 //! `journeyd generate`: synthetic journeys as NDJSON to stdout or a file, or produced to Kafka
 //! at a target rate. Events stream from the generator, so memory stays flat at any size.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -160,15 +160,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         rate: args.rate,
         started: Instant::now(),
     };
-    let progress = std::io::stderr().is_terminal();
+    let bar = crate::progress::bar(None, "events");
     let mut n = 0u64;
-    let report = |n: u64, last: &mut Instant| {
-        if progress && last.elapsed() > Duration::from_millis(500) {
-            *last = Instant::now();
-            eprint!("\r{n} events");
+    let report = |n: u64| {
+        if n.is_multiple_of(4096) {
+            bar.set_position(n);
         }
     };
-    let mut last = Instant::now();
     if let Some(brokers) = &args.kafka_brokers {
         let topic = args.topic.as_deref().unwrap_or_default();
         let mut cc = ClientConfig::new();
@@ -198,7 +196,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             producer.poll(Duration::ZERO);
             n += 1;
             pace.wait(n);
-            report(n, &mut last);
+            report(n);
         }
         producer
             .flush(Duration::from_secs(60))
@@ -216,12 +214,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             writeln!(out, "{}", encode(&e))?;
             n += 1;
             pace.wait(n);
-            report(n, &mut last);
+            report(n);
         }
         out.flush()?;
     }
-    if progress {
-        eprintln!("\r{n} events");
-    }
+    bar.set_position(n);
+    bar.finish();
     Ok(())
 }

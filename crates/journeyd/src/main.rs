@@ -5,9 +5,9 @@ mod alerts;
 mod config;
 mod deadletter;
 mod generate;
+mod progress;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -283,6 +283,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
             runtime: handle.clone(),
             metrics: metrics.clone(),
             limits: IngestLimits {
+                write_keys: settings.http.segment_write_keys.clone(),
                 max_body_bytes: settings.http.max_body_bytes,
                 max_batch_events: settings.http.max_batch_events,
                 max_record_bytes: settings.ingest.max_record_bytes,
@@ -562,9 +563,17 @@ fn replay(
     };
     let runtime = Runtime::start(Arc::new(engine), rules.clone(), rc, Vec::new());
     let rt = runtime.handle();
-    let progress = std::io::stderr().is_terminal();
+    let total_bytes = files
+        .iter()
+        .map(|f| {
+            (f.as_os_str() != "-")
+                .then(|| std::fs::metadata(f).ok().map(|m| m.len()))
+                .flatten()
+        })
+        .sum::<Option<u64>>();
+    let bar = progress::bar(total_bytes, "lines");
     let started = Instant::now();
-    let mut last_report = Instant::now();
+    let mut pending_bytes = 0u64;
     let (mut read, mut accepted) = (0u64, 0u64);
     let mut rejected: std::collections::BTreeMap<&'static str, u64> = Default::default();
     let mut batch: Vec<Event<'static>> = Vec::with_capacity(4096);
@@ -594,11 +603,14 @@ fn replay(
                 }
                 Err(e) => *rejected.entry(e.reason()).or_default() += 1,
             }
-            if progress && last_report.elapsed() > Duration::from_millis(500) {
-                last_report = Instant::now();
-                let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                eprint!("\r{read} lines, {accepted} accepted, {:.0} lines/s", rate);
-                let _ = std::io::stderr().flush();
+            pending_bytes += line.len() as u64 + 1;
+            if read.is_multiple_of(4096) {
+                if total_bytes.is_some() {
+                    bar.inc(std::mem::take(&mut pending_bytes));
+                } else {
+                    bar.set_position(read);
+                }
+                bar.set_message(format!("{read} lines, {accepted} accepted"));
             }
         })
         .with_context(|| format!("cannot read {}", file.display()))?;
@@ -609,12 +621,10 @@ fn replay(
         bail!("{e}");
     }
     rt.flush_blocking().map_err(|e| anyhow::anyhow!("{e}"))?;
-    if progress {
-        eprintln!(
-            "\r{read} lines, {accepted} accepted in {:.2} s",
-            started.elapsed().as_secs_f64()
-        );
-    }
+    bar.finish_with_message(format!(
+        "{read} lines, {accepted} accepted in {:.2} s",
+        started.elapsed().as_secs_f64()
+    ));
     let parts = rt.partials();
     let span = parts.iter().filter_map(|p| p.time_span()).fold(
         None,

@@ -129,3 +129,29 @@ fn null_optional_fields_count_as_absent() {
         "z-1 at decision, z-2 at awareness"
     );
 }
+
+/// 10: a device clock one year fast. Without `timestamp`, the order is dated
+/// `receivedAt − (sentAt − originalTimestamp)` = 2026-11-02T10:01:01Z and joins u-7's session
+/// (it used to be dated 2027 by `originalTimestamp`: a second session, a drop-off at the
+/// product page, a figure span reaching into 2027).
+#[test]
+fn segment_clock_skew_is_corrected() {
+    let v = replay_case(
+        "10-segment-clock-skew-correction",
+        &["--format", "segment", "--source", "web"],
+    );
+    assert_eq!(v["funnel"]["journeys"], 1, "{v}");
+    assert_eq!(v["sessions"], 1, "{v}");
+    assert_eq!(
+        transitions(&v),
+        [
+            "(start)>product_page:1",
+            "order_confirmed>(exit):1",
+            "product_page>order_confirmed:1"
+        ]
+    );
+    assert_eq!(touchpoint(&v, "product_page")["drop_offs"], 0);
+    assert_eq!(touchpoint(&v, "order_confirmed")["completions"], 1);
+    // 2026-11-02T11:00:00Z, as expected.txt says (its "1793620800000" is 12:00, a typo there).
+    assert_eq!(v["to"], json!(1_793_617_200_000_i64), "{v}");
+}

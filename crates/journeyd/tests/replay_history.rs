@@ -245,6 +245,23 @@ fn replay_counts_dropped_duplicates() {
     let _ = std::fs::remove_file(path);
 }
 
+/// A file saved by a Windows tool (a UTF-8 byte-order mark, `\r\n` line endings) replays
+/// exactly like the plain file.
+#[test]
+fn replay_of_a_bom_and_crlf_file_equals_the_plain_file() {
+    let plain = std::fs::read_to_string(repo().join("tests/golden/events.ndjson")).unwrap();
+    let path = std::env::temp_dir().join(format!("journeyd-crlf-{}.ndjson", std::process::id()));
+    std::fs::write(&path, format!("\u{FEFF}{}", plain.replace('\n', "\r\n"))).unwrap();
+    let windows: Value =
+        serde_json::from_slice(&journeyd(&["replay", path.to_str().unwrap()])).unwrap();
+    let plain: Value =
+        serde_json::from_slice(&journeyd(&["replay", "tests/golden/events.ndjson"])).unwrap();
+    let _ = std::fs::remove_file(path);
+    // The golden file has one bad record of its own; nothing more is rejected.
+    assert_eq!(windows["events"]["rejected"], json!({"bad_timestamp": 1}));
+    assert_eq!(windows, plain);
+}
+
 #[test]
 fn replay_rejects_a_bad_range() {
     let out = Command::new(env!("CARGO_BIN_EXE_journeyd"))
