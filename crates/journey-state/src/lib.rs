@@ -193,6 +193,19 @@ impl StateStore {
     /// [`StateError::Url`] for another scheme, a missing bucket or an unusable directory;
     /// [`StateError::Runtime`] if the I/O thread cannot start.
     pub fn open(url: &str) -> Result<StateStore, StateError> {
+        StateStore::open_with(url, std::iter::empty())
+    }
+
+    /// [`StateStore::open`], with `AWS_*` settings (`("AWS_ENDPOINT_URL", "http://…")`) that
+    /// override the environment's for an `s3://` store; other names are ignored. For tests
+    /// and tools that talk to several stores.
+    ///
+    /// # Errors
+    /// As [`StateStore::open`]; also [`StateError::Url`] for an unusable setting value.
+    pub fn open_with(
+        url: &str,
+        aws: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<StateStore, StateError> {
         let bad = |why: String| StateError::Url {
             url: url.to_string(),
             why,
@@ -213,7 +226,13 @@ impl StateStore {
                 if bucket.is_empty() {
                     return Err(bad("no bucket after s3://".into()));
                 }
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                let mut builder = object_store::aws::AmazonS3Builder::from_env();
+                for (k, v) in aws {
+                    if let Ok(key) = k.to_ascii_lowercase().parse() {
+                        builder = builder.with_config(key, v);
+                    }
+                }
+                let s3 = builder
                     .with_bucket_name(bucket)
                     .build()
                     .map_err(|e| bad(e.to_string()))?;
