@@ -155,20 +155,32 @@ fn the_service_checkpoints_to_s3_and_restores_from_it() {
         .as_u64()
         .unwrap();
     assert!(accepted > 1_000, "{reply}");
-    wait_until("every accepted event handled", Duration::from_secs(30), || {
-        let handled: f64 = [
-            "journeyd_events_applied_total",
-            "journeyd_events_duplicate_total",
-            "journeyd_events_late_total",
-            "journeyd_events_rejected_too_many_events_total",
-        ]
-        .iter()
-        .map(|m| metric(port, m).unwrap_or(0.0))
-        .sum();
-        (handled as u64 == accepted).then_some(())
-    });
+    wait_until(
+        "every accepted event handled",
+        Duration::from_secs(30),
+        || {
+            let handled: f64 = [
+                "journeyd_events_applied_total",
+                "journeyd_events_duplicate_total",
+                "journeyd_events_late_total",
+                "journeyd_events_rejected_too_many_events_total",
+            ]
+            .iter()
+            .map(|m| metric(port, m).unwrap_or(0.0))
+            .sum();
+            (handled as u64 == accepted).then_some(())
+        },
+    );
     let (from, to) = (start - DAY, start + 3 * DAY);
-    let before = figures(port, from, to);
+    // Published partials follow within publish_interval: wait until two reads agree.
+    let mut last = Value::Null;
+    let before = wait_until("settled figures", Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = figures(port, from, to);
+        let same = now == last;
+        last = now.clone();
+        same.then_some(now)
+    });
     assert!(first.terminate(), "clean exit on SIGTERM");
 
     // One object per task, in the bucket under the URL's prefix.

@@ -195,7 +195,7 @@ pub enum Restored {
     /// The state this instance kept in memory is still the newest: use it.
     Kept,
     /// Restored from the store.
-    Stored(StoredTask),
+    Stored(Box<StoredTask>),
     /// No checkpoint: the task starts empty.
     Empty,
 }
@@ -352,7 +352,7 @@ impl Checkpointer {
                     .into());
                 }
                 let stored = StoredTask::restore(cp, topics, cfg, rules, &path)?;
-                (Restored::Stored(stored), Some(generation))
+                (Restored::Stored(Box::new(stored)), Some(generation))
             }
         };
         self.owned.insert(task, Owned { lease, content });
@@ -377,7 +377,7 @@ impl Checkpointer {
         let mut out = BTreeMap::new();
         for task in 0..self.tasks {
             if let Restored::Stored(s) = self.restore(task, None, topics, cfg, rules)? {
-                out.insert(task, s);
+                out.insert(task, *s);
             }
         }
         Ok(out)

@@ -83,7 +83,7 @@ pub enum StateError {
         url: String,
         op: &'static str,
         path: String,
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A conditional write was refused: another instance claimed or wrote the task after this
     /// one last did. This instance no longer owns the task and must drop it without writing.
@@ -304,7 +304,7 @@ impl StateStore {
             url: self.inner.url.clone(),
             op,
             path: path.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
