@@ -1,6 +1,7 @@
 //! End-to-end and golden tests of journeyd live in `tests/`; this library is what they share:
 //! starting the real `journeyd` binary, talking HTTP to it, running a real Kafka-protocol
-//! broker (tansu) in its own process, producing to it, and reading Kafka state.
+//! broker (tansu) in its own process, producing to it, and reading Kafka state; and moto's S3
+//! server as the state store.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -114,9 +115,15 @@ pub struct Service {
 impl Service {
     /// Starts `journeyd run --config <config>` from the repository root.
     pub fn start(config: &Path, port: u16) -> Service {
+        Service::start_with_env(config, port, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables (e.g. [`Moto::env`]).
+    pub fn start_with_env(config: &Path, port: u16, env: &[(String, String)]) -> Service {
         let child = Command::new(journeyd_bin())
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(repo())
             .env("JOURNEYD_LOG__LEVEL", "warn")
             .stdout(Stdio::null())
@@ -565,4 +572,129 @@ pub fn group_offsets(brokers: &str, group: &str, topics: &[&str]) -> Option<Vec<
 pub fn group_lag(brokers: &str, group: &str, topics: &[&str]) -> Option<i64> {
     let offsets = group_offsets(brokers, group, topics)?;
     Some(offsets.iter().map(PartitionOffsets::lag).sum())
+}
+
+/// moto's S3 server (`moto_server`, from `pip install 'moto[server]'`) on a free loopback
+/// port, in its own process, killed on drop. Accepts any credentials.
+#[derive(Debug)]
+pub struct Moto {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Moto {
+    /// Starts a server and waits until it answers. `moto_server` comes from PATH, else
+    /// `python3 -m moto.server`, installing `moto[server]` with pip first if neither works.
+    /// Its output goes to `moto.log` in a fresh temp dir named after `name`.
+    pub fn start(name: &str) -> Moto {
+        let dir = temp_dir(&format!("moto-{name}"));
+        let log = dir.join("moto.log");
+        let spawn = |port: u16, module: bool| {
+            let out = std::fs::File::create(&log).expect("creating moto.log");
+            let err = out.try_clone().expect("moto.log handle");
+            let mut cmd = if module {
+                let mut c = Command::new("python3");
+                c.args(["-m", "moto.server"]);
+                c
+            } else {
+                Command::new("moto_server")
+            };
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .ok()
+        };
+        let mut installed = false;
+        for attempt in 0..6 {
+            let port = free_port();
+            let module = attempt % 2 == 1;
+            let Some(child) = spawn(port, module) else {
+                if module && !installed {
+                    installed = true;
+                    let _ = Command::new("python3")
+                        .args(["-m", "pip", "install", "--quiet", "moto[server]"])
+                        .status();
+                }
+                continue;
+            };
+            let mut moto = Moto {
+                child: Some(child),
+                port,
+                log: log.clone(),
+            };
+            if moto.wait_answering(Duration::from_secs(30)) {
+                return moto;
+            }
+            if module && !installed {
+                installed = true;
+                let _ = Command::new("python3")
+                    .args(["-m", "pip", "install", "--quiet", "moto[server]"])
+                    .status();
+            }
+        }
+        panic!(
+            "moto's S3 server did not start: install it with `python3 -m pip install \
+             'moto[server]'`; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Whether it answers HTTP within `limit`; `false` if the process exited.
+    fn wait_answering(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if http(self.port, "GET", "/", "").is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket.
+    pub fn create_bucket(&self, bucket: &str) {
+        let (status, body) = http(self.port, "PUT", &format!("/{bucket}"), "")
+            .unwrap_or_else(|| panic!("moto does not answer; log:\n{}", self.log_text()));
+        assert_eq!(status, 200, "creating bucket {bucket}: {body}");
+    }
+
+    /// The variables that point an S3 client (journeyd's `s3://` state store) at it.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The server's output so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -216,9 +216,13 @@ fn write_config(dir: &Path, http_port: u16, brokers: &str, workers: usize) -> Pa
 listen = "127.0.0.1:{http_port}"
 [runtime]
 workers = {workers}
+[state]
+url = "file://{checkpoints}"
 [checkpoint]
-dir = "{checkpoints}"
 interval = "1s"
+[ingest]
+# The watermark events are dated a month after the data, which ends days before now.
+max_future = "60d"
 [kafka]
 enabled = true
 brokers = "{brokers}"

@@ -189,8 +189,11 @@ fn a_graceful_restart_resumes_from_the_checkpoint_without_replaying() {
     wait_consumed(&brokers, "graceful");
     let before = figures(port);
     assert!(first.terminate(), "clean exit on SIGTERM");
-    // One partition: one task, one checkpoint file.
-    assert!(dir.join("checkpoints/task-00000.ckpt").exists());
+    // One partition: one task, one checkpoint object (its newest generation).
+    let generations = std::fs::read_dir(dir.join("checkpoints/tasks/00000"))
+        .unwrap()
+        .count();
+    assert_eq!(generations, 1, "older generations are cleaned up");
 
     let mut second = Service::start(&config, port);
     second.wait_ready();

@@ -9,8 +9,8 @@ use journey_core::query::{funnel, touchpoints, DurationStats, Include, Summary};
 use journey_core::time::{Millis, HOUR};
 use journey_runtime::RuntimeHandle;
 use prometheus::{
-    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug)]
@@ -30,6 +30,17 @@ pub struct Metrics {
     pub checkpoint_last_success: IntGauge,
     /// Size of the last checkpoint written.
     pub checkpoint_bytes: IntGauge,
+    /// Checkpoint writes refused by the state store because another instance took the task
+    /// over (fencing); each drops the task here.
+    pub checkpoint_fenced: IntCounter,
+    /// Tasks claimed and restored from the state store (or started empty there).
+    pub task_restores: IntCounter,
+    /// Seconds each task restore took (claim, read, decode).
+    pub task_restore_seconds: Histogram,
+    /// Tasks running on this instance, refreshed at each scrape.
+    tasks_owned: IntGauge,
+    /// Kafka rebalance callbacks, by event (assigned, revoked).
+    pub rebalances: IntCounterVec,
     /// Requests refused for a missing or wrong bearer token, by access kind.
     pub unauthorized: IntCounterVec,
     latency_sum_us: IntCounter,
@@ -207,6 +218,39 @@ impl Metrics {
                 "journeyd_checkpoint_bytes",
                 "Size of the last checkpoint written",
             ),
+            checkpoint_fenced: counter(
+                &r,
+                "journeyd_checkpoint_fenced_total",
+                "Task checkpoint writes refused because another instance took the task over",
+            ),
+            task_restores: counter(
+                &r,
+                "journeyd_task_restores_total",
+                "Tasks claimed and restored from the state store",
+            ),
+            task_restore_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "journeyd_task_restore_seconds",
+                        "Time to claim, read and decode one task from the state store",
+                    )
+                    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
+            tasks_owned: gauge(
+                &r,
+                "journeyd_tasks_owned",
+                "Tasks (partition indexes) running on this instance",
+            ),
+            rebalances: counter_vec(
+                &r,
+                "journeyd_rebalances_total",
+                "Kafka consumer-group rebalance callbacks, by event (assigned, revoked)",
+                &["event"],
+            ),
             unauthorized: counter_vec(
                 &r,
                 "journeyd_http_unauthorized_total",
@@ -305,6 +349,7 @@ impl Metrics {
     }
 
     fn refresh(&self, rt: &RuntimeHandle) {
+        self.tasks_owned.set(rt.owned_tasks().len() as i64);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let mut advance = |slot: usize, label: &str, total: u64, c: &IntCounter| {
             let last = seen.entry((slot, label.to_string())).or_insert(0);

@@ -1,19 +1,22 @@
 //! Partitions → tasks: what happens when the consumer group assigns or revokes partitions.
 //!
 //! Kafka Streams' `TaskManager`, reduced. Partition `p` of every input topic belongs to task
-//! `p`. When partitions are assigned, their task is restored (from its checkpoint, read at
-//! start, or from the state this instance kept when it last gave the task up) and each
-//! partition is sought to the position that state reflects. When they are revoked, the task is
-//! checkpointed, kept in memory for a quick return, and dropped from the workers.
+//! `p`. When partitions are assigned, their task is claimed and restored from the state store
+//! (its newest checkpoint generation, or the state this instance kept when it last gave the
+//! task up if nobody wrote the task since) and each partition is sought to the position that
+//! state reflects. When they are revoked, the task is checkpointed, kept in memory for a quick
+//! return, and dropped from the workers. A checkpoint write refused by the store (fenced:
+//! another instance took the task over while this one was paused) drops the task at once.
 //!
 //! A partition is caught up when librdkafka's statistics show its fetcher at the high
 //! watermark with nothing queued; its task then lets it stop holding the watermark once it has
 //! been quiet for `kafka.idle_timeout`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, StoredTask};
+use journey_api::Metrics;
+use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, Restored, StoredTask, Written};
 use journey_runtime::{Input, RestoredTask, RuntimeHandle, TaskId, TaskSnapshot};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -27,9 +30,10 @@ use crate::Part;
 pub(crate) struct TaskState {
     /// Next offset to read per partition: what the tasks' state reflects.
     pub(crate) positions: HashMap<Part, i64>,
-    /// Tasks not running here whose state is at hand: restored from checkpoints at start, or
-    /// kept when revoked, so a task that comes back continues at once.
-    pub(crate) stored: BTreeMap<TaskId, StoredTask>,
+    /// Tasks not running here whose state is at hand, kept when revoked so that a task that
+    /// comes back continues at once, with the store generation that state continues (the
+    /// state is used only if that is still the newest).
+    pub(crate) stored: BTreeMap<TaskId, (StoredTask, Option<journey_state::Generation>)>,
     pub(crate) checkpointer: Option<Checkpointer>,
     /// Partitions the latest statistics showed caught up.
     pub(crate) caught_up: Vec<Part>,
@@ -39,7 +43,23 @@ pub(crate) struct TaskState {
 pub(crate) struct Tasks {
     pub(crate) names: Vec<String>,
     pub(crate) rt: RuntimeHandle,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) state: Mutex<TaskState>,
+}
+
+impl TaskState {
+    /// Forgets where `task`'s partitions were: its next state decides.
+    pub(crate) fn forget_positions(&mut self, task: TaskId) {
+        self.positions.retain(|part, _| part.1 != task as i32);
+    }
+
+    fn set_positions(&mut self, names: &[String], kafka: &[KafkaPosition]) {
+        for p in kafka {
+            if let Some(i) = names.iter().position(|n| *n == p.topic) {
+                self.positions.insert((i, p.partition), p.next_offset);
+            }
+        }
+    }
 }
 
 impl Tasks {
@@ -81,20 +101,46 @@ impl Tasks {
                     .push((e.topic().to_string(), i));
             }
         }
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         let mut resumed = Vec::new();
         for (task, parts) in by_task {
             let restored: Option<RestoredTask> = if self.rt.owns(task) {
                 None
             } else {
-                st.stored.remove(&task).map(|s| {
-                    for p in &s.kafka {
-                        if let Some(i) = self.index(&p.topic) {
-                            st.positions.insert((i, p.partition), p.next_offset);
+                let kept = st.stored.remove(&task);
+                match st.checkpointer.as_mut() {
+                    None => kept.map(|(s, _)| {
+                        st.set_positions(&self.names, &s.kafka);
+                        s.task
+                    }),
+                    Some(cp) => {
+                        let have = kept.as_ref().and_then(|(_, g)| *g);
+                        let cfg = self.rt.engine_config().clone();
+                        match cp.restore(task, have, &self.names, &cfg, &self.rt.rules()) {
+                            Ok(Restored::Kept) => kept.map(|(s, _)| {
+                                st.set_positions(&self.names, &s.kafka);
+                                s.task
+                            }),
+                            Ok(Restored::Stored(s)) => {
+                                st.forget_positions(task);
+                                st.set_positions(&self.names, &s.kafka);
+                                Some(s.task)
+                            }
+                            Ok(Restored::Empty) => {
+                                st.forget_positions(task);
+                                None
+                            }
+                            Err(e) => {
+                                // Running the task without its state would silently lose what
+                                // it holds; another instance (or this one restarted) retries.
+                                tracing::error!(task, "cannot restore the task, stopping: {e}");
+                                eprintln!("journeyd: cannot restore task {task}: {e}");
+                                std::process::exit(1);
+                            }
                         }
                     }
-                    s.task
-                })
+                }
             };
             let inputs = parts.iter().map(|(_, i)| Input::Topic(*i as u16)).collect();
             if self.rt.assign_blocking(task, restored, inputs).is_err() {
@@ -126,15 +172,24 @@ impl Tasks {
                     .push(Input::Topic(i as u16));
             }
         }
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         for (task, inputs) in by_task {
             let Ok(Some(snap)) = self.rt.revoke_blocking(task, inputs) else {
                 continue;
             };
-            let kafka = self.positions_of(&st, &snap);
-            if let Some(cp) = &st.checkpointer {
-                cp.write(&snap, kafka.clone());
-            }
+            let kafka = self.positions_of(st, &snap);
+            let generation = match st.checkpointer.as_mut() {
+                Some(cp) => {
+                    if cp.write(&snap, kafka.clone()) == Written::Fenced {
+                        // Another instance owns the task: nothing of this state is kept.
+                        st.forget_positions(task);
+                        continue;
+                    }
+                    cp.release(task)
+                }
+                None => None,
+            };
             let rt = &self.rt;
             match journey_core::Shard::restore(&snap.shard, rt.engine_config().clone(), rt.rules())
             {
@@ -144,7 +199,8 @@ impl Tasks {
                         shard,
                         inputs: snap.inputs.clone(),
                     };
-                    st.stored.insert(task.task, StoredTask { task, kafka });
+                    st.stored
+                        .insert(task.task, (StoredTask { task, kafka }, generation));
                 }
                 Err(e) => tracing::error!(task, "cannot keep the revoked task's state: {e}"),
             }
@@ -187,6 +243,10 @@ impl ConsumerContext for Tasks {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics
+                    .rebalances
+                    .with_label_values(&["assigned"])
+                    .inc();
                 self.assign(tpl);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -198,6 +258,10 @@ impl ConsumerContext for Tasks {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics
+                    .rebalances
+                    .with_label_values(&["revoked"])
+                    .inc();
                 self.revoke(tpl);
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)

@@ -19,7 +19,7 @@ use journey_api::Metrics;
 use journey_core::time::Millis;
 use journey_core::{DecodeLimits, Event};
 use journey_ingest::{DeadLetter, DeadLetters, Decoder, Format, Position};
-use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, StoredTask};
+use journey_runtime::checkpoint::{Checkpointer, KafkaPosition};
 use journey_runtime::{Input, RuntimeHandle, TaskId};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -64,8 +64,8 @@ struct Run {
 }
 
 impl KafkaSource {
-    /// Starts consuming. Tasks in `stored` (read from checkpoints) are restored when their
-    /// partitions are assigned; with a `checkpointer` this thread takes the checkpoints.
+    /// Starts consuming. With a `checkpointer`, tasks are restored from its state store when
+    /// their partitions are assigned, and this thread takes the checkpoints.
     pub fn start(
         settings: &KafkaSettings,
         limits: DecodeLimits,
@@ -73,7 +73,6 @@ impl KafkaSource {
         metrics: Arc<Metrics>,
         dead_letters: DeadLetters,
         checkpointer: Option<Checkpointer>,
-        stored: BTreeMap<TaskId, StoredTask>,
     ) -> Result<KafkaSource, KafkaSourceError> {
         let mut cfg = client_config(settings);
         // With checkpoints, offsets are committed explicitly after each one.
@@ -94,9 +93,10 @@ impl KafkaSource {
             .create_with_context(Tasks {
                 names: names.clone(),
                 rt: rt.clone(),
+                metrics: metrics.clone(),
                 state: Mutex::new(TaskState {
                     positions: HashMap::new(),
-                    stored,
+                    stored: BTreeMap::new(),
                     checkpointer,
                     caught_up: Vec::new(),
                 }),
@@ -352,8 +352,13 @@ impl Consume {
         let Some(mut cp) = st.checkpointer.take() else {
             return;
         };
-        let written = cp.take(&self.rt, &|snap| ctx.positions_of(&st, snap));
+        let (written, fenced) = cp.take(&self.rt, &|snap| ctx.positions_of(&st, snap));
         st.checkpointer = Some(cp);
+        for task in fenced {
+            // Dropped: its partitions stay assigned until the group's next rebalance, and
+            // their records are ignored; the new owner reads them from its checkpoint.
+            st.forget_positions(task);
+        }
         if !written {
             return;
         }

@@ -1,24 +1,26 @@
 //! Task checkpoints: one task's shard together with the positions of exactly its inputs.
 //!
-//! A checkpoint is one self-describing object per task (`task-00003.ckpt`): the task id, the
+//! A checkpoint is one self-describing object per task in the state store
+//! (`tasks/00003/gen-0000000042.ckpt`, see `journey-state`): the task id, the
 //! partition count it was taken under, each input partition's topic, partition, next offset and
 //! largest event time, and the shard snapshot. The shard holds exactly the records before those
 //! offsets, so restoring the task anywhere and seeking its partitions gives exactly-once
 //! aggregates across a crash or a move (Flink's model; offsets committed to Kafka afterwards
 //! serve lag monitoring only). Bytes: magic `JRNYTASK`, format version (u32 LE), CRC-32 of the
-//! payload (u32 LE), then the bincode payload. Files are written to a temporary name, synced,
-//! renamed over the previous one and the directory synced, so a crash leaves the old
-//! checkpoint or the new one, never a mix.
+//! payload (u32 LE), then the bincode payload. Each write creates a new generation (an object
+//! store write is whole or absent, so a crash leaves the old checkpoint or the new one, never a
+//! mix); the write is conditional, so an instance that lost the task cannot overwrite it
+//! ("fencing").
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_core::time::Millis;
 use journey_core::{EngineConfig, Rules, Shard};
+use journey_state::{Content, Generation, Lease, StateStore};
 use serde::{Deserialize, Serialize};
 
 use crate::task::{Input, TaskId, TaskSnapshot};
@@ -147,101 +149,28 @@ impl TaskCheckpoint {
     }
 }
 
-/// A directory of task checkpoints (`[checkpoint] dir`).
-#[derive(Debug, Clone)]
-pub struct CheckpointDir {
-    dir: PathBuf,
-}
-
-impl CheckpointDir {
-    pub fn new(dir: impl Into<PathBuf>) -> CheckpointDir {
-        CheckpointDir { dir: dir.into() }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The file of `task`'s checkpoint.
-    pub fn path_of(&self, task: TaskId) -> PathBuf {
-        self.dir.join(TaskCheckpoint::file_name(task))
-    }
-
-    /// Writes one task's checkpoint atomically (the directory is created if missing) and
-    /// returns its size in bytes.
-    pub fn write(&self, cp: &TaskCheckpoint) -> io::Result<u64> {
-        fs::create_dir_all(&self.dir)?;
-        let bytes = cp.encode()?;
-        let name = TaskCheckpoint::file_name(cp.task);
-        let temp = self.dir.join(format!(".{name}.tmp"));
-        {
-            let mut f = File::create(&temp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        fs::rename(&temp, self.dir.join(&name))?;
-        // The rename is durable only once the directory entry is.
-        File::open(&self.dir)?.sync_all()?;
-        Ok(bytes.len() as u64)
-    }
-
-    /// Every task checkpoint in the directory, in task order, each checked against the current
-    /// task count. Any unreadable one fails the whole read: starting without it would lose
-    /// what it holds.
-    pub fn read_all(&self, tasks: u32) -> Result<Vec<TaskCheckpoint>, CheckpointError> {
-        let legacy = self.dir.join(LEGACY_NAME);
-        if legacy.exists() {
-            return Err(CheckpointError::Legacy { path: legacy });
-        }
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(CheckpointError::Io {
-                    path: self.dir.clone(),
-                    source,
-                })
-            }
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| CheckpointError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !(name.starts_with("task-") && name.ends_with(".ckpt")) {
-                continue;
-            }
-            let path = entry.path();
-            let bytes = fs::read(&path).map_err(|source| CheckpointError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let cp = TaskCheckpoint::decode(&bytes, &path)?;
-            if cp.tasks != tasks || cp.task >= tasks {
-                return Err(CheckpointError::TaskCount {
-                    path,
-                    task: cp.task,
-                    tasks: cp.tasks,
-                    expected: tasks,
-                });
-            }
-            out.push(cp);
-        }
-        out.sort_by_key(|c| c.task);
-        Ok(out)
+/// A store location as a path, for error messages: `<state.url>/<object path>`.
+fn located(store: &StateStore, path: &str) -> PathBuf {
+    let url = store.url();
+    if url.ends_with('/') {
+        PathBuf::from(format!("{url}{path}"))
+    } else {
+        PathBuf::from(format!("{url}/{path}"))
     }
 }
 
 /// What happened to a checkpoint write, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CheckpointOutcome {
     /// One task's checkpoint was written (bytes).
     Written { bytes: u64 },
     /// One task's checkpoint could not be written; its previous one stays.
     Failed,
+    /// One task's checkpoint write was refused because another instance took the task over:
+    /// the task was dropped here.
+    Fenced,
+    /// A task was restored from the store (or started empty there) in `seconds`.
+    Restored { seconds: f64 },
     /// A scheduled round wrote every owned task: their total size (bytes) and when (epoch ms).
     Round { bytes: u64, at_ms: Millis },
 }
@@ -249,23 +178,57 @@ pub enum CheckpointOutcome {
 /// Receives every [`CheckpointOutcome`] (the service counts them in its metrics).
 pub type CheckpointReport = Arc<dyn Fn(CheckpointOutcome) + Send + Sync>;
 
-/// Takes task checkpoints into one directory on a schedule. Whoever submits the events that
-/// must be covered (the Kafka source, or the service when there is no Kafka) owns it, so that
-/// its submissions and the snapshots are ordered.
+/// The result of writing one task's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Written as this generation, of this many bytes.
+    Yes { generation: Generation, bytes: u64 },
+    /// Not written (logged, reported); the previous checkpoint stays.
+    Failed,
+    /// Refused: another instance owns the task now. It was dropped from the runtime.
+    Fenced,
+}
+
+/// How [`Checkpointer::restore`] found a task.
+#[derive(Debug)]
+pub enum Restored {
+    /// The state this instance kept in memory is still the newest: use it.
+    Kept,
+    /// Restored from the store.
+    Stored(Box<StoredTask>),
+    /// No checkpoint: the task starts empty.
+    Empty,
+}
+
+/// A task this instance owns in the store: its lease, and the generation of the content its
+/// state continues (`None`: it started empty).
+#[derive(Debug)]
+struct Owned {
+    lease: Lease,
+    content: Option<Generation>,
+}
+
+/// Takes task checkpoints into the state store on a schedule, and restores tasks from it with
+/// a claim, so that a previous owner that wakes up cannot overwrite them (fencing, see
+/// `journey-state`). Whoever submits the events that must be covered (the Kafka source, or the
+/// service when there is no Kafka) owns it, so that its submissions and the snapshots are
+/// ordered.
 pub struct Checkpointer {
-    dir: CheckpointDir,
+    store: StateStore,
     tasks: u32,
     interval: Duration,
     last: Instant,
     report: CheckpointReport,
+    owned: BTreeMap<TaskId, Owned>,
 }
 
 impl std::fmt::Debug for Checkpointer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Checkpointer")
-            .field("dir", &self.dir)
+            .field("store", &self.store)
             .field("tasks", &self.tasks)
             .field("interval", &self.interval)
+            .field("owned", &self.owned.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -277,45 +240,181 @@ fn wall_ms() -> Millis {
 }
 
 impl Checkpointer {
-    /// Checkpoints of `tasks` tasks into `dir`, every `interval`.
+    /// Checkpoints of `tasks` tasks into `store`, every `interval`.
     pub fn new(
-        dir: CheckpointDir,
+        store: StateStore,
         tasks: u32,
         interval: Duration,
         report: CheckpointReport,
     ) -> Checkpointer {
         Checkpointer {
-            dir,
+            store,
             tasks,
             interval,
             last: Instant::now(),
             report,
+            owned: BTreeMap::new(),
         }
     }
 
+    /// The state store.
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// Whether the checkpoint interval has passed since the last round.
     pub fn due(&self) -> bool {
         self.last.elapsed() >= self.interval
     }
 
+    /// Checks what is in the store without reading the checkpoints: no checkpoint of a
+    /// journeyd before tasks, and no task beyond the current task count.
+    ///
+    /// # Errors
+    /// [`RestoreError::Read`] naming the object and the reason.
+    pub fn check_layout(&self) -> Result<(), RestoreError> {
+        let legacy = located(&self.store, LEGACY_NAME);
+        if self
+            .store
+            .exists(LEGACY_NAME)
+            .map_err(|e| io_error(&legacy, e))?
+        {
+            return Err(CheckpointError::Legacy { path: legacy }.into());
+        }
+        let root = located(&self.store, "");
+        for l in self.store.list("").map_err(|e| io_error(&root, e))? {
+            let Some(task) = task_of_path(&l.path) else {
+                continue;
+            };
+            if task < self.tasks || l.size == 0 {
+                continue;
+            }
+            let path = located(&self.store, &l.path);
+            let bytes = self
+                .store
+                .get(&l.path)
+                .map_err(|e| io_error(&path, e))?
+                .unwrap_or_default();
+            let cp = TaskCheckpoint::decode(&bytes, &path)?;
+            return Err(CheckpointError::TaskCount {
+                path,
+                task: cp.task,
+                tasks: cp.tasks,
+                expected: self.tasks,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Takes `task` over in the store and restores it: the newest checkpoint is read (unless
+    /// it is generation `have`, whose state the caller kept in memory) and the next generation
+    /// claimed, so that from now on a write by a previous owner is refused. Reported as
+    /// [`CheckpointOutcome::Restored`]. `topics` are the configured input topic names.
+    ///
+    /// # Errors
+    /// [`RestoreError`] when the store cannot be reached or the checkpoint is damaged or
+    /// taken under another task count; the task is then not claimed by this instance.
+    pub fn restore(
+        &mut self,
+        task: TaskId,
+        have: Option<Generation>,
+        topics: &[String],
+        cfg: &Arc<EngineConfig>,
+        rules: &Arc<Rules>,
+    ) -> Result<Restored, RestoreError> {
+        let started = Instant::now();
+        let prefix = located(&self.store, &format!("tasks/{task:05}/"));
+        let (lease, content) = self
+            .store
+            .claim(task, have)
+            .map_err(|e| io_error(&prefix, e))?;
+        let (restored, content) = match content {
+            Content::Empty => (Restored::Empty, None),
+            Content::Kept(g) => (Restored::Kept, Some(g)),
+            Content::Read { generation, bytes } => {
+                let path = located(
+                    &self.store,
+                    &if generation == 0 {
+                        journey_state::legacy_name(task)
+                    } else {
+                        journey_state::generation_path(task, generation)
+                    },
+                );
+                let cp = TaskCheckpoint::decode(&bytes, &path)?;
+                if cp.tasks != self.tasks || cp.task != task {
+                    return Err(CheckpointError::TaskCount {
+                        path,
+                        task: cp.task,
+                        tasks: cp.tasks,
+                        expected: self.tasks,
+                    }
+                    .into());
+                }
+                let stored = StoredTask::restore(cp, topics, cfg, rules, &path)?;
+                (Restored::Stored(Box::new(stored)), Some(generation))
+            }
+        };
+        self.owned.insert(task, Owned { lease, content });
+        (self.report)(CheckpointOutcome::Restored {
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        Ok(restored)
+    }
+
+    /// Restores every task (`0..tasks`), for a runtime that owns them all (no Kafka).
+    ///
+    /// # Errors
+    /// The first [`RestoreError`]: starting without a checkpoint that cannot be used whole
+    /// would silently lose what it holds.
+    pub fn restore_all(
+        &mut self,
+        topics: &[String],
+        cfg: &Arc<EngineConfig>,
+        rules: &Arc<Rules>,
+    ) -> Result<BTreeMap<TaskId, StoredTask>, RestoreError> {
+        self.check_layout()?;
+        let mut out = BTreeMap::new();
+        for task in 0..self.tasks {
+            if let Restored::Stored(s) = self.restore(task, None, topics, cfg, rules)? {
+                out.insert(task, *s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets `task` (revoked, or fenced): returns the generation of the content its last
+    /// state continues, to pass as `have` when it comes back.
+    pub fn release(&mut self, task: TaskId) -> Option<Generation> {
+        self.owned.remove(&task).and_then(|o| o.content)
+    }
+
     /// Snapshots every owned task (after everything this thread submitted) and writes one
     /// checkpoint per task, with the Kafka positions `kafka` gives for it. Failures are logged
-    /// and reported; a task's previous checkpoint then stays. Returns whether all were written.
+    /// and reported; a task's previous checkpoint then stays. A task whose write is fenced is
+    /// dropped from the runtime. Returns whether all were written, and the fenced tasks.
     pub fn take(
         &mut self,
         rt: &RuntimeHandle,
         kafka: &dyn Fn(&TaskSnapshot) -> Vec<KafkaPosition>,
-    ) -> bool {
+    ) -> (bool, Vec<TaskId>) {
         self.last = Instant::now();
         let started = Instant::now();
         let Ok(snapshots) = rt.snapshot_blocking() else {
-            return false;
+            return (false, Vec::new());
         };
         let snapshot_took = started.elapsed();
-        let (mut ok, mut bytes) = (true, 0);
+        let (mut ok, mut bytes, mut fenced) = (true, 0, Vec::new());
         for snap in &snapshots {
             match self.write(snap, kafka(snap)) {
-                Some(n) => bytes += n,
-                None => ok = false,
+                Written::Yes { bytes: n, .. } => bytes += n,
+                Written::Failed => ok = false,
+                Written::Fenced => {
+                    ok = false;
+                    let inputs = snap.inputs.iter().map(|&(i, _)| i).collect();
+                    let _ = rt.revoke_blocking(snap.task, inputs);
+                    fenced.push(snap.task);
+                }
             }
         }
         if ok {
@@ -331,13 +430,16 @@ impl Checkpointer {
             total_ms = started.elapsed().as_millis() as u64,
             "checkpoint written"
         );
-        ok
+        (ok, fenced)
     }
 
-    /// Writes one task's checkpoint; its size in bytes, or `None` (logged, reported) on failure.
-    pub fn write(&self, snap: &TaskSnapshot, kafka: Vec<KafkaPosition>) -> Option<u64> {
+    /// Writes one task's checkpoint as its next generation. A task this instance has not
+    /// restored through [`Checkpointer::restore`] is claimed first. On
+    /// [`Written::Fenced`] the task is released here; the caller drops it from the runtime.
+    pub fn write(&mut self, snap: &TaskSnapshot, kafka: Vec<KafkaPosition>) -> Written {
+        let task = snap.task;
         let cp = TaskCheckpoint {
-            task: snap.task,
+            task,
             tasks: self.tasks,
             created_ms: wall_ms(),
             kafka,
@@ -348,21 +450,80 @@ impl Checkpointer {
                 .and_then(|(_, t)| *t),
             shard: snap.shard.clone(),
         };
-        match self.dir.write(&cp) {
-            Ok(bytes) => {
+        let prefix = located(&self.store, &format!("tasks/{task:05}/"));
+        let result = (|| {
+            let bytes = cp.encode().map_err(|e| e.to_string())?;
+            let len = bytes.len() as u64;
+            if !self.owned.contains_key(&task) {
+                // Not restored through the store (cannot happen in the service): claim now.
+                let (lease, content) = self.store.claim(task, None).map_err(|e| e.to_string())?;
+                let content = match content {
+                    Content::Read { generation, .. } | Content::Kept(generation) => {
+                        Some(generation)
+                    }
+                    Content::Empty => None,
+                };
+                self.owned.insert(task, Owned { lease, content });
+            }
+            let owned = self.owned.get_mut(&task).expect("inserted above");
+            match self.store.write(&mut owned.lease, bytes) {
+                Ok(generation) => {
+                    owned.content = Some(generation);
+                    Ok(Written::Yes {
+                        generation,
+                        bytes: len,
+                    })
+                }
+                Err(e) if e.is_fenced() => {
+                    tracing::error!(
+                        task,
+                        path = %prefix.display(),
+                        "checkpoint write fenced: {e}; dropping the task, its figures are no \
+                         longer served here"
+                    );
+                    Ok(Written::Fenced)
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })();
+        match result {
+            Ok(Written::Yes { generation, bytes }) => {
                 (self.report)(CheckpointOutcome::Written { bytes });
-                Some(bytes)
+                Written::Yes { generation, bytes }
+            }
+            Ok(_) => {
+                self.owned.remove(&task);
+                (self.report)(CheckpointOutcome::Fenced);
+                Written::Fenced
             }
             Err(e) => {
                 (self.report)(CheckpointOutcome::Failed);
                 tracing::error!(
-                    path = %self.dir.path_of(snap.task).display(),
+                    path = %prefix.display(),
                     "cannot write a task checkpoint, the previous one stays: {e}"
                 );
-                None
+                Written::Failed
             }
         }
     }
+}
+
+fn io_error(path: &Path, e: journey_state::StateError) -> CheckpointError {
+    CheckpointError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+/// The task of a checkpoint object (`tasks/00003/…` or a legacy `task-00003.ckpt`).
+fn task_of_path(path: &str) -> Option<TaskId> {
+    if let Some(rest) = path.strip_prefix("tasks/") {
+        return rest.split('/').next()?.parse().ok();
+    }
+    path.strip_prefix("task-")?
+        .strip_suffix(".ckpt")?
+        .parse()
+        .ok()
 }
 
 /// A task read from its checkpoint: its state, and where its partitions resume.
@@ -447,29 +608,16 @@ impl StoredTask {
     }
 }
 
-impl CheckpointDir {
-    /// Reads and restores every task checkpoint in the directory. Any that cannot be used
-    /// whole is an error: starting empty instead would silently lose what it holds.
-    pub fn restore_all(
-        &self,
-        tasks: u32,
-        topics: &[String],
-        cfg: &Arc<EngineConfig>,
-        rules: &Arc<Rules>,
-    ) -> Result<BTreeMap<TaskId, StoredTask>, RestoreError> {
-        let mut out = BTreeMap::new();
-        for cp in self.read_all(tasks)? {
-            let path = self.path_of(cp.task);
-            let task = cp.task;
-            out.insert(task, StoredTask::restore(cp, topics, cfg, rules, &path)?);
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RULES: &str = r#"
+        [[touchpoint]]
+        name = "visit"
+        phase = "awareness"
+        event = "page_view"
+    "#;
 
     fn sample(task: TaskId) -> TaskCheckpoint {
         TaskCheckpoint {
@@ -487,37 +635,140 @@ mod tests {
         }
     }
 
-    fn temp_dir(name: &str) -> CheckpointDir {
-        let d = std::env::temp_dir().join(format!("journeyd-ckpt-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        CheckpointDir::new(d)
+    fn engine() -> (Arc<EngineConfig>, Arc<Rules>) {
+        (
+            Arc::new(EngineConfig::default()),
+            Arc::new(Rules::from_toml(RULES).unwrap()),
+        )
+    }
+
+    fn snapshot(task: TaskId) -> TaskSnapshot {
+        let (cfg, rules) = engine();
+        TaskSnapshot {
+            task,
+            shard: Shard::new(cfg, rules).snapshot(),
+            inputs: vec![(Input::Topic(0), Some(1_795_000_000_000))],
+        }
+    }
+
+    fn checkpointer(store: &StateStore) -> (Checkpointer, Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let report: CheckpointReport = Arc::new(move |o| {
+            let name = match o {
+                CheckpointOutcome::Written { .. } => "written",
+                CheckpointOutcome::Failed => "failed",
+                CheckpointOutcome::Fenced => "fenced",
+                CheckpointOutcome::Restored { .. } => "restored",
+                CheckpointOutcome::Round { .. } => "round",
+            };
+            s2.lock().unwrap().push(name.to_string());
+        });
+        (
+            Checkpointer::new(store.clone(), 6, Duration::from_secs(10), report),
+            seen,
+        )
+    }
+
+    fn position(offset: i64) -> Vec<KafkaPosition> {
+        vec![KafkaPosition {
+            topic: "web".into(),
+            partition: 3,
+            next_offset: offset,
+            max_ts: None,
+        }]
     }
 
     #[test]
-    fn one_file_per_task_round_trips_and_replaces_the_previous_one() {
-        let dir = temp_dir("roundtrip");
-        assert!(dir.read_all(6).unwrap().is_empty());
-        let mut c = sample(3);
-        dir.write(&c).unwrap();
-        c.kafka[0].next_offset = 99;
-        dir.write(&c).unwrap();
-        dir.write(&sample(0)).unwrap();
-        assert_eq!(dir.read_all(6).unwrap(), vec![sample(0), c]);
-        assert!(dir.path_of(3).ends_with("task-00003.ckpt"));
-        let names: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
-        fs::remove_dir_all(dir.path()).unwrap();
+    fn a_task_checkpoint_round_trips_through_the_store() {
+        let store = StateStore::in_memory().unwrap();
+        let (cfg, rules) = engine();
+        let topics = vec!["web".to_string()];
+        let (mut a, seen) = checkpointer(&store);
+        assert!(matches!(
+            a.restore(3, None, &topics, &cfg, &rules).unwrap(),
+            Restored::Empty
+        ));
+        let w = a.write(&snapshot(3), position(99));
+        assert!(matches!(w, Written::Yes { generation: 2, .. }), "{w:?}");
+        // Given up and taken again by the same instance: its kept state is still the newest.
+        let have = a.release(3);
+        assert_eq!(have, Some(2));
+        assert!(matches!(
+            a.restore(3, have, &topics, &cfg, &rules).unwrap(),
+            Restored::Kept
+        ));
+        // Another instance reads it from the store.
+        let (mut b, _) = checkpointer(&store);
+        let Restored::Stored(t) = b.restore(3, None, &topics, &cfg, &rules).unwrap() else {
+            panic!("stored")
+        };
+        assert_eq!(t.kafka, position(99));
+        assert_eq!(t.task.inputs, vec![(Input::Topic(0), None)]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["restored", "written", "restored"]
+        );
     }
 
     #[test]
-    fn damaged_files_are_refused_with_the_reason() {
-        let dir = temp_dir("damaged");
-        dir.write(&sample(1)).unwrap();
-        let path = dir.path_of(1);
-        let good = fs::read(&path).unwrap();
+    fn a_fenced_write_is_refused_reported_and_releases_the_task() {
+        let store = StateStore::in_memory().unwrap();
+        let (cfg, rules) = engine();
+        let topics = vec!["web".to_string()];
+        let (mut a, seen) = checkpointer(&store);
+        a.restore(3, None, &topics, &cfg, &rules).unwrap();
+        assert!(matches!(
+            a.write(&snapshot(3), position(10)),
+            Written::Yes { .. }
+        ));
+        // B takes the task over while A is paused.
+        let (mut b, _) = checkpointer(&store);
+        b.restore(3, None, &topics, &cfg, &rules).unwrap();
+        assert!(matches!(
+            b.write(&snapshot(3), position(20)),
+            Written::Yes { .. }
+        ));
+        // A wakes up: its write is refused and it no longer holds the task.
+        assert_eq!(a.write(&snapshot(3), position(11)), Written::Fenced);
+        assert_eq!(seen.lock().unwrap().last().unwrap(), "fenced");
+        assert_eq!(a.release(3), None);
+        let latest = store.latest(3).unwrap().unwrap();
+        let cp = TaskCheckpoint::decode(&latest.bytes, Path::new("x")).unwrap();
+        assert_eq!(cp.kafka, position(20), "B's checkpoint stands");
+    }
+
+    #[test]
+    fn the_store_layout_is_checked_at_start() {
+        let store = StateStore::in_memory().unwrap();
+        let (a, _) = checkpointer(&store);
+        a.check_layout().unwrap();
+        store
+            .put(
+                "tasks/00007/gen-0000000002.ckpt",
+                sample(7).encode().unwrap(),
+            )
+            .unwrap();
+        let err = a.check_layout().unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "tasks/00007/gen-0000000002.ckpt holds task 7 of 6, but there are 6 tasks now"
+            ),
+            "{err}"
+        );
+        store.put(LEGACY_NAME, b"JRNYCKPT".to_vec()).unwrap();
+        let err = a.check_layout().unwrap_err().to_string();
+        assert!(
+            err.contains("per-worker checkpoint of an older journeyd"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn damaged_checkpoints_are_refused_with_the_reason() {
+        let good = sample(1).encode().unwrap();
+        let path = Path::new("memory://tasks/00001/gen-0000000002.ckpt");
+        assert_eq!(TaskCheckpoint::decode(&good, path).unwrap(), sample(1));
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (good[..10].to_vec(), "is truncated (10 bytes)"),
             (b"not a checkpoint at all".to_vec(), "bad magic bytes"),
@@ -540,22 +791,25 @@ mod tests {
             ),
         ];
         for (bytes, want) in cases {
-            fs::write(&path, &bytes).unwrap();
-            let err = dir.read_all(6).unwrap_err().to_string();
+            let err = TaskCheckpoint::decode(&bytes, path)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
-        fs::write(&path, &good).unwrap();
-        let err = dir.read_all(12).unwrap_err().to_string();
-        assert!(
-            err.ends_with("task-00001.ckpt holds task 1 of 6, but there are 12 tasks now"),
-            "{err}"
+        // Restoring a damaged checkpoint names it and claims nothing usable.
+        let store = StateStore::in_memory().unwrap();
+        store
+            .put("tasks/00001/gen-0000000002.ckpt", good[..10].to_vec())
+            .unwrap();
+        let (mut a, _) = checkpointer(&store);
+        let (cfg, rules) = engine();
+        let err = a
+            .restore(1, None, &[], &cfg, &rules)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "memory://tasks/00001/gen-0000000002.ckpt is truncated (10 bytes)"
         );
-        fs::write(dir.path().join(LEGACY_NAME), b"JRNYCKPT").unwrap();
-        let err = dir.read_all(6).unwrap_err().to_string();
-        assert!(
-            err.contains("per-worker checkpoint of an older journeyd"),
-            "{err}"
-        );
-        fs::remove_dir_all(dir.path()).unwrap();
     }
 }

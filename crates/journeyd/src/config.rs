@@ -53,10 +53,13 @@ pub struct Settings {
     pub http: HttpSettings,
     pub ingest: IngestSettings,
     pub kafka: KafkaSettings,
+    pub state: StateSettings,
     pub checkpoint: CheckpointSettings,
     pub dead_letter: DeadLetterSettings,
     pub alerts: AlertSettings,
     pub log: LogSettings,
+    /// Deprecated settings that were used, each with what to write instead; logged at start.
+    pub deprecations: Vec<String>,
 }
 
 /// `[alerts]`: drop-off alerts evaluated by journeyd itself.
@@ -72,11 +75,17 @@ pub struct AlertSettings {
     pub resend: Duration,
 }
 
+/// `[state]`: where task checkpoints live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSettings {
+    /// `file:///dir` or `s3://bucket/prefix`; `None` turns checkpoints off: a restart then
+    /// starts empty.
+    pub url: Option<String>,
+}
+
 /// `[checkpoint]`: periodic snapshots of all state with the source positions they reflect.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointSettings {
-    /// `None` turns checkpoints off: a restart then starts empty.
-    pub dir: Option<PathBuf>,
     pub interval: Duration,
 }
 
@@ -232,8 +241,8 @@ impl Settings {
                 properties: BTreeMap::new(),
                 topics: Vec::new(),
             },
+            state: StateSettings { url: None },
             checkpoint: CheckpointSettings {
-                dir: None,
                 interval: Duration::from_secs(10),
             },
             dead_letter: DeadLetterSettings::None,
@@ -249,6 +258,7 @@ impl Settings {
                 level: "info".to_string(),
                 json: false,
             },
+            deprecations: Vec::new(),
         }
     }
 
@@ -517,6 +527,7 @@ struct RawConfig {
     ingest: RawIngest,
     kafka: RawKafka,
     dedup: RawDedup,
+    state: RawState,
     checkpoint: RawCheckpoint,
     dead_letter: RawDeadLetter,
     alerts: RawAlerts,
@@ -555,7 +566,16 @@ struct RawDedup {
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
+struct RawState {
+    url: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
 struct RawCheckpoint {
+    /// Deprecated alias of `state.url = "file://<dir>"`, so not in the shipped file.
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     dir: Option<Text>,
     interval: Option<Text>,
 }
@@ -932,12 +952,38 @@ impl RawConfig {
         let kafka = build_kafka(self.kafka, d.kafka, &mut p);
 
         let c = self.checkpoint;
+        let mut deprecations = Vec::new();
+        let url = self.state.url.map(|t| t.0).filter(|u| !u.trim().is_empty());
+        let dir = c.dir.map(|t| t.0).filter(|d| !d.trim().is_empty());
+        let url = match (url, dir) {
+            (Some(_), Some(_)) => {
+                p.push(
+                    "checkpoint.dir: deprecated, and state.url is set too; remove checkpoint.dir"
+                        .into(),
+                );
+                None
+            }
+            (Some(url), None) => {
+                if !(url.starts_with("file:///") || url.starts_with("s3://")) {
+                    p.push(format!(
+                        "state.url: `{url}` is not file:///<absolute dir> or s3://<bucket>/<prefix>"
+                    ));
+                } else if url == "s3://" || url.starts_with("s3:///") {
+                    p.push(format!("state.url: `{url}` names no bucket"));
+                }
+                Some(url)
+            }
+            (None, Some(dir)) => {
+                let url = format!("file://{dir}");
+                deprecations.push(format!(
+                    "checkpoint.dir is deprecated: write [state] url = \"{url}\" instead"
+                ));
+                Some(url)
+            }
+            (None, None) => None,
+        };
+        let state = StateSettings { url };
         let checkpoint = CheckpointSettings {
-            dir: c
-                .dir
-                .map(|t| t.0)
-                .filter(|d| !d.trim().is_empty())
-                .map(PathBuf::from),
             interval: p.interval("checkpoint.interval", c.interval, d.checkpoint.interval),
         };
 
@@ -978,10 +1024,12 @@ impl RawConfig {
                 http,
                 ingest,
                 kafka,
+                state,
                 checkpoint,
                 dead_letter,
                 alerts,
                 log,
+                deprecations,
             })
         } else {
             Err(p.errs)
@@ -1386,10 +1434,8 @@ mod tests {
         for f in ["deploy/image/journeyd.toml", "deploy/compose/journeyd.toml"] {
             let path = repo_file(&format!("../../{f}"));
             let s = Settings::load(Some(&path), no_env()).unwrap_or_else(|e| panic!("{f}: {e}"));
-            assert!(
-                s.checkpoint.dir.is_some(),
-                "{f}: deployments keep checkpoints"
-            );
+            assert!(s.state.url.is_some(), "{f}: deployments keep checkpoints");
+            assert!(s.deprecations.is_empty(), "{f}: {:?}", s.deprecations);
             assert_eq!(s.http.listen.ip().to_string(), "0.0.0.0", "{f}");
         }
     }
@@ -1453,8 +1499,9 @@ mod tests {
             [dedup]
             horizon = "1h"
             max_ids = 5000
+            [state]
+            url = "s3://journeyd-state/prod"
             [checkpoint]
-            dir = "/var/lib/journeyd"
             interval = "30s"
             [dead_letter]
             sink = "kafka"
@@ -1531,13 +1578,14 @@ mod tests {
             }
         );
         assert_eq!((e.dedup_horizon, e.dedup_max_ids), (HOUR, 5000));
+        assert_eq!(s.state.url.as_deref(), Some("s3://journeyd-state/prod"));
         assert_eq!(
             s.checkpoint,
             CheckpointSettings {
-                dir: Some("/var/lib/journeyd".into()),
                 interval: Duration::from_secs(30),
             }
         );
+        assert!(s.deprecations.is_empty());
         assert_eq!(
             s.dead_letter,
             DeadLetterSettings::Kafka {
@@ -1817,8 +1865,39 @@ mod tests {
         assert_eq!(
             error("# journeyd\n[sesion]\ngap = \"30m\"\n", &[]),
             "<string>:2:2: unknown field `sesion`, expected one of `session`, `journey`, \
-             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `checkpoint`, `dead_letter`, `alerts`, `log`"
+             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `state`, `checkpoint`, `dead_letter`, `alerts`, `log`"
         );
+    }
+
+    #[test]
+    fn checkpoint_dir_is_a_deprecated_alias_of_a_file_state_url() {
+        let s = Settings::from_toml_str("[checkpoint]\ndir = \"/var/lib/j\"\n", no_env()).unwrap();
+        assert_eq!(s.state.url.as_deref(), Some("file:///var/lib/j"));
+        assert_eq!(
+            s.deprecations,
+            vec!["checkpoint.dir is deprecated: write [state] url = \"file:///var/lib/j\" instead"]
+        );
+        let both = "[state]\nurl = \"file:///a\"\n[checkpoint]\ndir = \"/b\"\n";
+        let err = error(both, &[]);
+        assert!(
+            err.contains(
+                "checkpoint.dir: deprecated, and state.url is set too; remove checkpoint.dir"
+            ),
+            "{err}"
+        );
+        let err = error("[state]\nurl = \"/var/lib/j\"\n", &[]);
+        assert!(
+            err.contains(
+                "state.url: `/var/lib/j` is not file:///<absolute dir> or s3://<bucket>/<prefix>"
+            ),
+            "{err}"
+        );
+        let env = vec![(
+            "JOURNEYD_STATE__URL".to_string(),
+            "s3://bucket/prefix".to_string(),
+        )];
+        let s = Settings::from_toml_str("", env).unwrap();
+        assert_eq!(s.state.url.as_deref(), Some("s3://bucket/prefix"));
     }
 
     #[test]

@@ -21,10 +21,9 @@ use journey_core::query::{funnel, touchpoints, transitions, Include, Summary};
 use journey_core::time::{Millis, MINUTE};
 use journey_core::{ApplyError, DecodeLimits, Event, Rules};
 use journey_ingest::{for_each_line, DeadLetter, Decoder, Format, Position};
-use journey_runtime::checkpoint::{
-    CheckpointDir, CheckpointOutcome, CheckpointReport, Checkpointer, StoredTask,
-};
+use journey_runtime::checkpoint::{CheckpointOutcome, CheckpointReport, Checkpointer, StoredTask};
 use journey_runtime::{RejectHook, Runtime, RuntimeConfig, RuntimeHandle, TaskId};
+use journey_state::StateStore;
 use serde_json::json;
 
 use crate::config::Settings;
@@ -177,6 +176,9 @@ fn now_ms() -> Millis {
 /// API, rule reloads, checkpoints, and a synthetic feed for `demo`.
 fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     init_logging(&settings);
+    for d in &settings.deprecations {
+        tracing::warn!("{d}");
+    }
     let rules = Arc::new(load_rules(&settings.rules.path)?);
     let engine = Arc::new(settings.engine.clone());
     let metrics = Arc::new(Metrics::new());
@@ -215,25 +217,37 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         on_reject,
         worker_nice: settings.runtime.worker_nice,
     };
-    let cp = &settings.checkpoint;
     let topics: Vec<String> = settings
         .kafka
         .topics
         .iter()
         .map(|t| t.name.clone())
         .collect();
-    let dir = cp.dir.clone().map(CheckpointDir::new);
-    let stored = match &dir {
-        Some(dir) => restore(dir, tasks, &topics, &engine, &rules)?,
+    let mut checkpointer = match &settings.state.url {
+        Some(url) => {
+            let store = StateStore::open(url)?;
+            let c = Checkpointer::new(
+                store,
+                tasks,
+                settings.checkpoint.interval,
+                checkpoint_report(metrics.clone()),
+            );
+            c.check_layout()
+                .map_err(|e| anyhow::anyhow!("{e}; {}", move_away(url)))?;
+            Some(c)
+        }
         None => {
             if demo.is_none() {
-                tracing::warn!("checkpoint.dir is not set: a restart starts with empty state");
+                tracing::warn!("state.url is not set: a restart starts with empty state");
             }
-            Default::default()
+            None
         }
     };
-    let checkpointer = dir
-        .map(|dir| Checkpointer::new(dir, tasks, cp.interval, checkpoint_report(metrics.clone())));
+    // Without Kafka every task is this instance's: restore them all now.
+    let stored = match (&mut checkpointer, kafka_on) {
+        (Some(c), false) => restore(c, &topics, &engine, &rules)?,
+        _ => BTreeMap::new(),
+    };
     // With Kafka, tasks start when their partitions are assigned and the Kafka thread
     // checkpoints between rounds; otherwise every task starts now and the service checkpoints.
     let (runtime, kafka, mut checkpointer) = if kafka_on {
@@ -249,7 +263,6 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
             metrics.clone(),
             dead_letters.clone(),
             checkpointer,
-            stored,
         )?;
         (runtime, Some(source), None)
     } else {
@@ -357,6 +370,11 @@ fn checkpoint_report(metrics: Arc<Metrics>) -> CheckpointReport {
             metrics.checkpoints.with_label_values(&["written"]).inc()
         }
         CheckpointOutcome::Failed => metrics.checkpoints.with_label_values(&["failed"]).inc(),
+        CheckpointOutcome::Fenced => metrics.checkpoint_fenced.inc(),
+        CheckpointOutcome::Restored { seconds } => {
+            metrics.task_restores.inc();
+            metrics.task_restore_seconds.observe(seconds);
+        }
         CheckpointOutcome::Round { bytes, at_ms } => {
             metrics.checkpoint_bytes.set(bytes as i64);
             metrics.checkpoint_last_success.set(at_ms / 1000);
@@ -364,26 +382,36 @@ fn checkpoint_report(metrics: Arc<Metrics>) -> CheckpointReport {
     })
 }
 
-/// Restores every task checkpoint in `dir`. One that cannot be used whole stops the start:
-/// starting empty instead would silently lose what it holds.
+/// What to do about a store whose checkpoints cannot be used.
+fn move_away(url: &str) -> String {
+    match url.strip_prefix("file://") {
+        Some(dir) => {
+            format!("to start with empty state instead, move the files in {dir} out of the way")
+        }
+        None => {
+            format!("to start with empty state instead, delete or move the objects under {url}")
+        }
+    }
+}
+
+/// Claims and restores every task from the state store (no Kafka: this instance owns them
+/// all). One that cannot be used whole stops the start: starting empty instead would
+/// silently lose what it holds.
 fn restore(
-    dir: &CheckpointDir,
-    tasks: u32,
+    c: &mut Checkpointer,
     topics: &[String],
     cfg: &Arc<journey_core::EngineConfig>,
     rules: &Arc<Rules>,
 ) -> Result<BTreeMap<TaskId, StoredTask>> {
-    let stored = dir.restore_all(tasks, topics, cfg, rules).map_err(|e| {
-        anyhow::anyhow!(
-            "{e}; to start with empty state instead, move the files in {} out of the way",
-            dir.path().display()
-        )
-    })?;
+    let url = c.store().url().to_string();
+    let stored = c
+        .restore_all(topics, cfg, rules)
+        .map_err(|e| anyhow::anyhow!("{e}; {}", move_away(&url)))?;
     if stored.is_empty() {
-        tracing::info!(dir = %dir.path().display(), "no checkpoint yet; starting with empty state");
+        tracing::info!(state = %url, "no checkpoint yet; starting with empty state");
     } else {
         let customers: usize = stored.values().map(|s| s.task.shard.customers()).sum();
-        tracing::info!(dir = %dir.path().display(), tasks = stored.len(), customers, "restored task checkpoints");
+        tracing::info!(state = %url, tasks = stored.len(), customers, "restored task checkpoints");
     }
     Ok(stored)
 }
