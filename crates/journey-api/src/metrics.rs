@@ -96,14 +96,17 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let workers = IntGauge::new("journeyd_workers", "Worker threads, each owning one shard")
-            .expect("valid metric");
+        let workers = IntGauge::new(
+            "journeyd_workers",
+            "Worker threads, each running any number of tasks",
+        )
+        .expect("valid metric");
         r.register(Box::new(workers.clone()))
             .expect("registered once");
         let kafka_lag = IntGaugeVec::new(
             Opts::new(
                 "journeyd_kafka_consumer_lag",
-                "Records between the consumer's position and the end of the partition",
+                "Records between the consumer group's committed offset and the end of the partition",
             ),
             &["topic", "partition"],
         )
