@@ -180,7 +180,6 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         tracing::warn!("{d}");
     }
     let rules = Arc::new(load_rules(&settings.rules.path)?);
-    let engine = Arc::new(settings.engine.clone());
     let metrics = Arc::new(Metrics::new());
     let (dead_letters, sink) =
         deadletter::Sink::start(&settings.dead_letter, &settings.kafka, metrics.clone())?;
@@ -204,6 +203,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     } else {
         settings.runtime.tasks
     };
+    let engine = Arc::new(per_task(&settings.engine, tasks));
     let rc = RuntimeConfig {
         workers: settings.runtime.workers,
         tasks,
@@ -361,6 +361,15 @@ fn periodic_checkpoints(mut c: Checkpointer, rt: RuntimeHandle) -> Checkpointer 
         }
     }
     c
+}
+
+/// The engine settings of one task: `dedup.max_ids` bounds the ids remembered by the whole
+/// instance, so each of `tasks` tasks keeps its share (at least one).
+fn per_task(engine: &journey_core::EngineConfig, tasks: u32) -> journey_core::EngineConfig {
+    journey_core::EngineConfig {
+        dedup_max_ids: engine.dedup_max_ids.div_ceil(tasks.max(1) as usize).max(1),
+        ..engine.clone()
+    }
 }
 
 /// Counts checkpoint writes in the service's metrics.
@@ -587,7 +596,7 @@ fn replay(
     };
     let engine = journey_core::EngineConfig {
         retention_total: journey_core::time::MAX_EVENT_TIME - journey_core::time::MIN_EVENT_TIME,
-        ..settings.engine.clone()
+        ..per_task(&settings.engine, settings.runtime.tasks)
     };
     let runtime = Runtime::start(Arc::new(engine), rules.clone(), rc, Vec::new());
     let rt = runtime.handle();
@@ -692,4 +701,30 @@ fn replay(
     runtime.shutdown();
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_task;
+    use journey_core::EngineConfig;
+
+    #[test]
+    fn remembered_event_ids_are_split_over_the_tasks() {
+        let engine = EngineConfig {
+            dedup_max_ids: 1_000_000,
+            ..EngineConfig::default()
+        };
+        assert_eq!(per_task(&engine, 1).dedup_max_ids, 1_000_000);
+        assert_eq!(per_task(&engine, 12).dedup_max_ids, 83_334);
+        let few = EngineConfig {
+            dedup_max_ids: 3,
+            ..EngineConfig::default()
+        };
+        assert_eq!(
+            per_task(&few, 64).dedup_max_ids,
+            1,
+            "every task keeps at least one"
+        );
+        assert_eq!(per_task(&engine, 12).session_gap, engine.session_gap);
+    }
 }
