@@ -294,7 +294,9 @@ impl Consume {
                     last: msg.offset(),
                 });
             }
-            let run = runs.last_mut().expect("pushed above");
+            let Some(run) = runs.last_mut() else {
+                continue;
+            };
             run.last = msg.offset();
             let payload = msg.payload().unwrap_or_default();
             match topic.decoder.decode(payload) {

@@ -454,18 +454,21 @@ impl Checkpointer {
         let result = (|| {
             let bytes = cp.encode().map_err(|e| e.to_string())?;
             let len = bytes.len() as u64;
-            if !self.owned.contains_key(&task) {
-                // Not restored through the store (cannot happen in the service): claim now.
-                let (lease, content) = self.store.claim(task, None).map_err(|e| e.to_string())?;
-                let content = match content {
-                    Content::Read { generation, .. } | Content::Kept(generation) => {
-                        Some(generation)
-                    }
-                    Content::Empty => None,
-                };
-                self.owned.insert(task, Owned { lease, content });
-            }
-            let owned = self.owned.get_mut(&task).expect("inserted above");
+            let owned = match self.owned.entry(task) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    // Not restored through the store (cannot happen in the service): claim now.
+                    let (lease, content) =
+                        self.store.claim(task, None).map_err(|e| e.to_string())?;
+                    let content = match content {
+                        Content::Read { generation, .. } | Content::Kept(generation) => {
+                            Some(generation)
+                        }
+                        Content::Empty => None,
+                    };
+                    v.insert(Owned { lease, content })
+                }
+            };
             match self.store.write(&mut owned.lease, bytes) {
                 Ok(generation) => {
                     owned.content = Some(generation);

@@ -154,11 +154,11 @@ enum Msg {
         task: TaskId,
         input: Input,
     },
-    /// Partitions assigned: create the task (from `restored`, else empty) if it is not here,
+    /// Partitions assigned: create the task from `restored` if it is not here,
     /// then add the inputs.
     Assign {
         task: TaskId,
-        restored: Option<Box<RestoredTask>>,
+        restored: Box<RestoredTask>,
         inputs: Vec<Input>,
     },
     /// Partitions revoked: remove the inputs; once the task has no partition left, reply with
@@ -461,7 +461,7 @@ impl Worker {
                 let now = Instant::now();
                 let (live, idle) = (self.rc.live, idleness(&self.rc));
                 let t = self.tasks.entry(task).or_insert_with(|| {
-                    let r = *restored.expect("assign carries the task's shard");
+                    let r = *restored;
                     let mut t = Task::new(task, r.shard, now, live, idle);
                     for (input, max_ts) in r.inputs {
                         t.add_input(input, max_ts, now);
@@ -774,11 +774,11 @@ impl RuntimeHandle {
         if task >= self.inner.tasks {
             return Ok(());
         }
-        let restored = Some(Box::new(restored.unwrap_or_else(|| RestoredTask {
+        let restored = Box::new(restored.unwrap_or_else(|| RestoredTask {
             task,
             shard: Shard::new(self.inner.cfg.clone(), self.rules()),
             inputs: Vec::new(),
-        })));
+        }));
         self.send(
             task,
             Msg::Assign {

@@ -155,3 +155,40 @@ fn segment_clock_skew_is_corrected() {
     // 2026-11-02T11:00:00Z, as expected.txt says (its "1793620800000" is 12:00, a typo there).
     assert_eq!(v["to"], json!(1_793_617_200_000_i64), "{v}");
 }
+
+/// Case 04 through the binary, for several task counts: the late order of the evicted customer
+/// starts no journey however customers are spread over tasks (a file is one stream whose event
+/// time every task shares), so the figures never depend on `runtime.tasks`.
+#[test]
+fn late_event_after_eviction_starts_no_journey_for_any_task_count() {
+    let dir = "tests/field-cases/04-late-event-after-eviction-new-journey";
+    for tasks in ["1", "2", "5", "7", "12", "64"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_journeyd"))
+            .current_dir(repo())
+            .env("JOURNEYD_RUNTIME__TASKS", tasks)
+            .env("JOURNEYD_LOG__LEVEL", "warn")
+            .args(["replay", "--rules", &format!("{dir}/rules.toml")])
+            .arg(format!("{dir}/events.ndjson"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let reached: Vec<u64> = v["funnel"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["reached"].as_u64().unwrap())
+            .collect();
+        assert_eq!(reached, [2, 1, 0, 0, 0], "runtime.tasks = {tasks}");
+        assert_eq!(v["events"]["late"], 1, "runtime.tasks = {tasks}");
+        let order = touchpoint(&v, "order_confirmed");
+        assert_eq!(
+            (order["visits"].as_u64(), order["sessions"].as_u64()),
+            (Some(1), Some(0))
+        );
+    }
+}
