@@ -113,7 +113,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `journeyd run --config <config>` from the repository root.
+    /// Starts `journeyd run --config <config>` from the repository root. It logs warnings
+    /// only, unless `JOURNEYD_TEST_LOG` gives a level or filter (e.g. `journey_kafka=debug`).
     pub fn start(config: &Path, port: u16) -> Service {
         Service::start_with_env(config, port, &[])
     }
@@ -125,7 +126,10 @@ impl Service {
             .arg(config)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(repo())
-            .env("JOURNEYD_LOG__LEVEL", "warn")
+            .env(
+                "JOURNEYD_LOG__LEVEL",
+                std::env::var("JOURNEYD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

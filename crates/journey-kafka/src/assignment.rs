@@ -14,8 +14,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use journey_api::Metrics;
+use journey_core::Event;
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, Restored, StoredTask, Written};
 use journey_runtime::{Input, RestoredTask, RuntimeHandle, TaskId, TaskSnapshot};
 use rdkafka::client::ClientContext;
@@ -26,10 +28,23 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::Part;
 
+/// The records of one partition read in one poll round, in offset order.
+pub(crate) struct Run {
+    pub(crate) part: Part,
+    pub(crate) events: Vec<Event<'static>>,
+    /// Offset of the last record read.
+    pub(crate) last: i64,
+}
+
 /// What the rebalance callback and the consuming loop share.
 pub(crate) struct TaskState {
-    /// Next offset to read per partition: what the tasks' state reflects.
+    /// Next offset to read per partition: what the tasks' state reflects once the records
+    /// in `unsubmitted` are applied.
     pub(crate) positions: HashMap<Part, i64>,
+    /// Records of the current poll round not yet handed to their tasks. A rebalance callback
+    /// (which runs inside a poll) hands them over first, so a revoked task's checkpoint holds
+    /// exactly the records before its positions.
+    pub(crate) unsubmitted: Vec<Run>,
     /// Tasks not running here whose state is at hand, kept when revoked so that a task that
     /// comes back continues at once, with the store generation that state continues (the
     /// state is used only if that is still the newest).
@@ -71,6 +86,34 @@ impl Tasks {
         self.names.iter().position(|n| n == topic)
     }
 
+    /// Hands the round's records read so far to their tasks, before a rebalance changes who
+    /// owns what. Without checkpoints their offsets are stored for auto-commit once applied.
+    fn submit_unsubmitted(&self, consumer: &BaseConsumer<Self>, st: &mut TaskState) {
+        let checkpointing = st.checkpointer.is_some();
+        for run in std::mem::take(&mut st.unsubmitted) {
+            let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
+            match self
+                .rt
+                .submit_input_blocking(task, input, run.events, !checkpointing)
+            {
+                Ok(Some(ack)) => {
+                    if ack.recv_timeout(Duration::from_secs(30)).is_ok() {
+                        let topic = self.names[run.part.0].as_str();
+                        if let Err(e) = consumer.store_offset(topic, run.part.1, run.last) {
+                            tracing::warn!(
+                                topic,
+                                partition = run.part.1,
+                                "cannot store the Kafka offset: {e}"
+                            );
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// The Kafka positions of a task's partitions for its checkpoint.
     pub(crate) fn positions_of(&self, st: &TaskState, snap: &TaskSnapshot) -> Vec<KafkaPosition> {
         snap.inputs
@@ -91,7 +134,7 @@ impl Tasks {
 
     /// Partitions assigned: restore each task not running here, then seek every partition to
     /// the position its task's state reflects.
-    fn assign(&self, tpl: &mut TopicPartitionList) {
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let mut by_task: BTreeMap<TaskId, Vec<(String, usize)>> = BTreeMap::new();
         for e in tpl.elements() {
             if let (Some(i), Ok(task)) = (self.index(e.topic()), TaskId::try_from(e.partition())) {
@@ -103,6 +146,7 @@ impl Tasks {
         }
         let mut guard = self.lock();
         let st = &mut *guard;
+        self.submit_unsubmitted(consumer, st);
         let mut resumed = Vec::new();
         for (task, parts) in by_task {
             let restored: Option<RestoredTask> = if self.rt.owns(task) {
@@ -162,7 +206,7 @@ impl Tasks {
 
     /// Partitions revoked: each task left without partitions is checkpointed, kept for a quick
     /// return, and dropped.
-    fn revoke(&self, tpl: &TopicPartitionList) {
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let mut by_task: BTreeMap<TaskId, Vec<Input>> = BTreeMap::new();
         for e in tpl.elements() {
             if let (Some(i), Ok(task)) = (self.index(e.topic()), TaskId::try_from(e.partition())) {
@@ -174,6 +218,7 @@ impl Tasks {
         }
         let mut guard = self.lock();
         let st = &mut *guard;
+        self.submit_unsubmitted(consumer, st);
         for (task, inputs) in by_task {
             let Ok(Some(snap)) = self.rt.revoke_blocking(task, inputs) else {
                 continue;
@@ -247,7 +292,7 @@ impl ConsumerContext for Tasks {
                     .rebalances
                     .with_label_values(&["assigned"])
                     .inc();
-                self.assign(tpl);
+                self.assign(consumer, tpl);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -262,7 +307,7 @@ impl ConsumerContext for Tasks {
                     .rebalances
                     .with_label_values(&["revoked"])
                     .inc();
-                self.revoke(tpl);
+                self.revoke(consumer, tpl);
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_api::Metrics;
 use journey_core::time::Millis;
-use journey_core::{DecodeLimits, Event};
+use journey_core::DecodeLimits;
 use journey_ingest::{DeadLetter, DeadLetters, Decoder, Format, Position};
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition};
 use journey_runtime::{Input, RuntimeHandle, TaskId};
@@ -25,7 +25,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::assignment::{TaskState, Tasks};
+use crate::assignment::{Run, TaskState, Tasks};
 use crate::lag::report_lag;
 use crate::topology::client_config;
 use crate::{KafkaSettings, KafkaSourceError, Part};
@@ -53,14 +53,6 @@ struct Topic {
     decoder: Decoder,
     /// Resolved once: a labelled counter lookup per record would cost more than decoding.
     accepted: prometheus::IntCounter,
-}
-
-/// The records of one partition read in one round, in offset order.
-struct Run {
-    part: Part,
-    events: Vec<Event<'static>>,
-    /// Offset of the last record read.
-    last: i64,
 }
 
 impl KafkaSource {
@@ -97,6 +89,7 @@ impl KafkaSource {
                 state: Mutex::new(TaskState {
                     positions: HashMap::new(),
                     stored: BTreeMap::new(),
+                    unsubmitted: Vec::new(),
                     checkpointer,
                     caught_up: Vec::new(),
                 }),
@@ -262,7 +255,6 @@ impl Consume {
     /// Up to [`BATCH`] records or 50 ms, decoded and grouped into runs of one partition in
     /// arrival order. `None` when the dead-letter sink has gone (shutdown).
     fn poll_round(&mut self) -> Option<Vec<Run>> {
-        let mut runs: Vec<Run> = Vec::new();
         let mut read = 0;
         let mut accepted: HashMap<usize, u64> = HashMap::new();
         let deadline = Instant::now() + Duration::from_millis(50);
@@ -282,27 +274,42 @@ impl Consume {
             };
             read += 1;
             let part = (topic.index, msg.partition());
-            self.consumer
-                .context()
-                .lock()
-                .positions
-                .insert(part, msg.offset() + 1);
-            if runs.last().is_none_or(|r| r.part != part) {
-                runs.push(Run {
-                    part,
-                    events: Vec::new(),
-                    last: msg.offset(),
-                });
+            {
+                let mut st = self.consumer.context().lock();
+                // The task's state already holds every record before its position: a record
+                // below it is one fetched again (after a seek, or before a rebalance).
+                if st
+                    .positions
+                    .get(&part)
+                    .is_some_and(|&next| msg.offset() < next)
+                {
+                    tracing::debug!(
+                        topic = msg.topic(),
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        "record already applied; skipped"
+                    );
+                    continue;
+                }
+                st.positions.insert(part, msg.offset() + 1);
+                let runs = &mut st.unsubmitted;
+                match runs.last_mut() {
+                    Some(run) if run.part == part => run.last = msg.offset(),
+                    _ => runs.push(Run {
+                        part,
+                        events: Vec::new(),
+                        last: msg.offset(),
+                    }),
+                }
             }
-            let Some(run) = runs.last_mut() else {
-                continue;
-            };
-            run.last = msg.offset();
             let payload = msg.payload().unwrap_or_default();
             match topic.decoder.decode(payload) {
                 Ok(e) => {
                     *accepted.entry(topic.index).or_default() += 1;
-                    run.events.push(e.into_owned());
+                    let e = e.into_owned();
+                    if let Some(run) = self.consumer.context().lock().unsubmitted.last_mut() {
+                        run.events.push(e);
+                    }
                 }
                 Err(e) => {
                     let source = topic.source.as_str();
@@ -343,7 +350,10 @@ impl Consume {
                 t.accepted.inc_by(*n);
             }
         }
-        Some(runs)
+        // What a rebalance callback did not already hand to the tasks.
+        Some(std::mem::take(
+            &mut self.consumer.context().lock().unsubmitted,
+        ))
     }
 
     /// Checkpoints every task with the positions of its partitions, then commits those
