@@ -81,6 +81,7 @@ fn api_with(tokens: Tokens) -> Api {
         tokens,
         dead_letters,
         alerts: Some(board.clone()),
+        cluster: None,
     };
     Api {
         app: router(state),

@@ -646,6 +646,15 @@ impl RuntimeHandle {
             .collect()
     }
 
+    /// Each owned task's latest published partial with its watermark (epoch ms), in task
+    /// order, read at one moment.
+    pub fn publications(&self) -> Vec<(TaskId, Millis, Arc<Aggregates>)> {
+        self.published()
+            .into_iter()
+            .map(|(t, a, w)| (t, w, a))
+            .collect()
+    }
+
     fn published(&self) -> Published {
         let mut all: Published = self
             .inner
