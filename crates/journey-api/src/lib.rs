@@ -250,8 +250,18 @@ fn iso(t: Millis) -> String {
     )
 }
 
+/// Ready once this instance runs at least one task and every task assigned to it has been
+/// restored from the state store.
 async fn ready(State(s): State<AppState>) -> Response {
     let owned = s.runtime.owned_tasks().len();
+    let restoring = s.runtime.restoring();
+    if restoring > 0 {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("restoring {restoring} assigned task(s) from the state store"),
+        )
+        .into_response();
+    }
     if owned > 0 {
         Json(json!({
             "status": "ready",

@@ -3,7 +3,9 @@
 //! This instance's entry `members/<id>.json` ([`journey_api::cluster::Member`]) is rewritten
 //! as soon as its tasks change (a rebalance assigned or revoked partitions) and on every
 //! heartbeat, and deleted on a clean shutdown; every heartbeat also reads all entries into the
-//! API's directory. The store's API blocks, so this runs on a thread of its own.
+//! API's directory, and deletes entries expired long ago (instances that were killed and
+//! never came back under the same id). The store's API blocks, so this runs on a thread of
+//! its own.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,8 @@ use journey_state::StateStore;
 
 /// How often the owned tasks are compared with the last entry written.
 const POLL: Duration = Duration::from_millis(50);
+/// An entry this many member expiries old is deleted: its instance is gone for good.
+const FORGET_AFTER_EXPIRIES: Millis = 30;
 
 /// Starts the membership thread; it deletes the entry and ends once `stop` is set.
 pub fn start(
@@ -71,7 +75,9 @@ fn run(
             }
             // Retried on the next heartbeat when the write failed.
             written = Some(owned);
-            match read_members(store) {
+            let forget =
+                now.saturating_sub(cfg.member_expiry.saturating_mul(FORGET_AFTER_EXPIRIES));
+            match read_members(store, forget) {
                 Ok(members) => cluster.set_members(members),
                 Err(e) => {
                     tracing::warn!("cannot read the group's members from the state store: {e}")
@@ -85,8 +91,12 @@ fn run(
     }
 }
 
-/// Every readable entry under `members/`; a damaged one is skipped (its writer rewrites it).
-fn read_members(store: &StateStore) -> Result<Vec<Member>, journey_state::StateError> {
+/// Every readable entry under `members/`; a damaged one is skipped (its writer rewrites it),
+/// one last written before `forget` (epoch ms) is deleted.
+fn read_members(
+    store: &StateStore,
+    forget: Millis,
+) -> Result<Vec<Member>, journey_state::StateError> {
     let mut out = Vec::new();
     for l in store.list(MEMBERS_PREFIX)? {
         if !l.path.ends_with(".json") {
@@ -96,6 +106,10 @@ fn read_members(store: &StateStore) -> Result<Vec<Member>, journey_state::StateE
             continue;
         };
         match serde_json::from_slice::<Member>(&bytes) {
+            Ok(m) if m.updated_at < forget => {
+                tracing::info!(id = %m.id, "removing the membership entry of an instance gone long ago");
+                store.delete(&l.path)?;
+            }
             Ok(m) => out.push(m),
             Err(e) => {
                 tracing::debug!(path = %l.path, "skipping an unreadable membership entry: {e}")
@@ -103,4 +117,38 @@ fn read_members(store: &StateStore) -> Result<Vec<Member>, journey_state::StateE
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, updated_at: Millis) -> Vec<u8> {
+        serde_json::to_vec(&Member {
+            id: id.into(),
+            url: format!("http://{id}:8080"),
+            tasks: vec![1],
+            task_count: 1,
+            tasks_total: 4,
+            assigned_at: [(1, 0)].into_iter().collect(),
+            updated_at,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn entries_are_read_and_those_gone_long_ago_removed() {
+        let store = StateStore::in_memory().unwrap();
+        store.put("members/a.json", entry("a", 5_000)).unwrap();
+        store.put("members/old.json", entry("old", 999)).unwrap();
+        store.put("members/broken.json", b"{".to_vec()).unwrap();
+        store.put("members/notes.txt", b"x".to_vec()).unwrap();
+        let members = read_members(&store, 1_000).unwrap();
+        assert_eq!(
+            members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(store.get("members/old.json").unwrap(), None);
+        assert!(store.exists("members/broken.json").unwrap());
+    }
 }
