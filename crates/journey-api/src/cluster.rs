@@ -289,12 +289,11 @@ impl Cluster {
             on_request(got.is_ok());
             match got {
                 Ok(parts) => {
+                    let mut parts: BTreeMap<TaskId, (Millis, Aggregates)> =
+                        parts.into_iter().map(|(t, w, a)| (t, (w, a))).collect();
                     for &t in asked {
-                        match parts.iter().position(|(p, _, _)| *p == t) {
-                            Some(i) => {
-                                let (_, w, a) = &parts[i];
-                                out.partials.push((t, *w, Arc::new(a.clone())));
-                            }
+                        match parts.remove(&t) {
+                            Some((w, a)) => out.partials.push((t, w, Arc::new(a))),
                             // The peer gave the task up since it last registered.
                             None => out.missing.push(t),
                         }

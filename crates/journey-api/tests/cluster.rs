@@ -54,6 +54,8 @@ async fn runtime(owned: Option<&[TaskId]>, events: &[Event<'static>]) -> Runtime
         for &t in tasks {
             h.assign_blocking(t, None, Vec::new()).unwrap();
         }
+        // The workers take the tasks over asynchronously.
+        h.sync().await.unwrap();
     }
     let mine: Vec<Event<'static>> = events
         .iter()
