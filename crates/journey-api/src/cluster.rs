@@ -430,10 +430,8 @@ pub fn parse_tasks(text: &str, total: u32) -> Result<Vec<TaskId>, String> {
             .parse()
             .map_err(|_| format!("`{part}` is not a task number"))?;
         if t >= total {
-            return Err(format!(
-                "task {t} does not exist (tasks 0 to {})",
-                total - 1
-            ));
+            let last = total.saturating_sub(1);
+            return Err(format!("task {t} does not exist (tasks 0 to {last})"));
         }
         if out.contains(&t) {
             return Err(format!("task {t} is listed twice"));
@@ -507,5 +505,9 @@ mod tests {
         assert!(parse_tasks("8", 8).unwrap_err().contains("does not exist"));
         assert!(parse_tasks("1,1", 8).unwrap_err().contains("twice"));
         assert!(parse_tasks("x", 8).unwrap_err().contains("not a task"));
+        assert!(
+            parse_tasks("0", 0).is_err(),
+            "no tasks: nothing to ask for, no panic"
+        );
     }
 }
