@@ -152,6 +152,24 @@ impl Service {
         });
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...): `SIGSTOP` pauses the process as a long
+    /// stall would, without closing its sockets.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid() {
+            let ok = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{name} {pid}");
+        }
+    }
+
     /// SIGKILL: no shutdown work of any kind.
     pub fn kill(mut self) {
         if let Some(mut c) = self.child.take() {

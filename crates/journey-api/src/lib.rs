@@ -3,8 +3,13 @@
 //! Queries read the partial aggregates the workers publish and merge them per request, so they
 //! never wait for ingest. Every error is an RFC 9457 problem document built in [`problem`];
 //! internal details are logged, never returned. Metrics are rendered by [`metrics`].
+//!
+//! In a consumer group ([`cluster`]), queries cover every task of the group: the partials of
+//! tasks owned elsewhere are fetched from their owners, and an answer that lacks some says
+//! `"partial": true` with the `missing_partitions`.
 
 pub mod auth;
+pub mod cluster;
 pub mod encoding;
 pub mod metrics;
 mod openapi;
@@ -87,6 +92,9 @@ pub struct AppState {
     pub dead_letters: DeadLetters,
     /// Drop-off alert evaluation, when `[alerts]` is enabled.
     pub alerts: Option<journey_alert::Board>,
+    /// The consumer group this instance answers for (Kafka with a state store); `None`: one
+    /// instance, whose answers cover its own tasks.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -116,7 +124,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}", get(get_customer))
         .route("/v1/alerts", get(get_alerts))
         .route("/v1/rules", get(get_rules).put(put_rules))
-        .route("/v1/events", axum::routing::post(post_events));
+        .route("/v1/events", axum::routing::post(post_events))
+        .route("/internal/v1/partials", get(get_partials));
     let app = segment::ROUTES.iter().fold(app, |app, (path, call)| {
         app.route(path, segment::route(*call))
     });
@@ -181,25 +190,57 @@ fn known(q: &HashMap<String, String>, allowed: &[&'static str]) -> Result<(), Pr
     }
 }
 
-fn summary(state: &AppState, from: Millis, to: Millis, include: &Include) -> Summary {
-    let parts: Vec<Arc<Aggregates>> = state.runtime.partials();
-    Summary::collect(parts.iter().map(|p| p.as_ref()), from, to, include)
+/// The partials one query merges.
+struct View {
+    parts: Vec<Arc<Aggregates>>,
+    /// `None` outside a group; else the tasks whose partials could not be had.
+    missing: Option<Vec<journey_runtime::TaskId>>,
 }
 
-/// Adds `"truncated_from"` to a range answer whose `from` lies before the oldest time every
-/// task's retention (`retention.total`, counted back from its latest event time) still keeps:
-/// SPEC §7, the answer says so instead of silently returning smaller numbers.
-fn note_truncation(state: &AppState, from: Millis, mut answer: Value) -> Value {
-    let kept = state
-        .runtime
-        .partials()
-        .iter()
-        .filter_map(|p| p.retained_from())
-        .max();
-    if let (Some(kept), Some(map)) = (kept.filter(|&k| from < k), answer.as_object_mut()) {
-        map.insert("truncated_from".into(), Value::from(iso(kept)));
+/// The local partials, or in a group every task's (fetched from the owners in parallel, each
+/// within `cluster.peer_timeout`).
+async fn view(s: &AppState) -> View {
+    let Some(c) = &s.cluster else {
+        return View {
+            parts: s.runtime.partials(),
+            missing: None,
+        };
+    };
+    let metrics = &s.metrics;
+    let count = |ok: bool| {
+        let outcome = if ok { "ok" } else { "failed" };
+        metrics.peer_requests.with_label_values(&[outcome]).inc();
+    };
+    let g = c.gather(&s.runtime, (s.clock)(), &count).await;
+    View {
+        parts: g.partials.into_iter().map(|(_, _, a)| a).collect(),
+        missing: Some(g.missing),
     }
-    answer
+}
+
+impl View {
+    fn summary(&self, from: Millis, to: Millis, include: &Include) -> Summary {
+        Summary::collect(self.parts.iter().map(|p| p.as_ref()), from, to, include)
+    }
+
+    /// Adds `"truncated_from"` to a range answer whose `from` lies before the oldest time
+    /// every task's retention (`retention.total`, counted back from its latest event time)
+    /// still keeps: SPEC §7, the answer says so instead of silently returning smaller numbers.
+    /// In a group, adds `"partial"` and `"missing_partitions"` the same way.
+    fn finish(&self, from: Millis, mut answer: Value) -> Value {
+        let kept = self.parts.iter().filter_map(|p| p.retained_from()).max();
+        let Some(map) = answer.as_object_mut() else {
+            return answer;
+        };
+        if let Some(kept) = kept.filter(|&k| from < k) {
+            map.insert("truncated_from".into(), Value::from(iso(kept)));
+        }
+        if let Some(missing) = &self.missing {
+            map.insert("partial".into(), Value::from(!missing.is_empty()));
+            map.insert("missing_partitions".into(), json!(missing));
+        }
+        answer
+    }
 }
 
 fn iso(t: Millis) -> String {
@@ -209,8 +250,18 @@ fn iso(t: Millis) -> String {
     )
 }
 
+/// Ready once this instance runs at least one task and every task assigned to it has been
+/// restored from the state store.
 async fn ready(State(s): State<AppState>) -> Response {
     let owned = s.runtime.owned_tasks().len();
+    let restoring = s.runtime.restoring();
+    if restoring > 0 {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("restoring {restoring} assigned task(s) from the state store"),
+        )
+        .into_response();
+    }
     if owned > 0 {
         Json(json!({
             "status": "ready",
@@ -263,11 +314,12 @@ async fn get_funnel(State(s): State<AppState>, Params(q): Params) -> Result<Json
     let include = Include {
         breakdowns: breakdown.iter().cloned().collect(),
     };
-    let sum = summary(&s, from, to, &include);
+    let v = view(&s).await;
+    let sum = v.summary(from, to, &include);
     let rules = s.runtime.rules();
     let report = funnel(&sum, rules.phases(), breakdown.as_deref(), limit);
     let answer = json!({ "from": iso(from), "to": iso(to), "dimensions": dims, "funnel": report });
-    Ok(Json(note_truncation(&s, from, answer)))
+    Ok(Json(v.finish(from, answer)))
 }
 
 async fn get_touchpoints(
@@ -276,7 +328,8 @@ async fn get_touchpoints(
 ) -> Result<Json<Value>, Problem> {
     known(&q, &["from", "to", "sort"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
-    let sum = summary(&s, from, to, &Include::default());
+    let v = view(&s).await;
+    let sum = v.summary(from, to, &Include::default());
     let mut list = touchpoints(&sum, &s.runtime.rules());
     match q.get("sort").map(String::as_str) {
         None | Some("rules") => {}
@@ -294,7 +347,7 @@ async fn get_touchpoints(
         }
     }
     let answer = json!({ "from": iso(from), "to": iso(to), "touchpoints": list });
-    Ok(Json(note_truncation(&s, from, answer)))
+    Ok(Json(v.finish(from, answer)))
 }
 
 /// Largest `limit` of `GET /v1/transitions` (the OpenAPI document's maximum): every
@@ -321,11 +374,12 @@ async fn get_transitions(
             })?,
         None => 200,
     };
-    let sum = summary(&s, from, to, &Include::default());
+    let v = view(&s).await;
+    let sum = v.summary(from, to, &Include::default());
     let mut list = transitions(&sum);
     list.truncate(limit);
     let answer = json!({ "from": iso(from), "to": iso(to), "transitions": list });
-    Ok(Json(note_truncation(&s, from, answer)))
+    Ok(Json(v.finish(from, answer)))
 }
 
 async fn get_timeseries(
@@ -381,26 +435,32 @@ async fn get_timeseries(
         })?;
         t.clone()
     };
-    let parts = s.runtime.partials();
-    let refs: Vec<&Aggregates> = parts.iter().map(|p| p.as_ref()).collect();
+    let v = view(&s).await;
+    let refs: Vec<&Aggregates> = v.parts.iter().map(|p| p.as_ref()).collect();
     let points = timeseries(&refs, from, to, step, figure, &target, rules.phases());
     let points: Vec<Value> = points
         .into_iter()
         .map(|p| json!({ "t": iso(p.t), "value": p.value }))
         .collect();
     let answer = json!({ "from": iso(from), "to": iso(to), "step_ms": step, "figure": figure_name, "target": target, "points": points });
-    Ok(Json(note_truncation(&s, from, answer)))
+    Ok(Json(v.finish(from, answer)))
 }
 
 async fn get_customer(
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
     if journey_core::event::check_customer_id(&id).is_err() {
         return Err(Problem::bad_parameter(
             "id",
             "customer ids are 1 to 256 characters",
         ));
+    }
+    let task = s.runtime.task_for(&id);
+    if let Some(c) = s.cluster.as_ref().filter(|_| !s.runtime.owns(task)) {
+        let forwarded = headers.contains_key(cluster::FORWARDED_BY);
+        return forward_to_owner(&s, c, task, &["v1", "customers", &id], None, forwarded).await;
     }
     match s
         .runtime
@@ -408,7 +468,7 @@ async fn get_customer(
         .await
         .map_err(|_| Problem::internal("runtime stopped"))?
     {
-        Some(view) => Ok(Json(serde_json::to_value(view).unwrap_or(Value::Null))),
+        Some(view) => Ok(Json(serde_json::to_value(view).unwrap_or(Value::Null)).into_response()),
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "no live state for this customer: unknown, or its journey has ended",
@@ -416,7 +476,84 @@ async fn get_customer(
     }
 }
 
-async fn get_alerts(State(s): State<AppState>, Params(q): Params) -> Result<Json<Value>, Problem> {
+/// Sends a request for `task`'s data to the instance that owns it and returns its answer as
+/// it is; 503 when no live instance lists the task, or its owner does not answer within
+/// `cluster.peer_timeout`. A request that was itself forwarded is not forwarded again.
+async fn forward_to_owner(
+    s: &AppState,
+    c: &cluster::Cluster,
+    task: journey_runtime::TaskId,
+    segments: &[&str],
+    query: Option<&str>,
+    forwarded: bool,
+) -> Result<Response, Problem> {
+    let unavailable = |detail: String| {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail).with("partition", json!(task))
+    };
+    if forwarded {
+        return Err(unavailable(format!(
+            "partition {task} is not owned by this instance (any more); retry"
+        )));
+    }
+    let Some(owner) = c.owner_of(task, (s.clock)()) else {
+        return Err(unavailable(format!(
+            "the owner of partition {task} is unknown: no live instance of the group lists it; \
+             retry once the group has rebalanced"
+        )));
+    };
+    match c.forward(&owner, segments, query).await {
+        Ok((status, ctype, body)) => {
+            s.metrics.peer_requests.with_label_values(&["ok"]).inc();
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = (status, body).into_response();
+            if let Some(v) = ctype.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            Ok(resp)
+        }
+        Err(e) => {
+            s.metrics.peer_requests.with_label_values(&["failed"]).inc();
+            tracing::warn!(task, owner = %owner.id, "forwarding to the owner failed: {e}");
+            Err(unavailable(format!(
+                "the owner of partition {task}, instance `{}`, did not answer in time; retry",
+                owner.id
+            )))
+        }
+    }
+}
+
+/// `GET /internal/v1/partials?tasks=1,4,7`: the published partials of the listed tasks (all
+/// when `tasks` is absent) that this instance owns, for peers answering global queries. A
+/// listed task not owned here is left out; the asking peer reports it missing.
+async fn get_partials(State(s): State<AppState>, Params(q): Params) -> Result<Response, Problem> {
+    known(&q, &["tasks"])?;
+    let total = s.runtime.tasks();
+    let wanted = match q.get("tasks") {
+        Some(t) => {
+            cluster::parse_tasks(t, total).map_err(|e| Problem::bad_parameter("tasks", e))?
+        }
+        None => (0..total).collect(),
+    };
+    let parts: Vec<_> = s
+        .runtime
+        .publications()
+        .into_iter()
+        .filter(|(t, _, _)| wanted.binary_search(t).is_ok())
+        .collect();
+    // Encoding large aggregates takes a while: off the async workers.
+    let bytes = tokio::task::spawn_blocking(move || cluster::encode_partials(total, &parts))
+        .await
+        .map_err(|_| Problem::internal("the encoder stopped"))?
+        .map_err(|e| Problem::internal(&format!("cannot encode partials: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn get_alerts(
+    State(s): State<AppState>,
+    Params(q): Params,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, Problem> {
     known(&q, &["state"])?;
     // The parameter is checked whether or not alerts are enabled.
     let wanted = match q.get("state").map(String::as_str) {
@@ -430,9 +567,21 @@ async fn get_alerts(State(s): State<AppState>, Params(q): Params) -> Result<Json
         }
     };
     let Some(board) = &s.alerts else {
-        return Ok(Json(
-            json!({ "evaluation": { "enabled": false }, "alerts": [] }),
-        ));
+        return Ok(
+            Json(json!({ "evaluation": { "enabled": false }, "alerts": [] })).into_response(),
+        );
+    };
+    // In a group the owner of task 0 evaluates; the others show its alerts.
+    let role = match &s.cluster {
+        None => None,
+        Some(_) if s.runtime.owns(0) => Some("leader"),
+        Some(c) => {
+            let forwarded = headers.contains_key(cluster::FORWARDED_BY);
+            match forward_to_owner(&s, c, 0, &["v1", "alerts"], uri.query(), forwarded).await {
+                Ok(resp) => return Ok(resp),
+                Err(_) => Some("follower"),
+            }
+        }
     };
     let report = board.report();
     let c = &board.config;
@@ -454,7 +603,7 @@ async fn get_alerts(State(s): State<AppState>, Params(q): Params) -> Result<Json
         journey_alert::Baseline::DayBefore => json!("day_before"),
         journey_alert::Baseline::Trailing(ms) => json!({ "trailing_ms": ms }),
     };
-    Ok(Json(json!({
+    let mut answer = json!({
         "evaluation": {
             "enabled": true,
             "evaluated_at": report.evaluated_at.map(iso),
@@ -466,7 +615,16 @@ async fn get_alerts(State(s): State<AppState>, Params(q): Params) -> Result<Json
             "for_ms": c.for_,
         },
         "alerts": alerts,
-    })))
+    });
+    if let Some(role) = role {
+        // A follower whose leader cannot be reached shows no alerts of its own.
+        answer["evaluation"]["role"] = json!(role);
+        if role == "follower" {
+            answer["alerts"] = json!([]);
+            answer["evaluation"]["leader_reachable"] = json!(false);
+        }
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn get_rules(State(s): State<AppState>) -> Json<Value> {

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     /// Requests refused for a missing or wrong bearer token, by access kind.
     pub unauthorized: IntCounterVec,
+    /// Requests to peers of the group (partials, forwarded calls), by outcome (ok, failed).
+    pub peer_requests: IntCounterVec,
     latency_sum_us: IntCounter,
     latency_count: IntCounter,
     tp_visits: IntCounterVec,
@@ -259,6 +261,12 @@ impl Metrics {
                 "journeyd_http_unauthorized_total",
                 "Requests refused for a missing or wrong bearer token, by access kind",
                 &["access"],
+            ),
+            peer_requests: counter_vec(
+                &r,
+                "journeyd_peer_requests_total",
+                "Requests to other instances of the group (partials, forwarded calls), by outcome (ok, failed)",
+                &["outcome"],
             ),
             latency_sum_us: counter(
                 &r,

@@ -26,6 +26,8 @@ struct ProblemDoc {
     code: Option<String>,
     /// Segment API only: the same as `detail`.
     message: Option<String>,
+    /// The partition whose owner could not be reached (`/v1/customers/{id}` in a group).
+    partition: Option<u32>,
 }
 
 /// Dwell-time statistics, milliseconds.
@@ -84,6 +86,11 @@ struct FunnelAnswer {
     funnel: Funnel,
     /// Set when `from` reaches back past `retention.total`: the oldest complete time.
     truncated_from: Option<String>,
+    /// Only in a consumer group: whether some partitions' figures are missing (their owner
+    /// unknown or not answering in time); the figures then cover the others only.
+    partial: Option<bool>,
+    /// Only in a consumer group: the partitions (tasks) whose figures are missing.
+    missing_partitions: Option<Vec<u32>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -108,6 +115,11 @@ struct TouchpointsAnswer {
     to: String,
     touchpoints: Vec<TouchpointFigures>,
     truncated_from: Option<String>,
+    /// Only in a consumer group: whether some partitions' figures are missing (their owner
+    /// unknown or not answering in time); the figures then cover the others only.
+    partial: Option<bool>,
+    /// Only in a consumer group: the partitions (tasks) whose figures are missing.
+    missing_partitions: Option<Vec<u32>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -123,6 +135,11 @@ struct TransitionsAnswer {
     to: String,
     transitions: Vec<Transition>,
     truncated_from: Option<String>,
+    /// Only in a consumer group: whether some partitions' figures are missing (their owner
+    /// unknown or not answering in time); the figures then cover the others only.
+    partial: Option<bool>,
+    /// Only in a consumer group: the partitions (tasks) whose figures are missing.
+    missing_partitions: Option<Vec<u32>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -140,6 +157,11 @@ struct TimeseriesAnswer {
     target: String,
     points: Vec<Point>,
     truncated_from: Option<String>,
+    /// Only in a consumer group: whether some partitions' figures are missing (their owner
+    /// unknown or not answering in time); the figures then cover the others only.
+    partial: Option<bool>,
+    /// Only in a consumer group: the partitions (tasks) whose figures are missing.
+    missing_partitions: Option<Vec<u32>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -273,7 +295,8 @@ mod ops {
     #[utoipa::path(get, path = "/v1/customers/{id}", summary = "A customer's live journey and open session",
         params(("id" = String, Path, min_length = 1, max_length = 256, description = "1 to 256 characters (code points)")),
         responses((status = 200, body = CustomerAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
-                  (status = 404, body = ProblemDoc, content_type = "application/problem+json")))]
+                  (status = 404, body = ProblemDoc, content_type = "application/problem+json"),
+                  (status = 503, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn customer() {}
 
     #[utoipa::path(get, path = "/v1/alerts", summary = "Drop-off alerts and how they are evaluated",

@@ -81,6 +81,7 @@ fn api_with(tokens: Tokens) -> Api {
         tokens,
         dead_letters,
         alerts: Some(board.clone()),
+        cluster: None,
     };
     Api {
         app: router(state),
@@ -668,6 +669,13 @@ async fn metrics_health_and_openapi() {
     assert_eq!((s, v), (StatusCode::OK, Value::String("ok\n".into())));
     let (s, v) = get(&api.app, "/readyz").await;
     assert_eq!((s, v["workers"].as_u64()), (StatusCode::OK, Some(2)));
+    // Not ready while assigned tasks are being restored from the state store.
+    api.rt.set_restoring(2);
+    let (s, v) = get(&api.app, "/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(v["detail"].as_str().unwrap().contains("restoring 2"), "{v}");
+    api.rt.set_restoring(0);
+    assert_eq!(get(&api.app, "/readyz").await.0, StatusCode::OK);
     let (_, v) = get(&api.app, "/openapi.json").await;
     assert_eq!(v["openapi"], "3.1.0");
     for path in [

@@ -76,6 +76,7 @@ fn api(keys: WriteKeys, tokens: Tokens) -> Api {
         tokens,
         dead_letters,
         alerts: None,
+        cluster: None,
     };
     Api {
         app: router(state),

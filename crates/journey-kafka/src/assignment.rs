@@ -148,6 +148,9 @@ impl Tasks {
         let st = &mut *guard;
         self.submit_unsubmitted(consumer, st);
         let mut resumed = Vec::new();
+        // Not ready until every assigned task runs here with its state.
+        let mut restoring = by_task.keys().filter(|&&t| !self.rt.owns(t)).count();
+        self.rt.set_restoring(restoring);
         for (task, parts) in by_task {
             let restored: Option<RestoredTask> = if self.rt.owns(task) {
                 None
@@ -187,8 +190,13 @@ impl Tasks {
                 }
             };
             let inputs = parts.iter().map(|(_, i)| Input::Topic(*i as u16)).collect();
+            let new = !self.rt.owns(task);
             if self.rt.assign_blocking(task, restored, inputs).is_err() {
                 return;
+            }
+            if new {
+                restoring = restoring.saturating_sub(1);
+                self.rt.set_restoring(restoring);
             }
             for (topic, i) in parts {
                 if let Some(&next) = st.positions.get(&(i, task as i32)) {
@@ -201,6 +209,7 @@ impl Tasks {
                 }
             }
         }
+        self.rt.set_restoring(0);
         tracing::info!(partitions = tpl.count(), tasks = ?self.rt.owned_tasks(), resumed = ?resumed, "Kafka partitions assigned");
     }
 

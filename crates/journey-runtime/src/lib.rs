@@ -205,6 +205,8 @@ struct Inner {
     partitioner: Partitioner,
     /// Largest event time submitted by HTTP and file input (epoch ms): its stream time.
     push_time: std::sync::atomic::AtomicI64,
+    /// Tasks assigned to this instance whose restore from the state store has not finished.
+    restoring: std::sync::atomic::AtomicUsize,
 }
 
 /// A cheap, cloneable handle for producers and readers.
@@ -306,6 +308,7 @@ impl Runtime {
             tasks,
             partitioner: rc.partitioner,
             push_time: std::sync::atomic::AtomicI64::new(Millis::MIN),
+            restoring: std::sync::atomic::AtomicUsize::new(0),
         });
         let threads = initial
             .into_iter()
@@ -586,6 +589,17 @@ impl RuntimeHandle {
         (0..self.inner.tasks).filter(|&t| self.owns(t)).collect()
     }
 
+    /// Tasks assigned but not yet restored (set by whoever restores them, e.g. the Kafka
+    /// source during a rebalance); `/readyz` waits for 0.
+    pub fn restoring(&self) -> usize {
+        self.inner.restoring.load(Ordering::Relaxed)
+    }
+
+    /// Says that `n` assigned tasks are being restored from now on (0: all done).
+    pub fn set_restoring(&self, n: usize) {
+        self.inner.restoring.store(n, Ordering::Relaxed);
+    }
+
     pub fn owns(&self, task: TaskId) -> bool {
         self.inner
             .shared
@@ -643,6 +657,15 @@ impl RuntimeHandle {
         self.published()
             .into_iter()
             .map(|(t, _, w)| (t, w))
+            .collect()
+    }
+
+    /// Each owned task's latest published partial with its watermark (epoch ms), in task
+    /// order, read at one moment.
+    pub fn publications(&self) -> Vec<(TaskId, Millis, Arc<Aggregates>)> {
+        self.published()
+            .into_iter()
+            .map(|(t, a, w)| (t, w, a))
             .collect()
     }
 

@@ -54,6 +54,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub kafka: KafkaSettings,
     pub state: StateSettings,
+    pub cluster: ClusterSettings,
     pub checkpoint: CheckpointSettings,
     pub dead_letter: DeadLetterSettings,
     pub alerts: AlertSettings,
@@ -81,6 +82,62 @@ pub struct StateSettings {
     /// `file:///dir` or `s3://bucket/prefix`; `None` turns checkpoints off: a restart then
     /// starts empty.
     pub url: Option<String>,
+}
+
+/// `[cluster]`: how the instances of one consumer group (Kafka with a `[state] url`) find
+/// each other, so that every instance answers queries over all tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// Base URL peers reach this instance's API at; `None`: derived from `http.listen`
+    /// ([`ClusterSettings::advertised`]).
+    pub advertise_url: Option<String>,
+    /// Name of `members/<id>.json`; `None`: derived from the advertised URL.
+    pub instance_id: Option<String>,
+    /// How often the membership entry is rewritten and the others are read.
+    pub heartbeat: Duration,
+    /// Entries not rewritten for longer are ignored (a dead or paused instance).
+    pub member_expiry: Duration,
+    /// Bound of each request to a peer; below `http.request_timeout`.
+    pub peer_timeout: Duration,
+}
+
+impl ClusterSettings {
+    /// The advertised base URL: `advertise_url`, else `http://<listen>`, with the host name
+    /// (`HOSTNAME`, else `/etc/hostname`) when `listen` is an unspecified address (0.0.0.0).
+    pub fn advertised(&self, listen: SocketAddr) -> String {
+        if let Some(u) = &self.advertise_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        if !listen.ip().is_unspecified() {
+            return format!("http://{listen}");
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!("http://{host}:{}", listen.port())
+    }
+
+    /// `instance_id`, else the advertised URL's host and port (`10.0.0.7-8080`).
+    pub fn id(&self, advertised: &str) -> String {
+        if let Some(id) = &self.instance_id {
+            return id.clone();
+        }
+        let bare = advertised
+            .split_once("://")
+            .map_or(advertised, |(_, rest)| rest);
+        bare.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
 }
 
 /// `[checkpoint]`: periodic snapshots of all state with the source positions they reflect.
@@ -242,6 +299,13 @@ impl Settings {
                 topics: Vec::new(),
             },
             state: StateSettings { url: None },
+            cluster: ClusterSettings {
+                advertise_url: None,
+                instance_id: None,
+                heartbeat: Duration::from_secs(2),
+                member_expiry: Duration::from_secs(10),
+                peer_timeout: Duration::from_secs(2),
+            },
             checkpoint: CheckpointSettings {
                 interval: Duration::from_secs(10),
             },
@@ -528,6 +592,7 @@ struct RawConfig {
     kafka: RawKafka,
     dedup: RawDedup,
     state: RawState,
+    cluster: RawCluster,
     checkpoint: RawCheckpoint,
     dead_letter: RawDeadLetter,
     alerts: RawAlerts,
@@ -568,6 +633,17 @@ struct RawDedup {
 #[serde(default, deny_unknown_fields)]
 struct RawState {
     url: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawCluster {
+    advertise_url: Option<Text>,
+    instance_id: Option<Text>,
+    heartbeat: Option<Text>,
+    member_expiry: Option<Text>,
+    peer_timeout: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -983,6 +1059,7 @@ impl RawConfig {
             (None, None) => None,
         };
         let state = StateSettings { url };
+        let cluster = build_cluster(self.cluster, d.cluster, &http, &mut p);
         let checkpoint = CheckpointSettings {
             interval: p.interval("checkpoint.interval", c.interval, d.checkpoint.interval),
         };
@@ -1025,6 +1102,7 @@ impl RawConfig {
                 ingest,
                 kafka,
                 state,
+                cluster,
                 checkpoint,
                 dead_letter,
                 alerts,
@@ -1035,6 +1113,63 @@ impl RawConfig {
             Err(p.errs)
         }
     }
+}
+
+fn build_cluster(
+    raw: RawCluster,
+    d: ClusterSettings,
+    http: &HttpSettings,
+    p: &mut Problems,
+) -> ClusterSettings {
+    let advertise_url = raw
+        .advertise_url
+        .map(|t| t.0.trim().to_string())
+        .filter(|u| !u.is_empty());
+    if let Some(u) = &advertise_url {
+        let rest = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+            p.push(format!(
+                "cluster.advertise_url: `{u}` is not a URL such as http://10.0.0.7:8080"
+            ));
+        }
+    }
+    let instance_id = raw
+        .instance_id
+        .map(|t| t.0.trim().to_string())
+        .filter(|u| !u.is_empty());
+    if let Some(id) = &instance_id {
+        let ok = id.len() <= 128
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            p.push(format!(
+                "cluster.instance_id: `{id}` must be 1 to 128 letters, digits, `.`, `_` or `-`"
+            ));
+        }
+    }
+    let c = ClusterSettings {
+        advertise_url,
+        instance_id,
+        heartbeat: p.interval("cluster.heartbeat", raw.heartbeat, d.heartbeat),
+        member_expiry: p.interval("cluster.member_expiry", raw.member_expiry, d.member_expiry),
+        peer_timeout: p.interval("cluster.peer_timeout", raw.peer_timeout, d.peer_timeout),
+    };
+    if c.member_expiry <= c.heartbeat {
+        p.push(format!(
+            "cluster.member_expiry: must be longer than cluster.heartbeat ({:?}), got {:?}",
+            c.heartbeat, c.member_expiry
+        ));
+    }
+    if c.peer_timeout >= http.request_timeout {
+        p.push(format!(
+            "cluster.peer_timeout: must be shorter than http.request_timeout ({:?}), got {:?}",
+            http.request_timeout, c.peer_timeout
+        ));
+    }
+    c
 }
 
 fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettings {
@@ -1752,6 +1887,40 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_are_read_derived_and_checked() {
+        let s = Settings::from_toml_str(
+            "[http]\nlisten = \"127.0.0.1:9090\"\n[cluster]\nheartbeat = \"1s\"\n",
+            env(&[("JOURNEYD_CLUSTER__PEER_TIMEOUT", "500ms")]),
+        )
+        .unwrap();
+        assert_eq!(s.cluster.heartbeat, Duration::from_secs(1));
+        assert_eq!(s.cluster.peer_timeout, Duration::from_millis(500));
+        let url = s.cluster.advertised(s.http.listen);
+        assert_eq!(url, "http://127.0.0.1:9090");
+        assert_eq!(s.cluster.id(&url), "127.0.0.1-9090");
+        let named = Settings::from_toml_str(
+            "[cluster]\nadvertise_url = \"http://pod-3.journeyd:8080/\"\ninstance_id = \"pod-3\"\n",
+            no_env(),
+        )
+        .unwrap();
+        let url = named.cluster.advertised(named.http.listen);
+        assert_eq!(url, "http://pod-3.journeyd:8080");
+        assert_eq!(named.cluster.id(&url), "pod-3");
+        let err = error(
+            "[http]\nrequest_timeout = \"2s\"\n[cluster]\nadvertise_url = \"10.0.0.7:8080\"\ninstance_id = \"a/b\"\nheartbeat = \"10s\"\nmember_expiry = \"5s\"\npeer_timeout = \"3s\"\n",
+            &[],
+        );
+        assert_eq!(
+            err,
+            "invalid configuration:\n  \
+             cluster.advertise_url: `10.0.0.7:8080` is not a URL such as http://10.0.0.7:8080\n  \
+             cluster.instance_id: `a/b` must be 1 to 128 letters, digits, `.`, `_` or `-`\n  \
+             cluster.member_expiry: must be longer than cluster.heartbeat (10s), got 5s\n  \
+             cluster.peer_timeout: must be shorter than http.request_timeout (2s), got 3s"
+        );
+    }
+
+    #[test]
     fn env_overrides_the_file() {
         let s = Settings::from_toml_str(
             "[session]\ngap = \"10m\"\n[http]\nlisten = \"127.0.0.1:1\"\n",
@@ -1865,7 +2034,7 @@ mod tests {
         assert_eq!(
             error("# journeyd\n[sesion]\ngap = \"30m\"\n", &[]),
             "<string>:2:2: unknown field `sesion`, expected one of `session`, `journey`, \
-             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `state`, `checkpoint`, `dead_letter`, `alerts`, `log`"
+             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `state`, `cluster`, `checkpoint`, `dead_letter`, `alerts`, `log`"
         );
     }
 

@@ -5,6 +5,7 @@ mod alerts;
 mod config;
 mod deadletter;
 mod generate;
+mod membership;
 mod progress;
 
 use std::collections::BTreeMap;
@@ -274,12 +275,25 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         )
     };
     let handle = runtime.handle();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // A consumer group sharing a state store: every instance answers for all tasks.
+    let (cluster, members) = match (&settings.state.url, kafka_on) {
+        (Some(url), true) => {
+            let (c, thread) = start_cluster(&settings, url, &handle)?;
+            (Some(c), Some(thread))
+        }
+        _ => (None, None),
+    };
     let alerts = if settings.alerts.enabled {
         let a = alerts::start(
             &settings.alerts,
             format!("http://{}/", settings.http.listen),
             handle.clone(),
             metrics.clone(),
+            cluster.clone().map(|c| (c, tokio.handle().clone())),
             &SHUTTING_DOWN,
         )
         .context("cannot start the alert thread")?;
@@ -287,10 +301,6 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     } else {
         None
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let result = tokio.block_on(async {
         let state = AppState {
             runtime: handle.clone(),
@@ -308,6 +318,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
             tokens: settings.http.tokens.clone(),
             dead_letters: dead_letters.clone(),
             alerts: alerts.as_ref().map(|(board, _)| board.clone()),
+            cluster: cluster.clone(),
         };
         let app = router(state).layer(axum::middleware::from_fn_with_state(
             settings.http.request_timeout,
@@ -334,11 +345,16 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         }
         anyhow::Ok(())
     });
-    drop(tokio);
     SHUTTING_DOWN.store(true, Ordering::Relaxed);
+    // Before the async runtime goes: the alert thread may be waiting on peers through it.
     if let Some((_, thread)) = alerts {
         let _ = thread.join();
     }
+    // Deregisters: peers stop asking this instance at once instead of after the expiry.
+    if let Some(thread) = members {
+        let _ = thread.join();
+    }
+    drop(tokio);
     if let Some(k) = kafka {
         k.stop();
     }
@@ -350,6 +366,41 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     runtime.shutdown();
     sink.stop();
     result
+}
+
+/// The group view of the API and the thread keeping this instance's membership entry.
+fn start_cluster(
+    settings: &Settings,
+    url: &str,
+    rt: &RuntimeHandle,
+) -> Result<(
+    Arc<journey_api::cluster::Cluster>,
+    std::thread::JoinHandle<()>,
+)> {
+    let c = &settings.cluster;
+    let advertised = c.advertised(settings.http.listen);
+    let tokens = &settings.http.tokens;
+    let cfg = journey_api::cluster::ClusterConfig {
+        id: c.id(&advertised),
+        url: advertised,
+        peer_timeout: c.peer_timeout,
+        member_expiry: Millis::try_from(c.member_expiry.as_millis()).unwrap_or(Millis::MAX),
+        token: tokens.read.first().or(tokens.admin.first()).cloned(),
+    };
+    tracing::info!(id = %cfg.id, url = %cfg.url, "global queries: registering in the state store");
+    let cluster = Arc::new(
+        journey_api::cluster::Cluster::new(cfg)
+            .context("cannot build the HTTP client for peers")?,
+    );
+    let thread = membership::start(
+        StateStore::open(url)?,
+        cluster.clone(),
+        rt.clone(),
+        c.heartbeat,
+        &SHUTTING_DOWN,
+    )
+    .context("cannot start the membership thread")?;
+    Ok((cluster, thread))
 }
 
 /// Checkpoints on schedule until the runtime stops; returns the checkpointer for the final one.

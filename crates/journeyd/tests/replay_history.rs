@@ -97,6 +97,7 @@ impl Api {
             tokens: Tokens::default(),
             dead_letters,
             alerts: None,
+            cluster: None,
         };
         Api {
             app: router(state),
