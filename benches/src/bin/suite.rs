@@ -15,7 +15,10 @@
 //!
 //! Run: `cargo build --release -p journeyd -p journey-benches && target/release/suite all`
 //! (or one of the names above). `--quick` runs each at a tiny size to prove it works; the
-//! figures it prints then mean nothing.
+//! figures it prints then mean nothing. The file benchmarks (`replay`) read realistic,
+//! Segment-like records of about 1 KB (`journey_gen::Payload::Realistic`); `--payload compact`
+//! gives the narrow records of earlier runs. `kafka` and `api` use compact records: the mock
+//! cluster and the API preload hold every record in memory.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 use journey_benches::{bench_config, default_rules};
 use journey_core::time::{DAY, HOUR};
 use journey_core::{DecodeLimits, Shard};
-use journey_gen::{stream, to_canonical_json, GenConfig};
+use journey_gen::{stream, to_canonical_json, GenConfig, Payload};
 use journey_ingest::{for_each_line, Decoder, Format};
 
 /// 2025-01-01: a few generated journeys run months past their start, and the service rejects
@@ -46,8 +49,9 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let what: Vec<&str> = args
         .iter()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with("--"))
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--payload"))
+        .map(|(_, a)| a.as_str())
         .collect();
     let all = what.is_empty() || what.contains(&"all");
     let run = |name: &str| all || what.contains(&name);
@@ -102,10 +106,15 @@ fn data_dir() -> PathBuf {
     dir
 }
 
-/// Generated journeys as canonical NDJSON, written once and reused. Returns (path, lines).
-fn dataset(customers: usize, span: i64) -> Result<(PathBuf, u64)> {
+/// Generated journeys as canonical NDJSON of the given payload width, written once and
+/// reused. Returns (path, lines).
+fn dataset(customers: usize, span: i64, payload: Payload) -> Result<(PathBuf, u64)> {
+    let suffix = match payload {
+        Payload::Compact => String::new(),
+        other => format!("-{}", other.name()),
+    };
     let path = data_dir().join(format!(
-        "journeys-{customers}-{}h-from-{START}.ndjson",
+        "journeys-{customers}-{}h-from-{START}{suffix}.ndjson",
         span / HOUR
     ));
     if let Ok(text) = std::fs::read(path.with_extension("count")) {
@@ -118,12 +127,30 @@ fn dataset(customers: usize, span: i64) -> Result<(PathBuf, u64)> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut n = 0u64;
     for e in stream(&gen(customers, span, 42)) {
+        let e = payload.apply(e, 42);
         writeln!(out, "{}", to_canonical_json(&e)).map_err(|e| e.to_string())?;
         n += 1;
     }
     out.flush().map_err(|e| e.to_string())?;
     std::fs::write(path.with_extension("count"), n.to_string()).map_err(|e| e.to_string())?;
     Ok((path, n))
+}
+
+/// The payload width of the file benchmarks (`replay`, `peer`): `--payload compact` or
+/// `--payload realistic` (the default: Segment-like records of about 1 KB, as real trackers
+/// send).
+fn payload() -> Payload {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--payload") {
+        None => Payload::Realistic,
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|p| Payload::parse(p))
+            .unwrap_or_else(|| {
+                eprintln!("--payload: expected compact or realistic");
+                std::process::exit(2)
+            }),
+    }
 }
 
 fn gen(customers: usize, span: i64, seed: u64) -> GenConfig {
@@ -145,11 +172,13 @@ fn rate(n: u64, d: Duration) -> String {
 
 fn replay(quick: bool) -> Result<()> {
     let customers = if quick { 2_000 } else { 200_000 };
-    let (file, lines) = dataset(customers, DAY)?;
+    let payload = payload();
+    let (file, lines) = dataset(customers, DAY, payload)?;
     let bytes = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
     println!(
-        "data: {customers} customers, {lines} lines, {:.0} MB, canonical NDJSON",
-        bytes as f64 / 1e6
+        "data: {customers} customers, {lines} lines, {:.0} MB, canonical NDJSON, {} payloads",
+        bytes as f64 / 1e6,
+        payload.name()
     );
     let rounds = if quick { 1 } else { 3 };
     let best = |f: &dyn Fn() -> Result<Duration>| -> Result<Duration> {
@@ -306,7 +335,9 @@ fn kafka(quick: bool) -> Result<()> {
     use rdkafka::mocking::MockCluster;
 
     let customers = if quick { 2_000 } else { 200_000 };
-    let (file, lines) = dataset(customers, DAY)?;
+    // Compact payloads: the mock cluster holds every record in memory, and realistic ones
+    // would make the 2.35 M records about 2.5 GB.
+    let (file, lines) = dataset(customers, DAY, Payload::Compact)?;
     let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
     // The mock broker keeps at most 5 MB per partition (older records are deleted), so the
     // data set is spread thin enough for every record to stay.
