@@ -84,8 +84,10 @@ impl Decoder {
 
     /// The same decoder keeping only the attributes on the paths of `projection` (read for
     /// each record, so a rules reload applies to records decoded after it), skipping the rest
-    /// of the bytes without building values. Applies to canonical records; the other formats
-    /// still decode every attribute. Dead letters are unaffected: they keep the raw record.
+    /// of the bytes without building values. Segment, CloudEvents and mapped records are
+    /// decoded whole (their envelopes are validated on the parsed value) and projected right
+    /// after, so the workers still receive only the attributes they read. Dead letters are
+    /// unaffected: they keep the raw record.
     pub fn with_projection(mut self, projection: SharedProjection) -> Self {
         self.projection = Some(projection);
         self
@@ -135,7 +137,16 @@ impl Decoder {
             }
             Format::CloudEvents => cloudevents::decode(checked_text(bytes, &self.limits)?, source),
             Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &self.limits)?, source),
-        }?;
+        }
+        .map(|mut ev| {
+            // The other formats build every attribute while validating the envelope; the
+            // projection then drops what nothing reads here, on the decoding thread, so the
+            // workers receive (and free) only the attributes they use.
+            if let (Some(p), false) = (&self.projection, matches!(self.format, Format::Canonical)) {
+                ev.attributes = p.load().apply(std::mem::take(&mut ev.attributes));
+            }
+            ev
+        })?;
         self.check_future(ev.ts)?;
         Ok(ev)
     }
@@ -408,6 +419,12 @@ mod tests {
         assert_eq!(ev.attributes, serde_json::json!({"url": "/p"}));
         shared.store(only("plan.tier"));
         let ev = decoder.decode(line).unwrap();
+        assert_eq!(ev.attributes, serde_json::json!({"plan": {"tier": "pro"}}));
+        // Segment records are projected after decoding: the same attributes reach the engine.
+        let segment = Decoder::new(Format::Segment, "web", DecodeLimits::default())
+            .with_projection(shared.clone());
+        let call = br#"{"userId":"c","event":"e","timestamp":"2026-01-01T00:00:00Z","properties":{"url":"/p","plan":{"tier":"pro","x":1}},"context":{"ip":"1"}}"#;
+        let ev = segment.decode(call).unwrap();
         assert_eq!(ev.attributes, serde_json::json!({"plan": {"tier": "pro"}}));
         // Without a projection every attribute is kept.
         let full = Decoder::new(Format::Canonical, "web", DecodeLimits::default());
