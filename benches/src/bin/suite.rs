@@ -3,6 +3,10 @@
 //! - `replay`: end-to-end replay throughput (NDJSON file → aggregates) with 1 and 2 workers,
 //!   against the parse-only baseline (the same lines read and decoded by the same code, then
 //!   dropped);
+//! - `peer`: DuckDB (Python `duckdb`) computes the touchpoint visits, sessions, exits and
+//!   drop-offs of the replay data with SQL window functions (`benches/peer/`); the figures must
+//!   equal `journeyd replay`'s exactly, and the time ratio journeyd/DuckDB is printed (medians
+//!   of alternating runs, 2 threads each);
 //! - `kafka`: Kafka end-to-end throughput of one instance reading librdkafka's mock cluster and
 //!   a real broker in its own process (tansu, found as the tests find it), each against a bare
 //!   consumer reading the same topic (`JOURNEYD_BENCH_KAFKA_PROPS="k=v,…"` passes
@@ -15,7 +19,10 @@
 //!
 //! Run: `cargo build --release -p journeyd -p journey-benches && target/release/suite all`
 //! (or one of the names above). `--quick` runs each at a tiny size to prove it works; the
-//! figures it prints then mean nothing.
+//! figures it prints then mean nothing. The file benchmarks (`replay`) read realistic,
+//! Segment-like records of about 1 KB (`journey_gen::Payload::Realistic`); `--payload compact`
+//! gives the narrow records of earlier runs. `kafka` and `api` use compact records: the mock
+//! cluster and the API preload hold every record in memory.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -28,7 +35,7 @@ use std::time::{Duration, Instant};
 use journey_benches::{bench_config, default_rules};
 use journey_core::time::{DAY, HOUR};
 use journey_core::{DecodeLimits, Shard};
-use journey_gen::{stream, to_canonical_json, GenConfig};
+use journey_gen::{stream, to_canonical_json, GenConfig, Payload};
 use journey_ingest::{for_each_line, Decoder, Format};
 
 /// 2025-01-01: a few generated journeys run months past their start, and the service rejects
@@ -46,14 +53,16 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let what: Vec<&str> = args
         .iter()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with("--"))
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--payload"))
+        .map(|(_, a)| a.as_str())
         .collect();
     let all = what.is_empty() || what.contains(&"all");
     let run = |name: &str| all || what.contains(&name);
     let mut failed = false;
     for (name, bench) in [
         ("replay", replay as fn(bool) -> Result<()>),
+        ("peer", peer),
         ("kafka", kafka),
         ("api", api),
         ("scale", scale),
@@ -102,10 +111,15 @@ fn data_dir() -> PathBuf {
     dir
 }
 
-/// Generated journeys as canonical NDJSON, written once and reused. Returns (path, lines).
-fn dataset(customers: usize, span: i64) -> Result<(PathBuf, u64)> {
+/// Generated journeys as canonical NDJSON of the given payload width, written once and
+/// reused. Returns (path, lines).
+fn dataset(customers: usize, span: i64, payload: Payload) -> Result<(PathBuf, u64)> {
+    let suffix = match payload {
+        Payload::Compact => String::new(),
+        other => format!("-{}", other.name()),
+    };
     let path = data_dir().join(format!(
-        "journeys-{customers}-{}h-from-{START}.ndjson",
+        "journeys-{customers}-{}h-from-{START}{suffix}.ndjson",
         span / HOUR
     ));
     if let Ok(text) = std::fs::read(path.with_extension("count")) {
@@ -118,12 +132,30 @@ fn dataset(customers: usize, span: i64) -> Result<(PathBuf, u64)> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut n = 0u64;
     for e in stream(&gen(customers, span, 42)) {
+        let e = payload.apply(e, 42);
         writeln!(out, "{}", to_canonical_json(&e)).map_err(|e| e.to_string())?;
         n += 1;
     }
     out.flush().map_err(|e| e.to_string())?;
     std::fs::write(path.with_extension("count"), n.to_string()).map_err(|e| e.to_string())?;
     Ok((path, n))
+}
+
+/// The payload width of the file benchmarks (`replay`, `peer`): `--payload compact` or
+/// `--payload realistic` (the default: Segment-like records of about 1 KB, as real trackers
+/// send).
+fn payload() -> Payload {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--payload") {
+        None => Payload::Realistic,
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|p| Payload::parse(p))
+            .unwrap_or_else(|| {
+                eprintln!("--payload: expected compact or realistic");
+                std::process::exit(2)
+            }),
+    }
 }
 
 fn gen(customers: usize, span: i64, seed: u64) -> GenConfig {
@@ -145,11 +177,13 @@ fn rate(n: u64, d: Duration) -> String {
 
 fn replay(quick: bool) -> Result<()> {
     let customers = if quick { 2_000 } else { 200_000 };
-    let (file, lines) = dataset(customers, DAY)?;
+    let payload = payload();
+    let (file, lines) = dataset(customers, DAY, payload)?;
     let bytes = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
     println!(
-        "data: {customers} customers, {lines} lines, {:.0} MB, canonical NDJSON",
-        bytes as f64 / 1e6
+        "data: {customers} customers, {lines} lines, {:.0} MB, canonical NDJSON, {} payloads",
+        bytes as f64 / 1e6,
+        payload.name()
     );
     let rounds = if quick { 1 } else { 3 };
     let best = |f: &dyn Fn() -> Result<Duration>| -> Result<Duration> {
@@ -210,6 +244,206 @@ fn replay(quick: bool) -> Result<()> {
             parse.as_secs_f64() / took.as_secs_f64()
         );
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- peer
+
+/// The figures `suite peer` compares, per touchpoint, in this order.
+const PEER_FIGURES: [&str; 4] = ["visits", "sessions", "exits", "drop_offs"];
+
+/// Runs `journeyd replay` (2 workers) on `file`; returns its wall time and its output.
+fn timed_replay(bin: &Path, file: &Path, workers: usize) -> Result<(Duration, serde_json::Value)> {
+    let started = Instant::now();
+    let out = Command::new(bin)
+        .args(["replay", "--rules", "config/rules.toml", "--source", "file"])
+        .arg(file)
+        .current_dir(repo())
+        .env("JOURNEYD_RUNTIME__WORKERS", workers.to_string())
+        .env("JOURNEYD_LOG__LEVEL", "warn")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        return Err(format!("journeyd replay failed: {}", out.status));
+    }
+    let v = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok((took, v))
+}
+
+/// Runs the DuckDB peer (`benches/peer/touchpoints.py`) on `file` with `threads` threads;
+/// returns DuckDB's own time (connect, query, fetch: Python's start and `import duckdb` left
+/// out), the process' wall time and its output.
+fn timed_duckdb(file: &Path, threads: usize) -> Result<(Duration, Duration, serde_json::Value)> {
+    let script = repo().join("benches").join("peer").join("touchpoints.py");
+    let started = Instant::now();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(file)
+        .arg(threads.to_string())
+        .output()
+        .map_err(|e| {
+            format!("cannot run python3 (suite peer needs Python 3 with the `duckdb` package): {e}")
+        })?;
+    let wall = started.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "the DuckDB peer failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            if out.status.code() == Some(3) {
+                ""
+            } else {
+                " (is the Python package `duckdb` installed? python3 -m pip install duckdb)"
+            }
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let secs = v["seconds"]
+        .as_f64()
+        .ok_or("the DuckDB peer printed no `seconds`")?;
+    Ok((Duration::from_secs_f64(secs), wall, v))
+}
+
+/// Every difference between journeyd's touchpoint figures and DuckDB's, and between what each
+/// counted in the whole file; empty when they agree exactly. Also lists what would make the
+/// peer's simplified semantics differ from journeyd's (late events, duplicates, rejected
+/// records, sessions reaching `session.max_duration`).
+fn peer_differences(
+    replay: &serde_json::Value,
+    duck: &serde_json::Value,
+    lines: u64,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let events = &replay["events"];
+    for (what, v) in [
+        ("late events", &events["late"]),
+        ("duplicate ids", &events["duplicates"]),
+        (
+            "rejected by the engine",
+            &events["rejected_by_engine"]["too_many_events"],
+        ),
+    ] {
+        if v.as_u64() != Some(0) {
+            diffs.push(format!(
+                "journeyd counted {v} {what}: the peer assumes none"
+            ));
+        }
+    }
+    if events["rejected"] != serde_json::json!({}) {
+        diffs.push(format!("journeyd rejected records: {}", events["rejected"]));
+    }
+    if events["accepted"].as_u64() != Some(lines) {
+        diffs.push(format!(
+            "journeyd accepted {} of {lines} lines",
+            events["accepted"]
+        ));
+    }
+    let all = &duck["figures"]["(all)"];
+    if all["events"].as_u64() != Some(lines) {
+        diffs.push(format!("DuckDB read {} of {lines} lines", all["events"]));
+    }
+    if all["long_sessions"].as_u64() != Some(0) {
+        diffs.push(format!(
+            "{} sessions reach session.max_duration, which journeyd splits and the SQL does not",
+            all["long_sessions"]
+        ));
+    }
+    let ours = replay["touchpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for tp in &ours {
+        let name = tp["name"].as_str().unwrap_or("?");
+        for figure in PEER_FIGURES {
+            let a = tp[figure].as_u64().unwrap_or(u64::MAX);
+            let b = duck["figures"][name][figure].as_u64().unwrap_or(0);
+            if a != b {
+                diffs.push(format!("{name}.{figure}: journeyd {a}, DuckDB {b}"));
+            }
+        }
+    }
+    if let Some(theirs) = duck["figures"].as_object() {
+        for name in theirs.keys().filter(|n| *n != "(all)") {
+            if !ours.iter().any(|tp| tp["name"] == **name) {
+                diffs.push(format!(
+                    "DuckDB reports touchpoint `{name}`, journeyd's rules have none"
+                ));
+            }
+        }
+    }
+    diffs
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `suite peer`: DuckDB computes the touchpoint visits, sessions, exits and drop-offs of the
+/// replay data set with SQL window functions (`benches/peer/touchpoints.sql`); the figures
+/// must equal `journeyd replay`'s exactly, and the time ratio is printed. Both use 2 threads;
+/// runs alternate (journeyd, DuckDB, journeyd, ...) so that both see the same machine, and the
+/// medians are compared.
+fn peer(quick: bool) -> Result<()> {
+    let customers = if quick { 2_000 } else { 200_000 };
+    let payload = payload();
+    let (file, lines) = dataset(customers, DAY, payload)?;
+    let bytes = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
+    println!(
+        "data: {customers} customers, {lines} lines, {:.0} MB, canonical NDJSON, {} payloads",
+        bytes as f64 / 1e6,
+        payload.name()
+    );
+    let bin = journeyd()?;
+    let rounds = if quick { 1 } else { 5 };
+    let threads = 2;
+    let (mut ours, mut duck, mut duck_wall) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = None;
+    for round in 1..=rounds {
+        let (took, replay) = timed_replay(&bin, &file, threads)?;
+        let (secs, wall, peer) = timed_duckdb(&file, threads)?;
+        let diffs = peer_differences(&replay, &peer, lines);
+        if !diffs.is_empty() {
+            return Err(format!(
+                "DuckDB's figures differ from journeyd's ({} differences):\n  {}",
+                diffs.len(),
+                diffs.join("\n  ")
+            ));
+        }
+        println!(
+            "round {round}: journeyd replay {:.2} s, DuckDB {:.2} s (process {:.2} s, DuckDB {} on {} threads)",
+            took.as_secs_f64(),
+            secs.as_secs_f64(),
+            wall.as_secs_f64(),
+            peer["duckdb"].as_str().unwrap_or("?"),
+            peer["threads"]
+        );
+        ours.push(took);
+        duck.push(secs);
+        duck_wall.push(wall);
+        last = Some(replay);
+    }
+    let replay = last.expect("at least one round");
+    println!("touchpoint | visits | sessions | exits | drop_offs   (equal in journeyd and DuckDB)");
+    for tp in replay["touchpoints"].as_array().into_iter().flatten() {
+        let row: Vec<String> = PEER_FIGURES.iter().map(|f| tp[*f].to_string()).collect();
+        println!(
+            "{} | {}",
+            tp["name"].as_str().unwrap_or("?"),
+            row.join(" | ")
+        );
+    }
+    let (ours, duck, duck_wall) = (median(ours), median(duck), median(duck_wall));
+    println!(
+        "figures equal in every round; medians of {rounds}: journeyd replay {:.2} s ({}), DuckDB {:.2} s (its process: {:.2} s); journeyd/DuckDB = {:.2} (target ≤ 0.5)",
+        ours.as_secs_f64(),
+        rate(lines, ours),
+        duck.as_secs_f64(),
+        duck_wall.as_secs_f64(),
+        ours.as_secs_f64() / duck.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -306,7 +540,9 @@ fn kafka(quick: bool) -> Result<()> {
     use rdkafka::mocking::MockCluster;
 
     let customers = if quick { 2_000 } else { 200_000 };
-    let (file, lines) = dataset(customers, DAY)?;
+    // Compact payloads: the mock cluster holds every record in memory, and realistic ones
+    // would make the 2.35 M records about 2.5 GB.
+    let (file, lines) = dataset(customers, DAY, Payload::Compact)?;
     let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
     // The mock broker keeps at most 5 MB per partition (older records are deleted), so the
     // data set is spread thin enough for every record to stay.
@@ -675,4 +911,53 @@ fn scale_child(n: usize) {
         "{applied} {:.2}",
         applied as f64 / spent.as_secs_f64().max(1e-9) / 1e6
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn replay_output(cart_exits: u64, late: u64) -> serde_json::Value {
+        json!({
+            "events": {"accepted": 10, "late": late, "duplicates": 0, "rejected": {},
+                       "rejected_by_engine": {"too_many_events": 0}},
+            "touchpoints": [
+                {"name": "cart", "visits": 4, "sessions": 3, "exits": cart_exits, "drop_offs": 1},
+                {"name": "review", "visits": 0, "sessions": 0, "exits": 0, "drop_offs": 0},
+            ],
+        })
+    }
+
+    fn duckdb_output() -> serde_json::Value {
+        json!({"figures": {
+            "(all)": {"events": 10, "long_sessions": 0},
+            "cart": {"visits": 4, "sessions": 3, "exits": 2, "drop_offs": 1},
+        }})
+    }
+
+    #[test]
+    fn peer_accepts_equal_figures_with_missing_zero_rows() {
+        assert_eq!(
+            peer_differences(&replay_output(2, 0), &duckdb_output(), 10),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn peer_lists_every_difference() {
+        let mut duck = duckdb_output();
+        duck["figures"]["(all)"]["long_sessions"] = json!(1);
+        duck["figures"]["checkout"] = json!({"visits": 1});
+        let diffs = peer_differences(&replay_output(3, 2), &duck, 10);
+        assert_eq!(
+            diffs,
+            [
+                "journeyd counted 2 late events: the peer assumes none",
+                "1 sessions reach session.max_duration, which journeyd splits and the SQL does not",
+                "cart.exits: journeyd 3, DuckDB 2",
+                "DuckDB reports touchpoint `checkout`, journeyd's rules have none",
+            ]
+        );
+    }
 }

@@ -710,7 +710,8 @@ async fn post_events(
         },
     )
     .with_clock(s.clock.clone())
-    .with_received_at(arrived);
+    .with_received_at(arrived)
+    .with_projection(s.runtime.projection());
     let (max_batch, now) = (s.limits.max_batch_events, arrived);
     let src = source.clone();
     let nice = s.limits.decode_nice;

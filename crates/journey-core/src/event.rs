@@ -11,6 +11,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::projection::Projection;
 use crate::time::{HumanDuration, Millis, DAY, MAX_EVENT_TIME, MIN_EVENT_TIME};
 
 /// Longest accepted `customer_id`, in characters (Unicode code points, as JSON Schema's
@@ -198,6 +199,18 @@ pub fn decode_canonical<'a>(
     default_source: &'a str,
     limits: &DecodeLimits,
 ) -> Result<Event<'a>, DecodeError> {
+    decode_canonical_projected(bytes, default_source, limits, None)
+}
+
+/// [`decode_canonical`] keeping only the attribute paths of `projection` (all attributes with
+/// `None`): the other attributes are skipped without building values. The same records are
+/// accepted and rejected, with the same reasons.
+pub fn decode_canonical_projected<'a>(
+    bytes: &'a [u8],
+    default_source: &'a str,
+    limits: &DecodeLimits,
+    projection: Option<&Projection>,
+) -> Result<Event<'a>, DecodeError> {
     if bytes.len() > limits.max_record_bytes {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
@@ -207,12 +220,15 @@ pub fn decode_canonical<'a>(
     let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
     let failure = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = CanonicalSeed { failure: &failure }
-        .deserialize(&mut de)
-        .and_then(|raw| {
-            de.end()?;
-            Ok(raw)
-        });
+    let parsed = CanonicalSeed {
+        failure: &failure,
+        projection,
+    }
+    .deserialize(&mut de)
+    .and_then(|raw| {
+        de.end()?;
+        Ok(raw)
+    });
     let raw = match parsed {
         Ok(raw) => raw,
         Err(e) => {
@@ -255,6 +271,7 @@ struct RawCanonical<'a> {
 
 struct CanonicalSeed<'c> {
     failure: &'c Cell<Option<DecodeError>>,
+    projection: Option<&'c Projection>,
 }
 
 impl<'de> DeserializeSeed<'de> for CanonicalSeed<'_> {
@@ -312,12 +329,25 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
                     };
                 }
                 "attributes" => {
-                    let v: Value = map.next_value()?;
-                    if !(v.is_object() || v.is_null()) {
-                        return Err(fail(DecodeError::WrongType {
+                    let wrong = || {
+                        fail(DecodeError::WrongType {
                             field: "attributes",
                             expected: "an object",
-                        }));
+                        })
+                    };
+                    let v: Value = match self.projection {
+                        None => map.next_value()?,
+                        Some(p) => {
+                            let not_object = Cell::new(false);
+                            match map.next_value_seed(p.object_seed(&not_object)) {
+                                Ok(v) => v,
+                                Err(_) if not_object.get() => return Err(wrong()),
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    };
+                    if !(v.is_object() || v.is_null()) {
+                        return Err(wrong());
                     }
                     raw.attributes = Some(v);
                 }

@@ -9,6 +9,7 @@ pub mod agg;
 pub mod config;
 mod dedup;
 pub mod event;
+pub mod projection;
 pub mod query;
 pub mod rules;
 pub mod shard;
@@ -18,5 +19,6 @@ pub mod time;
 
 pub use config::EngineConfig;
 pub use event::{decode_canonical, DecodeError, DecodeLimits, Event};
+pub use projection::{Projection, SharedProjection};
 pub use rules::{Rules, RulesError};
 pub use shard::{Applied, ApplyError, CustomerView, Shard};

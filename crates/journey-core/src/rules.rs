@@ -205,6 +205,17 @@ impl Rules {
         }
     }
 
+    /// Every attribute path these rules read, split at dots: the paths of the `where`
+    /// conditions, then the touchpoints' `score` paths (possibly repeating one). What a
+    /// decoder must keep of an event's attributes ([`crate::projection::Projection`]).
+    pub fn attribute_paths(&self) -> impl Iterator<Item = &[Box<str>]> + '_ {
+        self.paths.iter().map(Vec::as_slice).chain(
+            self.touchpoints
+                .iter()
+                .filter_map(|t| t.score.as_ref().map(|s| s.segments.as_slice())),
+        )
+    }
+
     /// The experience score of an event classified as `tp`, if configured and numeric.
     pub fn score(&self, tp: u16, ev: &Event<'_>) -> Option<f64> {
         let spec = self.touchpoints[tp as usize].score.as_ref()?;

@@ -10,6 +10,12 @@
 //! customers already started, so ten million customers need no more memory than their tails;
 //! [`generate`] collects it. A [`Spike`] makes visitors abandon at one step from a chosen time,
 //! to exercise drop-off alerts.
+//!
+//! Records come in two widths ([`Payload`]): `compact`, the few attributes the rules read, and
+//! `realistic`, the same events widened by [`widen`] to what Segment or RudderStack trackers
+//! send (a `context` object and 8–15 properties, about 1 KB per line). Widening only adds
+//! keys that no rule or breakdown of `config/rules.toml` reads, and draws from its own random
+//! stream keyed by the event, so both widths carry the same journeys and give the same figures.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -489,6 +495,221 @@ impl Iterator for Stream {
     }
 }
 
+/// How wide each generated record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Payload {
+    /// Only the attributes the shipped rules and breakdowns read (about 160 bytes per
+    /// canonical line).
+    #[default]
+    Compact,
+    /// Segment-like wide records: the compact attributes plus a `context` object (page,
+    /// userAgent, locale, campaign, library, ip, ...) and noise properties up to 8–15 in all,
+    /// about 1 KB per canonical line ([`widen`]).
+    Realistic,
+}
+
+impl Payload {
+    pub const ALL: [Payload; 2] = [Payload::Compact, Payload::Realistic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Payload::Compact => "compact",
+            Payload::Realistic => "realistic",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Payload> {
+        Payload::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The event as this payload width gives it: unchanged, or [`widen`]ed with `seed`.
+    pub fn apply(self, e: Event<'static>, seed: u64) -> Event<'static> {
+        match self {
+            Payload::Compact => e,
+            Payload::Realistic => widen(&e, seed),
+        }
+    }
+}
+
+/// Attribute keys the generator itself writes, which [`widen`] never adds (so classification,
+/// scores and first-touch breakdowns stay the same): every key of `config/rules.toml` and of
+/// the compact events.
+const COMPACT_KEYS: &[&str] = &[
+    "url",
+    "utm_medium",
+    "persona",
+    "depth",
+    "price",
+    "total",
+    "currency",
+    "duration_s",
+    "amount",
+    "topic",
+    "csat",
+    "survey",
+    "score",
+    "stars",
+];
+
+const USER_AGENTS: &[&str] = &[
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.81 Mobile Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
+];
+const LOCALES: &[&str] = &["de-DE", "en-US", "en-GB", "fr-FR", "nl-NL", "es-ES"];
+const TIMEZONES: &[&str] = &[
+    "Europe/Berlin",
+    "America/New_York",
+    "Europe/London",
+    "Europe/Paris",
+    "Europe/Amsterdam",
+];
+const REFERRERS: &[&str] = &[
+    "https://www.google.com/search?q=trail+running+shoes",
+    "https://www.bing.com/search?q=wasserdichte+laufschuhe",
+    "https://www.instagram.com/",
+    "https://news.example.org/best-shoes-2026",
+    "",
+];
+const CAMPAIGNS: &[(&str, &str, &str)] = &[
+    ("spring-sale", "google", "trail shoes"),
+    ("newsletter-47", "mailchimp", ""),
+    ("brand-awareness", "facebook", "running"),
+    ("retargeting-q4", "criteo", "shoes für damen"),
+];
+const TITLES: &[&str] = &[
+    "Trail Runner – Example Shop",
+    "Wasserdichte Laufschuhe für Damen | Example Shop",
+    "The \"Summit\" GTX – Example Shop",
+    "Compare products · Example Shop",
+    "Your cart (2 items)",
+];
+const BRANDS: &[&str] = &["Northpeak", "Salto", "Ærø Outdoor", "Kestrel", "Mistral"];
+const CATEGORIES: &[&str] = &[
+    "shoes/trail",
+    "shoes/road",
+    "apparel/jackets",
+    "accessories",
+];
+
+/// The event widened as a Segment or RudderStack tracker would send it: a `context` object
+/// (`page` with url/referrer/title/path/search, `userAgent`, `locale`, `timezone`, `campaign`
+/// with name/source/medium/term/content, `library`, `ip`, `screen`) and noise properties until
+/// the event has 8–15 top-level properties besides `context`. Values include escapes (`\"`)
+/// and non-ASCII text, a nested object and an array. About 1 KB per canonical line.
+///
+/// Deterministic: the noise comes from a random stream seeded by `seed`, the event id and the
+/// event time, never from the journey's own stream, and keys the event already has (and every
+/// key the rules read, [`COMPACT_KEYS`]) are left alone. So a compact and a realistic file of
+/// the same seed classify, session and count the same.
+pub fn widen(e: &Event<'_>, seed: u64) -> Event<'static> {
+    let mut key = seed ^ (e.ts as u64).rotate_left(17);
+    for b in e.event_id.as_deref().unwrap_or(&e.customer_id).bytes() {
+        key = (key ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut rng = Rng::new(key);
+    let mut attrs = match &e.attributes {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    let path = match attrs.get("url").and_then(Value::as_str) {
+        Some(u) => u.to_string(),
+        None => format!("/account/{}", rng.pick(&["orders", "profile", "wishlist"])),
+    };
+    let search = format!(
+        "?ref={}&sid={:08x}",
+        rng.pick(&["nav", "search", "banner", "email"]),
+        rng.next_u64() as u32
+    );
+    let title = *rng.pick(TITLES);
+    let referrer = *rng.pick(REFERRERS);
+    let (campaign, campaign_source, term) = *rng.pick(CAMPAIGNS);
+    let medium = attrs
+        .get("utm_medium")
+        .and_then(Value::as_str)
+        .unwrap_or("email")
+        .to_string();
+    let ip = format!(
+        "{}.{}.{}.{}",
+        rng.range(11, 223),
+        rng.range(0, 256),
+        rng.range(0, 256),
+        rng.range(1, 255)
+    );
+    let context = json!({
+        "page": {
+            "url": format!("https://shop.example.com{path}{search}"),
+            "referrer": referrer,
+            "title": title,
+            "path": path,
+            "search": search,
+        },
+        "userAgent": *rng.pick(USER_AGENTS),
+        "locale": *rng.pick(LOCALES),
+        "timezone": *rng.pick(TIMEZONES),
+        "campaign": {
+            "name": campaign,
+            "source": campaign_source,
+            "medium": medium,
+            "term": term,
+            "content": format!("banner-{}", rng.range(1, 9)),
+        },
+        "library": { "name": "analytics.js", "version": "next-1.74.0" },
+        "ip": ip,
+        "screen": { "width": *rng.pick(&[390, 1280, 1440, 1920]), "height": *rng.pick(&[844, 800, 900, 1080]), "density": *rng.pick(&[1, 2, 3]) },
+    });
+    let target = rng.range(8, 16) as usize;
+    let sku = format!("SKU-{:05}", rng.range(0, 100_000));
+    let noise: [(&str, Value); 15] = [
+        ("path", json!(path)),
+        ("title", json!(title)),
+        ("referrer", json!(referrer)),
+        ("search", json!(search)),
+        ("sku", json!(sku)),
+        ("brand", json!(*rng.pick(BRANDS))),
+        ("category", json!(*rng.pick(CATEGORIES))),
+        (
+            "variant",
+            json!(*rng.pick(&["black/42", "blue/39", "grey/44.5"])),
+        ),
+        ("quantity", json!(rng.range(1, 4))),
+        ("position", json!(rng.range(1, 49))),
+        ("in_stock", json!(rng.chance(0.9))),
+        ("rating", json!(rng.range(10, 51) as f64 / 10.0)),
+        ("list_id", json!(format!("plp-{}", rng.range(100, 999)))),
+        (
+            "experiment",
+            json!({ "id": format!("exp-{}", rng.range(1, 40)), "variation": *rng.pick(&["control", "b"]) }),
+        ),
+        (
+            "tags",
+            json!([
+                *rng.pick(&["sale", "new"]),
+                *rng.pick(&["gtx", "wide-fit", "vegan"])
+            ]),
+        ),
+    ];
+    for (k, v) in noise {
+        if attrs.len() >= target {
+            break;
+        }
+        if !COMPACT_KEYS.contains(&k) && !attrs.contains_key(k) {
+            attrs.insert(k.to_string(), v);
+        }
+    }
+    attrs.insert("context".to_string(), context);
+    Event {
+        event_id: e.event_id.as_ref().map(|s| Cow::Owned(s.to_string())),
+        customer_id: Cow::Owned(e.customer_id.to_string()),
+        ts: e.ts,
+        source: Cow::Owned(e.source.to_string()),
+        name: Cow::Owned(e.name.to_string()),
+        attributes: Value::Object(attrs),
+    }
+}
+
 /// One canonical NDJSON line (without the newline).
 pub fn to_canonical_json(e: &Event<'_>) -> String {
     serde_json::to_string(e).expect("events always serialise")
@@ -502,17 +723,24 @@ fn rfc3339(ms: Millis) -> String {
 }
 
 /// The event as a Segment `track` call.
+///
+/// A `context` attribute (a [`widen`]ed event) becomes the call's `context`, where trackers put
+/// it; journeyd's Segment decoder files it under the attribute `context` again.
 pub fn to_segment_json(e: &Event<'_>) -> String {
-    let properties = if e.attributes.is_null() {
+    let mut properties = if e.attributes.is_null() {
         json!({})
     } else {
         e.attributes.clone()
     };
-    json!({
+    let context = properties.as_object_mut().and_then(|m| m.remove("context"));
+    let mut call = json!({
         "type": "track", "event": e.name, "userId": e.customer_id, "timestamp": rfc3339(e.ts),
         "messageId": e.event_id, "properties": properties,
-    })
-    .to_string()
+    });
+    if let Some(context) = context {
+        call["context"] = context;
+    }
+    call.to_string()
 }
 
 /// The event as a structured CloudEvents 1.0 record.
@@ -673,6 +901,99 @@ mod tests {
             let back = journey_core::decode_canonical(line.as_bytes(), "web", &Default::default())
                 .unwrap();
             assert_eq!(&back, e);
+        }
+    }
+
+    fn realistic(customers: usize) -> (Vec<Event<'static>>, Vec<Event<'static>>) {
+        let compact = generate(&GenConfig {
+            customers,
+            ..Default::default()
+        });
+        let wide = compact.iter().map(|e| widen(e, 42)).collect();
+        (compact, wide)
+    }
+
+    #[test]
+    fn realistic_lines_are_about_a_kilobyte_with_8_to_15_properties() {
+        let (_, wide) = realistic(200);
+        let mut total = 0;
+        for e in &wide {
+            let len = to_canonical_json(e).len();
+            assert!(
+                (600..=1_600).contains(&len),
+                "{len} bytes: {}",
+                to_canonical_json(e)
+            );
+            total += len;
+            let attrs = e.attributes.as_object().unwrap();
+            let properties = attrs.len() - 1;
+            assert!((8..=15).contains(&properties), "{properties}: {attrs:?}");
+            let context = &attrs["context"];
+            for path in ["page", "userAgent", "locale", "campaign", "library", "ip"] {
+                assert!(!context[path].is_null(), "context.{path} missing");
+            }
+            for key in ["url", "referrer", "title", "path", "search"] {
+                assert!(context["page"][key].is_string(), "context.page.{key}");
+            }
+            for key in ["name", "source", "medium", "term", "content"] {
+                assert!(
+                    context["campaign"][key].is_string(),
+                    "context.campaign.{key}"
+                );
+            }
+        }
+        let mean = total / wide.len();
+        assert!((900..=1_200).contains(&mean), "mean {mean} bytes per line");
+    }
+
+    #[test]
+    fn widening_is_deterministic_and_keeps_every_compact_attribute() {
+        let (compact, wide) = realistic(100);
+        assert_eq!(
+            wide,
+            compact.iter().map(|e| widen(e, 42)).collect::<Vec<_>>()
+        );
+        assert_ne!(wide[0], widen(&compact[0], 7), "the seed picks the noise");
+        for (c, w) in compact.iter().zip(&wide) {
+            assert_eq!(
+                (&c.event_id, &c.customer_id, c.ts, &c.source, &c.name),
+                (&w.event_id, &w.customer_id, w.ts, &w.source, &w.name)
+            );
+            for (k, v) in c.attributes.as_object().unwrap() {
+                assert_eq!(&w.attributes[k], v, "{k}");
+            }
+            for k in COMPACT_KEYS {
+                assert_eq!(c.attributes.get(k), w.attributes.get(k), "{k} added");
+            }
+        }
+    }
+
+    #[test]
+    fn realistic_events_classify_and_score_as_compact_ones() {
+        let rules =
+            journey_core::Rules::from_toml(include_str!("../../../config/rules.toml")).unwrap();
+        let (compact, wide) = realistic(300);
+        let mut classified = 0;
+        for (c, w) in compact.iter().zip(&wide) {
+            let tp = rules.classify(c);
+            assert_eq!(tp, rules.classify(w), "{}", to_canonical_json(w));
+            if let Some(tp) = tp {
+                classified += 1;
+                assert_eq!(rules.score(tp, c), rules.score(tp, w));
+            }
+        }
+        assert!(classified > compact.len() / 2);
+    }
+
+    #[test]
+    fn realistic_segment_calls_carry_context_in_the_envelope() {
+        let (_, wide) = realistic(20);
+        for e in &wide {
+            let call: serde_json::Value = serde_json::from_str(&to_segment_json(e)).unwrap();
+            assert_eq!(call["context"], e.attributes["context"]);
+            assert!(call["properties"].get("context").is_none());
+            let ce: serde_json::Value = serde_json::from_str(&to_cloudevents_json(e)).unwrap();
+            assert_eq!(ce["data"], e.attributes);
         }
     }
 }

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use journey_core::event::{
-    check_customer_id, check_not_future, check_time, decode_canonical, parse_rfc3339,
+    check_customer_id, check_not_future, check_time, decode_canonical, decode_canonical_projected,
+    parse_rfc3339,
 };
 use journey_core::time::Millis;
-use journey_core::{DecodeError, DecodeLimits, Event};
+use journey_core::{DecodeError, DecodeLimits, Event, SharedProjection};
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -53,6 +54,8 @@ pub struct Decoder {
     /// When the records arrived at journeyd (an HTTP request's arrival), epoch milliseconds:
     /// the `receivedAt` of Segment records that carry none.
     received_at: Option<Millis>,
+    /// The attribute paths to keep (canonical records); `None` keeps every attribute.
+    projection: Option<SharedProjection>,
 }
 
 impl fmt::Debug for Decoder {
@@ -75,7 +78,19 @@ impl Decoder {
             clock: system_clock(),
             horizon: Arc::new(AtomicI64::new(Millis::MIN)),
             received_at: None,
+            projection: None,
         }
+    }
+
+    /// The same decoder keeping only the attributes on the paths of `projection` (read for
+    /// each record, so a rules reload applies to records decoded after it), skipping the rest
+    /// of the bytes without building values. Segment, CloudEvents and mapped records are
+    /// decoded whole (their envelopes are validated on the parsed value) and projected right
+    /// after, so the workers still receive only the attributes they read. Dead letters are
+    /// unaffected: they keep the raw record.
+    pub fn with_projection(mut self, projection: SharedProjection) -> Self {
+        self.projection = Some(projection);
+        self
     }
 
     /// The same decoder for records that arrived at `at` (epoch milliseconds): Segment records
@@ -113,13 +128,25 @@ impl Decoder {
         let bytes = crate::body::trim_line_ending(crate::body::strip_bom(bytes));
         let source = self.default_source.as_str();
         let ev = match &self.format {
-            Format::Canonical => decode_canonical(bytes, source, &self.limits),
+            Format::Canonical => match &self.projection {
+                None => decode_canonical(bytes, source, &self.limits),
+                Some(p) => decode_canonical_projected(bytes, source, &self.limits, Some(&p.load())),
+            },
             Format::Segment => {
                 segment::decode(checked_text(bytes, &self.limits)?, source, self.received_at)
             }
             Format::CloudEvents => cloudevents::decode(checked_text(bytes, &self.limits)?, source),
             Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &self.limits)?, source),
-        }?;
+        }
+        .map(|mut ev| {
+            // The other formats build every attribute while validating the envelope; the
+            // projection then drops what nothing reads here, on the decoding thread, so the
+            // workers receive (and free) only the attributes they use.
+            if let (Some(p), false) = (&self.projection, matches!(self.format, Format::Canonical)) {
+                ev.attributes = p.load().apply(std::mem::take(&mut ev.attributes));
+            }
+            ev
+        })?;
         self.check_future(ev.ts)?;
         Ok(ev)
     }
@@ -378,6 +405,33 @@ mod tests {
 
     fn field(json: &str) -> Field<'_> {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_projection_stored_later_applies_to_records_decoded_after_it() {
+        let split = |p: &str| -> Vec<Box<str>> { p.split('.').map(Box::from).collect() };
+        let only = |p: &str| journey_core::Projection::new([split(p)].iter().map(Vec::as_slice));
+        let shared = SharedProjection::new(only("url"));
+        let decoder = Decoder::new(Format::Canonical, "web", DecodeLimits::default())
+            .with_projection(shared.clone());
+        let line = br#"{"customer_id":"c","ts":1767225600000,"event":"e","attributes":{"url":"/p","plan":{"tier":"pro"},"noise":[1]}}"#;
+        let ev = decoder.decode(line).unwrap();
+        assert_eq!(ev.attributes, serde_json::json!({"url": "/p"}));
+        shared.store(only("plan.tier"));
+        let ev = decoder.decode(line).unwrap();
+        assert_eq!(ev.attributes, serde_json::json!({"plan": {"tier": "pro"}}));
+        // Segment records are projected after decoding: the same attributes reach the engine.
+        let segment = Decoder::new(Format::Segment, "web", DecodeLimits::default())
+            .with_projection(shared.clone());
+        let call = br#"{"userId":"c","event":"e","timestamp":"2026-01-01T00:00:00Z","properties":{"url":"/p","plan":{"tier":"pro","x":1}},"context":{"ip":"1"}}"#;
+        let ev = segment.decode(call).unwrap();
+        assert_eq!(ev.attributes, serde_json::json!({"plan": {"tier": "pro"}}));
+        // Without a projection every attribute is kept.
+        let full = Decoder::new(Format::Canonical, "web", DecodeLimits::default());
+        assert_eq!(
+            full.decode(line).unwrap().attributes["noise"],
+            serde_json::json!([1])
+        );
     }
 
     #[test]

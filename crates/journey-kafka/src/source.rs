@@ -111,7 +111,8 @@ impl KafkaSource {
                 Topic {
                     index,
                     source: t.source.clone(),
-                    decoder: Decoder::new(format, t.source.clone(), limits),
+                    decoder: Decoder::new(format, t.source.clone(), limits)
+                        .with_projection(rt.projection()),
                     accepted: metrics
                         .ingest_events
                         .with_label_values(&[t.source.as_str(), "accepted"]),

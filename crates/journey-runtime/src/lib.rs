@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_core::agg::Aggregates;
 use journey_core::time::Millis;
-use journey_core::{ApplyError, CustomerView, EngineConfig, Event, Rules, Shard};
+use journey_core::{
+    ApplyError, CustomerView, EngineConfig, Event, Projection, Rules, Shard, SharedProjection,
+};
 
 pub use partitioner::Partitioner;
 pub use task::{Idleness, Input, Task, TaskId, TaskSnapshot};
@@ -200,6 +202,8 @@ struct Inner {
     senders: Vec<flume::Sender<Msg>>,
     shared: Arc<Shared>,
     rules: RwLock<Arc<Rules>>,
+    /// The attribute paths the rules and breakdowns read, for the decoders feeding this runtime.
+    projection: SharedProjection,
     cfg: Arc<EngineConfig>,
     tasks: u32,
     partitioner: Partitioner,
@@ -303,6 +307,7 @@ impl Runtime {
         let inner = Arc::new(Inner {
             senders,
             shared: shared.clone(),
+            projection: SharedProjection::new(Projection::for_engine(&rules, &cfg.breakdowns)),
             rules: RwLock::new(rules),
             cfg,
             tasks,
@@ -832,14 +837,31 @@ impl RuntimeHandle {
     }
 
     /// Swaps the rules: events queued before keep the old ones, events after get the new.
+    /// The decoders' [`RuntimeHandle::projection`] switches first, to the paths of the old
+    /// and the new rules together: records decoded from now on keep every attribute the new
+    /// rules read, and those applied before the swap reaches their worker every attribute the
+    /// old rules read.
     pub async fn set_rules(&self, rules: Arc<Rules>) -> Result<(), Stopped> {
-        *self.inner.rules.write().unwrap_or_else(|p| p.into_inner()) = rules.clone();
+        {
+            let mut current = self.inner.rules.write().unwrap_or_else(|p| p.into_inner());
+            self.inner.projection.store(Projection::for_rule_sets(
+                &[&current, &rules],
+                &self.inner.cfg.breakdowns,
+            ));
+            *current = rules.clone();
+        }
         for s in &self.inner.senders {
             s.send_async(Msg::Rules(rules.clone()))
                 .await
                 .map_err(|_| Stopped)?;
         }
         Ok(())
+    }
+
+    /// The attribute projection for decoders feeding this runtime: the paths of the current
+    /// rules and of the breakdown dimensions, replaced by [`RuntimeHandle::set_rules`].
+    pub fn projection(&self) -> SharedProjection {
+        self.inner.projection.clone()
     }
 
     /// One customer's live journey, from the task that owns it (`None` if unknown here).
@@ -958,6 +980,49 @@ mod tests {
             Vec::new(),
         )
     }
+
+    /// Issue 14: decoders keep only the attributes the rules read, and a rules swap widens
+    /// what they keep before any worker applies the new rules.
+    #[test]
+    fn set_rules_switches_the_decoders_projection_to_old_and_new_paths() {
+        let rt = Runtime::start(
+            Arc::new(EngineConfig {
+                breakdowns: vec!["persona".into()],
+                ..EngineConfig::default()
+            }),
+            Arc::new(Rules::from_toml(RULES_WITH_URL).unwrap()),
+            RuntimeConfig {
+                live: false,
+                ..RuntimeConfig::default()
+            },
+            Vec::new(),
+        );
+        let h = rt.handle();
+        let split = |p: &str| -> Vec<Box<str>> { p.split('.').map(Box::from).collect() };
+        let paths = |ps: &[&str]| {
+            let v: Vec<Vec<Box<str>>> = ps.iter().map(|p| split(p)).collect();
+            Projection::new(v.iter().map(Vec::as_slice))
+        };
+        let projection = h.projection();
+        assert_eq!(*projection.load(), paths(&["url", "persona"]));
+        let plan = r#"
+            [[touchpoint]]
+            name = "upgrade"
+            phase = "retention"
+            where = { "plan.tier" = "pro" }
+        "#;
+        block_on(h.set_rules(Arc::new(Rules::from_toml(plan).unwrap()))).unwrap();
+        assert_eq!(*projection.load(), paths(&["url", "plan.tier", "persona"]));
+        block_on(h.set_rules(Arc::new(Rules::from_toml(RULES).unwrap()))).unwrap();
+        assert_eq!(*projection.load(), paths(&["plan.tier", "persona"]));
+    }
+
+    const RULES_WITH_URL: &str = r#"
+        [[touchpoint]]
+        name = "product"
+        phase = "consideration"
+        where = { url = { prefix = "/p/" } }
+    "#;
 
     #[test]
     fn workers_apply_and_publish_one_partial_per_task() {

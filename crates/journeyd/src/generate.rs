@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use journey_core::time::{parse_duration, Millis};
 use journey_core::Event;
 use journey_gen::{
-    to_canonical_json, to_cloudevents_json, to_segment_json, GenConfig, Spike, Step,
+    to_canonical_json, to_cloudevents_json, to_segment_json, GenConfig, Payload, Spike, Step,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -24,6 +24,11 @@ pub struct GenerateArgs {
     /// canonical, segment or cloudevents.
     #[arg(long, default_value = "canonical")]
     format: String,
+    /// compact (the attributes the rules read, about 160 bytes per canonical line) or
+    /// realistic (Segment-like `context` and 8-15 properties, about 1 KB per line; the same
+    /// journeys and figures).
+    #[arg(long, default_value = "compact")]
+    payload: String,
     /// Share of events delivered out of order (within 4 minutes).
     #[arg(long, default_value_t = 0.0)]
     out_of_order: f64,
@@ -153,9 +158,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "--format: unknown format `{other}` (expected one of: canonical, segment, cloudevents)"
         ),
     };
+    let payload = Payload::parse(&args.payload).with_context(|| {
+        format!(
+            "--payload: unknown payload `{}` (expected one of: compact, realistic)",
+            args.payload
+        )
+    })?;
     let cfg = args.config()?;
     let events = journey_gen::stream(&cfg)
-        .filter(|e| args.only_source.as_deref().is_none_or(|s| s == e.source));
+        .filter(|e| args.only_source.as_deref().is_none_or(|s| s == e.source))
+        .map(|e| payload.apply(e, cfg.seed));
     let pace = Pace {
         rate: args.rate,
         started: Instant::now(),

@@ -651,6 +651,7 @@ fn replay(
     };
     let runtime = Runtime::start(Arc::new(engine), rules.clone(), rc, Vec::new());
     let rt = runtime.handle();
+    let decoder = decoder.with_projection(rt.projection());
     let total_bytes = files
         .iter()
         .map(|f| {

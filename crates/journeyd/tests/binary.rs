@@ -311,9 +311,15 @@ fn check_rules_reports_every_problem() {
 }
 
 fn generate_and_replay(format: &str, source: &str) -> Value {
+    generate_and_replay_payload(format, source, "compact")
+}
+
+fn generate_and_replay_payload(format: &str, source: &str, payload: &str) -> Value {
     let gen = output(
         &[
             "generate",
+            "--payload",
+            payload,
             "--customers",
             "300",
             // In the past: records dated more than a day after the wall clock are rejected.
@@ -374,4 +380,33 @@ fn generated_streams_replay_to_the_same_figures_in_every_format() {
     }
     let bad = output(&["generate", "--format", "avro"], &[]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown format `avro`"));
+}
+
+/// `--payload realistic` widens every record to about 1 KB of Segment-like noise; the rules
+/// must see through it: the same seed gives the same figures as the compact payload, in every
+/// format.
+#[test]
+fn realistic_payloads_replay_to_the_compact_figures_in_every_format() {
+    for (format, source) in [
+        ("canonical", "web"),
+        ("segment", "web"),
+        ("cloudevents", "service"),
+    ] {
+        let compact = generate_and_replay_payload(format, source, "compact");
+        let wide = generate_and_replay_payload(format, source, "realistic");
+        assert_eq!(
+            wide["events"]["rejected"],
+            serde_json::json!({}),
+            "{format}"
+        );
+        assert!(
+            compact["events"]["classified"].as_u64() > Some(50),
+            "{format}"
+        );
+        for key in ["events", "funnel", "touchpoints", "transitions", "sessions"] {
+            assert_eq!(wide[key], compact[key], "{format} {key}");
+        }
+    }
+    let bad = output(&["generate", "--payload", "huge"], &[]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown payload `huge`"));
 }
