@@ -8,17 +8,25 @@
 //! the topic it came from (the task side decodes with that topic's format and source).
 //! Undecodable records go to the dead letters here and never reach the internal topic.
 //!
+//! The internal partition of a task merges many source partitions, and the task's watermark
+//! follows the largest event time it has seen there. So the repartitioner merges in event-time
+//! order, like Kafka Streams' `PartitionGroup`: records wait in a buffer per source partition,
+//! and the head with the smallest event time is written next, once every assigned partition
+//! has a head or has reached its end (or after [`ALIGN_WAIT`]). A backlog of several
+//! partitions then reaches the tasks in event-time order instead of partition after partition.
+//!
 //! Delivery is at-least-once: a poll round's records are produced by an idempotent producer
 //! and flushed before the round's source offsets are committed. A crash or a rebalance between
 //! the two reads them again; journeyd's dedup drops the copies of events with an `event_id`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use journey_api::Metrics;
+use journey_core::time::Millis;
 use journey_core::DecodeLimits;
 use journey_ingest::{DeadLetters, Decoder, Format};
 use rdkafka::client::ClientContext;
@@ -36,8 +44,28 @@ use crate::{KafkaSettings, KafkaSourceError};
 /// Header of every record in the internal topic: the name of the topic it was read from.
 pub const SOURCE_TOPIC: &str = "journeyd-topic";
 
-/// Records produced per round before the producer is flushed and offsets are committed.
+/// Records read per round; the records written are flushed and their offsets committed after
+/// each round.
 const BATCH: usize = 2048;
+
+/// How long a partition with nothing buffered, not at its end, may hold the others back.
+pub const ALIGN_WAIT: Duration = Duration::from_secs(5);
+
+/// Records buffered over all partitions beyond which the merge writes without waiting, so a
+/// stalled partition cannot grow memory without bound.
+const MAX_BUFFERED: usize = 100_000;
+
+/// A source partition: (topic, partition).
+type SourcePart = (String, i32);
+
+/// A decoded record waiting for its turn.
+struct Buffered {
+    offset: i64,
+    ts: Millis,
+    /// `None`: dead-lettered; kept only so that its offset is committed in order.
+    customer: Option<String>,
+    payload: Vec<u8>,
+}
 
 /// One repartitioned topic.
 struct Upstream {
@@ -45,22 +73,32 @@ struct Upstream {
     decoder: Decoder,
 }
 
-/// The consumer's context: whether every assigned partition has been fetched to its end.
-struct Fetched(AtomicBool);
+/// The consumer's context: the assigned partitions the latest statistics showed fetched to
+/// their end.
+struct Fetched(Mutex<HashSet<SourcePart>>);
+
+impl Fetched {
+    fn at_end(&self) -> HashSet<SourcePart> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 impl ClientContext for Fetched {
     fn stats(&self, stats: Statistics) {
-        let mut any = false;
-        let all = stats.topics.values().all(|t| {
-            t.partitions.values().all(|p| {
-                if p.partition < 0 || !p.desired {
-                    return true;
+        let mut at_end = HashSet::new();
+        for (name, t) in &stats.topics {
+            for p in t.partitions.values() {
+                if p.partition >= 0
+                    && p.desired
+                    && p.fetchq_cnt == 0
+                    && p.hi_offset >= 0
+                    && p.next_offset >= p.hi_offset
+                {
+                    at_end.insert((name.clone(), p.partition));
                 }
-                any = true;
-                p.fetchq_cnt == 0 && p.hi_offset >= 0 && p.next_offset >= p.hi_offset
-            })
-        });
-        self.0.store(any && all, Ordering::Relaxed);
+            }
+        }
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at_end;
     }
 }
 
@@ -97,12 +135,14 @@ pub(crate) fn start(
     let internal = settings.repartition_topic();
     let mut cfg = client_config(settings);
     cfg.set("group.id", &internal)
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        // Buffered records are held for the merge; fetch less ahead than the default 64 MiB.
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &settings.properties {
         cfg.set(k, v);
     }
     let consumer: BaseConsumer<Fetched> = cfg
-        .create_with_context(Fetched(AtomicBool::new(false)))
+        .create_with_context(Fetched(Mutex::new(HashSet::new())))
         .map_err(|source| KafkaSourceError::Client {
             what: "repartition consumer",
             source,
@@ -147,7 +187,7 @@ pub(crate) fn start(
             source,
         })?;
     tracing::info!(topics = ?topics, internal, tasks = topology.tasks, "repartitioning");
-    let r = Repartition {
+    let mut r = Repartition {
         consumer,
         producer,
         internal,
@@ -157,6 +197,8 @@ pub(crate) fn start(
         metrics,
         dead_letters,
         caught_up,
+        buffers: HashMap::new(),
+        blocked_since: None,
     };
     std::thread::Builder::new()
         .name("journeyd-repartition".into())
@@ -175,31 +217,135 @@ struct Repartition {
     metrics: Arc<Metrics>,
     dead_letters: DeadLetters,
     caught_up: Arc<AtomicBool>,
+    /// Decoded records per source partition, in offset order, not yet written.
+    buffers: HashMap<SourcePart, VecDeque<Buffered>>,
+    /// Since when the merge has been waiting for a partition with nothing buffered.
+    blocked_since: Option<Instant>,
 }
 
-/// The offsets a round read: first and last per (topic, partition).
-type Read = BTreeMap<(String, i32), (i64, i64)>;
+/// The offsets a round wrote: first and last per source partition.
+type Written = BTreeMap<SourcePart, (i64, i64)>;
 
 impl Repartition {
-    fn run(self, stop: &AtomicBool) {
+    fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            let Some(read) = self.round(stop) else {
+            if !self.round(stop) {
                 break;
-            };
-            if read.is_empty() {
-                let fetched = self.consumer.context().0.load(Ordering::Relaxed);
-                self.caught_up.store(fetched, Ordering::Relaxed);
+            }
+            let written = self.merge(stop);
+            let buffered = self.buffers.values().any(|b| !b.is_empty());
+            if written.is_empty() {
+                let assigned = self.assigned();
+                let at_end = self.consumer.context().at_end();
+                let done = !buffered && !assigned.is_empty() && assigned.is_subset(&at_end);
+                self.caught_up.store(done, Ordering::Relaxed);
                 continue;
             }
             self.caught_up.store(false, Ordering::Relaxed);
-            self.settle(&read, stop);
+            self.settle(&written, stop);
         }
         self.caught_up.store(false, Ordering::Relaxed);
     }
 
-    /// Flushes the producer, then commits the round's offsets; when some records were not
-    /// written, seeks back to the round's first offsets to read them again.
-    fn settle(&self, read: &Read, stop: &AtomicBool) {
+    fn assigned(&self) -> HashSet<SourcePart> {
+        self.consumer.assignment().map_or_else(
+            |_| HashSet::new(),
+            |tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            },
+        )
+    }
+
+    /// Writes buffered records in event-time order while every assigned partition has a head
+    /// or has reached its end; after [`ALIGN_WAIT`] of waiting, or with more than
+    /// [`MAX_BUFFERED`] records held, writes what it has.
+    fn merge(&mut self, stop: &AtomicBool) -> Written {
+        let assigned = self.assigned();
+        // Records of partitions given up: their next owner reads them from the committed offset.
+        self.buffers.retain(|part, _| assigned.contains(part));
+        let at_end = self.consumer.context().at_end();
+        let waiting = assigned.iter().any(|part| {
+            self.buffers.get(part).is_none_or(VecDeque::is_empty) && !at_end.contains(part)
+        });
+        let held: usize = self.buffers.values().map(VecDeque::len).sum();
+        let mut written = Written::new();
+        if waiting && held > 0 {
+            let since = *self.blocked_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < ALIGN_WAIT && held <= MAX_BUFFERED {
+                return written;
+            }
+        } else {
+            self.blocked_since = None;
+        }
+        loop {
+            // The partition whose head is the oldest; ties by partition, so runs repeat.
+            let next = self
+                .buffers
+                .iter()
+                .filter_map(|(part, b)| b.front().map(|r| (r.ts, part)))
+                .min()
+                .map(|(_, part)| part.clone());
+            let Some(part) = next else { break };
+            let Some(rec) = self.buffers.get_mut(&part).and_then(VecDeque::pop_front) else {
+                break;
+            };
+            if rec.customer.is_some() && !self.produce(&part.0, &rec, stop) {
+                break;
+            }
+            written
+                .entry(part.clone())
+                .and_modify(|w| w.1 = rec.offset)
+                .or_insert((rec.offset, rec.offset));
+            // Without all heads, write only until a partition runs dry.
+            if !waiting
+                && self.buffers.get(&part).is_some_and(VecDeque::is_empty)
+                && !at_end.contains(&part)
+            {
+                break;
+            }
+        }
+        written
+    }
+
+    /// Produces one record to the internal topic; `false` when stopping with the queue full.
+    fn produce(&self, topic: &str, rec: &Buffered, stop: &AtomicBool) -> bool {
+        let key = rec.customer.as_deref().unwrap_or_default().as_bytes();
+        let partition = self.partitioner.partition(key, self.tasks);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: SOURCE_TOPIC,
+            value: Some(topic),
+        });
+        let mut record = BaseRecord::to(&self.internal)
+            .key(key)
+            .payload(&rec.payload)
+            .partition(i32::try_from(partition).unwrap_or(0))
+            .headers(headers);
+        // A full queue empties as deliveries complete.
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return true,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                    if stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                }
+                Err((e, _)) => {
+                    tracing::warn!("cannot write to the internal repartition topic: {e}");
+                    self.producer.context().0.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Flushes the producer, then commits the written records' offsets; when some records were
+    /// not written, seeks back to the first offsets written to read them again.
+    fn settle(&mut self, read: &Written, stop: &AtomicBool) {
         let mut flushed = self.producer.flush(Duration::from_secs(30));
         // A broker away for a while: wait for it rather than drop or skip records.
         while let Err(e) = &flushed {
@@ -213,6 +359,7 @@ impl Repartition {
         let failed = self.producer.context().0.swap(0, Ordering::Relaxed);
         if failed > 0 {
             for ((topic, partition), (first, _)) in read {
+                self.buffers.remove(&(topic.clone(), *partition));
                 if let Err(e) = self.consumer.seek(
                     topic,
                     *partition,
@@ -236,13 +383,12 @@ impl Repartition {
         }
     }
 
-    /// Up to [`BATCH`] records or 50 ms, each decoded and produced (or dead-lettered). `None`
+    /// Up to [`BATCH`] records or 50 ms, each decoded and buffered (or dead-lettered). `false`
     /// when the dead-letter sink has gone (shutdown).
-    fn round(&self, stop: &AtomicBool) -> Option<Read> {
-        let mut read = Read::new();
+    fn round(&mut self, stop: &AtomicBool) -> bool {
         let mut n = 0;
         let deadline = Instant::now() + Duration::from_millis(50);
-        while n < BATCH && Instant::now() < deadline {
+        while n < BATCH && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
             let Some(result) = self.consumer.poll(Duration::from_millis(20)) else {
                 continue;
             };
@@ -257,51 +403,34 @@ impl Repartition {
                 continue;
             };
             n += 1;
-            read.entry((msg.topic().to_string(), msg.partition()))
-                .and_modify(|r| r.1 = msg.offset())
-                .or_insert((msg.offset(), msg.offset()));
             let payload = msg.payload().unwrap_or_default();
-            let customer = match up.decoder.decode(payload) {
-                Ok(e) => e.customer_id.into_owned(),
+            let (customer, ts) = match up.decoder.decode(payload) {
+                Ok(e) => (Some(e.customer_id.into_owned()), e.ts),
                 Err(e) => {
                     let letter = (e.reason(), e.to_string());
                     if !reject(&self.metrics, &self.dead_letters, &up.source, &msg, letter) {
-                        return None;
+                        return false;
                     }
-                    continue;
+                    // Nothing to write: its turn comes at once.
+                    (None, Millis::MIN)
                 }
             };
-            let key = customer.as_bytes();
-            let partition = self.partitioner.partition(key, self.tasks);
-            let headers = OwnedHeaders::new().insert(Header {
-                key: SOURCE_TOPIC,
-                value: Some(msg.topic()),
-            });
-            let mut record = BaseRecord::to(&self.internal)
-                .key(key)
-                .payload(payload)
-                .partition(i32::try_from(partition).unwrap_or(0))
-                .headers(headers);
-            // A full queue empties as deliveries complete.
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        self.producer.poll(Duration::from_millis(50));
-                        if stop.load(Ordering::Relaxed) {
-                            return Some(read);
-                        }
-                    }
-                    Err((e, _)) => {
-                        tracing::warn!("cannot write to the internal repartition topic: {e}");
-                        self.producer.context().0.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                }
-            }
+            let payload = if customer.is_some() {
+                payload.to_vec()
+            } else {
+                Vec::new()
+            };
+            self.buffers
+                .entry((msg.topic().to_string(), msg.partition()))
+                .or_default()
+                .push_back(Buffered {
+                    offset: msg.offset(),
+                    ts,
+                    customer,
+                    payload,
+                });
         }
         self.producer.poll(Duration::ZERO);
-        Some(read)
+        true
     }
 }
