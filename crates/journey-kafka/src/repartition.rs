@@ -199,6 +199,7 @@ pub(crate) fn start(
         caught_up,
         buffers: HashMap::new(),
         blocked_since: None,
+        flushed: BTreeMap::new(),
     };
     std::thread::Builder::new()
         .name("journeyd-repartition".into())
@@ -221,6 +222,9 @@ struct Repartition {
     buffers: HashMap<SourcePart, VecDeque<Buffered>>,
     /// Since when the merge has been waiting for a partition with nothing buffered.
     blocked_since: Option<Instant>,
+    /// Next offset per source partition whose records are all flushed: committed again,
+    /// synchronously, at shutdown, as the last asynchronous commit may not have completed.
+    flushed: BTreeMap<SourcePart, i64>,
 }
 
 /// The offsets a round wrote: first and last per source partition.
@@ -245,6 +249,27 @@ impl Repartition {
             self.settle(&written, stop);
         }
         self.caught_up.store(false, Ordering::Relaxed);
+        self.commit(CommitMode::Sync);
+    }
+
+    /// Commits the flushed offsets of every partition still assigned here: all of them each
+    /// time, so a failed asynchronous commit is repaired by the next. Others are forgotten, so
+    /// that this member never moves back the offsets of a partition's new owner.
+    fn commit(&mut self, mode: CommitMode) {
+        let assigned = self.assigned();
+        self.flushed.retain(|part, _| assigned.contains(part));
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.flushed {
+            if let Err(e) = list.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(topic, partition, "{e}");
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&list, mode) {
+            tracing::debug!("cannot commit the repartitioned offsets (again next round): {e}");
+        }
     }
 
     fn assigned(&self) -> HashSet<SourcePart> {
@@ -371,16 +396,10 @@ impl Repartition {
             }
             return;
         }
-        let mut list = TopicPartitionList::new();
         for ((topic, partition), (_, last)) in read {
-            if let Err(e) = list.add_partition_offset(topic, *partition, Offset::Offset(last + 1)) {
-                tracing::warn!(topic, partition, "{e}");
-            }
+            self.flushed.insert((topic.clone(), *partition), last + 1);
         }
-        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
-            // The next round's commit covers these offsets too.
-            tracing::debug!("cannot commit the repartitioned offsets: {e}");
-        }
+        self.commit(CommitMode::Async);
     }
 
     /// Up to [`BATCH`] records or 50 ms, each decoded and buffered (or dead-lettered). `false`
