@@ -786,6 +786,14 @@ fn check_internal_topic(brokers: &str, port: u16, tasks: i32, l: &Repartitioned,
         "records read from {INTERNAL}: each decodable one once"
     );
     assert_eq!(ids.len(), want, "distinct event ids in {INTERNAL}");
+    assert_eq!(
+        metric(
+            port,
+            "journeyd_repartitioned_records_total{outcome=\"written\"}"
+        ),
+        Some(want as f64),
+        "journeyd_repartitioned_records_total counts the records written"
+    );
     assert!(
         misplaced.is_empty(),
         "not keyed by customer id or in another partition than murmur2 gives: {misplaced:?}"

@@ -104,17 +104,22 @@ impl ClientContext for Fetched {
 
 impl ConsumerContext for Fetched {}
 
-/// The producer's context: deliveries that failed since the round began.
-struct Failures(AtomicU64);
+/// The producer's context: deliveries that failed since the round began, and the counters
+/// of `journeyd_repartitioned_records_total`.
+struct Failures(AtomicU64, prometheus::IntCounter, prometheus::IntCounter);
 
 impl ClientContext for Failures {}
 
 impl ProducerContext for Failures {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            tracing::warn!("cannot write a record to the internal repartition topic: {e}");
-            self.0.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(_) => self.1.inc(),
+            Err((e, _)) => {
+                tracing::warn!("cannot write a record to the internal repartition topic: {e}");
+                self.0.fetch_add(1, Ordering::Relaxed);
+                self.2.inc();
+            }
         }
     }
 }
@@ -155,7 +160,11 @@ pub(crate) fn start(
     // Retries keep the order and write no copies within one producer session.
     pcfg.set("enable.idempotence", "true");
     let producer: BaseProducer<Failures> = pcfg
-        .create_with_context(Failures(AtomicU64::new(0)))
+        .create_with_context(Failures(
+            AtomicU64::new(0),
+            metrics.repartitioned.with_label_values(&["written"]),
+            metrics.repartitioned.with_label_values(&["failed"]),
+        ))
         .map_err(|source| KafkaSourceError::Client {
             what: "repartition producer",
             source,
@@ -362,6 +371,7 @@ impl Repartition {
                 Err((e, _)) => {
                     tracing::warn!("cannot write to the internal repartition topic: {e}");
                     self.producer.context().0.fetch_add(1, Ordering::Relaxed);
+                    self.producer.context().2.inc();
                     return true;
                 }
             }
