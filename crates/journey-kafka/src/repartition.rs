@@ -127,7 +127,6 @@ impl ProducerContext for Failures {
 /// Starts the repartitioner thread. `caught_up` is set while every repartitioned partition
 /// assigned here has been read to its end and written out: until then the internal topic's
 /// partitions must not count as idle on the task side.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn start(
     settings: &KafkaSettings,
     topology: &Topology,
