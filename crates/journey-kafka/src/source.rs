@@ -8,6 +8,9 @@
 //! seeking gives exactly-once aggregates (Flink's model). Offsets are committed to Kafka after
 //! each checkpoint for lag monitoring only. Without checkpoints, offsets are stored for
 //! auto-commit once the tasks involved have applied the round (at-least-once).
+//!
+//! Records of the internal repartition topic are decoded with the format and source of the
+//! topic the repartitioner read them from, named by their [`SOURCE_TOPIC`] header.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,17 +20,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_api::Metrics;
 use journey_core::time::Millis;
-use journey_core::DecodeLimits;
+use journey_core::{DecodeLimits, SharedProjection};
 use journey_ingest::{DeadLetter, DeadLetters, Decoder, Format, Position};
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition};
 use journey_runtime::{Input, RuntimeHandle, TaskId};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::assignment::{Run, TaskState, Tasks};
 use crate::lag::report_lag;
-use crate::topology::client_config;
+use crate::repartition::SOURCE_TOPIC;
+use crate::topology::{client_config, Topology};
 use crate::{KafkaSettings, KafkaSourceError, Part};
 
 fn now_ms() -> Millis {
@@ -49,17 +53,100 @@ pub struct KafkaSource {
 struct Topic {
     /// Index into the topic names, so offsets are tracked without a string per record.
     index: usize,
+    decoding: Decoding,
+}
+
+/// How one topic's records are decoded.
+enum Decoding {
+    /// With the topic's own format.
+    Direct(Box<Upstream>),
+    /// The internal topic: with the format of the topic named by the record's header.
+    ByHeader(HashMap<Vec<u8>, Upstream>),
+}
+
+/// The format and source of one configured topic.
+struct Upstream {
     source: String,
     decoder: Decoder,
     /// Resolved once: a labelled counter lookup per record would cost more than decoding.
     accepted: prometheus::IntCounter,
 }
 
+impl Upstream {
+    fn new(
+        t: &crate::TopicSettings,
+        limits: DecodeLimits,
+        metrics: &Metrics,
+        projection: &SharedProjection,
+    ) -> Result<Upstream, KafkaSourceError> {
+        let format =
+            Format::parse(&t.format, t.mapping.as_ref()).map_err(|e| KafkaSourceError::Format {
+                topic: t.name.clone(),
+                why: e.to_string(),
+            })?;
+        Ok(Upstream {
+            source: t.source.clone(),
+            decoder: Decoder::new(format, t.source.clone(), limits)
+                .with_projection(projection.clone()),
+            accepted: metrics
+                .ingest_events
+                .with_label_values(&[t.source.as_str(), "accepted"]),
+        })
+    }
+}
+
+/// The value of `msg`'s header `key`, if it has one.
+fn header<'a>(msg: &'a BorrowedMessage<'_>, key: &str) -> Option<&'a [u8]> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+}
+
+/// Counts a rejected record and sends it to the dead letters with its Kafka position.
+/// `false` when the dead-letter sink has gone (shutdown).
+pub(crate) fn reject(
+    metrics: &Metrics,
+    dead_letters: &DeadLetters,
+    source: &str,
+    msg: &BorrowedMessage<'_>,
+    (reason, error): (&'static str, String),
+) -> bool {
+    metrics
+        .ingest_events
+        .with_label_values(&[source, "rejected"])
+        .inc();
+    metrics
+        .ingest_rejected
+        .with_label_values(&[source, reason])
+        .inc();
+    tracing::debug!(
+        topic = msg.topic(),
+        partition = msg.partition(),
+        offset = msg.offset(),
+        "rejected: {error}"
+    );
+    dead_letters.send_blocking(DeadLetter {
+        at: now_ms(),
+        reason,
+        error,
+        source: source.to_string(),
+        position: Position::Kafka {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        },
+        record: msg.payload().unwrap_or_default().to_vec(),
+    })
+}
+
 impl KafkaSource {
-    /// Starts consuming. With a `checkpointer`, tasks are restored from its state store when
+    /// Starts consuming `topology.inputs`, and the repartitioner when some topics are
+    /// repartitioned. With a `checkpointer`, tasks are restored from its state store when
     /// their partitions are assigned, and this thread takes the checkpoints.
     pub fn start(
         settings: &KafkaSettings,
+        topology: &Topology,
         limits: DecodeLimits,
         rt: RuntimeHandle,
         metrics: Arc<Metrics>,
@@ -79,11 +166,21 @@ impl KafkaSource {
         for (k, v) in &settings.properties {
             cfg.set(k, v);
         }
-        let names: Vec<String> = settings.topics.iter().map(|t| t.name.clone()).collect();
+        let names = topology.inputs.clone();
+        let internal = settings.repartition_topic();
+        let upstream_caught_up = Arc::new(AtomicBool::new(false));
+        let repartitioned = (!topology.repartitioned.is_empty()).then(|| {
+            let index = names
+                .iter()
+                .position(|n| *n == internal)
+                .unwrap_or(usize::MAX);
+            (index, upstream_caught_up.clone())
+        });
         let consumer: BaseConsumer<Tasks> = cfg
             .clone()
             .create_with_context(Tasks {
                 names: names.clone(),
+                repartitioned,
                 rt: rt.clone(),
                 metrics: metrics.clone(),
                 state: Mutex::new(TaskState {
@@ -99,25 +196,32 @@ impl KafkaSource {
                 source,
             })?;
         let mut topics = HashMap::new();
-        for (index, t) in settings.topics.iter().enumerate() {
-            let format = Format::parse(&t.format, t.mapping.as_ref()).map_err(|e| {
-                KafkaSourceError::Format {
-                    topic: t.name.clone(),
-                    why: e.to_string(),
+        for (index, name) in names.iter().enumerate() {
+            let decoding = if *name == internal {
+                let mut by = HashMap::new();
+                for t in settings
+                    .topics
+                    .iter()
+                    .filter(|t| topology.repartitioned.contains(&t.name))
+                {
+                    by.insert(
+                        t.name.as_bytes().to_vec(),
+                        Upstream::new(t, limits, &metrics, &rt.projection())?,
+                    );
                 }
-            })?;
-            topics.insert(
-                t.name.clone(),
-                Topic {
-                    index,
-                    source: t.source.clone(),
-                    decoder: Decoder::new(format, t.source.clone(), limits)
-                        .with_projection(rt.projection()),
-                    accepted: metrics
-                        .ingest_events
-                        .with_label_values(&[t.source.as_str(), "accepted"]),
-                },
-            );
+                Decoding::ByHeader(by)
+            } else {
+                match settings.topics.iter().find(|t| t.name == *name) {
+                    Some(t) => Decoding::Direct(Box::new(Upstream::new(
+                        t,
+                        limits,
+                        &metrics,
+                        &rt.projection(),
+                    )?)),
+                    None => continue,
+                }
+            };
+            topics.insert(name.clone(), Topic { index, decoding });
         }
         let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer
@@ -138,6 +242,35 @@ impl KafkaSource {
             .name("journeyd-kafka-lag".into())
             .spawn(move || report_lag(lag_client, lag_topics, lag_metrics, lag_stop))
             .map_err(|e| KafkaSourceError::Thread("Kafka lag", e))?;
+        let mut threads = vec![lag];
+        if !topology.repartitioned.is_empty() {
+            threads.push(crate::repartition::start(
+                settings,
+                topology,
+                limits,
+                metrics.clone(),
+                dead_letters.clone(),
+                upstream_caught_up,
+                stop.clone(),
+            )?);
+            // The repartitioner's lag, under its own group.
+            cfg.set("group.id", &internal);
+            let client: BaseConsumer = cfg.create().map_err(|source| KafkaSourceError::Client {
+                what: "lag client",
+                source,
+            })?;
+            let (topics, m, s) = (
+                topology.repartitioned.clone(),
+                metrics.clone(),
+                stop.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("journeyd-repartition-lag".into())
+                    .spawn(move || report_lag(client, topics, m, s))
+                    .map_err(|e| KafkaSourceError::Thread("Kafka lag", e))?,
+            );
+        }
         let source = Consume {
             consumer,
             topics,
@@ -151,10 +284,8 @@ impl KafkaSource {
             .name("journeyd-kafka".into())
             .spawn(move || source.run(&flag))
             .map_err(|e| KafkaSourceError::Thread("Kafka", e))?;
-        Ok(KafkaSource {
-            stop,
-            threads: vec![thread, lag],
-        })
+        threads.insert(0, thread);
+        Ok(KafkaSource { stop, threads })
     }
 
     /// Stops polling, checkpoints (or waits for submitted events to be applied and stores
@@ -304,51 +435,43 @@ impl Consume {
                 }
             }
             let payload = msg.payload().unwrap_or_default();
-            match topic.decoder.decode(payload) {
+            let up = match &topic.decoding {
+                Decoding::Direct(up) => up,
+                Decoding::ByHeader(by) => {
+                    let Some(up) = header(&msg, SOURCE_TOPIC).and_then(|t| by.get(t)) else {
+                        // Written by something else, or by a journeyd reading other topics.
+                        let why = "no `journeyd-topic` header naming a repartitioned topic";
+                        let letter = ("unknown_source_topic", why.to_string());
+                        if !reject(&self.metrics, &self.dead_letters, msg.topic(), &msg, letter) {
+                            return None;
+                        }
+                        continue;
+                    };
+                    up
+                }
+            };
+            match up.decoder.decode(payload) {
                 Ok(e) => {
-                    *accepted.entry(topic.index).or_default() += 1;
+                    match &topic.decoding {
+                        Decoding::Direct(_) => *accepted.entry(topic.index).or_default() += 1,
+                        Decoding::ByHeader(_) => up.accepted.inc(),
+                    }
                     let e = e.into_owned();
                     if let Some(run) = self.consumer.context().lock().unsubmitted.last_mut() {
                         run.events.push(e);
                     }
                 }
                 Err(e) => {
-                    let source = topic.source.as_str();
-                    self.metrics
-                        .ingest_events
-                        .with_label_values(&[source, "rejected"])
-                        .inc();
-                    self.metrics
-                        .ingest_rejected
-                        .with_label_values(&[source, e.reason()])
-                        .inc();
-                    tracing::debug!(
-                        topic = msg.topic(),
-                        partition = msg.partition(),
-                        offset = msg.offset(),
-                        "rejected: {e}"
-                    );
-                    let letter = DeadLetter {
-                        at: now_ms(),
-                        reason: e.reason(),
-                        error: e.to_string(),
-                        source: source.to_string(),
-                        position: Position::Kafka {
-                            topic: msg.topic().to_string(),
-                            partition: msg.partition(),
-                            offset: msg.offset(),
-                        },
-                        record: payload.to_vec(),
-                    };
-                    if !self.dead_letters.send_blocking(letter) {
+                    let letter = (e.reason(), e.to_string());
+                    if !reject(&self.metrics, &self.dead_letters, &up.source, &msg, letter) {
                         return None;
                     }
                 }
             }
         }
         for t in self.topics.values() {
-            if let Some(n) = accepted.get(&t.index) {
-                t.accepted.inc_by(*n);
+            if let (Some(n), Decoding::Direct(up)) = (accepted.get(&t.index), &t.decoding) {
+                up.accepted.inc_by(*n);
             }
         }
         // What a rebalance callback did not already hand to the tasks.

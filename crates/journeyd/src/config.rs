@@ -297,6 +297,8 @@ impl Settings {
                 idle_timeout: Duration::from_secs(10),
                 properties: BTreeMap::new(),
                 topics: Vec::new(),
+                repartition: false,
+                repartition_replication_factor: -1,
             },
             state: StateSettings { url: None },
             cluster: ClusterSettings {
@@ -759,6 +761,8 @@ struct RawKafka {
     group_id: Option<Text>,
     partitioner: Option<Text>,
     idle_timeout: Option<Text>,
+    repartition: Option<bool>,
+    repartition_replication_factor: Option<i64>,
     properties: BTreeMap<String, Text>,
     topics: Vec<RawTopic>,
 }
@@ -771,6 +775,7 @@ struct RawTopic {
     source: Option<Text>,
     format: Option<Text>,
     mapping: Option<BTreeMap<String, Text>>,
+    repartition: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1073,7 +1078,11 @@ impl RawConfig {
             DeadLetterSettings::File(PathBuf::from(path))
         } else if sink == "kafka" {
             let topic = p.not_empty("dead_letter.topic", dl.topic, "journeyd-dead-letters");
-            if kafka.topics.iter().any(|t| t.name == topic) {
+            if topic == kafka.repartition_topic() {
+                p.push(format!(
+                    "dead_letter.topic: `{topic}` is journeyd's internal repartition topic"
+                ));
+            } else if kafka.topics.iter().any(|t| t.name == topic) {
                 p.push(format!(
                     "dead_letter.topic: `{topic}` is also consumed as kafka.topics; dead letters would loop"
                 ));
@@ -1184,6 +1193,19 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         }),
     };
     let idle_timeout = p.interval("kafka.idle_timeout", raw.idle_timeout, d.idle_timeout);
+    let repartition = raw.repartition.unwrap_or(d.repartition);
+    let repartition_replication_factor = match raw.repartition_replication_factor {
+        None => d.repartition_replication_factor,
+        Some(n) if n == -1 || (1..=i64::from(i16::MAX)).contains(&n) => n as i32,
+        Some(n) => {
+            p.push(format!(
+                "kafka.repartition_replication_factor: must be -1 (the broker's default) or \
+                 from 1 to 32767, got {n}"
+            ));
+            d.repartition_replication_factor
+        }
+    };
+    let internal = format!("{group_id}-repartition");
     if enabled {
         if brokers.trim().is_empty() {
             p.push("kafka.brokers: must not be empty when kafka.enabled = true".into());
@@ -1232,6 +1254,19 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         if !name.is_empty() && topics.iter().any(|seen| seen.name == name) {
             p.push(format!("{key}.name: duplicate topic `{name}`"));
         }
+        if name == internal {
+            p.push(format!(
+                "{key}.name: `{name}` is journeyd's internal repartition topic (kafka.group_id \
+                 + \"-repartition\"); list the topics it is made from instead"
+            ));
+        }
+        let marked = t.repartition.unwrap_or(false);
+        if marked && !repartition {
+            p.push(format!(
+                "{key}.repartition: needs kafka.repartition = true (journeyd repartitions only \
+                 when allowed to create the internal topic `{internal}`)"
+            ));
+        }
         let source = match t.source {
             None => name.clone(),
             Some(s) if s.0.trim().is_empty() => {
@@ -1263,6 +1298,7 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
             source,
             format,
             mapping,
+            repartition: marked,
         });
     }
 
@@ -1274,6 +1310,8 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         idle_timeout,
         properties,
         topics,
+        repartition,
+        repartition_replication_factor,
     }
 }
 
@@ -1619,6 +1657,8 @@ mod tests {
             group_id = "jd"
             partitioner = "crc32"
             idle_timeout = "30s"
+            repartition = true
+            repartition_replication_factor = 3
             [kafka.properties]
             "security.protocol" = "SASL_SSL"
             "fetch.min.bytes" = 1024
@@ -1631,6 +1671,7 @@ mod tests {
             name = "crm"
             format = "mapping"
             mapping = { customer_id = "/user/id", event = "/type", ts = "/at" }
+            repartition = true
             [dedup]
             horizon = "1h"
             max_ids = 5000
@@ -1754,6 +1795,7 @@ mod tests {
                     source: "web".into(),
                     format: "segment".into(),
                     mapping: None,
+                    repartition: false,
                 },
                 TopicSettings {
                     name: "crm".into(),
@@ -1764,9 +1806,13 @@ mod tests {
                         ("event".to_string(), "/type".to_string()),
                         ("ts".to_string(), "/at".to_string()),
                     ])),
+                    repartition: true,
                 },
             ]
         );
+        assert!(k.repartition);
+        assert_eq!(k.repartition_replication_factor, 3);
+        assert_eq!(k.repartition_topic(), "jd-repartition");
         assert_eq!(
             s.alerts,
             AlertSettings {
@@ -2134,6 +2180,39 @@ mod tests {
                 "kafka.partitioner: unknown partitioner `random`: expected `murmur2` (Java clients) or `crc32` (librdkafka `consistent`)",
                 "kafka.idle_timeout: must be positive, got 0s",
             ]
+        );
+    }
+
+    #[test]
+    fn repartition_settings_are_checked() {
+        assert_eq!(
+            invalid(
+                "[kafka]\nenabled = true\ngroup_id = \"g\"\nrepartition_replication_factor = 0\n\
+                 [[kafka.topics]]\nname = \"web\"\nrepartition = true\n\
+                 [[kafka.topics]]\nname = \"g-repartition\"\n\
+                 [dead_letter]\nsink = \"kafka\"\ntopic = \"g-repartition\"\n"
+            ),
+            [
+                "kafka.repartition_replication_factor: must be -1 (the broker's default) or from \
+                 1 to 32767, got 0",
+                "kafka.topics[0].repartition: needs kafka.repartition = true (journeyd \
+                 repartitions only when allowed to create the internal topic `g-repartition`)",
+                "kafka.topics[1].name: `g-repartition` is journeyd's internal repartition topic \
+                 (kafka.group_id + \"-repartition\"); list the topics it is made from instead",
+                "dead_letter.topic: `g-repartition` is journeyd's internal repartition topic",
+            ]
+        );
+        let s = Settings::from_toml_str(
+            "[kafka]\nrepartition = true\nrepartition_replication_factor = 1\n\
+             [[kafka.topics]]\nname = \"crm\"\nrepartition = true\n",
+            no_env(),
+        )
+        .unwrap();
+        assert!(s.kafka.repartition && s.kafka.topics[0].repartition);
+        assert_eq!(s.kafka.repartition_replication_factor, 1);
+        assert_eq!(
+            error("[kafka]\nrepartition = \"yes\"\n", &[]),
+            "<string>:2:15: invalid type: string \"yes\", expected a boolean"
         );
     }
 

@@ -199,11 +199,14 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     });
     // With Kafka a task is one partition index of the input topics; otherwise a setting.
     let kafka_on = settings.kafka.enabled;
-    let tasks = if kafka_on {
-        journey_kafka::partition_count(&settings.kafka)?
+    let topology = if kafka_on {
+        Some(journey_kafka::topology(&settings.kafka)?)
     } else {
-        settings.runtime.tasks
+        None
     };
+    let tasks = topology
+        .as_ref()
+        .map_or(settings.runtime.tasks, |t| t.tasks);
     let engine = Arc::new(per_task(&settings.engine, tasks));
     let rc = RuntimeConfig {
         workers: settings.runtime.workers,
@@ -251,7 +254,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
     };
     // With Kafka, tasks start when their partitions are assigned and the Kafka thread
     // checkpoints between rounds; otherwise every task starts now and the service checkpoints.
-    let (runtime, kafka, mut checkpointer) = if kafka_on {
+    let (runtime, kafka, mut checkpointer) = if let Some(topology) = &topology {
         let runtime = Runtime::start(engine, rules, rc, Vec::new());
         let limits = DecodeLimits {
             max_record_bytes: settings.ingest.max_record_bytes,
@@ -259,6 +262,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         };
         let source = journey_kafka::KafkaSource::start(
             &settings.kafka,
+            topology,
             limits,
             runtime.handle(),
             metrics.clone(),

@@ -3,7 +3,8 @@
 //! service computes must equal those of the engine run directly in this test, and the consumer
 //! group's committed offsets must reach the end of every partition once the events are applied.
 //! Topics consumed together must be co-partitioned (the same partition count): a set that is
-//! not stops journeyd at startup.
+//! not stops journeyd at startup, and so does (with `kafka.repartition`) an internal topic with
+//! another partition count than the tasks.
 
 use std::borrow::Cow;
 use std::io::{Read, Write};
@@ -418,5 +419,60 @@ fn names_count_finds_a_topic_with_its_count() {
     assert!(
         !names_count(coloured, "mismatch-crm", 2),
         "no digits of colour codes"
+    );
+}
+
+/// With `kafka.repartition`, an internal topic that exists with another partition count than
+/// the tasks stops journeyd at startup, naming it with both counts (repartitioned records would
+/// otherwise reach the wrong tasks).
+#[test]
+fn an_internal_topic_with_another_partition_count_stops_journeyd_at_startup() {
+    let cluster = MockCluster::new(1).unwrap();
+    for (topic, partitions) in [("rp-web", 4), ("rp-crm", 2), ("journeyd-rp-repartition", 3)] {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let dir = std::env::temp_dir().join(format!("journeyd-kafka-rp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("journeyd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{}\"\n[kafka]\nenabled = true\nbrokers = \"{brokers}\"\n\
+             group_id = \"journeyd-rp\"\nrepartition = true\nrepartition_replication_factor = 1\n\
+             [[kafka.topics]]\nname = \"rp-web\"\n[[kafka.topics]]\nname = \"rp-crm\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let stderr_path = dir.join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(repo())
+        .env("JOURNEYD_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut service = Service(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = service.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "journeyd is still running 30 s after starting with an internal topic of 3 \
+             partitions for 4 tasks; it must refuse it at startup"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = strip_ansi(&std::fs::read_to_string(&stderr_path).unwrap());
+    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(
+        stderr.contains(
+            "the internal topic `journeyd-rp-repartition` has 3 partitions but the tasks are 4"
+        ),
+        "stderr:\n{stderr}"
     );
 }
