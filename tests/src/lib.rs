@@ -20,19 +20,22 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `journeyd` binary: `JOURNEYD_BIN`, or the one cargo built next to this test
-/// (`cargo test --workspace` builds it for journeyd's own tests).
+/// The `journeyd` binary: `JOURNEYD_BIN`, or the one cargo built next to this test or
+/// benchmark binary (`cargo test --workspace` builds it for journeyd's own tests).
 pub fn journeyd_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("JOURNEYD_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("the test binary has a path");
-    // target/<profile>/deps/<test> → target/<profile>/journeyd
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("journeyd"))
-        .expect("the test binary sits in target/<profile>/deps");
+    // target/<profile>/deps/<test> → target/<profile>/journeyd; a binary such as the bench
+    // suite sits in target/<profile> itself.
+    let dir = exe.parent().expect("the binary sits in a directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>/deps")
+    } else {
+        dir
+    };
+    let bin = dir.join("journeyd");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p journeyd` first, or set JOURNEYD_BIN",
