@@ -359,6 +359,17 @@ fn a_group_that_loses_gains_and_stalls_members_answers_exactly_like_replay() {
             );
         }
     }
+    // For a failure's diagnosis: records applied twice escape the dedup horizon here (event
+    // time runs about a day per minute of the stream), late events change session figures.
+    for &p in &live {
+        eprintln!(
+            "chaos: instance on {p}: journeyd_events_duplicate_total {:?}, \
+             journeyd_events_late_total {:?}, journeyd_task_restores_total {:?}",
+            metric(p, "journeyd_events_duplicate_total"),
+            metric(p, "journeyd_events_late_total"),
+            metric(p, "journeyd_task_restores_total"),
+        );
+    }
     wait_figures_equal(
         "every live instance",
         &live,
