@@ -20,19 +20,22 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `journeyd` binary: `JOURNEYD_BIN`, or the one cargo built next to this test
-/// (`cargo test --workspace` builds it for journeyd's own tests).
+/// The `journeyd` binary: `JOURNEYD_BIN`, or the one cargo built next to this test or
+/// benchmark binary (`cargo test --workspace` builds it for journeyd's own tests).
 pub fn journeyd_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("JOURNEYD_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("the test binary has a path");
-    // target/<profile>/deps/<test> → target/<profile>/journeyd
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("journeyd"))
-        .expect("the test binary sits in target/<profile>/deps");
+    // target/<profile>/deps/<test> → target/<profile>/journeyd; a binary such as the bench
+    // suite sits in target/<profile> itself.
+    let dir = exe.parent().expect("the binary sits in a directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>/deps")
+    } else {
+        dir
+    };
+    let bin = dir.join("journeyd");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p journeyd` first, or set JOURNEYD_BIN",
@@ -719,4 +722,191 @@ impl Drop for Moto {
             let _ = c.wait();
         }
     }
+}
+
+/// One consumer group of `journeyd run` instances sharing a state store (`cluster.rs`,
+/// `chaos.rs`): what every instance's config has in common.
+#[derive(Debug, Clone)]
+pub struct Group<'a> {
+    /// Bootstrap servers.
+    pub brokers: &'a str,
+    /// `kafka.group_id`.
+    pub group: &'a str,
+    /// Input topics; each is read as the source of the same name, canonical JSON.
+    pub topics: &'a [&'a str],
+    /// `state.url`, e.g. `s3://state/group`.
+    pub state_url: &'a str,
+    /// `cluster.peer_timeout`.
+    pub peer_timeout: Duration,
+    /// `runtime.workers` of each instance.
+    pub workers: usize,
+    /// `checkpoint.interval` (Kafka offsets are committed after each checkpoint).
+    pub checkpoint_interval: Duration,
+}
+
+impl Group<'_> {
+    /// Writes `<dir>/<name>.toml` for an instance listening on `port`: a 6 s Kafka session
+    /// timeout, membership heartbeats every 500 ms.
+    pub fn config(&self, dir: &Path, name: &str, port: u16) -> PathBuf {
+        let mut text = format!(
+            r#"[http]
+listen = "127.0.0.1:{port}"
+[runtime]
+workers = {workers}
+[state]
+url = "{url}"
+[checkpoint]
+interval = "{checkpoint}ms"
+[cluster]
+heartbeat = "500ms"
+member_expiry = "10s"
+peer_timeout = "{peer}ms"
+[alerts]
+enabled = true
+interval = "500ms"
+[ingest]
+# The watermark events are dated a month after the data.
+max_future = "60d"
+[kafka]
+enabled = true
+brokers = "{brokers}"
+group_id = "{group}"
+# Produced while the group consumes: a partition between bursts must not stop holding its
+# task's watermark (that would make some records late); every partition gets a watermark
+# event at the end.
+idle_timeout = "1h"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"#,
+            url = self.state_url,
+            workers = self.workers,
+            checkpoint = self.checkpoint_interval.as_millis(),
+            peer = self.peer_timeout.as_millis(),
+            brokers = self.brokers,
+            group = self.group,
+        );
+        for t in self.topics {
+            text.push_str(&format!(
+                "[[kafka.topics]]\nname = \"{t}\"\nsource = \"{t}\"\nformat = \"canonical\"\n"
+            ));
+        }
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("writing the config");
+        path
+    }
+}
+
+/// `journeyd replay --config <config> <file>` as `{funnel, touchpoints, transitions}` with
+/// `"partial": false` and no missing partitions: what [`live_figures`] must equal.
+pub fn replay_figures(config: &Path, file: &Path) -> Value {
+    let out = Command::new(journeyd_bin())
+        .args(["replay", "--config"])
+        .arg(config)
+        .arg(file)
+        .current_dir(repo())
+        .output()
+        .expect("running journeyd replay");
+    assert!(
+        out.status.success(),
+        "journeyd replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("replay prints JSON");
+    serde_json::json!({
+        "funnel": r["funnel"],
+        "touchpoints": r["touchpoints"],
+        "transitions": r["transitions"],
+        "partial": false,
+        "missing_partitions": [],
+    })
+}
+
+/// An instance's `/v1/funnel`, `/v1/touchpoints` and `/v1/transitions` over `[from, to)` in
+/// the shape of [`replay_figures`], with the cluster fields (`None` unless the three answers
+/// agree on them).
+pub fn live_figures(port: u16, from: i64, to: i64) -> Option<Value> {
+    let q = format!("from={from}&to={to}");
+    let funnel = get_json(port, &format!("/v1/funnel?{q}"))?;
+    let touchpoints = get_json(port, &format!("/v1/touchpoints?{q}"))?;
+    let transitions = get_json(port, &format!("/v1/transitions?{q}&limit=100000"))?;
+    let partial = [&funnel, &touchpoints, &transitions].map(|a| a["partial"].clone());
+    let missing = [&funnel, &touchpoints, &transitions].map(|a| a["missing_partitions"].clone());
+    if partial.iter().any(|p| *p != partial[0]) || missing.iter().any(|m| *m != missing[0]) {
+        return None;
+    }
+    Some(serde_json::json!({
+        "funnel": funnel["funnel"],
+        "touchpoints": touchpoints["touchpoints"],
+        "transitions": transitions["transitions"],
+        "partial": partial[0],
+        "missing_partitions": missing[0],
+    }))
+}
+
+/// Waits until every instance's [`live_figures`] equal `want`; fails with the last answers,
+/// written to `dir` (`replay.json`, `live-<port>.json`).
+pub fn wait_figures_equal(
+    what: &str,
+    ports: &[u16],
+    (from, to): (i64, i64),
+    want: &Value,
+    dir: &Path,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got: Vec<Option<Value>> = ports.iter().map(|&p| live_figures(p, from, to)).collect();
+        if got.iter().all(|g| g.as_ref() == Some(want)) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON");
+            std::fs::write(dir.join("replay.json"), pretty(want)).expect("replay.json");
+            for (p, g) in ports.iter().zip(&got) {
+                let text = g.as_ref().map_or("no answer".to_string(), pretty);
+                std::fs::write(dir.join(format!("live-{p}.json")), text).expect("live.json");
+            }
+            panic!(
+                "{what}: after {limit:?} not every instance's figures equal `journeyd replay` \
+                 (answers in {}; partial / missing per instance: {:?})",
+                dir.display(),
+                got.iter()
+                    .map(|g| g
+                        .as_ref()
+                        .map(|g| (g["partial"].clone(), g["missing_partitions"].clone())))
+                    .collect::<Vec<_>>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The tasks the instance on `port` lists in its membership entry (`members/127.0.0.1-PORT.json`
+/// in the state store); panics if it is not registered.
+pub fn registered_tasks(store: &journey_state::StateStore, port: u16) -> Vec<u64> {
+    let bytes = store
+        .get(&format!("members/127.0.0.1-{port}.json"))
+        .expect("reading the store")
+        .expect("the instance is registered");
+    let entry: Value = serde_json::from_slice(&bytes).expect("a JSON entry");
+    assert_eq!(entry["url"], format!("http://127.0.0.1:{port}"));
+    entry["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect()
+}
+
+/// A customer id starting with `prefix` that the Java clients' partitioner (murmur2) puts in
+/// `partition` of a topic with `partitions` partitions.
+pub fn id_in_partition(prefix: &str, partition: i32, partitions: i32) -> String {
+    (0..)
+        .map(|k| format!("{prefix}-{k}"))
+        .find(|id| {
+            journey_runtime::Partitioner::Murmur2.partition(id.as_bytes(), partitions as u32)
+                == partition as u32
+        })
+        .expect("some id hashes to every partition")
 }

