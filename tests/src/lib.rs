@@ -797,9 +797,8 @@ idle_timeout = "1h"
     }
 }
 
-/// `journeyd replay --config <config> <file>` as `{funnel, touchpoints, transitions}` with
-/// `"partial": false` and no missing partitions: what [`live_figures`] must equal.
-pub fn replay_figures(config: &Path, file: &Path) -> Value {
+/// `journeyd replay --config <config> <file>`: its whole JSON output (the reference figures).
+pub fn replay_output(config: &Path, file: &Path) -> Value {
     let out = Command::new(journeyd_bin())
         .args(["replay", "--config"])
         .arg(config)
@@ -812,7 +811,13 @@ pub fn replay_figures(config: &Path, file: &Path) -> Value {
         "journeyd replay: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: Value = serde_json::from_slice(&out.stdout).expect("replay prints JSON");
+    serde_json::from_slice(&out.stdout).expect("replay prints JSON")
+}
+
+/// [`replay_output`] as `{funnel, touchpoints, transitions}` with `"partial": false` and no
+/// missing partitions: what [`live_figures`] must equal.
+pub fn replay_figures(config: &Path, file: &Path) -> Value {
+    let r = replay_output(config, file);
     serde_json::json!({
         "funnel": r["funnel"],
         "touchpoints": r["touchpoints"],

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_gen::Rng;
 use journey_tests::{
-    free_port, get_json, group_lag, group_offsets, journeyd_bin, metric, produce_keyed, repo,
-    temp_dir, Record, Service, Tansu,
+    free_port, get_json, group_lag, group_offsets, journeyd_bin, metric, produce_keyed,
+    replay_output, temp_dir, Record, Service, Tansu,
 };
 use serde_json::{json, Value};
 
@@ -271,23 +271,6 @@ idle_timeout = "{idle}s"
     let path = dir.join("journeyd.toml");
     std::fs::write(&path, text).expect("writing journeyd.toml");
     path
-}
-
-/// `journeyd replay --config <config> <file>`: the reference figures.
-fn replay(config: &Path, file: &Path) -> Value {
-    let out = Command::new(journeyd_bin())
-        .args(["replay", "--config"])
-        .arg(config)
-        .arg(file)
-        .current_dir(repo())
-        .output()
-        .expect("running journeyd replay");
-    assert!(
-        out.status.success(),
-        "journeyd replay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("replay prints JSON")
 }
 
 /// What is compared, from replay's JSON.
@@ -562,7 +545,7 @@ fn run(case: Case) {
     }
     let port = free_port();
     let config = write_config(&dir, port, &brokers, case.workers, layout);
-    let want = expected(&replay(&config, &b.produced));
+    let want = expected(&replay_output(&config, &b.produced));
     assert!(
         sessions(&want) > 1_000,
         "a meaningful data set: {} sessions in replay",
