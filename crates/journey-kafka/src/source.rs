@@ -511,6 +511,11 @@ impl Consume {
             .collect();
         drop(st);
         positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let at: Vec<String> = positions
+            .iter()
+            .map(|p| format!("{}/{}@{}", p.topic, p.partition, p.next_offset))
+            .collect();
+        tracing::debug!(positions = ?at, "tasks checkpointed");
         if positions == self.committed {
             return;
         }
