@@ -551,7 +551,9 @@ fn store_applied(consumer: &BaseConsumer<Tasks>, pending: &mut VecDeque<Pending>
         if !done {
             return;
         }
-        let round = pending.pop_front().expect("front exists");
+        let Some(round) = pending.pop_front() else {
+            return;
+        };
         for a in &round.acks {
             let _ = a.try_recv();
         }
