@@ -107,6 +107,25 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Where a service's log goes: see [`Service::start`].
+fn log_sink(port: u16) -> Stdio {
+    let Some(dir) = std::env::var_os("JOURNEYD_TEST_LOG_DIR") else {
+        return Stdio::inherit();
+    };
+    let path = Path::new(&dir).join(format!("journeyd-{port}.log"));
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        })
+        .map_or_else(
+            |e| panic!("opening {}: {e}", path.display()),
+            Stdio::from,
+        )
+}
+
 /// A running `journeyd run`. Dropping it stops it with SIGTERM.
 #[derive(Debug)]
 pub struct Service {
@@ -118,6 +137,8 @@ pub struct Service {
 impl Service {
     /// Starts `journeyd run --config <config>` from the repository root. It logs warnings
     /// only, unless `JOURNEYD_TEST_LOG` gives a level or filter (e.g. `journey_kafka=debug`).
+    /// Its log goes to the test's stderr, or with `JOURNEYD_TEST_LOG_DIR` set to
+    /// `<dir>/journeyd-<port>.log` (appended), so that each instance of a group can be followed.
     pub fn start(config: &Path, port: u16) -> Service {
         Service::start_with_env(config, port, &[])
     }
@@ -134,7 +155,7 @@ impl Service {
                 std::env::var("JOURNEYD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log_sink(port))
             .spawn()
             .expect("starting journeyd");
         Service {

@@ -424,6 +424,12 @@ impl Consume {
                     continue;
                 }
                 st.positions.insert(part, msg.offset() + 1);
+                tracing::trace!(
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    "record read"
+                );
                 let runs = &mut st.unsubmitted;
                 match runs.last_mut() {
                     Some(run) if run.part == part => run.last = msg.offset(),
