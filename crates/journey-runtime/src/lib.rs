@@ -489,11 +489,15 @@ impl Worker {
             } => {
                 let mut dropped = None;
                 if let Some(t) = self.tasks.get_mut(&task) {
+                    if t.inputs().all(|i| i == Input::Push || inputs.contains(&i)) {
+                        // Taken with the revoked inputs still in: the checkpoint needs each
+                        // partition's clock, and the source its position.
+                        dropped = Some(t.snapshot());
+                    }
                     for input in inputs {
                         t.remove_input(input);
                     }
-                    if t.inputs().all(|i| i == Input::Push) {
-                        dropped = Some(t.snapshot());
+                    if dropped.is_some() {
                         self.tasks.remove(&task);
                         self.shared.owned[task as usize].store(false, Ordering::Relaxed);
                         self.publish();
@@ -1116,6 +1120,45 @@ mod tests {
         assert_eq!(shard.aggregates().counters.events, 1);
         assert!(h.owned_tasks().is_empty());
         assert!(h.partials().is_empty());
+        rt.shutdown();
+    }
+
+    #[test]
+    fn a_revoked_task_hands_back_its_partitions_with_their_clocks() {
+        let rc = RuntimeConfig {
+            tasks: 2,
+            own_all_tasks: false,
+            live: false,
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::start(
+            Arc::new(EngineConfig::default()),
+            Arc::new(Rules::from_toml(RULES).unwrap()),
+            rc,
+            Vec::new(),
+        );
+        let h = rt.handle();
+        let e = ev(1, 1_795_000_000_000, "page_view");
+        let task = h.task_for(&e.customer_id);
+        let (web, crm) = (Input::Topic(0), Input::Topic(1));
+        h.assign_blocking(task, None, vec![web, crm]).unwrap();
+        h.submit_input_blocking(task, web, vec![e], false).unwrap();
+        // Part of the task's partitions: it keeps running with the rest.
+        assert_eq!(h.revoke_blocking(task, vec![crm]).unwrap(), None);
+        assert_eq!(h.owned_tasks(), vec![task]);
+        h.assign_blocking(task, None, vec![crm]).unwrap();
+        // The last ones: its final snapshot still lists them, so that its checkpoint carries
+        // each partition's position and clock; without them the next owner would read the
+        // partitions from the group's committed offsets and apply records twice.
+        let snap = h
+            .revoke_blocking(task, vec![web, crm])
+            .unwrap()
+            .expect("dropped with its state");
+        assert_eq!(
+            snap.inputs,
+            vec![(web, Some(1_795_000_000_000)), (crm, None)]
+        );
+        assert!(h.owned_tasks().is_empty());
         rt.shutdown();
     }
 
