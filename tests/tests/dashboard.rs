@@ -764,6 +764,7 @@ fn check_dom(dom: &str, transitions: &[Value]) {
     check_state_and_key_figures(dom);
     check_breakdowns(dom);
     check_funnel(dom);
+    check_map(dom);
     check_touchpoints(dom);
     check_sankey(dom, transitions);
     check_dwell_and_scores(dom);
@@ -817,6 +818,177 @@ fn check_state_and_key_figures(dom: &str) {
         ["not configured", "enabled", "disabled"].contains(&state),
         "alert evaluation state shown: {state:?}"
     );
+}
+
+/// The touchpoints of each phase in config/rules.toml, in rules order; ★ the moments of truth.
+const MAP: [(&str, &[&str]); 5] = [
+    (
+        "awareness",
+        &[
+            "ad_click",
+            "social_visit",
+            "search_visit",
+            "blog_post",
+            "landing_page",
+        ],
+    ),
+    (
+        "consideration",
+        &[
+            "product_page",
+            "compare",
+            "lead_created",
+            "newsletter_signup",
+        ],
+    ),
+    (
+        "decision",
+        &[
+            "add_to_cart",
+            "cart",
+            "checkout★",
+            "sales_call",
+            "quote_sent",
+            "order_confirmed★",
+            "deal_won",
+        ],
+    ),
+    (
+        "retention",
+        &["ticket_opened", "ticket_resolved★", "account_login"],
+    ),
+    ("advocacy", &["nps_survey", "review", "referral"]),
+];
+
+/// The journey map: phases as columns with reach and time in phase, each phase's touchpoints
+/// with visits, drop-off rate, dwell and experience, and the same map as a downloadable SVG.
+fn check_map(dom: &str) {
+    let map = by_id(dom, "journey-map");
+    let columns = map.all("data-map-phase");
+    let phases: Vec<&str> = columns
+        .iter()
+        .filter_map(|c| c.attr("data-map-phase"))
+        .collect();
+    assert_eq!(
+        phases,
+        MAP.map(|(p, _)| p),
+        "one column per phase, in order"
+    );
+    let first = FUNNEL[0].1 as f64;
+    for ((column, (phase, tps)), (_, reached)) in columns.iter().zip(MAP).zip(FUNNEL) {
+        let head = column.find("data-map-head", phase);
+        assert_eq!(head.field_value("reached"), reached.to_string(), "{phase}");
+        assert_eq!(
+            head.field("from_start"),
+            pct(reached as f64 / first),
+            "{phase}: share of all journeys"
+        );
+        let cards = column.all("data-map-touchpoint");
+        let names: Vec<String> = cards
+            .iter()
+            .map(|c| {
+                let name = c.attr("data-map-touchpoint").unwrap_or_default();
+                let mot = c.attr("data-moment-of-truth") == Some("true");
+                format!("{name}{}", if mot { "★" } else { "" })
+            })
+            .collect();
+        assert_eq!(names, tps, "{phase}: its touchpoints in rules order");
+    }
+    // Time in phase: retention's one sample (eve, ticket to NPS); decision never moves on.
+    let head = |p: &str| map.find("data-map-head", p);
+    assert_eq!(head("retention").field("dwell_p50"), "15 min");
+    assert_eq!(head("decision").field("dwell_p50"), "–");
+
+    for (name, visits, sessions, _, drop_offs, _) in TOUCHPOINTS {
+        let card = map.find("data-map-touchpoint", name);
+        assert_eq!(card.field("visits"), thousands(visits), "{name}: visits");
+        assert_eq!(
+            card.field("drop_off_rate"),
+            pct(drop_offs as f64 / sessions as f64),
+            "{name}: drop-off rate"
+        );
+        assert!(card.attr("data-idle").is_none(), "{name} has traffic");
+    }
+    for name in IDLE {
+        let card = map.find("data-map-touchpoint", name);
+        assert_eq!(
+            card.attr("data-idle"),
+            Some("true"),
+            "{name} has no traffic"
+        );
+        assert_eq!(card.field("visits"), "0");
+    }
+    assert_eq!(
+        map.find("data-map-touchpoint", "ticket_opened")
+            .field("dwell_p50"),
+        "10 min",
+        "ticket opened to resolved"
+    );
+    // Experience: NPS 0 (one promoter, one detractor) is fair; a CSAT of 4 on a 1–5 scale is
+    // good (0.75 of the way up); touchpoints without scores have none.
+    let experience = |name: &str| {
+        map.find("data-map-touchpoint", name)
+            .attr("data-experience")
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(experience("nps_survey"), "fair");
+    assert_eq!(
+        map.find("data-map-touchpoint", "nps_survey").field("score"),
+        "NPS 0.0"
+    );
+    assert_eq!(experience("ticket_resolved"), "good");
+    assert_eq!(experience("cart"), "none");
+
+    // The download link carries the same map as a standalone SVG document.
+    let link = by_id(dom, "map-download");
+    assert!(link.attr("hidden").is_none(), "the download link is shown");
+    let href = link.attr("href").unwrap_or_default();
+    let svg = percent_decode(
+        href.strip_prefix("data:image/svg+xml;charset=utf-8,")
+            .unwrap_or_else(|| panic!("an SVG data URL: {href:.80}")),
+    );
+    assert!(
+        svg.starts_with("<svg") && svg.contains(r#"xmlns="http://www.w3.org/2000/svg""#),
+        "a standalone SVG: {svg:.200}"
+    );
+    for (_, tps) in MAP {
+        for tp in tps {
+            let name = tp.trim_end_matches('★');
+            assert!(
+                svg.contains(&format!(r#"data-map-touchpoint="{name}""#)),
+                "the SVG has {name}"
+            );
+        }
+    }
+    assert_eq!(
+        elements(&svg, "data-map-touchpoint").len(),
+        map.all("data-map-touchpoint").len(),
+        "the same cards as on the page"
+    );
+}
+
+/// `%XX` escapes decoded (what `encodeURIComponent` writes), as UTF-8.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reached, conversions and drop-offs per phase.
