@@ -137,6 +137,25 @@ impl Tasks {
             .collect()
     }
 
+    /// Whether `task`'s partitions are no longer at the positions `before` lists (records read
+    /// since, applied or dead-lettered, or a partition gained or lost).
+    pub(crate) fn moved(&self, st: &TaskState, task: TaskId, before: &[KafkaPosition]) -> bool {
+        let mut now = 0;
+        for (&(topic, partition), &next) in &st.positions {
+            if partition != task as i32 {
+                continue;
+            }
+            now += 1;
+            let same = before.iter().any(|p| {
+                p.partition == partition && p.next_offset == next && p.topic == self.names[topic]
+            });
+            if !same {
+                return true;
+            }
+        }
+        now != before.len()
+    }
+
     /// Partitions assigned: restore each task not running here, then seek every partition to
     /// the position its task's state reflects.
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {

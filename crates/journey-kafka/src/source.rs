@@ -494,7 +494,11 @@ impl Consume {
         let Some(mut cp) = st.checkpointer.take() else {
             return;
         };
-        let (written, fenced) = cp.take(&self.rt, &|snap| ctx.positions_of(&st, snap));
+        let (written, fenced) = cp.take(
+            &self.rt,
+            &|snap| ctx.positions_of(&st, snap),
+            &|task, before| ctx.moved(&st, task, before),
+        );
         st.checkpointer = Some(cp);
         for task in fenced {
             // Dropped: its partitions stay assigned until the group's next rebalance, and

@@ -206,6 +206,9 @@ pub enum Restored {
 struct Owned {
     lease: Lease,
     content: Option<Generation>,
+    /// The task's [`TaskSnapshot::changes`] and Kafka positions in the last checkpoint this
+    /// instance wrote of it: a round skips the task while both are the same.
+    written: Option<(u64, Vec<KafkaPosition>)>,
 }
 
 /// Takes task checkpoints into the state store on a schedule, and restores tasks from it with
@@ -262,7 +265,9 @@ impl Checkpointer {
         &self.store
     }
 
-    /// Whether the checkpoint interval has passed since the last round.
+    /// Whether the checkpoint interval has passed since the last round ended. Counting from
+    /// the end (Flink's minimum pause between checkpoints) leaves the consuming thread at
+    /// least `interval` between rounds even when a round takes longer than the interval.
     pub fn due(&self) -> bool {
         self.last.elapsed() >= self.interval
     }
@@ -355,7 +360,14 @@ impl Checkpointer {
                 (Restored::Stored(Box::new(stored)), Some(generation))
             }
         };
-        self.owned.insert(task, Owned { lease, content });
+        self.owned.insert(
+            task,
+            Owned {
+                lease,
+                content,
+                written: None,
+            },
+        );
         (self.report)(CheckpointOutcome::Restored {
             seconds: started.elapsed().as_secs_f64(),
         });
@@ -390,17 +402,29 @@ impl Checkpointer {
     }
 
     /// Snapshots every owned task (after everything this thread submitted) and writes one
-    /// checkpoint per task, with the Kafka positions `kafka` gives for it. Failures are logged
-    /// and reported; a task's previous checkpoint then stays. A task whose write is fenced is
-    /// dropped from the runtime. Returns whether all were written, and the fenced tasks.
+    /// checkpoint per task, with the Kafka positions `kafka` gives for it. A task whose last
+    /// checkpoint written here still holds it (no change since, and `moved` says its
+    /// partitions' positions, given as written then, did not move) is skipped: an idle task
+    /// costs no snapshot and no write. Failures are logged and reported; a task's previous
+    /// checkpoint then stays. A task whose write is fenced is dropped from the runtime.
+    /// Returns whether all were written (or skipped), and the fenced tasks.
     pub fn take(
         &mut self,
         rt: &RuntimeHandle,
         kafka: &dyn Fn(&TaskSnapshot) -> Vec<KafkaPosition>,
+        moved: &dyn Fn(TaskId, &[KafkaPosition]) -> bool,
     ) -> (bool, Vec<TaskId>) {
         self.last = Instant::now();
         let started = Instant::now();
-        let Ok(snapshots) = rt.snapshot_blocking() else {
+        let since: BTreeMap<TaskId, u64> = self
+            .owned
+            .iter()
+            .filter_map(|(&task, o)| {
+                let (changes, kafka) = o.written.as_ref()?;
+                (!moved(task, kafka)).then_some((task, *changes))
+            })
+            .collect();
+        let Ok(snapshots) = rt.snapshot_changed_blocking(since) else {
             return (false, Vec::new());
         };
         let snapshot_took = started.elapsed();
@@ -417,6 +441,7 @@ impl Checkpointer {
                 }
             }
         }
+        self.last = Instant::now();
         if ok {
             (self.report)(CheckpointOutcome::Round {
                 bytes,
@@ -451,6 +476,7 @@ impl Checkpointer {
             shard: snap.shard.clone(),
         };
         let prefix = located(&self.store, &format!("tasks/{task:05}/"));
+        let written = (snap.changes, cp.kafka.clone());
         let result = (|| {
             let bytes = cp.encode().map_err(|e| e.to_string())?;
             let len = bytes.len() as u64;
@@ -466,12 +492,17 @@ impl Checkpointer {
                         }
                         Content::Empty => None,
                     };
-                    v.insert(Owned { lease, content })
+                    v.insert(Owned {
+                        lease,
+                        content,
+                        written: None,
+                    })
                 }
             };
             match self.store.write(&mut owned.lease, bytes) {
                 Ok(generation) => {
                     owned.content = Some(generation);
+                    owned.written = Some(written);
                     Ok(Written::Yes {
                         generation,
                         bytes: len,
@@ -651,6 +682,7 @@ mod tests {
             task,
             shard: Shard::new(cfg, rules).snapshot(),
             inputs: vec![(Input::Topic(0), Some(1_795_000_000_000))],
+            changes: 0,
         }
     }
 
@@ -680,6 +712,76 @@ mod tests {
             next_offset: offset,
             max_ts: None,
         }]
+    }
+
+    #[test]
+    fn a_round_skips_tasks_whose_last_checkpoint_still_holds_them() {
+        use crate::{Runtime, RuntimeConfig};
+        let store = StateStore::in_memory().unwrap();
+        let (cfg, rules) = engine();
+        let rt = Runtime::start(
+            cfg,
+            rules,
+            RuntimeConfig {
+                tasks: 6,
+                own_all_tasks: false,
+                live: false,
+                ..RuntimeConfig::default()
+            },
+            Vec::new(),
+        );
+        let h = rt.handle();
+        let (mut cp, _) = checkpointer(&store);
+        for task in [1, 4] {
+            h.assign_blocking(task, None, vec![Input::Topic(0)])
+                .unwrap();
+        }
+        let newest = |task| store.generations(task).unwrap().last().map(|g| g.0);
+        let at = |offset: i64| {
+            move |snap: &TaskSnapshot| {
+                vec![KafkaPosition {
+                    topic: "web".into(),
+                    partition: snap.task as i32,
+                    next_offset: offset,
+                    max_ts: None,
+                }]
+            }
+        };
+        let still = |_: TaskId, _: &[KafkaPosition]| false;
+        assert_eq!(cp.take(&h, &at(0), &still), (true, vec![]));
+        let first = (newest(1), newest(4));
+        assert!(first.0.is_some() && first.1.is_some(), "both written once");
+
+        // Nothing applied, positions where they were: nothing snapshotted or written.
+        assert_eq!(cp.take(&h, &at(0), &still), (true, vec![]));
+        assert_eq!((newest(1), newest(4)), first);
+
+        // An event for task 4 only: only task 4 is written.
+        let customer = (0..)
+            .map(|i| format!("c{i}"))
+            .find(|c| h.task_for(c) == 4)
+            .unwrap();
+        let e = journey_core::Event {
+            event_id: None,
+            customer_id: customer.into(),
+            ts: 1_795_000_000_000,
+            source: "web".into(),
+            name: "page_view".into(),
+            attributes: serde_json::Value::Null,
+        };
+        h.submit_input_blocking(4, Input::Topic(0), vec![e], false)
+            .unwrap();
+        assert_eq!(cp.take(&h, &at(0), &still), (true, vec![]));
+        assert_eq!(newest(1), first.0, "task 1 unchanged: not written");
+        assert!(newest(4) > first.1, "task 4 applied an event: written");
+
+        // Positions that moved (a record dead-lettered, nothing applied) are written too.
+        let second = newest(4);
+        let moved = |task: TaskId, _: &[KafkaPosition]| task == 1;
+        assert_eq!(cp.take(&h, &at(0), &moved), (true, vec![]));
+        assert!(newest(1) > first.0, "task 1's positions moved: written");
+        assert_eq!(newest(4), second);
+        rt.shutdown();
     }
 
     #[test]

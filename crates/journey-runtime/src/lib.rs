@@ -176,6 +176,9 @@ enum Msg {
     Sync(flume::Sender<()>),
     /// Apply everything queued before and reply with every task's snapshot.
     Snapshot(flume::Sender<Vec<TaskSnapshot>>),
+    /// Apply everything queued before and reply with the snapshots of the tasks whose
+    /// [`task::Task::changes`] differ from the given ones (tasks not listed count as changed).
+    SnapshotChanged(Arc<BTreeMap<TaskId, u64>>, flume::Sender<Vec<TaskSnapshot>>),
     /// End of input: close every session, publish, acknowledge.
     Flush(flume::Sender<()>),
     /// Publish and exit; handles still around get [`Stopped`] from then on.
@@ -519,6 +522,15 @@ impl Worker {
             }
             Msg::Snapshot(reply) => {
                 let _ = reply.send(self.tasks.values().map(Task::snapshot).collect());
+            }
+            Msg::SnapshotChanged(since, reply) => {
+                let changed = self
+                    .tasks
+                    .values()
+                    .filter(|t| since.get(&t.id()) != Some(&t.changes()))
+                    .map(Task::snapshot)
+                    .collect();
+                let _ = reply.send(changed);
             }
             Msg::Flush(reply) => {
                 for t in self.tasks.values_mut() {
@@ -907,6 +919,29 @@ impl RuntimeHandle {
     pub fn snapshot_blocking(&self) -> Result<Vec<TaskSnapshot>, Stopped> {
         let mut all = Vec::new();
         for rx in self.to_all(Msg::Snapshot)? {
+            all.extend(rx.recv().map_err(|_| Stopped)?);
+        }
+        all.sort_by_key(|s| s.task);
+        Ok(all)
+    }
+
+    /// [`RuntimeHandle::snapshot_blocking`] of only the tasks that changed since the
+    /// [`TaskSnapshot::changes`] in `since` (a task not in it counts as changed): a
+    /// checkpoint round skips what its previous round already holds.
+    pub fn snapshot_changed_blocking(
+        &self,
+        since: BTreeMap<TaskId, u64>,
+    ) -> Result<Vec<TaskSnapshot>, Stopped> {
+        let since = Arc::new(since);
+        let mut waits = Vec::new();
+        for s in &self.inner.senders {
+            let (tx, rx) = flume::bounded(1);
+            s.send(Msg::SnapshotChanged(since.clone(), tx))
+                .map_err(|_| Stopped)?;
+            waits.push(rx);
+        }
+        let mut all = Vec::new();
+        for rx in waits {
             all.extend(rx.recv().map_err(|_| Stopped)?);
         }
         all.sort_by_key(|s| s.task);

@@ -71,6 +71,8 @@ pub struct TaskSnapshot {
     pub shard: Vec<u8>,
     /// Largest event time per input (`None`: nothing delivered yet).
     pub inputs: Vec<(Input, Option<Millis>)>,
+    /// [`Task::changes`] when taken.
+    pub changes: u64,
 }
 
 /// One partition's worth of journey state and event time.
@@ -84,6 +86,10 @@ pub struct Task {
     /// Live mode: idle inputs stop holding the watermark (off for replays).
     live: bool,
     idle: Idleness,
+    /// Counts what a checkpoint would need to hold anew: events applied, inputs added or
+    /// removed, direct access to the shard. Moving the watermark alone does not count: what it
+    /// closes or expires, restoring the previous checkpoint and moving it again repeats.
+    changes: u64,
 }
 
 impl Task {
@@ -94,6 +100,7 @@ impl Task {
         Task {
             id,
             shard,
+            changes: 0,
             inputs: Vec::new(),
             last_event: now,
             live,
@@ -110,6 +117,7 @@ impl Task {
     }
 
     pub fn shard_mut(&mut self) -> &mut Shard {
+        self.changes += 1;
         &mut self.shard
     }
 
@@ -120,6 +128,7 @@ impl Task {
         if self.inputs.iter().any(|i| i.input == input) {
             return;
         }
+        self.changes += 1;
         self.inputs.push(InputClock {
             input,
             max_ts,
@@ -130,7 +139,13 @@ impl Task {
 
     /// Removes an input (a revoked partition); it no longer holds the watermark.
     pub fn remove_input(&mut self, input: Input) {
+        self.changes += 1;
         self.inputs.retain(|i| i.input != input);
+    }
+
+    /// How often the task changed in a way its checkpoint must record (see the field).
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// The inputs this task reads.
@@ -166,6 +181,7 @@ impl Task {
             clock.max_ts = Some(ev.ts);
         }
         self.last_event = now;
+        self.changes += 1;
         let applied = self.shard.apply(ev);
         if raised {
             // The input just delivered, so it holds the watermark: no wall clock is needed.
@@ -238,6 +254,7 @@ impl Task {
             task: self.id,
             shard: self.shard.snapshot(),
             inputs: self.inputs.iter().map(|i| (i.input, i.max_ts)).collect(),
+            changes: self.changes,
         }
     }
 }

@@ -363,7 +363,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         k.stop();
     }
     if let Some(mut c) = checkpointer {
-        c.take(&handle, &|_| Vec::new());
+        c.take(&handle, &|_| Vec::new(), &|_, _| false);
     }
     drop(handle);
     drop(dead_letters);
@@ -412,7 +412,7 @@ fn periodic_checkpoints(mut c: Checkpointer, rt: RuntimeHandle) -> Checkpointer 
     while !SHUTTING_DOWN.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if c.due() {
-            c.take(&rt, &|_| Vec::new());
+            c.take(&rt, &|_| Vec::new(), &|_, _| false);
         }
     }
     c
