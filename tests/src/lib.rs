@@ -120,10 +120,7 @@ fn log_sink(port: u16) -> Stdio {
                 .append(true)
                 .open(&path)
         })
-        .map_or_else(
-            |e| panic!("opening {}: {e}", path.display()),
-            Stdio::from,
-        )
+        .map_or_else(|e| panic!("opening {}: {e}", path.display()), Stdio::from)
 }
 
 /// A running `journeyd run`. Dropping it stops it with SIGTERM.

