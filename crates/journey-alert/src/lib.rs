@@ -18,7 +18,7 @@ use journey_core::agg::Aggregates;
 use journey_core::query::{touchpoints, Include, Summary};
 use journey_core::time::{Millis, DAY};
 use journey_core::Rules;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the recent rate is compared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,7 @@ pub fn observe(parts: &[Arc<Aggregates>], rules: &Rules, w: &Windows) -> Vec<Obs
         .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Pending,
@@ -157,7 +157,7 @@ impl State {
 }
 
 /// One touchpoint's alert.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub touchpoint: String,
     pub phase: Option<String>,
@@ -206,6 +206,20 @@ impl Evaluator {
         Evaluator {
             cfg,
             alerts: BTreeMap::new(),
+        }
+    }
+
+    /// An evaluator that continues from `alerts` ([`Evaluator::alerts`] of another one, e.g.
+    /// the previous leader of a consumer group): pending alerts keep counting their `for`
+    /// period from when their breach began, and firing ones stay firing without a new
+    /// notification.
+    pub fn resume(cfg: AlertConfig, alerts: Vec<Alert>) -> Evaluator {
+        Evaluator {
+            cfg,
+            alerts: alerts
+                .into_iter()
+                .map(|a| (a.touchpoint.clone(), a))
+                .collect(),
         }
     }
 
@@ -529,6 +543,40 @@ mod tests {
         assert_eq!(ev.alerts().len(), 1);
         ev.evaluate(t0 + 50 * MIN, &[obs("cart", 100, 10, 100, 10)]);
         assert!(ev.alerts().is_empty());
+    }
+
+    #[test]
+    fn a_resumed_evaluator_continues_where_the_previous_one_stopped() {
+        let mut old = Evaluator::new(cfg());
+        let t0 = 1_000 * MIN;
+        old.evaluate(
+            t0,
+            &[obs("cart", 100, 40, 100, 10), obs("blog", 100, 40, 100, 10)],
+        );
+        old.evaluate(t0 + 5 * MIN, &[obs("cart", 100, 40, 100, 10)]);
+        let c = old.evaluate(
+            t0 + 10 * MIN,
+            &[obs("cart", 100, 40, 100, 10), obs("blog", 100, 40, 100, 10)],
+        );
+        let states: Vec<_> = c
+            .iter()
+            .map(|c| (c.alert.touchpoint.as_str(), c.alert.state))
+            .collect();
+        assert_eq!(states, [("cart", State::Firing), ("blog", State::Pending)]);
+        // `cart` is firing, `blog` pending again since +10. Handed over through JSON.
+        let text = serde_json::to_string(&old.alerts()).unwrap();
+        let mut new = Evaluator::resume(cfg(), serde_json::from_str(&text).unwrap());
+        assert_eq!(new.alerts(), old.alerts());
+        let both = [obs("cart", 100, 40, 100, 10), obs("blog", 100, 40, 100, 10)];
+        // Firing stays firing: no change to notify.
+        assert!(new.evaluate(t0 + 15 * MIN, &both).is_empty());
+        // blog's `for` counts from +10, not from the handover.
+        let c = new.evaluate(t0 + 20 * MIN, &both);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].alert.touchpoint.as_str(), c[0].from, c[0].alert.state),
+            ("blog", Some(State::Pending), State::Firing)
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! In a consumer group, only the instance owning task 0 evaluates and delivers, over the
 //! whole group's partials (so Alertmanager and webhooks get one notification); a round in
 //! which some partition's partials are missing is skipped rather than judged on part of the
-//! traffic. An instance that stops leading forgets its alert states; the next leader starts
-//! afresh (pending alerts restart their `for` period).
+//! traffic. The leader keeps its alert states in the state store ([`STATE_PATH`]) whenever
+//! they change; the next leader continues from them, so a task move neither restarts a
+//! pending alert's `for` period nor lets a firing alert lapse and fire again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,17 +18,64 @@ use journey_alert::{tick, Board, Evaluator, Report, State};
 use journey_api::cluster::Cluster;
 use journey_api::Metrics;
 use journey_runtime::RuntimeHandle;
+use journey_state::StateStore;
 
 use crate::config::AlertSettings;
 
-/// Starts the loop; it ends once `stop` is set. With `cluster` (and the async runtime its
-/// requests run on), it evaluates only while this instance owns task 0.
+/// Where the group's alert leader keeps its alert states (JSON, [`journey_alert::Alert`]s), in
+/// the state store.
+pub const STATE_PATH: &str = "alerts/states.json";
+
+/// The alert states the previous leader left, if readable; a damaged or unreadable object is
+/// logged and ignored (the alerts then start afresh).
+fn load_states(store: &StateStore) -> Vec<journey_alert::Alert> {
+    match store.get(STATE_PATH) {
+        Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+            Ok(alerts) => alerts,
+            Err(e) => {
+                tracing::warn!(path = STATE_PATH, "ignoring unreadable alert states: {e}");
+                Vec::new()
+            }
+        },
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(
+                path = STATE_PATH,
+                "cannot read the alert states, starting afresh: {e}"
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn save_states(store: &StateStore, alerts: &[journey_alert::Alert]) {
+    let written = serde_json::to_vec(alerts)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| store.put(STATE_PATH, bytes).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        tracing::warn!(
+            path = STATE_PATH,
+            "cannot keep the alert states for the next leader: {e}"
+        );
+    }
+}
+
+/// The group an instance evaluates alerts for: peers to gather partials from (on the async
+/// runtime their requests run on) and the state store the leaders hand alert states over in.
+pub struct Group {
+    pub cluster: Arc<Cluster>,
+    pub io: tokio::runtime::Handle,
+    pub store: StateStore,
+}
+
+/// Starts the loop; it ends once `stop` is set. In a `group`, it evaluates only while this
+/// instance owns task 0.
 pub fn start(
     settings: &AlertSettings,
     generator_url: String,
     rt: RuntimeHandle,
     metrics: Arc<Metrics>,
-    cluster: Option<(Arc<Cluster>, tokio::runtime::Handle)>,
+    group: Option<Group>,
     stop: &'static AtomicBool,
 ) -> std::io::Result<(Board, JoinHandle<()>)> {
     let board = Board::new(settings.eval.clone());
@@ -48,6 +96,7 @@ pub fn start(
         .spawn(move || {
             let mut next = Instant::now();
             let mut leading = false;
+            let mut saved: Vec<journey_alert::Alert> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() < next {
                     std::thread::sleep(Duration::from_millis(50).min(interval));
@@ -55,12 +104,12 @@ pub fn start(
                 }
                 next = Instant::now() + interval;
                 let cfg = rt.engine_config().clone();
-                let (parts, watermarks): (Vec<_>, Vec<journey_core::time::Millis>) = match &cluster {
+                let (parts, watermarks): (Vec<_>, Vec<journey_core::time::Millis>) = match &group {
                     None => (
                         rt.partials(),
                         rt.watermarks().into_iter().map(|(_, w)| w).collect(),
                     ),
-                    Some((c, io)) => {
+                    Some(Group { cluster: c, io, store }) => {
                         if !rt.owns(0) {
                             if leading {
                                 tracing::info!("task 0 moved: another instance evaluates the alerts");
@@ -71,7 +120,9 @@ pub fn start(
                             continue;
                         }
                         if !leading {
-                            tracing::info!("this instance owns task 0: it evaluates the group's alerts");
+                            saved = load_states(store);
+                            tracing::info!(continued = saved.len(), "this instance owns task 0: it evaluates the group's alerts");
+                            ev = Evaluator::resume(eval_cfg.clone(), saved.clone());
                             leading = true;
                         }
                         let count = |ok: bool| {
@@ -98,6 +149,12 @@ pub fn start(
                     continue;
                 };
                 let report = published.report();
+                if let Some(g) = &group {
+                    if report.alerts != saved {
+                        save_states(&g.store, &report.alerts);
+                        saved = report.alerts.clone();
+                    }
+                }
                 update_gauges(&metrics, &report);
                 for c in &changes {
                     tracing::info!(
@@ -146,5 +203,39 @@ fn update_gauges(metrics: &Metrics, report: &journey_alert::Report) {
             .alert_rate
             .with_label_values(&[touchpoint.as_str(), "baseline"])
             .set(*baseline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use journey_alert::{Alert, State};
+
+    fn alert(touchpoint: &str, state: State) -> Alert {
+        Alert {
+            touchpoint: touchpoint.into(),
+            phase: Some("decision".into()),
+            state,
+            drop_off_rate: 0.4,
+            baseline_rate: 0.1,
+            sessions: 120,
+            baseline_sessions: 100,
+            active_since: 1_795_000_000_000,
+            fired_at: (state == State::Firing).then_some(1_795_000_300_000),
+            resolved_at: None,
+            summary: "drop-off at cart rose".into(),
+        }
+    }
+
+    #[test]
+    fn the_next_leader_reads_the_states_the_last_one_kept() {
+        let store = StateStore::in_memory().unwrap();
+        assert!(load_states(&store).is_empty(), "nothing kept yet");
+        let kept = vec![alert("cart", State::Firing), alert("blog", State::Pending)];
+        save_states(&store, &kept);
+        assert_eq!(load_states(&store), kept);
+        // A damaged object is ignored: the alerts start afresh rather than not at all.
+        store.put(STATE_PATH, b"{not json".to_vec()).unwrap();
+        assert!(load_states(&store).is_empty());
     }
 }

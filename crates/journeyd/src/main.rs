@@ -297,7 +297,14 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
             format!("http://{}/", settings.http.listen),
             handle.clone(),
             metrics.clone(),
-            cluster.clone().map(|c| (c, tokio.handle().clone())),
+            match (&cluster, &settings.state.url) {
+                (Some(c), Some(url)) => Some(alerts::Group {
+                    cluster: c.clone(),
+                    io: tokio.handle().clone(),
+                    store: StateStore::open(url)?,
+                }),
+                _ => None,
+            },
             &SHUTTING_DOWN,
         )
         .context("cannot start the alert thread")?;
