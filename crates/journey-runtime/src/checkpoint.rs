@@ -207,9 +207,14 @@ struct Owned {
     lease: Lease,
     content: Option<Generation>,
     /// The task's [`TaskSnapshot::changes`] and Kafka positions in the last checkpoint this
-    /// instance wrote of it: a round skips the task while both are the same.
-    written: Option<(u64, Vec<KafkaPosition>)>,
+    /// instance wrote of it, and when: a round skips the task while both are the same, for at
+    /// most [`REWRITE_AFTER`] intervals.
+    written: Option<(u64, Vec<KafkaPosition>, Instant)>,
 }
+
+/// An unchanged task is still written every this many checkpoint intervals, so that a
+/// takeover by another instance is noticed (fenced) while the task is idle.
+const REWRITE_AFTER: u32 = 10;
 
 /// Takes task checkpoints into the state store on a schedule, and restores tasks from it with
 /// a claim, so that a previous owner that wakes up cannot overwrite them (fencing, see
@@ -404,8 +409,8 @@ impl Checkpointer {
     /// Snapshots every owned task (after everything this thread submitted) and writes one
     /// checkpoint per task, with the Kafka positions `kafka` gives for it. A task whose last
     /// checkpoint written here still holds it (no change since, and `moved` says its
-    /// partitions' positions, given as written then, did not move) is skipped: an idle task
-    /// costs no snapshot and no write. Failures are logged and reported; a task's previous
+    /// partitions' positions, given as written then, did not move) is skipped, up to
+    /// [`REWRITE_AFTER`] intervals: an idle task costs a snapshot and a write only that often. Failures are logged and reported; a task's previous
     /// checkpoint then stays. A task whose write is fenced is dropped from the runtime.
     /// Returns whether all were written (or skipped), and the fenced tasks.
     pub fn take(
@@ -416,12 +421,13 @@ impl Checkpointer {
     ) -> (bool, Vec<TaskId>) {
         self.last = Instant::now();
         let started = Instant::now();
+        let fresh = self.interval * REWRITE_AFTER;
         let since: BTreeMap<TaskId, u64> = self
             .owned
             .iter()
             .filter_map(|(&task, o)| {
-                let (changes, kafka) = o.written.as_ref()?;
-                (!moved(task, kafka)).then_some((task, *changes))
+                let (changes, kafka, at) = o.written.as_ref()?;
+                (at.elapsed() < fresh && !moved(task, kafka)).then_some((task, *changes))
             })
             .collect();
         let Ok(snapshots) = rt.snapshot_changed_blocking(since) else {
@@ -476,7 +482,7 @@ impl Checkpointer {
             shard: snap.shard.clone(),
         };
         let prefix = located(&self.store, &format!("tasks/{task:05}/"));
-        let written = (snap.changes, cp.kafka.clone());
+        let written = (snap.changes, cp.kafka.clone(), Instant::now());
         let result = (|| {
             let bytes = cp.encode().map_err(|e| e.to_string())?;
             let len = bytes.len() as u64;
@@ -781,6 +787,26 @@ mod tests {
         assert_eq!(cp.take(&h, &at(0), &moved), (true, vec![]));
         assert!(newest(1) > first.0, "task 1's positions moved: written");
         assert_eq!(newest(4), second);
+
+        // Idle tasks are still written every REWRITE_AFTER intervals (here 10 × 10 ms), so
+        // that a takeover is noticed.
+        let report: CheckpointReport = Arc::new(|_| {});
+        let mut short = Checkpointer::new(store.clone(), 6, Duration::from_millis(10), report);
+        for task in [1, 4] {
+            short
+                .restore(task, None, &["web".into()], h.engine_config(), &h.rules())
+                .unwrap();
+        }
+        assert_eq!(short.take(&h, &at(0), &still), (true, vec![]));
+        let written = (newest(1), newest(4));
+        assert_eq!(short.take(&h, &at(0), &still), (true, vec![]));
+        assert_eq!((newest(1), newest(4)), written, "unchanged: skipped");
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(short.take(&h, &at(0), &still), (true, vec![]));
+        assert!(
+            newest(1) > written.0 && newest(4) > written.1,
+            "rewritten after 10 intervals"
+        );
         rt.shutdown();
     }
 
