@@ -28,6 +28,9 @@ struct ProblemDoc {
     message: Option<String>,
     /// The partition whose owner could not be reached (`/v1/customers/{id}` in a group).
     partition: Option<u32>,
+    /// A `segment` whose dimension carries no segments: the configured ones
+    /// (`breakdown.segment_dimensions`).
+    segment_dimensions: Option<Vec<String>>,
 }
 
 /// Dwell-time statistics, milliseconds.
