@@ -20,6 +20,7 @@ bin="${1:-${CARGO_TARGET_DIR:-target}/debug/journeyd}"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 JOURNEYD_LOG__LEVEL=warn JOURNEYD_HTTP__LISTEN="127.0.0.1:$port" \
   JOURNEYD_RULES__PATH=tests/field-cases/09-gzip-request-body/rules.toml JOURNEYD_RULES__WATCH=false \
+  JOURNEYD_BREAKDOWN__SEGMENT_DIMENSIONS='["source", "first_touchpoint"]' \
   "$bin" run >/dev/null 2>&1 &
 pid=$!
 # The binary is stopped however the script ends (done, failed, interrupted, timed out).

@@ -43,6 +43,7 @@ fn render() -> Value {
     let from = journey_core::event::parse_rfc3339("2026-11-20T00:00:00Z").unwrap();
     let include = Include {
         breakdowns: vec!["source".into(), "first_touchpoint".into()],
+        ..Include::default()
     };
     let s = Summary::collect([shard.aggregates()], from, from + 30 * DAY, &include);
     json!({
@@ -92,6 +93,52 @@ fn hand_computed_figures() {
         .collect();
     // Furthest phases: ann advocacy, ben decision, cat retention, dan advocacy.
     assert_eq!(reached, vec![4, 4, 4, 3, 2]);
+    // Time to convert, t0 → phase (ms). Ann: ad 09:00, product 09:01, cart 09:03, NPS on the
+    // 25th 10:00 (retention and advocacy at once, 5 d 1 h). Ben: 11:00, product 11:06, cart
+    // next day 08:04 (21 h 4 min). Cat starts at her sales call (decision: 0 for the first
+    // three phases), ticket 2 d 18 h later. Dan: 12:00, compare 20 s later, NPS 2 d later
+    // (decision, retention and advocacy at once).
+    let ttc = |i: usize| {
+        let t = &got["funnel"]["steps"][i]["time_to_convert"];
+        (
+            t["count"].as_u64().unwrap(),
+            t["min_ms"].as_u64().unwrap(),
+            t["max_ms"].as_u64().unwrap(),
+            t["mean_ms"].as_f64().unwrap(),
+        )
+    };
+    assert_eq!(ttc(0), (4, 0, 0, 0.0));
+    assert_eq!(
+        ttc(1),
+        (4, 0, 360_000, (60_000 + 360_000 + 20_000) as f64 / 4.0)
+    );
+    assert_eq!(
+        ttc(2),
+        (
+            4,
+            0,
+            172_800_000,
+            (180_000 + 75_840_000 + 172_800_000) as f64 / 4.0
+        )
+    );
+    assert_eq!(
+        ttc(3),
+        (
+            3,
+            172_800_000,
+            435_600_000,
+            (435_600_000 + 237_600_000 + 172_800_000) as f64 / 3.0
+        )
+    );
+    assert_eq!(
+        ttc(4),
+        (
+            2,
+            172_800_000,
+            435_600_000,
+            (435_600_000 + 172_800_000) as f64 / 2.0
+        )
+    );
     // Cat's lead (08:00) arrives after ann's order (09:07): 1 h behind the 09:02 watermark,
     // so it is late: in visits and the funnel, but in no session.
     assert_eq!(got["sessions"], 11);

@@ -93,7 +93,8 @@ pub fn owners<'a>(
 }
 
 /// Version of the partials' wire format; a peer answering another one counts as missing.
-const WIRE_VERSION: u32 = 1;
+/// Version 2: buckets carry segment aggregates and time to convert (issue 17).
+const WIRE_VERSION: u32 = 2;
 /// Largest partials reply decoded, in bytes.
 const MAX_REPLY_BYTES: u64 = 1 << 30;
 

@@ -28,7 +28,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use journey_core::agg::Aggregates;
-use journey_core::query::{funnel, timeseries, touchpoints, transitions, Figure, Include, Summary};
+use journey_core::query::{
+    funnel, timeseries, touchpoints, transitions, Figure, Include, SegmentFilter, Summary,
+};
 use journey_core::time::Millis;
 use journey_core::{DecodeLimits, Rules};
 use journey_ingest::{split_body, DeadLetter, DeadLetters, Decoder, Format, Position};
@@ -190,6 +192,50 @@ fn known(q: &HashMap<String, String>, allowed: &[&'static str]) -> Result<(), Pr
     }
 }
 
+/// The `segment` parameter (`DIM:VALUE`), checked against `breakdown.segment_dimensions`:
+/// 400 naming the configured dimensions when `DIM` is not one of them.
+fn segment_param(
+    q: &HashMap<String, String>,
+    cfg: &journey_core::EngineConfig,
+) -> Result<Option<SegmentFilter>, Problem> {
+    let Some(raw) = q.get("segment") else {
+        return Ok(None);
+    };
+    let configured = if cfg.segment_dimensions.is_empty() {
+        "none is configured (breakdown.segment_dimensions)".to_string()
+    } else {
+        format!(
+            "configured in breakdown.segment_dimensions: {}",
+            cfg.segment_dimensions.join(", ")
+        )
+    };
+    let f = SegmentFilter::parse(raw).ok_or_else(|| {
+        Problem::bad_parameter(
+            "segment",
+            format!("`segment` must be DIM:VALUE, got `{raw}`; dimensions {configured}"),
+        )
+    })?;
+    if !cfg.segment_dimensions.contains(&f.dimension) {
+        return Err(Problem::bad_parameter(
+            "segment",
+            format!("`{}` is not a segment dimension; {configured}", f.dimension),
+        )
+        .with("segment_dimensions", json!(cfg.segment_dimensions)));
+    }
+    Ok(Some(f))
+}
+
+/// Adds `"segment": {"dimension", "value"}` to an answer restricted to a segment.
+fn with_segment(mut answer: Value, f: Option<&SegmentFilter>) -> Value {
+    if let (Some(f), Some(map)) = (f, answer.as_object_mut()) {
+        map.insert(
+            "segment".into(),
+            json!({ "dimension": f.dimension, "value": f.value }),
+        );
+    }
+    answer
+}
+
 /// The partials one query merges.
 struct View {
     parts: Vec<Arc<Aggregates>>,
@@ -285,8 +331,9 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
 }
 
 async fn get_funnel(State(s): State<AppState>, Params(q): Params) -> Result<Json<Value>, Problem> {
-    known(&q, &["from", "to", "breakdown", "limit"])?;
+    known(&q, &["from", "to", "breakdown", "limit", "segment"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
+    let segment = segment_param(&q, s.runtime.engine_config())?;
     let dims = s.runtime.engine_config().dimension_names();
     let breakdown = match q.get("breakdown") {
         Some(b) if dims.contains(b) => Some(b.clone()),
@@ -313,12 +360,14 @@ async fn get_funnel(State(s): State<AppState>, Params(q): Params) -> Result<Json
     };
     let include = Include {
         breakdowns: breakdown.iter().cloned().collect(),
+        segment: segment.clone(),
     };
     let v = view(&s).await;
     let sum = v.summary(from, to, &include);
     let rules = s.runtime.rules();
     let report = funnel(&sum, rules.phases(), breakdown.as_deref(), limit);
     let answer = json!({ "from": iso(from), "to": iso(to), "dimensions": dims, "funnel": report });
+    let answer = with_segment(answer, segment.as_ref());
     Ok(Json(v.finish(from, answer)))
 }
 
@@ -326,10 +375,15 @@ async fn get_touchpoints(
     State(s): State<AppState>,
     Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
-    known(&q, &["from", "to", "sort"])?;
+    known(&q, &["from", "to", "sort", "segment"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
+    let segment = segment_param(&q, s.runtime.engine_config())?;
+    let include = Include {
+        segment: segment.clone(),
+        ..Include::default()
+    };
     let v = view(&s).await;
-    let sum = v.summary(from, to, &Include::default());
+    let sum = v.summary(from, to, &include);
     let mut list = touchpoints(&sum, &s.runtime.rules());
     match q.get("sort").map(String::as_str) {
         None | Some("rules") => {}
@@ -347,6 +401,7 @@ async fn get_touchpoints(
         }
     }
     let answer = json!({ "from": iso(from), "to": iso(to), "touchpoints": list });
+    let answer = with_segment(answer, segment.as_ref());
     Ok(Json(v.finish(from, answer)))
 }
 
@@ -359,8 +414,9 @@ async fn get_transitions(
     State(s): State<AppState>,
     Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
-    known(&q, &["from", "to", "limit"])?;
+    known(&q, &["from", "to", "limit", "segment"])?;
     let (from, to) = range::range(&q, (s.clock)())?;
+    let segment = segment_param(&q, s.runtime.engine_config())?;
     let limit = match q.get("limit") {
         Some(v) => v
             .parse::<usize>()
@@ -374,11 +430,16 @@ async fn get_transitions(
             })?,
         None => 200,
     };
+    let include = Include {
+        segment: segment.clone(),
+        ..Include::default()
+    };
     let v = view(&s).await;
-    let sum = v.summary(from, to, &Include::default());
+    let sum = v.summary(from, to, &include);
     let mut list = transitions(&sum);
     list.truncate(limit);
     let answer = json!({ "from": iso(from), "to": iso(to), "transitions": list });
+    let answer = with_segment(answer, segment.as_ref());
     Ok(Json(v.finish(from, answer)))
 }
 
@@ -386,8 +447,20 @@ async fn get_timeseries(
     State(s): State<AppState>,
     Params(q): Params,
 ) -> Result<Json<Value>, Problem> {
-    known(&q, &["from", "to", "step", "figure", "touchpoint", "phase"])?;
+    known(
+        &q,
+        &[
+            "from",
+            "to",
+            "step",
+            "figure",
+            "touchpoint",
+            "phase",
+            "segment",
+        ],
+    )?;
     let (from, to) = range::range(&q, (s.clock)())?;
+    let segment = segment_param(&q, s.runtime.engine_config())?;
     let step = range::step(&q, from, to)?;
     let names: Vec<&str> = Figure::ALL.iter().map(|f| f.0).collect();
     let figure_name = q.get("figure").map(String::as_str).unwrap_or("visits");
@@ -437,12 +510,26 @@ async fn get_timeseries(
     };
     let v = view(&s).await;
     let refs: Vec<&Aggregates> = v.parts.iter().map(|p| p.as_ref()).collect();
-    let points = timeseries(&refs, from, to, step, figure, &target, rules.phases());
+    let include = Include {
+        segment: segment.clone(),
+        ..Include::default()
+    };
+    let points = timeseries(
+        &refs,
+        from,
+        to,
+        step,
+        figure,
+        &target,
+        rules.phases(),
+        &include,
+    );
     let points: Vec<Value> = points
         .into_iter()
         .map(|p| json!({ "t": iso(p.t), "value": p.value }))
         .collect();
     let answer = json!({ "from": iso(from), "to": iso(to), "step_ms": step, "figure": figure_name, "target": target, "points": points });
+    let answer = with_segment(answer, segment.as_ref());
     Ok(Json(v.finish(from, answer)))
 }
 

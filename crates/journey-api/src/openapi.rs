@@ -28,6 +28,9 @@ struct ProblemDoc {
     message: Option<String>,
     /// The partition whose owner could not be reached (`/v1/customers/{id}` in a group).
     partition: Option<u32>,
+    /// A `segment` whose dimension carries no segments: the configured ones
+    /// (`breakdown.segment_dimensions`).
+    segment_dimensions: Option<Vec<String>>,
 }
 
 /// Dwell-time statistics, milliseconds.
@@ -52,6 +55,20 @@ struct FunnelStep {
     from_start: Option<f64>,
     /// Absent in the steps of a breakdown value (dwell is not tracked per value).
     dwell: Option<Dwell>,
+    /// Time to convert: milliseconds from the journey's start to reaching this phase, over
+    /// the journeys that reached it in the range (by the time they reached it). Absent in
+    /// the steps of a breakdown value.
+    time_to_convert: Option<Dwell>,
+}
+
+/// The segment an answer is restricted to (`segment=DIM:VALUE`).
+#[derive(Serialize, ToSchema)]
+struct SegmentDoc {
+    /// A dimension of `breakdown.segment_dimensions`.
+    dimension: String,
+    /// Its first-touch value; `(none)` for journeys without one, `other` for the values past
+    /// `breakdown.max_values`.
+    value: String,
 }
 
 /// The funnel of the journeys with one value of the breakdown dimension.
@@ -85,6 +102,8 @@ struct FunnelAnswer {
     dimensions: Vec<String>,
     funnel: Funnel,
     /// Set when `from` reaches back past `retention.total`: the oldest complete time.
+    /// With `segment`: the segment the figures are restricted to.
+    segment: Option<SegmentDoc>,
     truncated_from: Option<String>,
     /// Only in a consumer group: whether some partitions' figures are missing (their owner
     /// unknown or not answering in time); the figures then cover the others only.
@@ -114,6 +133,8 @@ struct TouchpointsAnswer {
     from: String,
     to: String,
     touchpoints: Vec<TouchpointFigures>,
+    /// With `segment`: the segment the figures are restricted to.
+    segment: Option<SegmentDoc>,
     truncated_from: Option<String>,
     /// Only in a consumer group: whether some partitions' figures are missing (their owner
     /// unknown or not answering in time); the figures then cover the others only.
@@ -134,6 +155,8 @@ struct TransitionsAnswer {
     from: String,
     to: String,
     transitions: Vec<Transition>,
+    /// With `segment`: the segment the figures are restricted to.
+    segment: Option<SegmentDoc>,
     truncated_from: Option<String>,
     /// Only in a consumer group: whether some partitions' figures are missing (their owner
     /// unknown or not answering in time); the figures then cover the others only.
@@ -156,6 +179,8 @@ struct TimeseriesAnswer {
     figure: String,
     target: String,
     points: Vec<Point>,
+    /// With `segment`: the segment the figures are restricted to.
+    segment: Option<SegmentDoc>,
     truncated_from: Option<String>,
     /// Only in a consumer group: whether some partitions' figures are missing (their owner
     /// unknown or not answering in time); the figures then cover the others only.
@@ -257,6 +282,7 @@ mod ops {
             ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$", description = "RFC 3339, epoch ms or now-24h; default: to − 24h. A `to` not after `from` is the empty range at `from` (answered, with nothing in it)"),
             ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$", description = "RFC 3339, epoch ms or now-24h; default: now (`from` alone: from then until now)"),
             ("breakdown" = Option<String>, Query, description = "a breakdown dimension"),
+            ("segment" = Option<String>, Query, description = "DIM:VALUE: only the journeys whose first-touch value of DIM (one of `breakdown.segment_dimensions`) is VALUE; `(none)` and `other` are values too. A dimension that is not configured: 400 naming the configured ones"),
             ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
         ),
         responses((status = 200, body = FunnelAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
@@ -267,6 +293,7 @@ mod ops {
             ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("sort" = Option<String>, Query, description = "rules, drop_off_rate or visits"),
+            ("segment" = Option<String>, Query, description = "DIM:VALUE: only the journeys whose first-touch value of DIM (one of `breakdown.segment_dimensions`) is VALUE; `(none)` and `other` are values too. A dimension that is not configured: 400 naming the configured ones"),
         ),
         responses((status = 200, body = TouchpointsAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn touchpoints() {}
@@ -276,6 +303,7 @@ mod ops {
             ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("limit" = Option<u32>, Query, minimum = 1, maximum = 16785409, description = "most transitions in the answer, the most frequent first; default 200; the maximum is every transition the largest rule set can have"),
+            ("segment" = Option<String>, Query, description = "DIM:VALUE: only the journeys whose first-touch value of DIM (one of `breakdown.segment_dimensions`) is VALUE; `(none)` and `other` are values too. A dimension that is not configured: 400 naming the configured ones"),
         ),
         responses((status = 200, body = TransitionsAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn transitions() {}
@@ -286,8 +314,9 @@ mod ops {
             ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
             ("figure" = Option<String>, Query, description = "default: visits"),
             ("touchpoint" = Option<String>, Query, description = "the touchpoint of a touchpoint figure (checked, but not used, for phase figures); default: the first touchpoint of the rules"),
-            ("phase" = Option<String>, Query, description = "the phase of a phase figure (`reached`, `phase_dwell_p50`; checked, but not used, for touchpoint figures); default: the first phase of the rules"),
+            ("phase" = Option<String>, Query, description = "the phase of a phase figure (`reached`, `phase_dwell_p50`, `time_to_convert_p50`; checked, but not used, for touchpoint figures); default: the first phase of the rules"),
             ("step" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,2}(m|h|d)$", description = "whole minutes; default: chosen for at most ~300 points. A range that would have more than 10 000 points gets the smallest multiple of the step that gives at most 10 000 (the answer's `step_ms` is the step used)"),
+            ("segment" = Option<String>, Query, description = "DIM:VALUE: only the journeys whose first-touch value of DIM (one of `breakdown.segment_dimensions`) is VALUE; `(none)` and `other` are values too. A dimension that is not configured: 400 naming the configured ones"),
         ),
         responses((status = 200, body = TimeseriesAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn timeseries() {}
@@ -431,6 +460,46 @@ fn restrict(doc: &mut Value, path: &str, method: &str, name: &str, values: &[Str
     }
 }
 
+/// Sets `pattern` on a query parameter of an operation, or removes the parameter when
+/// `pattern` is `None` (the API refuses every value of it).
+fn pattern_or_remove(doc: &mut Value, path: &str, method: &str, name: &str, pattern: Option<&str>) {
+    if let Some(params) = doc
+        .pointer_mut(&format!(
+            "/paths/{}/{method}/parameters",
+            path.replace('/', "~1")
+        ))
+        .and_then(Value::as_array_mut)
+    {
+        match pattern {
+            Some(pat) => {
+                for p in params.iter_mut().filter(|p| p["name"] == name) {
+                    p["schema"]["pattern"] = json!(pat);
+                }
+            }
+            None => params.retain(|p| p["name"] != name),
+        }
+    }
+}
+
+/// The `segment` parameter's pattern: one of the configured dimensions, `:`, a value.
+fn segment_pattern(dims: &[String]) -> Option<String> {
+    if dims.is_empty() {
+        return None;
+    }
+    // ECMA-262 syntax (OpenAPI patterns): escape the syntax characters only.
+    let escape = |d: &String| {
+        d.chars().fold(String::new(), |mut out, c| {
+            if "\\^$.|?*+()[]{}/".contains(c) {
+                out.push('\\');
+            }
+            out.push(c);
+            out
+        })
+    };
+    let escaped: Vec<String> = dims.iter().map(escape).collect();
+    Some(format!("^({}):.+$", escaped.join("|")))
+}
+
 /// The document, with the enums that depend on the rules and settings in force.
 pub fn document(s: &AppState) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
@@ -487,6 +556,15 @@ pub fn document(s: &AppState) -> Value {
         .collect();
     let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     restrict(&mut doc, "/v1/funnel", "get", "breakdown", &dims);
+    let segment = segment_pattern(&s.runtime.engine_config().segment_dimensions);
+    for path in [
+        "/v1/funnel",
+        "/v1/touchpoints",
+        "/v1/transitions",
+        "/v1/timeseries",
+    ] {
+        pattern_or_remove(&mut doc, path, "get", "segment", segment.as_deref());
+    }
     restrict(
         &mut doc,
         "/v1/touchpoints",

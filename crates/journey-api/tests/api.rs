@@ -52,6 +52,7 @@ fn api() -> Api {
 fn api_with(tokens: Tokens) -> Api {
     let cfg = Arc::new(EngineConfig {
         breakdowns: vec!["persona".into()],
+        segment_dimensions: vec!["persona".into()],
         ..EngineConfig::default()
     });
     let rc = RuntimeConfig {
@@ -483,6 +484,137 @@ async fn ingested_events_show_in_funnel_touchpoints_and_transitions() {
     assert_eq!(v["status"], 404);
 }
 
+/// `segment=persona:X` on every report, against the figures worked out by hand from
+/// [`ingest`]: a (pro) lands at 10:00, views a product at 10:01 and orders at 10:03; b (saver)
+/// lands at 10:00 and leaves after a product at 10:02; c (no persona) bounces at 10:05.
+#[tokio::test]
+async fn segments_restrict_every_report_to_one_persona() {
+    let api = api();
+    ingest(&api).await;
+    let reached = |v: &Value| -> Vec<i64> {
+        v["funnel"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["reached"].as_i64().unwrap())
+            .collect()
+    };
+    for (seg, want) in [
+        ("pro", vec![1, 1, 1]),
+        ("saver", vec![1, 1, 0]),
+        ("(none)", vec![1, 0, 0]),
+        ("unseen", vec![0, 0, 0]),
+    ] {
+        let (s, v) = get(&api.app, &format!("/v1/funnel?segment=persona:{seg}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(reached(&v), want, "persona {seg}");
+        assert_eq!(v["segment"], json!({"dimension": "persona", "value": seg}));
+    }
+    // Time to convert, from t0 to each phase: pro 0, 1 min, 3 min.
+    let (_, v) = get(&api.app, "/v1/funnel?segment=persona:pro").await;
+    let ttc: Vec<(u64, u64)> = v["funnel"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let t = &x["time_to_convert"];
+            assert_eq!(t["count"], 1);
+            (t["min_ms"].as_u64().unwrap(), t["max_ms"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(ttc, vec![(0, 0), (60_000, 60_000), (180_000, 180_000)]);
+    // All journeys: awareness 3 × 0; consideration a 1 min and b 2 min; decision a 3 min.
+    let (_, v) = get(&api.app, "/v1/funnel").await;
+    let steps = v["funnel"]["steps"].as_array().unwrap();
+    let t = |i: usize, k: &str| steps[i]["time_to_convert"][k].clone();
+    assert_eq!((t(0, "count"), t(0, "max_ms")), (json!(3), json!(0)));
+    assert_eq!(
+        (
+            t(1, "count"),
+            t(1, "min_ms"),
+            t(1, "max_ms"),
+            t(1, "mean_ms")
+        ),
+        (json!(2), json!(60_000), json!(120_000), json!(90_000.0))
+    );
+    assert_eq!((t(2, "count"), t(2, "min_ms")), (json!(1), json!(180_000)));
+    assert!(v.get("segment").is_none());
+
+    let (_, v) = get(&api.app, "/v1/touchpoints?segment=persona:saver").await;
+    let product = v["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "product")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            &product["visits"],
+            &product["sessions"],
+            &product["drop_offs"]
+        ),
+        (&json!(1), &json!(1), &json!(1))
+    );
+    let (_, v) = get(&api.app, "/v1/transitions?segment=persona:pro").await;
+    let pairs: Vec<(String, String, u64)> = v["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["from"].as_str().unwrap().into(),
+                t["to"].as_str().unwrap().into(),
+                t["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String, u64)> = [
+        ("(start)", "landing"),
+        ("landing", "product"),
+        ("order", "(exit)"),
+        ("product", "order"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string(), 1))
+    .collect();
+    want.sort();
+    assert_eq!(pairs, want);
+    let (_, v) = get(
+        &api.app,
+        "/v1/timeseries?touchpoint=landing&figure=visits&from=2026-11-20T09:00:00Z&to=2026-11-20T12:00:00Z&step=1h&segment=persona:(none)",
+    )
+    .await;
+    assert_eq!(v["points"][1]["value"], 1.0);
+    let (_, v) = get(
+        &api.app,
+        "/v1/timeseries?phase=consideration&figure=time_to_convert_p50&from=2026-11-20T09:00:00Z&to=2026-11-20T12:00:00Z&step=1h&segment=persona:saver",
+    )
+    .await;
+    let p50 = v["points"][1]["value"].as_f64().unwrap();
+    assert!((p50 - 120_000.0).abs() <= 1_200.0, "{p50}");
+
+    // A dimension that carries no segments, or a malformed value: 400 naming the configured.
+    for uri in [
+        "/v1/funnel?segment=source:web",
+        "/v1/touchpoints?segment=utm:cpc",
+        "/v1/transitions?segment=persona",
+        "/v1/timeseries?segment=:pro",
+    ] {
+        let (s, ctype, v) = call(&api.app, "GET", uri, "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(ctype, "application/problem+json");
+        assert_eq!(v["parameter"], "segment", "{uri}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("configured in breakdown.segment_dimensions: persona"),
+            "{v}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_live_customer_shows_its_journey_and_open_session() {
     let api = api();
@@ -574,7 +706,7 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(
         v["detail"],
-        "unknown parameter `form` (expected one of: from, to, breakdown, limit)"
+        "unknown parameter `form` (expected one of: from, to, breakdown, limit, segment)"
     );
     let (s, v) = get(&api.app, "/v2/nothing").await;
     assert_eq!(
@@ -690,6 +822,19 @@ async fn metrics_health_and_openapi() {
     ] {
         assert!(v["paths"].get(path).is_some(), "{path} documented");
     }
+    // `segment` on every report, restricted to the configured segment dimensions.
+    for path in [
+        "/v1/funnel",
+        "/v1/touchpoints",
+        "/v1/transitions",
+        "/v1/timeseries",
+    ] {
+        let params = v["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let seg = params.iter().find(|p| p["name"] == "segment").unwrap();
+        assert_eq!(seg["schema"]["pattern"], "^(persona):.+$", "{path}");
+    }
+    let step = &v["components"]["schemas"]["FunnelStep"]["properties"];
+    assert!(step.get("time_to_convert").is_some(), "{step}");
     let (s, html) = get(&api.app, "/").await;
     assert_eq!(s, StatusCode::OK);
     assert!(html.as_str().unwrap().contains("/v1/funnel"));

@@ -157,7 +157,24 @@ pub struct PhaseAgg {
     pub furthest: i64,
     /// Time spent in this phase before moving on, bucketed by the move.
     pub dwell: Sketch,
+    /// Time to convert (SPEC §4, docs/semantics.md §4): milliseconds from the journey's start
+    /// `t0` to reaching this phase (under furthest-phase semantics, reaching it or a later one),
+    /// one sample per journey and phase, bucketed by the time the phase was reached.
+    pub time_to_convert: Sketch,
 }
+
+impl PhaseAgg {
+    /// Adds `o` into `self`: exact for the counts, the sketches merge as sketches do.
+    pub fn merge(&mut self, o: &PhaseAgg) {
+        self.furthest += o.furthest;
+        self.dwell.merge(&o.dwell);
+        self.time_to_convert.merge(&o.time_to_convert);
+    }
+}
+
+/// Most segment dimensions (`breakdown.segment_dimensions`): each multiplies the memory of
+/// the touchpoint aggregates by up to its number of values.
+pub const MAX_SEGMENT_DIMS: usize = 2;
 
 /// Everything recorded for one time bucket.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -169,25 +186,58 @@ pub struct Bucket {
     pub breakdowns: Vec<FxHashMap<u16, Vec<i64>>>,
     /// Closed sessions, classified or not.
     pub sessions: u64,
+    /// Per segment dimension (by its position in `breakdown.segment_dimensions`): value id →
+    /// the figures of the journeys with that first-touch value, in the same shape (their own
+    /// `segments` stay empty). For every figure, the values of one dimension sum to this
+    /// bucket's own.
+    pub segments: Vec<FxHashMap<u16, Bucket>>,
 }
 
 impl Bucket {
-    /// Adds `o` into `self`: the merge of two partials of the same time span.
+    /// Adds `o` into `self`: the merge of two partials of the same time span, segments
+    /// included.
     pub fn merge(&mut self, o: &Bucket) {
         self.merge_dims(o, |_| true);
+        for (k, values) in o.segments.iter().enumerate() {
+            for (v, b) in values {
+                self.segment(k, *v).merge(b);
+            }
+        }
     }
 
-    /// [`Bucket::merge`], carrying only the breakdown dimensions `keep` accepts (they cost
-    /// the most to merge).
+    /// The figures of value `value` of segment dimension `k`, created if needed.
+    pub fn segment(&mut self, k: usize, value: u16) -> &mut Bucket {
+        if k >= self.segments.len() {
+            self.segments.resize_with(k + 1, Default::default);
+        }
+        self.segments[k].entry(value).or_default()
+    }
+
+    /// The figures of value `value` of segment dimension `k`, if any were recorded.
+    pub fn segment_of(&self, k: usize, value: u16) -> Option<&Bucket> {
+        self.segments.get(k).and_then(|m| m.get(&value))
+    }
+
+    /// Applies `f` to this bucket and to the bucket of each segment in `key` (value id by
+    /// segment dimension, as in `breakdown.segment_dimensions`): how a figure is recorded for
+    /// the total and for the segments its journey belongs to.
+    #[inline]
+    pub fn with_segments(&mut self, key: &[u16], mut f: impl FnMut(&mut Bucket)) {
+        f(self);
+        for (k, &v) in key.iter().enumerate() {
+            f(self.segment(k, v));
+        }
+    }
+
+    /// [`Bucket::merge`] without the segments, carrying only the breakdown dimensions `keep`
+    /// accepts (they cost the most to merge).
     pub fn merge_dims(&mut self, o: &Bucket, keep: impl Fn(usize) -> bool) {
         self.sessions += o.sessions;
         for (i, t) in o.touchpoints.iter().enumerate() {
             self.touchpoint(i as u16).merge(t);
         }
         for (i, p) in o.phases.iter().enumerate() {
-            let a = self.phase(i as u8);
-            a.furthest += p.furthest;
-            a.dwell.merge(&p.dwell);
+            self.phase(i as u8).merge(p);
         }
         for (k, n) in &o.transitions {
             *self.transitions.entry(*k).or_default() += n;
@@ -592,6 +642,9 @@ pub struct Aggregates {
     pub touchpoints: Interner,
     pub phases: Interner,
     pub dimensions: Vec<Dimension>,
+    /// The segment dimensions (`breakdown.segment_dimensions`), as indices into `dimensions`,
+    /// in the order of [`Bucket::segments`].
+    pub segment_dims: Vec<usize>,
     pub timeline: Timeline,
     pub counters: Counters,
     pub totals: Totals,
@@ -626,6 +679,7 @@ impl Aggregates {
                     values: Interner::from(vec![NONE_LABEL.to_string(), OTHER_LABEL.to_string()]),
                 })
                 .collect(),
+            segment_dims: Vec::new(),
             timeline: Timeline::new(fine_retention, total_retention),
             counters: Counters::default(),
             totals: Totals::default(),

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::agg::MAX_SEGMENT_DIMS;
 use crate::time::{HumanDuration, Millis, DAY, HOUR, MINUTE};
 
 /// Most configured breakdown attributes (the built-in `source` and `first_touchpoint` come on top).
@@ -24,6 +25,11 @@ pub struct EngineConfig {
     pub breakdowns: Vec<String>,
     /// Distinct values kept per breakdown dimension; the rest fold into `other`.
     pub breakdown_max_values: usize,
+    /// Breakdown dimensions (names of [`EngineConfig::dimension_names`]) that carry full
+    /// aggregates per value, so every report can be restricted to one value
+    /// (`segment=DIM:VALUE`); at most [`MAX_SEGMENT_DIMS`], each with at most
+    /// `breakdown_max_values` values plus `(none)` and `other` (`breakdown.segment_dimensions`).
+    pub segment_dimensions: Vec<String>,
     /// How long minute buckets are kept.
     pub retention_fine: Millis,
     /// How long hour buckets are kept.
@@ -45,6 +51,7 @@ impl Default for EngineConfig {
             journey_window: 30 * DAY,
             breakdowns: Vec::new(),
             breakdown_max_values: 100,
+            segment_dimensions: Vec::new(),
             retention_fine: 48 * HOUR,
             retention_total: 90 * DAY,
             dedup_horizon: 10 * MINUTE,
@@ -119,6 +126,25 @@ impl EngineConfig {
                 errs.push(format!("breakdown.attributes[{i}]: duplicate `{b}`"));
             }
         }
+        if self.segment_dimensions.len() > MAX_SEGMENT_DIMS {
+            errs.push(format!(
+                "breakdown.segment_dimensions: at most {MAX_SEGMENT_DIMS} allowed, got {}",
+                self.segment_dimensions.len()
+            ));
+        }
+        let dims = self.dimension_names();
+        for (i, d) in self.segment_dimensions.iter().enumerate() {
+            if !dims.contains(d) {
+                errs.push(format!(
+                    "breakdown.segment_dimensions[{i}]: `{d}` is no breakdown dimension (expected one of: {})",
+                    dims.join(", ")
+                ));
+            } else if self.segment_dimensions[..i].contains(d) {
+                errs.push(format!(
+                    "breakdown.segment_dimensions[{i}]: duplicate `{d}`"
+                ));
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -131,6 +157,17 @@ impl EngineConfig {
         let mut v = vec!["source".to_string(), "first_touchpoint".to_string()];
         v.extend(self.breakdowns.iter().cloned());
         v
+    }
+
+    /// Positions of the segment dimensions in [`EngineConfig::dimension_names`], in the order
+    /// of `segment_dimensions`; names that are no dimension are left out (validation refuses
+    /// them).
+    pub fn segment_indices(&self) -> Vec<usize> {
+        let dims = self.dimension_names();
+        self.segment_dimensions
+            .iter()
+            .filter_map(|s| dims.iter().position(|d| d == s))
+            .collect()
     }
 }
 
@@ -169,5 +206,29 @@ mod tests {
                 "breakdown.attributes[3]: `a..b` is not an attribute path",
             ]
         );
+    }
+
+    #[test]
+    fn segment_dimensions_are_checked() {
+        let cfg = EngineConfig {
+            breakdowns: vec!["persona".into()],
+            segment_dimensions: vec!["persona".into(), "utm".into(), "persona".into()],
+            ..EngineConfig::default()
+        };
+        assert_eq!(
+            cfg.validate().unwrap_err(),
+            vec![
+                "breakdown.segment_dimensions: at most 2 allowed, got 3",
+                "breakdown.segment_dimensions[1]: `utm` is no breakdown dimension (expected one of: source, first_touchpoint, persona)",
+                "breakdown.segment_dimensions[2]: duplicate `persona`",
+            ]
+        );
+        let ok = EngineConfig {
+            breakdowns: vec!["persona".into()],
+            segment_dimensions: vec!["persona".into(), "first_touchpoint".into()],
+            ..EngineConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.segment_indices(), vec![2, 1]);
     }
 }

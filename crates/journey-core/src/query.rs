@@ -33,6 +33,28 @@ pub struct Summary {
 pub struct Include {
     /// Breakdown dimensions to carry (none by default: they cost the most to merge).
     pub breakdowns: Vec<String>,
+    /// Only the journeys of this segment (`segment=DIM:VALUE`); `None`: all journeys.
+    pub segment: Option<SegmentFilter>,
+}
+
+/// One value of a segment dimension (`breakdown.segment_dimensions`): the journeys whose
+/// first-touch value of `dimension` is `value` (SPEC §4, docs/semantics.md §4 "Segments").
+/// `value` may be `(none)` or `other` (the values beyond `breakdown.max_values`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentFilter {
+    pub dimension: String,
+    pub value: String,
+}
+
+impl SegmentFilter {
+    /// Parses `DIM:VALUE` (split at the first `:`); `None` without a `:` or with an empty side.
+    pub fn parse(s: &str) -> Option<SegmentFilter> {
+        let (d, v) = s.split_once(':')?;
+        (!d.is_empty() && !v.is_empty()).then(|| SegmentFilter {
+            dimension: d.to_string(),
+            value: v.to_string(),
+        })
+    }
 }
 
 impl Summary {
@@ -45,9 +67,36 @@ impl Summary {
             .filter(|(_, d)| include.breakdowns.contains(&d.name))
             .map(|(i, _)| i)
             .collect();
+        // With a segment: its position among the partial's segment dimensions and its value
+        // id; a value this partial never saw contributes nothing but the counters.
+        let segment = match &include.segment {
+            None => None,
+            Some(f) => {
+                let found = agg.segment_dims.iter().enumerate().find_map(|(k, &d)| {
+                    let dim = agg.dimensions.get(d).filter(|x| x.name == f.dimension)?;
+                    Some((k, dim.values.get(&f.value)?))
+                });
+                match found {
+                    Some(kv) => Some(kv),
+                    None => {
+                        return Summary {
+                            counters: agg.counters.clone(),
+                            ..Default::default()
+                        }
+                    }
+                }
+            }
+        };
         let mut acc = Bucket::default();
-        agg.timeline
-            .for_each(from, to, |b| acc.merge_dims(b, |d| dims.contains(&d)));
+        agg.timeline.for_each(from, to, |b| {
+            let b = match segment {
+                None => Some(b),
+                Some((k, v)) => b.segment_of(k, v),
+            };
+            if let Some(b) = b {
+                acc.merge_dims(b, |d| dims.contains(&d));
+            }
+        });
         let tp_name = |id: u16| match id {
             START => START_LABEL.to_string(),
             EXIT => EXIT_LABEL.to_string(),
@@ -112,9 +161,7 @@ impl Summary {
             self.touchpoints.entry(k.clone()).or_default().merge(t);
         }
         for (k, p) in &o.phases {
-            let a = self.phases.entry(k.clone()).or_default();
-            a.furthest += p.furthest;
-            a.dwell.merge(&p.dwell);
+            self.phases.entry(k.clone()).or_default().merge(p);
         }
         for (k, n) in &o.transitions {
             *self.transitions.entry(k.clone()).or_default() += n;
@@ -172,6 +219,11 @@ pub struct FunnelStep {
     /// Time spent in the phase before moving on; not tracked per breakdown value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dwell: Option<DurationStats>,
+    /// Time to convert: from the journey's start to reaching this phase (SPEC §4), over the
+    /// journeys that reached it in the range (bucketed by the time they reached it), in
+    /// milliseconds; not tracked per breakdown value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_convert: Option<DurationStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -198,7 +250,7 @@ pub struct BreakdownValue {
 fn steps(
     phases: &[String],
     furthest: impl Fn(&str) -> i64,
-    dwell: impl Fn(&str) -> Option<Sketch>,
+    durations: impl Fn(&str) -> Option<PhaseAgg>,
 ) -> Vec<FunnelStep> {
     let mut reached = vec![0i64; phases.len()];
     let mut acc = 0;
@@ -212,13 +264,15 @@ fn steps(
         .enumerate()
         .map(|(k, p)| {
             let next = reached.get(k + 1).copied();
+            let d = durations(p);
             FunnelStep {
                 phase: p.clone(),
                 reached: reached[k],
                 conversion: next.and_then(|n| ratio(n, reached[k])),
                 from_start: ratio(reached[k], reached[0]),
                 drop_off: next.map(|n| reached[k] - n),
-                dwell: dwell(p).as_ref().map(DurationStats::from),
+                dwell: d.as_ref().map(|a| DurationStats::from(&a.dwell)),
+                time_to_convert: d.as_ref().map(|a| DurationStats::from(&a.time_to_convert)),
             }
         })
         .collect()
@@ -233,8 +287,8 @@ pub fn funnel(
     max_values: usize,
 ) -> FunnelReport {
     let furthest = |p: &str| s.phases.get(p).map_or(0, |a| a.furthest);
-    let dwell = |p: &str| Some(s.phases.get(p).map(|a| a.dwell.clone()).unwrap_or_default());
-    let main = steps(phases, furthest, dwell);
+    let durations = |p: &str| Some(s.phases.get(p).cloned().unwrap_or_default());
+    let main = steps(phases, furthest, durations);
     let breakdown = breakdown.map(|dim| {
         let mut rows: Vec<(String, BTreeMap<String, i64>)> = s
             .breakdowns
@@ -442,10 +496,12 @@ pub enum Figure {
     Reached,
     /// For a phase: median time spent in it.
     PhaseDwellP50,
+    /// For a phase: median time from the journey's start to reaching it.
+    TimeToConvertP50,
 }
 
 impl Figure {
-    pub const ALL: [(&'static str, Figure); 13] = [
+    pub const ALL: [(&'static str, Figure); 14] = [
         ("visits", Figure::Visits),
         ("sessions", Figure::Sessions),
         ("exits", Figure::Exits),
@@ -459,6 +515,7 @@ impl Figure {
         ("nps", Figure::Nps),
         ("reached", Figure::Reached),
         ("phase_dwell_p50", Figure::PhaseDwellP50),
+        ("time_to_convert_p50", Figure::TimeToConvertP50),
     ];
 
     pub fn parse(s: &str) -> Option<Figure> {
@@ -467,7 +524,10 @@ impl Figure {
 
     /// Whether the figure belongs to a phase rather than a touchpoint.
     pub fn is_phase_figure(self) -> bool {
-        matches!(self, Figure::Reached | Figure::PhaseDwellP50)
+        matches!(
+            self,
+            Figure::Reached | Figure::PhaseDwellP50 | Figure::TimeToConvertP50
+        )
     }
 
     /// The value of this figure for `target` (a touchpoint or phase name) in a summary.
@@ -483,6 +543,10 @@ impl Figure {
                             .sum::<i64>() as f64,
                     )
                 }
+                Figure::TimeToConvertP50 => s
+                    .phases
+                    .get(target)
+                    .and_then(|a| a.time_to_convert.quantile(0.5)),
                 _ => s.phases.get(target).and_then(|a| a.dwell.quantile(0.5)),
             };
         }
@@ -502,7 +566,7 @@ impl Figure {
             Figure::Nps => ScoreReport::new(&a.score, true)
                 .and_then(|r| r.nps)
                 .map(|n| n.nps),
-            Figure::Reached | Figure::PhaseDwellP50 => None,
+            Figure::Reached | Figure::PhaseDwellP50 | Figure::TimeToConvertP50 => None,
         }
     }
 }
@@ -513,7 +577,9 @@ pub struct Point {
     pub value: Option<f64>,
 }
 
-/// One figure over time in steps of `step` from `from` (inclusive) to `to` (exclusive).
+/// One figure over time in steps of `step` from `from` (inclusive) to `to` (exclusive), of
+/// the journeys `include` selects (its `segment`; its breakdowns are not needed).
+#[allow(clippy::too_many_arguments)]
 pub fn timeseries(
     parts: &[&Aggregates],
     from: Millis,
@@ -522,12 +588,13 @@ pub fn timeseries(
     figure: Figure,
     target: &str,
     phases: &[String],
+    include: &Include,
 ) -> Vec<Point> {
     let mut out = Vec::new();
     let mut t = from;
     while t < to && step > 0 {
         let end = t.saturating_add(step).min(to);
-        let s = Summary::collect(parts.iter().copied(), t, end, &Include::default());
+        let s = Summary::collect(parts.iter().copied(), t, end, include);
         out.push(Point {
             t,
             value: figure.value(&s, target, phases),

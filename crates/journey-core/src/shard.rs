@@ -14,7 +14,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::agg::{Aggregates, EXIT, NONE_VALUE, OTHER_VALUE, START};
+use crate::agg::{Aggregates, Bucket, EXIT, MAX_SEGMENT_DIMS, NONE_VALUE, OTHER_VALUE, START};
 use crate::config::{EngineConfig, MAX_BREAKDOWNS};
 use crate::dedup::Dedup;
 use crate::event::{lookup, Event};
@@ -124,6 +124,15 @@ impl Customer {
         self.rare.as_deref_mut().and_then(|r| r.prev.as_mut())
     }
 
+    /// The journey an event at `ts` belongs to: the previous one if `ts` lies in its window,
+    /// else the current one, else the previous one (`window`: `journey.window`).
+    fn journey_at(&self, ts: Millis, window: Millis) -> Option<&Journey> {
+        match self.prev() {
+            Some(p) if p.t0 <= ts && ts <= p.t0.saturating_add(window) => Some(p),
+            p => self.journey.as_ref().or(p),
+        }
+    }
+
     /// Drops the rare part once it holds nothing.
     fn tidy(&mut self) {
         if self
@@ -167,6 +176,34 @@ struct Ctx {
     /// By touchpoint id.
     goal: Vec<bool>,
     breakdown_paths: Vec<Vec<Box<str>>>,
+    /// The segment dimensions, as indices into the breakdown dimensions.
+    seg_dims: Vec<usize>,
+}
+
+/// The segments a figure is recorded for: the value id of each segment dimension, taken from
+/// the journey the figure belongs to (docs/semantics.md §4, "Segments").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SegKey {
+    n: u8,
+    values: [u16; MAX_SEGMENT_DIMS],
+}
+
+impl SegKey {
+    /// The key of a journey's figures; without a journey every segment dimension is `(none)`.
+    fn of(ctx: &Ctx, j: Option<&Journey>) -> SegKey {
+        let mut values = [NONE_VALUE; MAX_SEGMENT_DIMS];
+        for (slot, &d) in values.iter_mut().zip(&ctx.seg_dims) {
+            *slot = j.map_or(NONE_VALUE, |j| dim_value(j, d));
+        }
+        SegKey {
+            n: ctx.seg_dims.len().min(MAX_SEGMENT_DIMS) as u8,
+            values,
+        }
+    }
+
+    fn as_slice(&self) -> &[u16] {
+        &self.values[..self.n as usize]
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -220,11 +257,12 @@ pub struct PointView {
 impl Shard {
     /// A fresh shard. `cfg` must have passed [`EngineConfig::validate`].
     pub fn new(cfg: Arc<EngineConfig>, rules: Arc<Rules>) -> Shard {
-        let agg = Aggregates::new(
+        let mut agg = Aggregates::new(
             &cfg.dimension_names(),
             cfg.retention_fine,
             cfg.retention_total,
         );
+        agg.segment_dims = cfg.segment_indices();
         let st = State {
             customers: Vec::new(),
             free: Vec::new(),
@@ -370,17 +408,6 @@ impl Shard {
                         .score
                         .as_ref()
                         .is_some_and(|s| s.nps);
-                let fresh = self.st.agg.timeline.update(ts, |b| {
-                    let t = b.touchpoint(id);
-                    t.visits += 1;
-                    if let Some(s) = score {
-                        t.score.add(s, nps);
-                    }
-                });
-                if !fresh {
-                    self.st.agg.counters.expired += 1;
-                }
-                self.st.agg.totals.touchpoint(id).visits += 1;
                 if late {
                     // Phase dwell samples before the watermark are final when a late event
                     // arrives, whether or not a timer has written them yet: so what a late
@@ -399,6 +426,22 @@ impl Shard {
                     },
                     &mut self.timers,
                 );
+                // After the journey has taken the event: its segments are the journey's.
+                let c = &self.st.customers[idx];
+                let key = SegKey::of(&self.ctx, c.journey_at(ts, self.ctx.cfg.journey_window));
+                let fresh = self.st.agg.timeline.update(ts, |b| {
+                    b.with_segments(key.as_slice(), |b| {
+                        let t = b.touchpoint(id);
+                        t.visits += 1;
+                        if let Some(s) = score {
+                            t.score.add(s, nps);
+                        }
+                    })
+                });
+                if !fresh {
+                    self.st.agg.counters.expired += 1;
+                }
+                self.st.agg.totals.touchpoint(id).visits += 1;
                 id
             }
             None => {
@@ -591,6 +634,19 @@ impl Shard {
                 dims.join(", ")
             )));
         }
+        if st.agg.segment_dims != cfg.segment_indices() {
+            let names = |ix: &[usize]| {
+                ix.iter()
+                    .filter_map(|&i| st.agg.dimensions.get(i).map(|d| d.name.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(crate::snapshot::SnapshotError::Incompatible(format!(
+                "snapshot has segment dimensions [{}], the configuration [{}]",
+                names(&st.agg.segment_dims),
+                cfg.segment_dimensions.join(", ")
+            )));
+        }
         Ok(Shard::from_state(cfg, rules, st))
     }
 }
@@ -620,6 +676,7 @@ impl Ctx {
             .iter()
             .map(|p| p.split('.').map(Box::from).collect())
             .collect();
+        let seg_dims = agg.segment_dims.clone();
         Ctx {
             cfg,
             rules,
@@ -628,6 +685,7 @@ impl Ctx {
             rank,
             goal,
             breakdown_paths,
+            seg_dims,
         }
     }
 
@@ -709,7 +767,11 @@ fn next_deadline(ctx: &Ctx, c: &Customer, wm: Millis) -> Millis {
             .min(s.saturating_add(cfg.session_max_duration));
     }
     for j in c.prev().into_iter().chain(c.journey.as_ref()) {
-        d = d.min(j.t0.saturating_add(cfg.journey_window).saturating_add(1));
+        let end = j.t0.saturating_add(cfg.journey_window).saturating_add(1);
+        // Past its end, a journey waits for its open session, whose deadline is above.
+        if end > wm {
+            d = d.min(end);
+        }
         phase_moves(ctx, j, |t, _, _| {
             if t > j.dwell_done && t >= wm {
                 d = d.min(t.saturating_add(1));
@@ -768,11 +830,18 @@ fn contribution(j: &Journey, n_dims: usize) -> Contribution {
 }
 
 fn contribute(agg: &mut Aggregates, c: &Contribution, n_dims: usize, delta: i64) {
+    let mut key = [NONE_VALUE; MAX_SEGMENT_DIMS];
+    let n = agg.segment_dims.len().min(MAX_SEGMENT_DIMS);
+    for (k, &d) in agg.segment_dims.iter().take(n).enumerate() {
+        key[k] = c.dims.get(d).copied().unwrap_or(NONE_VALUE);
+    }
     agg.timeline.update(c.t0, |b| {
-        b.phase(c.furthest).furthest += delta;
-        for (d, &v) in c.dims[..n_dims].iter().enumerate() {
-            *b.breakdown(d, v, c.furthest) += delta;
-        }
+        b.with_segments(&key[..n], |b| {
+            b.phase(c.furthest).furthest += delta;
+            for (d, &v) in c.dims[..n_dims].iter().enumerate() {
+                *b.breakdown(d, v, c.furthest) += delta;
+            }
+        })
     });
 }
 
@@ -949,7 +1018,8 @@ impl State {
         let wm = self.watermark;
         let cfg = &ctx.cfg;
         let c = &mut self.customers[idx];
-        if let Some(open) = c.rare.as_deref_mut().map(|r| &mut r.open) {
+        let journey = c.journey.as_ref();
+        if let Some(Rare { prev, open }) = c.rare.as_deref_mut() {
             let mut closed = 0;
             while closed < open.len() {
                 let rest = &open[closed..];
@@ -960,7 +1030,19 @@ impl State {
                 {
                     break;
                 }
-                close_session(ctx, &mut self.agg, &rest[..end], scratch);
+                // The session's journey: the one its first classified event belongs to.
+                let at = rest[..end]
+                    .iter()
+                    .find(|p| p.tp != UNCLASSIFIED)
+                    .map_or(s, |p| p.ts);
+                let j = match prev.as_ref() {
+                    Some(p) if p.t0 <= at && at <= p.t0.saturating_add(cfg.journey_window) => {
+                        Some(p)
+                    }
+                    p => journey.or(p),
+                };
+                let key = SegKey::of(ctx, j);
+                close_session(ctx, &mut self.agg, &rest[..end], scratch, key);
                 closed += end;
             }
             open.drain(..closed);
@@ -969,10 +1051,14 @@ impl State {
             }
         }
         let w = cfg.journey_window;
+        // A journey stays while a session that began in its window is open, so that the
+        // session's figures go to the journey's segments when it closes.
+        let open_from = c.open().map_or(Millis::MAX, |o| o[0].ts);
         if let Some(rare) = c.rare.as_deref_mut() {
             if let Some(p) = rare.prev.as_mut() {
                 emit_phase_dwell(ctx, &mut self.agg, p, wm);
-                if wm > p.t0.saturating_add(w) {
+                let end = p.t0.saturating_add(w);
+                if wm > end && open_from > end {
                     rare.prev = None;
                 }
             }
@@ -980,7 +1066,8 @@ impl State {
         c.tidy();
         if let Some(j) = c.journey.as_mut() {
             emit_phase_dwell(ctx, &mut self.agg, j, wm);
-            if wm > j.t0.saturating_add(w) {
+            let end = j.t0.saturating_add(w);
+            if wm > end && open_from > end {
                 c.journey = None;
             }
         }
@@ -1037,31 +1124,80 @@ fn set_dims(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, ev: &Event<'_>, tp
 
 fn emit_phase_dwell(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, wm: Millis) {
     let done = j.dwell_done;
-    phase_moves(ctx, j, |t, phase, dwell| {
-        if t > done && t < wm {
-            agg.timeline
-                .update(t, |b| b.phase(phase).dwell.add(dwell as u64));
-        }
-    });
+    write_phase_samples(ctx, agg, j, |t| t > done && t < wm);
     j.dwell_done = j.dwell_done.max(wm.saturating_sub(1));
 }
 
 fn flush_phase_dwell(ctx: &Ctx, agg: &mut Aggregates, j: &Journey) {
+    write_phase_samples(ctx, agg, j, |t| t > j.dwell_done);
+}
+
+/// Writes the journey's phase dwell and time-to-convert samples at the times `due` accepts,
+/// for the total and the journey's segments.
+fn write_phase_samples(ctx: &Ctx, agg: &mut Aggregates, j: &Journey, due: impl Fn(Millis) -> bool) {
+    let key = SegKey::of(ctx, Some(j));
     phase_moves(ctx, j, |t, phase, dwell| {
-        if t > j.dwell_done {
-            agg.timeline
-                .update(t, |b| b.phase(phase).dwell.add(dwell as u64));
+        if due(t) {
+            agg.timeline.update(t, |b| {
+                b.with_segments(key.as_slice(), |b| b.phase(phase).dwell.add(dwell as u64))
+            });
+        }
+    });
+    phase_reaches(ctx, j, |t, phase, since_start| {
+        if due(t) {
+            agg.timeline.update(t, |b| {
+                b.with_segments(key.as_slice(), |b| {
+                    b.phase(phase).time_to_convert.add(since_start as u64)
+                })
+            });
         }
     });
 }
 
+/// Calls `f(time, phase, time since t0)` once for every phase of the current rules the
+/// journey has reached, at the time it reached it: under furthest-phase semantics (SPEC §4) a
+/// phase is reached when the journey is first seen in it or in any later phase, so the phases
+/// before the first one seen are reached at `t0`, and a skipped phase when the journey moves
+/// past it.
+fn phase_reaches(ctx: &Ctx, j: &Journey, mut f: impl FnMut(Millis, u8, Millis)) {
+    let mut seen = [(0i64, 0u8); 16];
+    let mut n = 0;
+    for p in 0..j.n_phases as usize {
+        let r = ctx.rank(p);
+        if j.slots[p] != UNSEEN && r != NO_RANK && n < seen.len() {
+            seen[n] = (j.slots[p], r);
+            n += 1;
+        }
+    }
+    let seen = &mut seen[..n];
+    seen.sort_unstable_by_key(|&(t, r)| (t, Reverse(r)));
+    let mut next_rank = 0usize;
+    for &(t, r) in seen.iter() {
+        while next_rank <= r as usize {
+            if let Some(&phase) = ctx.phase_id.get(next_rank) {
+                f(t, phase, t.saturating_sub(j.t0).max(0));
+            }
+            next_rank += 1;
+        }
+    }
+}
+
 /// Writes the session figures of one complete session.
-fn close_session(ctx: &Ctx, agg: &mut Aggregates, points: &[Point], touched: &mut Vec<u16>) {
+/// `key`: the segments of the session's journey.
+fn close_session(
+    ctx: &Ctx,
+    agg: &mut Aggregates,
+    points: &[Point],
+    touched: &mut Vec<u16>,
+    key: SegKey,
+) {
     agg.counters.sessions_closed += 1;
     let last_ts = points[points.len() - 1].ts;
     let mut steps = points.iter().filter(|p| p.tp != UNCLASSIFIED);
     let Some(first) = steps.next().map(|p| p.tp) else {
-        agg.timeline.update(last_ts, |b| b.sessions += 1);
+        agg.timeline.update(last_ts, |b| {
+            b.with_segments(key.as_slice(), |b| b.sessions += 1)
+        });
         return;
     };
     let exit = points
@@ -1083,29 +1219,11 @@ fn close_session(ctx: &Ctx, agg: &mut Aggregates, points: &[Point], touched: &mu
         a.sessions += 1;
         a.completions += goal(t) as u64;
     }
+    let touched = &*touched;
     agg.timeline.update(last_ts, |b| {
-        b.sessions += 1;
-        *b.transitions.entry((START, first)).or_default() += 1;
-        let mut prev = first;
-        for p in points.iter().filter(|p| p.tp != UNCLASSIFIED) {
-            if p.tp != prev {
-                *b.transitions.entry((prev, p.tp)).or_default() += 1;
-                prev = p.tp;
-            }
-        }
-        *b.transitions.entry((exit, EXIT)).or_default() += 1;
-        let e = b.touchpoint(exit);
-        e.exits += 1;
-        if !completed {
-            e.dropoffs += 1;
-        }
-        for &t in touched.iter() {
-            let a = b.touchpoint(t);
-            a.sessions += 1;
-            if goal(t) {
-                a.completions += 1;
-            }
-        }
+        b.with_segments(key.as_slice(), |b| {
+            session_figures(b, points, first, exit, touched, completed, goal)
+        })
     });
     // Dwell: from each classified event to the next classified one, bucketed by the first.
     let mut prev: Option<Point> = None;
@@ -1113,9 +1231,46 @@ fn close_session(ctx: &Ctx, agg: &mut Aggregates, points: &[Point], touched: &mu
         if let Some(q) = prev {
             let gap = (p.ts - q.ts) as u64;
             let bin = Bin::of(gap);
-            agg.timeline
-                .update(q.ts, |b| b.touchpoint(q.tp).dwell.add_binned(gap, bin));
+            agg.timeline.update(q.ts, |b| {
+                b.with_segments(key.as_slice(), |b| {
+                    b.touchpoint(q.tp).dwell.add_binned(gap, bin)
+                })
+            });
         }
         prev = Some(*p);
+    }
+}
+
+/// The bucketed figures of one closed session that touched at least one touchpoint.
+fn session_figures(
+    b: &mut Bucket,
+    points: &[Point],
+    first: u16,
+    exit: u16,
+    touched: &[u16],
+    completed: bool,
+    goal: impl Fn(u16) -> bool,
+) {
+    b.sessions += 1;
+    *b.transitions.entry((START, first)).or_default() += 1;
+    let mut prev = first;
+    for p in points.iter().filter(|p| p.tp != UNCLASSIFIED) {
+        if p.tp != prev {
+            *b.transitions.entry((prev, p.tp)).or_default() += 1;
+            prev = p.tp;
+        }
+    }
+    *b.transitions.entry((exit, EXIT)).or_default() += 1;
+    let e = b.touchpoint(exit);
+    e.exits += 1;
+    if !completed {
+        e.dropoffs += 1;
+    }
+    for &t in touched.iter() {
+        let a = b.touchpoint(t);
+        a.sessions += 1;
+        if goal(t) {
+            a.completions += 1;
+        }
     }
 }

@@ -5,7 +5,8 @@ use serde::Serialize;
 
 const MAGIC: &[u8; 8] = b"JRNYSHRD";
 /// Bump when the encoded state changes shape; older snapshots are then refused, not misread.
-pub const VERSION: u32 = 3;
+/// Version 4 added segment aggregates and time to convert to every bucket (issue 17).
+pub const VERSION: u32 = 4;
 const HEADER: usize = 8 + 4 + 4;
 
 /// Why a snapshot could not be restored. Nothing is half-loaded.
@@ -14,7 +15,7 @@ pub enum SnapshotError {
     #[error("not a journeyd shard snapshot (bad magic bytes)")]
     BadMagic,
     #[error(
-        "snapshot format version {found} is not supported (this build reads version {VERSION})"
+        "snapshot format version {found} is not supported (this build reads version {VERSION}): move the checkpoint away and re-read the input to rebuild the state"
     )]
     Version { found: u32 },
     #[error("snapshot is truncated ({0} bytes)")]

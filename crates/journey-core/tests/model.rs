@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use journey_core::agg::{PhaseAgg, TouchpointAgg};
-use journey_core::query::{Include, Summary, EXIT_LABEL, START_LABEL};
+use journey_core::query::{Include, SegmentFilter, Summary, EXIT_LABEL, START_LABEL};
 use journey_core::sketch::Sketch;
 use journey_core::time::{Millis, DAY, HOUR, MINUTE, SECOND};
 use journey_core::{EngineConfig, Event, Rules, Shard};
@@ -265,6 +265,17 @@ fn reference<'e>(
             // phase counts first, so a simultaneous pair records no zero sample.
             let mut by_phase: Vec<&&Classified<'_>> = members.iter().collect();
             by_phase.sort_by_key(|m| (m.0, std::cmp::Reverse(phase(m.1.unwrap()))));
+            // Time to convert: every phase up to the one seen is reached when it is seen.
+            let mut next = 0;
+            for m in &by_phase {
+                while next <= phase(m.1.unwrap()) {
+                    out.push((
+                        m.0,
+                        Effect::TimeToConvert(rules.phases()[next].clone(), (m.0 - t0) as u64),
+                    ));
+                    next += 1;
+                }
+            }
             let mut furthest = phase(by_phase[0].1.unwrap());
             let mut entered = t0;
             for m in by_phase {
@@ -305,6 +316,7 @@ enum Effect {
     Transition(String, String),
     Dwell(String, u64),
     PhaseDwell(String, u64),
+    TimeToConvert(String, u64),
     Journey(String, String),
 }
 
@@ -347,6 +359,12 @@ fn reference_summary(
             }
             Effect::Dwell(n, d) => s.touchpoints.entry(n.clone()).or_default().dwell.add(*d),
             Effect::PhaseDwell(p, d) => s.phases.entry(p.clone()).or_default().dwell.add(*d),
+            Effect::TimeToConvert(p, d) => s
+                .phases
+                .entry(p.clone())
+                .or_default()
+                .time_to_convert
+                .add(*d),
             Effect::Journey(p, persona) => {
                 s.phases.entry(p.clone()).or_default().furthest += 1;
                 *s.breakdowns
@@ -396,6 +414,7 @@ fn run(stream: &Stream, shards: usize, cfg: &Arc<EngineConfig>, rules: &Arc<Rule
 fn include() -> Include {
     Include {
         breakdowns: vec!["persona".into()],
+        ..Include::default()
     }
 }
 
@@ -488,6 +507,101 @@ proptest! {
             prop_assert_eq!(a, b);
         }
     }
+}
+
+/// The model's config with segments on `persona` and `first_touchpoint`.
+fn segmented_config() -> EngineConfig {
+    EngineConfig {
+        segment_dimensions: vec!["persona".into(), "first_touchpoint".into()],
+        ..config()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// SPEC §4 "Segments": for every figure, the values of a segment dimension sum to the
+    /// total, in every window and in every grouping of shards; and configuring segments
+    /// changes no total figure.
+    #[test]
+    fn segments_of_a_dimension_sum_to_the_total(stream in stream(), n in 1usize..4) {
+        let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+        let plain = run(&stream, 1, &Arc::new(config()), &rules);
+        let cfg = Arc::new(segmented_config());
+        let shards = run(&stream, n, &cfg, &rules);
+        let parts = || shards.iter().map(|s| s.aggregates());
+        for (from, to) in windows(&stream.events) {
+            let total = figures(Summary::collect(parts(), from, to, &include()));
+            let unsegmented = figures(Summary::collect(plain.iter().map(|s| s.aggregates()), from, to, &include()));
+            prop_assert_eq!(&total, &unsegmented, "segments change no total");
+            for (d, dim) in cfg.segment_dimensions.iter().enumerate() {
+                let values: Vec<String> = {
+                    let mut v: Vec<String> = parts()
+                        .flat_map(|a| {
+                            let i = a.segment_dims[d];
+                            (0..a.dimensions[i].values.len())
+                                .map(|id| a.dimensions[i].values.name(id as u16).to_string())
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    v.sort();
+                    v.dedup();
+                    v
+                };
+                let mut sum = Summary::default();
+                for v in &values {
+                    let inc = Include {
+                        segment: Some(SegmentFilter { dimension: dim.clone(), value: v.clone() }),
+                        ..include()
+                    };
+                    sum.merge(&Summary::collect(parts(), from, to, &inc));
+                }
+                prop_assert_eq!(&figures(sum), &total, "segments of {} in [{}, {})", dim, from, to);
+            }
+        }
+    }
+
+    /// Segment aggregates survive a snapshot: restore, continue, and every segment's figures
+    /// equal those of a shard that never stopped.
+    #[test]
+    fn segments_survive_snapshot_restore(stream in stream(), cut in any::<prop::sample::Index>()) {
+        let cfg = Arc::new(segmented_config());
+        let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+        let whole = run(&stream, 1, &cfg, &rules);
+        let at = cut.index(stream.arrival.len() + 1);
+        let mut shard = Shard::new(cfg.clone(), rules.clone());
+        for &i in &stream.arrival[..at] {
+            shard.apply(&stream.events[i]).unwrap();
+        }
+        let mut restored = Shard::restore(&shard.snapshot(), cfg.clone(), rules.clone()).unwrap();
+        for &i in &stream.arrival[at..] {
+            restored.apply(&stream.events[i]).unwrap();
+        }
+        restored.flush();
+        for v in ["saver", "pro", "casual", "(none)"] {
+            let inc = Include {
+                segment: Some(SegmentFilter { dimension: "persona".into(), value: v.into() }),
+                ..include()
+            };
+            for (from, to) in windows(&stream.events) {
+                prop_assert_eq!(
+                    Summary::of(whole[0].aggregates(), from, to, &inc),
+                    Summary::of(restored.aggregates(), from, to, &inc)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_under_other_segment_dimensions_is_refused() {
+    let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+    let shard = Shard::new(Arc::new(segmented_config()), rules.clone());
+    let err = Shard::restore(&shard.snapshot(), Arc::new(config()), rules).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "snapshot does not fit the configuration: snapshot has segment dimensions [persona, first_touchpoint], the configuration []"
+    );
 }
 
 #[test]

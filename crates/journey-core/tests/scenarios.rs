@@ -337,6 +337,7 @@ fn breakdown_values_beyond_the_cap_fold_into_other() {
         T + DAY,
         &Include {
             breakdowns: vec!["persona".into()],
+            ..Include::default()
         },
     );
     let f = funnel(&sum, s.rules().phases(), Some("persona"), 100);
@@ -387,7 +388,13 @@ fn corrupt_snapshots_are_refused_whole() {
     version[8] = 99;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 99 is not supported (this build reads version 3)"
+        "snapshot format version 99 is not supported (this build reads version 4): move the checkpoint away and re-read the input to rebuild the state"
+    );
+    // A version 3 snapshot (before segments and time to convert) is refused by its version.
+    version[8] = 3;
+    assert_eq!(
+        restore(&version).unwrap_err().to_string(),
+        "snapshot format version 3 is not supported (this build reads version 4): move the checkpoint away and re-read the input to rebuild the state"
     );
     assert!(matches!(
         restore(&good[..10]),

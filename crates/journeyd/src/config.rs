@@ -690,6 +690,7 @@ struct RawJourney {
 struct RawBreakdown {
     attributes: Option<Vec<String>>,
     max_values: Option<usize>,
+    segment_dimensions: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -894,6 +895,10 @@ impl RawConfig {
                 .breakdown
                 .max_values
                 .unwrap_or(d.engine.breakdown_max_values),
+            segment_dimensions: self
+                .breakdown
+                .segment_dimensions
+                .unwrap_or(d.engine.segment_dimensions),
             retention_fine: p.duration(
                 "retention.fine",
                 self.retention.fine,
@@ -1627,6 +1632,7 @@ mod tests {
             [breakdown]
             attributes = ["persona", "utm.medium"]
             max_values = 20
+            segment_dimensions = ["persona", "first_touchpoint"]
             [retention]
             fine = "6h"
             total = "2w"
@@ -1712,6 +1718,7 @@ mod tests {
         assert_eq!((e.session_max_events, e.journey_window), (500, 7 * DAY));
         assert_eq!(e.breakdowns, ["persona", "utm.medium"]);
         assert_eq!(e.breakdown_max_values, 20);
+        assert_eq!(e.segment_dimensions, ["persona", "first_touchpoint"]);
         assert_eq!((e.retention_fine, e.retention_total), (6 * HOUR, 14 * DAY));
         assert_eq!(
             s.rules,
