@@ -12,8 +12,13 @@
 //! its end (no lag) and delivered nothing for `kafka.idle_timeout`, or push input that has
 //! been quiet for the tick interval. With every input idle, event time advances with the wall
 //! clock in live mode, so sessions close when traffic stops.
+//!
+//! In live mode event time never runs ahead of the wall clock: an accepted event dated in the
+//! future (up to `ingest.max_future`, a client whose clock is fast) counts, but moves the
+//! watermark no further than now. Otherwise one such client would make every other event
+//! late until the wall clock caught up with it.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_core::time::Millis;
 use journey_core::{Applied, ApplyError, Event, Shard};
@@ -90,6 +95,9 @@ pub struct Task {
     /// removed, direct access to the shard. Moving the watermark alone does not count: what it
     /// closes or expires, restoring the previous checkpoint and moving it again repeats.
     changes: u64,
+    /// The wall clock (epoch ms) at `clock_at`: the wall time of any `Instant` follows without
+    /// a system call per event.
+    clock: (Instant, Millis),
 }
 
 impl Task {
@@ -105,6 +113,21 @@ impl Task {
             last_event: now,
             live,
             idle,
+            clock: (
+                now,
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as Millis),
+            ),
+        }
+    }
+
+    /// The wall clock (epoch ms) at `now`.
+    fn wall_at(&self, now: Instant) -> Millis {
+        let (at, wall) = self.clock;
+        match now.checked_duration_since(at) {
+            Some(d) => wall.saturating_add(d.as_millis() as Millis),
+            None => wall.saturating_sub(at.duration_since(now).as_millis() as Millis),
         }
     }
 
@@ -215,6 +238,16 @@ impl Task {
     /// (`wall_ms`) when a Kafka partition is among the inputs, since caught-up partitions
     /// prove nothing older is coming.
     pub fn stream_time(&self, now: Instant, wall_ms: Millis) -> Option<Millis> {
+        let t = self.uncapped_stream_time(now, wall_ms)?;
+        // Live: never past the wall clock (see the module's note on future-dated events).
+        Some(if self.live {
+            t.min(self.wall_at(now))
+        } else {
+            t
+        })
+    }
+
+    fn uncapped_stream_time(&self, now: Instant, wall_ms: Millis) -> Option<Millis> {
         let mut holding = self
             .inputs
             .iter()
@@ -294,6 +327,34 @@ mod tests {
             name: Cow::Borrowed("page_view"),
             attributes: serde_json::Value::Null,
         }
+    }
+
+    #[test]
+    fn live_event_time_never_runs_ahead_of_the_wall_clock() {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as Millis;
+        let now = Instant::now();
+        // A client whose clock is 23 h fast: its event counts, the watermark stays at now.
+        let mut t = task();
+        t.add_input(Input::Push, None, now);
+        t.apply(Input::Push, &ev("fast", wall + 23 * 60 * MIN), now)
+            .unwrap();
+        let st = t.stream_time(now, 0).unwrap();
+        assert!(
+            st <= wall + 1_000,
+            "stream time {st} ran ahead of the wall clock {wall}"
+        );
+        // So an event of a correct client one minute ago is not late.
+        let applied = t.apply(Input::Push, &ev("right", wall - MIN), now).unwrap();
+        assert!(!applied.late, "an on-time event counted as late");
+        // A replay has no wall clock to respect.
+        let mut r = task_with(false);
+        r.add_input(Input::Push, None, now);
+        r.apply(Input::Push, &ev("fast", wall + 23 * 60 * MIN), now)
+            .unwrap();
+        assert_eq!(r.stream_time(now, 0), Some(wall + 23 * 60 * MIN));
     }
 
     #[test]
