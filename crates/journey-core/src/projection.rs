@@ -314,6 +314,39 @@ mod tests {
         }
     }
 
+    /// A canonical record around `attributes` (any JSON text).
+    fn record(attributes: &str) -> String {
+        format!(
+            r#"{{"customer_id":"c-ü\"1","ts":1767225600000,"event":"e","attributes":{attributes}}}"#
+        )
+    }
+
+    proptest! {
+        /// Issue 14: the projected canonical decoder gives, for every path of the projection,
+        /// what the full decoder gives, and the same envelope (ids with escapes and unicode),
+        /// or the same error.
+        #[test]
+        fn projected_decoding_equals_full_decoding(v in json(), paths in paths(), dup in any::<bool>()) {
+            use crate::event::{decode_canonical, decode_canonical_projected};
+            let attrs = if dup { with_duplicate(&v) } else { v.to_string() };
+            let line = record(&attrs);
+            let projection = Projection::new(paths.iter().map(Vec::as_slice));
+            let limits = Default::default();
+            let full = decode_canonical(line.as_bytes(), "web", &limits);
+            let projected = decode_canonical_projected(line.as_bytes(), "web", &limits, Some(&projection));
+            match (&full, &projected) {
+                (Ok(f), Ok(p)) => {
+                    for path in &paths {
+                        prop_assert_eq!(f.attribute(path), p.attribute(path), "path {:?} of {}", path, line);
+                    }
+                    prop_assert_eq!((&f.customer_id, f.ts, &f.name, &f.source), (&p.customer_id, p.ts, &p.name, &p.source));
+                }
+                (Err(f), Err(p)) => prop_assert_eq!(f, p),
+                _ => prop_assert!(false, "{}: {:?} vs {:?}", line, full, projected),
+            }
+        }
+    }
+
     #[test]
     fn keeps_only_the_paths_and_whole_values_under_them() {
         let text = r#"{"url":"/p","context":{"page":{"url":"u","title":"t"},"ip":"1"},

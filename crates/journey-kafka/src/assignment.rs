@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use journey_api::Metrics;
-use journey_core::Event;
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, Restored, StoredTask, Written};
 use journey_runtime::{Input, RestoredTask, RuntimeHandle, TaskId, TaskSnapshot};
 use rdkafka::client::ClientContext;
@@ -27,12 +26,14 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::source::{Decoders, RawRecords};
 use crate::Part;
 
-/// The records of one partition read in one poll round, in offset order.
+/// The records of one partition read in one poll round, in offset order, still undecoded: the
+/// worker of their task decodes them ([`crate::source::Decoders`]).
 pub(crate) struct Run {
     pub(crate) part: Part,
-    pub(crate) events: Vec<Event<'static>>,
+    pub(crate) records: RawRecords,
     /// Offset of the last record read.
     pub(crate) last: i64,
 }
@@ -64,6 +65,8 @@ pub(crate) struct Tasks {
     pub(crate) repartitioned: Option<(usize, Arc<AtomicBool>)>,
     pub(crate) rt: RuntimeHandle,
     pub(crate) metrics: Arc<Metrics>,
+    /// Decodes submitted records on the workers.
+    pub(crate) decoders: Arc<Decoders>,
     pub(crate) state: Mutex<TaskState>,
 }
 
@@ -97,9 +100,10 @@ impl Tasks {
         let checkpointing = st.checkpointer.is_some();
         for run in std::mem::take(&mut st.unsubmitted) {
             let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
+            let decode = self.decoders.deferred(run.part, run.records);
             match self
                 .rt
-                .submit_input_blocking(task, input, run.events, !checkpointing)
+                .submit_deferred_blocking(task, input, decode, !checkpointing)
             {
                 Ok(Some(ack)) => {
                     if ack.recv_timeout(Duration::from_secs(30)).is_ok() {

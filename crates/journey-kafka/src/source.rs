@@ -1,7 +1,10 @@
-//! The consuming thread: poll rounds, decoding, submission to tasks, checkpoints and commits.
+//! The consuming thread: poll rounds, submission to tasks, checkpoints and commits.
 //!
-//! Each poll round's records are decoded with their topic's format and submitted, per
-//! partition and in offset order, to their task as that partition's input. Positions (next
+//! This thread only moves bytes: each poll round's records are copied, per partition and in
+//! offset order, into one buffer per partition and submitted undecoded to their task as that
+//! partition's input. The task's worker decodes them with their topic's format right before
+//! applying them ([`Decoders`]), so records of tasks on different workers decode in parallel
+//! and the order within a partition is the offset order. Positions (next
 //! offset per partition) are tracked as records are polled. With checkpoints, this thread asks
 //! the workers for every task's snapshot between rounds: the workers' queues are FIFO, so each
 //! snapshot holds exactly the records before its partitions' positions, and restoring it and
@@ -20,10 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_api::Metrics;
 use journey_core::time::Millis;
-use journey_core::{DecodeLimits, SharedProjection};
+use journey_core::{DecodeLimits, Event, SharedProjection};
 use journey_ingest::{DeadLetter, DeadLetters, Decoder, Format, Position};
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition};
-use journey_runtime::{Input, RuntimeHandle, TaskId};
+use journey_runtime::{Deferred, Input, RuntimeHandle, TaskId};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -56,12 +59,107 @@ struct Topic {
     decoding: Decoding,
 }
 
-/// How one topic's records are decoded.
+/// How one topic's records are decoded: an index into [`Decoders`]' upstreams.
 enum Decoding {
     /// With the topic's own format.
-    Direct(Box<Upstream>),
+    Direct(u16),
     /// The internal topic: with the format of the topic named by the record's header.
-    ByHeader(HashMap<Vec<u8>, Upstream>),
+    ByHeader(HashMap<Vec<u8>, u16>),
+}
+
+/// The raw records of one partition from one poll round, in offset order: their payloads
+/// back to back in one buffer, so the consuming thread makes one copy per record and one
+/// allocation per run.
+#[derive(Debug, Default)]
+pub(crate) struct RawRecords {
+    bytes: Vec<u8>,
+    records: Vec<RawRecord>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawRecord {
+    /// End of the payload in [`RawRecords::bytes`] (it starts where the previous one ends).
+    end: usize,
+    offset: i64,
+    /// Which of [`Decoders`]' upstreams decodes it.
+    upstream: u16,
+}
+
+impl RawRecords {
+    fn push(&mut self, payload: &[u8], offset: i64, upstream: u16) {
+        self.bytes.extend_from_slice(payload);
+        self.records.push(RawRecord {
+            end: self.bytes.len(),
+            offset,
+            upstream,
+        });
+    }
+
+    /// Each record's payload with its offset and upstream, in offset order.
+    fn iter(&self) -> impl Iterator<Item = (&[u8], RawRecord)> + '_ {
+        let mut start = 0;
+        self.records.iter().map(move |r| {
+            let payload = self.bytes.get(start..r.end).unwrap_or_default();
+            start = r.end;
+            (payload, *r)
+        })
+    }
+}
+
+/// Every configured topic's decoder, shared by the workers that decode submitted records:
+/// accepted records become events, rejected ones dead letters that carry the raw record and
+/// its Kafka position.
+pub(crate) struct Decoders {
+    upstreams: Vec<Upstream>,
+    /// Topic names by index ([`crate::Part`]'s first element), for dead letters.
+    names: Vec<String>,
+    metrics: Arc<Metrics>,
+    dead_letters: DeadLetters,
+}
+
+impl Decoders {
+    /// The decoding of `records` of partition `part`, to run on its task's worker.
+    pub(crate) fn deferred(self: &Arc<Self>, part: Part, records: RawRecords) -> Deferred {
+        let decoders = self.clone();
+        Box::new(move || decoders.decode(part, &records))
+    }
+
+    /// Decodes `records` of `part` in offset order; rejected ones go to the dead letters.
+    fn decode(&self, part: Part, records: &RawRecords) -> Vec<Event<'static>> {
+        let mut events = Vec::with_capacity(records.records.len());
+        let mut accepted = vec![0u64; self.upstreams.len()];
+        let topic = self.names.get(part.0).map_or("", String::as_str);
+        for (payload, r) in records.iter() {
+            let Some(up) = self.upstreams.get(usize::from(r.upstream)) else {
+                continue;
+            };
+            match up.decoder.decode(payload) {
+                Ok(e) => {
+                    accepted[usize::from(r.upstream)] += 1;
+                    events.push(e.into_owned());
+                }
+                Err(e) => {
+                    let at = (topic, part.1, r.offset);
+                    let letter = (e.reason(), e.to_string());
+                    // A sink that has gone means shutdown: the events are still applied.
+                    reject_record(
+                        &self.metrics,
+                        &self.dead_letters,
+                        &up.source,
+                        at,
+                        payload,
+                        letter,
+                    );
+                }
+            }
+        }
+        for (up, n) in self.upstreams.iter().zip(accepted) {
+            if n > 0 {
+                up.accepted.inc_by(n);
+            }
+        }
+        events
+    }
 }
 
 /// The format and source of one configured topic.
@@ -110,6 +208,20 @@ pub(crate) fn reject(
     dead_letters: &DeadLetters,
     source: &str,
     msg: &BorrowedMessage<'_>,
+    letter: (&'static str, String),
+) -> bool {
+    let at = (msg.topic(), msg.partition(), msg.offset());
+    let payload = msg.payload().unwrap_or_default();
+    reject_record(metrics, dead_letters, source, at, payload, letter)
+}
+
+/// [`reject`] for a record at `(topic, partition, offset)` with `payload`.
+fn reject_record(
+    metrics: &Metrics,
+    dead_letters: &DeadLetters,
+    source: &str,
+    (topic, partition, offset): (&str, i32, i64),
+    payload: &[u8],
     (reason, error): (&'static str, String),
 ) -> bool {
     metrics
@@ -120,23 +232,18 @@ pub(crate) fn reject(
         .ingest_rejected
         .with_label_values(&[source, reason])
         .inc();
-    tracing::debug!(
-        topic = msg.topic(),
-        partition = msg.partition(),
-        offset = msg.offset(),
-        "rejected: {error}"
-    );
+    tracing::debug!(topic, partition, offset, "rejected: {error}");
     dead_letters.send_blocking(DeadLetter {
         at: now_ms(),
         reason,
         error,
         source: source.to_string(),
         position: Position::Kafka {
-            topic: msg.topic().to_string(),
-            partition: msg.partition(),
-            offset: msg.offset(),
+            topic: topic.to_string(),
+            partition,
+            offset,
         },
-        record: msg.payload().unwrap_or_default().to_vec(),
+        record: payload.to_vec(),
     })
 }
 
@@ -176,6 +283,37 @@ impl KafkaSource {
                 .unwrap_or(usize::MAX);
             (index, upstream_caught_up.clone())
         });
+        let mut upstreams = Vec::new();
+        let mut add = |t: &crate::TopicSettings| -> Result<u16, KafkaSourceError> {
+            upstreams.push(Upstream::new(t, limits, &metrics, &rt.projection())?);
+            Ok(u16::try_from(upstreams.len() - 1).unwrap_or(u16::MAX))
+        };
+        let mut topics = HashMap::new();
+        for (index, name) in names.iter().enumerate() {
+            let decoding = if *name == internal {
+                let mut by = HashMap::new();
+                for t in settings
+                    .topics
+                    .iter()
+                    .filter(|t| topology.repartitioned.contains(&t.name))
+                {
+                    by.insert(t.name.as_bytes().to_vec(), add(t)?);
+                }
+                Decoding::ByHeader(by)
+            } else {
+                match settings.topics.iter().find(|t| t.name == *name) {
+                    Some(t) => Decoding::Direct(add(t)?),
+                    None => continue,
+                }
+            };
+            topics.insert(name.clone(), Topic { index, decoding });
+        }
+        let decoders = Arc::new(Decoders {
+            upstreams,
+            names: names.clone(),
+            metrics: metrics.clone(),
+            dead_letters: dead_letters.clone(),
+        });
         let consumer: BaseConsumer<Tasks> = cfg
             .clone()
             .create_with_context(Tasks {
@@ -183,6 +321,7 @@ impl KafkaSource {
                 repartitioned,
                 rt: rt.clone(),
                 metrics: metrics.clone(),
+                decoders: decoders.clone(),
                 state: Mutex::new(TaskState {
                     positions: HashMap::new(),
                     stored: BTreeMap::new(),
@@ -195,34 +334,6 @@ impl KafkaSource {
                 what: "consumer",
                 source,
             })?;
-        let mut topics = HashMap::new();
-        for (index, name) in names.iter().enumerate() {
-            let decoding = if *name == internal {
-                let mut by = HashMap::new();
-                for t in settings
-                    .topics
-                    .iter()
-                    .filter(|t| topology.repartitioned.contains(&t.name))
-                {
-                    by.insert(
-                        t.name.as_bytes().to_vec(),
-                        Upstream::new(t, limits, &metrics, &rt.projection())?,
-                    );
-                }
-                Decoding::ByHeader(by)
-            } else {
-                match settings.topics.iter().find(|t| t.name == *name) {
-                    Some(t) => Decoding::Direct(Box::new(Upstream::new(
-                        t,
-                        limits,
-                        &metrics,
-                        &rt.projection(),
-                    )?)),
-                    None => continue,
-                }
-            };
-            topics.insert(name.clone(), Topic { index, decoding });
-        }
         let subscribed: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer
             .subscribe(&subscribed)
@@ -274,6 +385,7 @@ impl KafkaSource {
         let source = Consume {
             consumer,
             topics,
+            decoders,
             rt,
             metrics,
             dead_letters,
@@ -308,6 +420,7 @@ struct Pending {
 struct Consume {
     consumer: BaseConsumer<Tasks>,
     topics: HashMap<String, Topic>,
+    decoders: Arc<Decoders>,
     rt: RuntimeHandle,
     metrics: Arc<Metrics>,
     dead_letters: DeadLetters,
@@ -335,9 +448,10 @@ impl Consume {
                 told_caught_up.remove(&run.part);
                 offsets.insert(run.part, run.last);
                 let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
+                let decode = self.decoders.deferred(run.part, run.records);
                 match self
                     .rt
-                    .submit_input_blocking(task, input, run.events, !checkpointing)
+                    .submit_deferred_blocking(task, input, decode, !checkpointing)
                 {
                     Ok(ack) => acks.extend(ack),
                     Err(_) => submitted = false,
@@ -384,11 +498,10 @@ impl Consume {
         }
     }
 
-    /// Up to [`BATCH`] records or 50 ms, decoded and grouped into runs of one partition in
-    /// arrival order. `None` when the dead-letter sink has gone (shutdown).
+    /// Up to [`BATCH`] records or 50 ms, grouped into runs of one partition in arrival order,
+    /// undecoded. `None` when the dead-letter sink has gone (shutdown).
     fn poll_round(&mut self) -> Option<Vec<Run>> {
         let mut read = 0;
-        let mut accepted: HashMap<usize, u64> = HashMap::new();
         let deadline = Instant::now() + Duration::from_millis(50);
         while read < BATCH && Instant::now() < deadline {
             let Some(result) = self.consumer.poll(Duration::from_millis(20)) else {
@@ -406,78 +519,66 @@ impl Consume {
             };
             read += 1;
             let part = (topic.index, msg.partition());
-            {
-                let mut st = self.consumer.context().lock();
-                // The task's state already holds every record before its position: a record
-                // below it is one fetched again (after a seek, or before a rebalance).
-                if st
-                    .positions
-                    .get(&part)
-                    .is_some_and(|&next| msg.offset() < next)
-                {
-                    tracing::debug!(
-                        topic = msg.topic(),
-                        partition = msg.partition(),
-                        offset = msg.offset(),
-                        "record already applied; skipped"
-                    );
-                    continue;
+            let upstream = match &topic.decoding {
+                Decoding::Direct(up) => Some(*up),
+                Decoding::ByHeader(by) => {
+                    header(&msg, SOURCE_TOPIC).and_then(|t| by.get(t)).copied()
                 }
-                st.positions.insert(part, msg.offset() + 1);
-                tracing::trace!(
+            };
+            let mut st = self.consumer.context().lock();
+            // The task's state already holds every record before its position: a record
+            // below it is one fetched again (after a seek, or before a rebalance).
+            if st
+                .positions
+                .get(&part)
+                .is_some_and(|&next| msg.offset() < next)
+            {
+                tracing::debug!(
                     topic = msg.topic(),
                     partition = msg.partition(),
                     offset = msg.offset(),
-                    "record read"
+                    "record already applied; skipped"
                 );
-                let runs = &mut st.unsubmitted;
-                match runs.last_mut() {
-                    Some(run) if run.part == part => run.last = msg.offset(),
-                    _ => runs.push(Run {
-                        part,
-                        events: Vec::new(),
-                        last: msg.offset(),
-                    }),
-                }
+                continue;
             }
-            let payload = msg.payload().unwrap_or_default();
-            let up = match &topic.decoding {
-                Decoding::Direct(up) => up,
-                Decoding::ByHeader(by) => {
-                    let Some(up) = header(&msg, SOURCE_TOPIC).and_then(|t| by.get(t)) else {
-                        // Written by something else, or by a journeyd reading other topics.
-                        let why = "no `journeyd-topic` header naming a repartitioned topic";
-                        let letter = ("unknown_source_topic", why.to_string());
-                        if !reject(&self.metrics, &self.dead_letters, msg.topic(), &msg, letter) {
-                            return None;
-                        }
-                        continue;
-                    };
-                    up
+            st.positions.insert(part, msg.offset() + 1);
+            tracing::trace!(
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "record read"
+            );
+            let runs = &mut st.unsubmitted;
+            let run = match runs.last_mut() {
+                Some(run) if run.part == part => {
+                    run.last = msg.offset();
+                    run
+                }
+                _ => {
+                    runs.push(Run {
+                        part,
+                        records: RawRecords::default(),
+                        last: msg.offset(),
+                    });
+                    match runs.last_mut() {
+                        Some(run) => run,
+                        None => continue,
+                    }
                 }
             };
-            match up.decoder.decode(payload) {
-                Ok(e) => {
-                    match &topic.decoding {
-                        Decoding::Direct(_) => *accepted.entry(topic.index).or_default() += 1,
-                        Decoding::ByHeader(_) => up.accepted.inc(),
-                    }
-                    let e = e.into_owned();
-                    if let Some(run) = self.consumer.context().lock().unsubmitted.last_mut() {
-                        run.events.push(e);
-                    }
-                }
-                Err(e) => {
-                    let letter = (e.reason(), e.to_string());
-                    if !reject(&self.metrics, &self.dead_letters, &up.source, &msg, letter) {
+            match upstream {
+                Some(up) => run
+                    .records
+                    .push(msg.payload().unwrap_or_default(), msg.offset(), up),
+                None => {
+                    drop(st);
+                    // Written by something else, or by a journeyd reading other topics.
+                    let why = "no `journeyd-topic` header naming a repartitioned topic";
+                    let letter = ("unknown_source_topic", why.to_string());
+                    if !reject(&self.metrics, &self.dead_letters, msg.topic(), &msg, letter) {
                         return None;
                     }
                 }
-            }
-        }
-        for t in self.topics.values() {
-            if let (Some(n), Decoding::Direct(up)) = (accepted.get(&t.index), &t.decoding) {
-                up.accepted.inc_by(*n);
             }
         }
         // What a rebalance callback did not already hand to the tasks.
@@ -578,5 +679,70 @@ fn store_applied(consumer: &BaseConsumer<Tasks>, pending: &mut VecDeque<Pending>
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str) -> crate::TopicSettings {
+        crate::TopicSettings {
+            name: name.into(),
+            source: "web".into(),
+            format: "canonical".into(),
+            mapping: None,
+            repartition: false,
+        }
+    }
+
+    /// Issue 14: the consuming thread hands raw bytes over; the worker's decoding gives the
+    /// events in offset order and dead-letters the rest with the raw record and its position.
+    #[test]
+    fn deferred_decoding_keeps_offset_order_and_dead_letters_the_raw_record() {
+        let metrics = Arc::new(Metrics::new());
+        let (dead_letters, letters) = DeadLetters::channel(8);
+        let up = Upstream::new(
+            &topic("web"),
+            DecodeLimits::default(),
+            &metrics,
+            &SharedProjection::default(),
+        )
+        .unwrap();
+        let decoders = Arc::new(Decoders {
+            upstreams: vec![up],
+            names: vec!["web".into()],
+            metrics: metrics.clone(),
+            dead_letters,
+        });
+        let line = |c: u32| format!(r#"{{"customer_id":"c{c}","ts":1767225600000,"event":"e"}}"#);
+        let mut raw = RawRecords::default();
+        raw.push(line(1).as_bytes(), 10, 0);
+        raw.push(b"{not json", 11, 0);
+        raw.push(b"", 12, 0);
+        raw.push(line(2).as_bytes(), 13, 0);
+        let events = decoders.deferred((0, 3), raw)();
+        let ids: Vec<&str> = events.iter().map(|e| &*e.customer_id).collect();
+        assert_eq!(ids, ["c1", "c2"]);
+        let got: Vec<DeadLetter> = letters.try_iter().collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].record, b"{not json");
+        assert_eq!(
+            got[0].position,
+            Position::Kafka {
+                topic: "web".into(),
+                partition: 3,
+                offset: 11
+            }
+        );
+        assert_eq!(got[0].reason, "not_json");
+        assert_eq!(got[1].record, b"");
+        assert_eq!(
+            metrics
+                .ingest_events
+                .with_label_values(&["web", "accepted"])
+                .get(),
+            2
+        );
     }
 }

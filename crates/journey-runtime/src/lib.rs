@@ -137,13 +137,25 @@ pub struct RestoredTask {
     pub inputs: Vec<(Input, Option<Millis>)>,
 }
 
+/// Records of one input whose decoding is left to the worker that applies them: called once,
+/// on that worker's thread, right before the events are applied, and returns them in input
+/// order. Whatever it cannot decode it reports itself (dead letters, metrics); the Kafka
+/// source submits these so that its own thread only moves bytes.
+pub type Deferred = Box<dyn FnOnce() -> Vec<Event<'static>> + Send>;
+
+/// The events of a submission: decoded already, or decoded by the worker.
+enum Batch {
+    Decoded(Vec<Event<'static>>),
+    Deferred(Deferred),
+}
+
 enum Msg {
     /// Events of one input of one task, when they were submitted, and who to tell once they
     /// are applied.
     Events {
         task: TaskId,
         input: Input,
-        events: Vec<Event<'static>>,
+        events: Batch,
         /// Push input: the stream time of the HTTP/file stream before each event (epoch ms).
         stream_before: Vec<Millis>,
         submitted: Instant,
@@ -443,6 +455,10 @@ impl Worker {
                 submitted,
                 ack,
             } => {
+                let events = match events {
+                    Batch::Decoded(events) => events,
+                    Batch::Deferred(decode) => decode(),
+                };
                 self.apply(task, input, &events, &stream_before);
                 let stats = &self.shared.stats;
                 stats
@@ -747,7 +763,7 @@ impl RuntimeHandle {
         Msg::Events {
             task,
             input,
-            events,
+            events: Batch::Decoded(events),
             stream_before,
             submitted: Instant::now(),
             ack,
@@ -798,6 +814,38 @@ impl RuntimeHandle {
             (None, None)
         };
         self.send(task, Self::events(task, input, events, Vec::new(), tx))?;
+        Ok(rx)
+    }
+
+    /// [`RuntimeHandle::submit_input_blocking`] for records still to be decoded: `decode` runs
+    /// on the worker of `task`, in queue order with everything else submitted for it, so a
+    /// task's records are decoded in parallel with other workers' and a checkpoint taken after
+    /// this call still holds exactly them. With `ack`, the receiver yields once they are
+    /// decoded and applied.
+    pub fn submit_deferred_blocking(
+        &self,
+        task: TaskId,
+        input: Input,
+        decode: Deferred,
+        ack: bool,
+    ) -> Result<Option<flume::Receiver<()>>, Stopped> {
+        let (tx, rx) = if ack {
+            let (tx, rx) = flume::bounded(1);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.send(
+            task,
+            Msg::Events {
+                task,
+                input,
+                events: Batch::Deferred(decode),
+                stream_before: Vec::new(),
+                submitted: Instant::now(),
+                ack: tx,
+            },
+        )?;
         Ok(rx)
     }
 
@@ -1094,6 +1142,53 @@ mod tests {
         assert_eq!(s.touchpoints["order"].completions, 25);
         assert_eq!(s.sessions, 50);
         assert_eq!(h.stats().applied.load(Ordering::Relaxed), 75);
+        rt.shutdown();
+    }
+
+    /// Issue 14: records submitted undecoded are decoded on the task's worker, in queue order
+    /// with the task's other submissions, and acknowledged once applied.
+    #[test]
+    fn deferred_records_are_decoded_by_the_worker_in_queue_order() {
+        let rc = RuntimeConfig {
+            workers: 2,
+            tasks: 2,
+            own_all_tasks: false,
+            live: false,
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::start(
+            Arc::new(EngineConfig::default()),
+            Arc::new(Rules::from_toml(RULES).unwrap()),
+            rc,
+            Vec::new(),
+        );
+        let h = rt.handle();
+        h.assign_blocking(1, None, vec![Input::Topic(0)]).unwrap();
+        let t = 1_795_000_000_000;
+        let decoded_on = Arc::new(std::sync::Mutex::new(None));
+        let seen = decoded_on.clone();
+        let decode: Deferred = Box::new(move || {
+            *seen.lock().unwrap() = std::thread::current().name().map(str::to_string);
+            vec![ev(1, t, "page_view"), ev(1, t + 1_000, "order")]
+        });
+        h.submit_input_blocking(1, Input::Topic(0), vec![ev(2, t, "page_view")], false)
+            .unwrap();
+        let ack = h
+            .submit_deferred_blocking(1, Input::Topic(0), decode, true)
+            .unwrap()
+            .unwrap();
+        ack.recv().unwrap();
+        assert_eq!(
+            decoded_on.lock().unwrap().as_deref(),
+            Some("journeyd-worker-1")
+        );
+        assert_eq!(h.stats().applied.load(Ordering::Relaxed), 3);
+        let snap = h
+            .revoke_blocking(1, vec![Input::Topic(0)])
+            .unwrap()
+            .unwrap();
+        let shard = Shard::restore(&snap.shard, h.engine_config().clone(), h.rules()).unwrap();
+        assert_eq!(shard.aggregates().counters.events, 3);
         rt.shutdown();
     }
 

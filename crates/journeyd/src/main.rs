@@ -4,6 +4,7 @@
 mod alerts;
 mod config;
 mod deadletter;
+mod decode_pool;
 mod generate;
 mod membership;
 mod progress;
@@ -88,6 +89,10 @@ enum Command {
         /// after the input's last event).
         #[arg(long)]
         to: Option<String>,
+        /// Threads decoding the input in parallel, in input order (default: one per worker;
+        /// 0 decodes on the thread that reads).
+        #[arg(long)]
+        decoders: Option<usize>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -109,10 +114,12 @@ fn main() {
             source,
             from,
             to,
+            decoders,
             files,
         } => load_settings(config.as_deref()).and_then(|s| {
             let range = ReplayRange::parse(from.as_deref(), to.as_deref(), now_ms())?;
-            replay(s, rules, &format, &source, range, &files)
+            let decoders = decoders.unwrap_or(s.runtime.workers);
+            replay(s, rules, &format, &source, range, decoders, &files)
         }),
         Command::Run { config } => load_settings(config.as_deref()).and_then(|s| serve(s, None)),
         Command::Demo {
@@ -621,15 +628,18 @@ impl ReplayRange {
 
 /// `replay`: decode files as fast as possible with all workers, then print the figures.
 ///
-/// Retention follows the data: hour buckets are kept for the whole accepted time range
-/// (2000–2100), so memory grows with the span of the input, one hour bucket per hour it
-/// covers, and nothing is dropped as `expired`. Minute buckets keep `retention.fine`.
+/// The reading thread cuts the input into chunks of lines; `decoders` threads decode them
+/// ([`decode_pool`]; 0: the reading thread decodes), and the reading thread submits the events
+/// in input order. Retention follows the data: hour buckets are kept for the whole accepted
+/// time range (2000–2100), so memory grows with the span of the input, one hour bucket per
+/// hour it covers, and nothing is dropped as `expired`. Minute buckets keep `retention.fine`.
 fn replay(
     settings: Settings,
     rules: Option<PathBuf>,
     format: &str,
     source: &str,
     range: ReplayRange,
+    decoders: usize,
     files: &[PathBuf],
 ) -> Result<()> {
     let rules_path = rules.unwrap_or_else(|| settings.rules.path.clone());
@@ -676,8 +686,22 @@ fn replay(
     let mut pending_bytes = 0u64;
     let (mut read, mut accepted) = (0u64, 0u64);
     let mut rejected: std::collections::BTreeMap<&'static str, u64> = Default::default();
-    let mut batch: Vec<Event<'static>> = Vec::with_capacity(4096);
     let mut submit_error = None;
+    let mut pool = decode_pool::DecodePool::new(decoder, decoders, 0)
+        .context("cannot start the decoding threads")?;
+    // Decoded chunks, in input order: submitted at once, so a chunk's events reach the
+    // workers while later chunks are still being read and decoded.
+    let mut ready = |d: decode_pool::Decoded| {
+        accepted += d.events.len() as u64;
+        for reason in d.rejected {
+            *rejected.entry(reason).or_default() += 1;
+        }
+        if submit_error.is_none() && !d.events.is_empty() {
+            if let Err(e) = rt.submit_blocking(d.events) {
+                submit_error = Some(e);
+            }
+        }
+    };
     for file in files {
         let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
             Box::new(std::io::stdin().lock())
@@ -688,21 +712,7 @@ fn replay(
         };
         for_each_line(input, |_, line| {
             read += 1;
-            match decoder.decode(line) {
-                Ok(e) => {
-                    accepted += 1;
-                    batch.push(e.into_owned());
-                    if batch.len() == batch.capacity() {
-                        if let Err(e) = rt.submit_blocking(std::mem::replace(
-                            &mut batch,
-                            Vec::with_capacity(4096),
-                        )) {
-                            submit_error = Some(e);
-                        }
-                    }
-                }
-                Err(e) => *rejected.entry(e.reason()).or_default() += 1,
-            }
+            pool.push(line, &mut ready);
             pending_bytes += line.len() as u64 + 1;
             if read.is_multiple_of(4096) {
                 if total_bytes.is_some() {
@@ -710,13 +720,12 @@ fn replay(
                 } else {
                     bar.set_position(read);
                 }
-                bar.set_message(format!("{read} lines, {accepted} accepted"));
+                bar.set_message(format!("{read} lines"));
             }
         })
         .with_context(|| format!("cannot read {}", file.display()))?;
     }
-    rt.submit_blocking(batch)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    pool.finish(&mut ready);
     if let Some(e) = submit_error {
         bail!("{e}");
     }
