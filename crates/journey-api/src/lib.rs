@@ -832,6 +832,7 @@ pub(crate) async fn apply(s: &AppState, source: &str, decoded: Decoded) -> Resul
         errors,
         letters,
     } = decoded;
+    let source = s.metrics.source_label(source);
     for l in &letters {
         s.metrics
             .ingest_rejected

@@ -13,9 +13,18 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+/// Distinct `source` label values the ingest counters take; later ones count as
+/// [`OTHER_SOURCE`], so that clients naming sources (`?source=`) cannot grow `/metrics`
+/// without bound.
+pub const MAX_SOURCE_LABELS: usize = 64;
+/// The `source` label of sources beyond [`MAX_SOURCE_LABELS`].
+pub const OTHER_SOURCE: &str = "other";
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The `source` label values handed out so far (see [`Metrics::source_label`]).
+    source_labels: Mutex<std::collections::BTreeSet<String>>,
     pub ingest_events: IntCounterVec,
     pub ingest_rejected: IntCounterVec,
     applied: IntCounter,
@@ -99,6 +108,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The `source` label for ingest counters: `source` itself for the first
+    /// [`MAX_SOURCE_LABELS`] distinct sources, [`OTHER_SOURCE`] after that.
+    pub fn source_label<'a>(&self, source: &'a str) -> &'a str {
+        let mut seen = self.source_labels.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(source) {
+            return source;
+        }
+        if seen.len() < MAX_SOURCE_LABELS {
+            seen.insert(source.to_string());
+            return source;
+        }
+        OTHER_SOURCE
+    }
+
     pub fn new() -> Metrics {
         let r = Registry::new();
         let workers = IntGauge::new(
@@ -157,6 +180,7 @@ impl Metrics {
             "phase",
         );
         Metrics {
+            source_labels: Mutex::new(std::collections::BTreeSet::new()),
             tp_dwell,
             phase_dwell,
             alert_state,
@@ -447,5 +471,25 @@ impl Metrics {
                 &self.phase_reached.with_label_values(&[name.as_str()]),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_labels_are_bounded() {
+        let m = Metrics::new();
+        let names: Vec<String> = (0..MAX_SOURCE_LABELS + 10)
+            .map(|i| format!("s{i}"))
+            .collect();
+        let labels: Vec<&str> = names.iter().map(|n| m.source_label(n)).collect();
+        assert_eq!(labels[..MAX_SOURCE_LABELS], names[..MAX_SOURCE_LABELS]);
+        assert!(labels[MAX_SOURCE_LABELS..]
+            .iter()
+            .all(|l| *l == OTHER_SOURCE));
+        // A source seen before the cap keeps its own label.
+        assert_eq!(m.source_label("s3"), "s3");
     }
 }

@@ -56,8 +56,10 @@ enum Command {
     },
     /// Run the service on a live synthetic stream (web, CRM, service): no Kafka needed.
     Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        /// Address to serve on (default: `http.listen` of the configuration or
+        /// `JOURNEYD_HTTP__LISTEN`, 127.0.0.1:8080 unless set).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// New synthetic customers per minute.
         #[arg(long, default_value_t = 100)]
         customers_per_minute: usize,
@@ -127,7 +129,9 @@ fn main() {
             customers_per_minute,
             config,
         } => load_settings(config.as_deref()).and_then(|mut s| {
-            s.http.listen = listen;
+            if let Some(listen) = listen {
+                s.http.listen = listen;
+            }
             serve(s, Some(customers_per_minute))
         }),
     };
@@ -144,8 +148,18 @@ fn load_settings(path: Option<&Path>) -> Result<Settings> {
 }
 
 fn load_rules(path: &Path) -> Result<Rules> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read rules file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        let relative = if path.is_relative() {
+            format!(
+                " (relative to the working directory {}: run from the repository root, or set \
+                 rules.path / JOURNEYD_RULES__PATH to an absolute path)",
+                std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string())
+            )
+        } else {
+            String::new()
+        };
+        format!("cannot read rules file {}{relative}", path.display())
+    })?;
     Rules::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
