@@ -1054,9 +1054,19 @@ mod tests {
     }
 
     fn start(workers: usize, tasks: u32) -> Runtime {
+        start_with(workers, tasks, true)
+    }
+
+    /// A runtime that owns no task until one is assigned, as in a consumer group.
+    fn start_unassigned(workers: usize, tasks: u32) -> Runtime {
+        start_with(workers, tasks, false)
+    }
+
+    fn start_with(workers: usize, tasks: u32, own_all_tasks: bool) -> Runtime {
         let rc = RuntimeConfig {
             workers,
             tasks,
+            own_all_tasks,
             live: false,
             ..RuntimeConfig::default()
         };
@@ -1149,19 +1159,7 @@ mod tests {
     /// with the task's other submissions, and acknowledged once applied.
     #[test]
     fn deferred_records_are_decoded_by_the_worker_in_queue_order() {
-        let rc = RuntimeConfig {
-            workers: 2,
-            tasks: 2,
-            own_all_tasks: false,
-            live: false,
-            ..RuntimeConfig::default()
-        };
-        let rt = Runtime::start(
-            Arc::new(EngineConfig::default()),
-            Arc::new(Rules::from_toml(RULES).unwrap()),
-            rc,
-            Vec::new(),
-        );
+        let rt = start_unassigned(2, 2);
         let h = rt.handle();
         h.assign_blocking(1, None, vec![Input::Topic(0)]).unwrap();
         let t = 1_795_000_000_000;
@@ -1214,19 +1212,7 @@ mod tests {
 
     #[test]
     fn push_input_for_unassigned_tasks_is_refused_whole() {
-        let rc = RuntimeConfig {
-            workers: 2,
-            tasks: 4,
-            own_all_tasks: false,
-            live: false,
-            ..RuntimeConfig::default()
-        };
-        let rt = Runtime::start(
-            Arc::new(EngineConfig::default()),
-            Arc::new(Rules::from_toml(RULES).unwrap()),
-            rc,
-            Vec::new(),
-        );
+        let rt = start_unassigned(2, 4);
         let h = rt.handle();
         assert!(h.owned_tasks().is_empty());
         let e = ev(1, 1_795_000_000_000, "page_view");
@@ -1255,18 +1241,7 @@ mod tests {
 
     #[test]
     fn a_revoked_task_hands_back_its_partitions_with_their_clocks() {
-        let rc = RuntimeConfig {
-            tasks: 2,
-            own_all_tasks: false,
-            live: false,
-            ..RuntimeConfig::default()
-        };
-        let rt = Runtime::start(
-            Arc::new(EngineConfig::default()),
-            Arc::new(Rules::from_toml(RULES).unwrap()),
-            rc,
-            Vec::new(),
-        );
+        let rt = start_unassigned(RuntimeConfig::default().workers, 2);
         let h = rt.handle();
         let e = ev(1, 1_795_000_000_000, "page_view");
         let task = h.task_for(&e.customer_id);
