@@ -95,6 +95,22 @@ pub enum StateError {
         task: TaskId,
         generation: Generation,
     },
+    /// The task's checkpoint is gone although the store shows one was written: every
+    /// generation left is empty, yet the older ones were removed, which only a completed
+    /// checkpoint write does. Its newest checkpoint was truncated or deleted outside journeyd.
+    #[error(
+        "task {task}: its checkpoint is missing or damaged in state store {url}: {prefix} holds \
+         only empty objects (generations {first}–{newest}), but the generations below {first} \
+         were removed, which only a completed checkpoint write does; to start this task empty \
+         instead, move {prefix} away"
+    )]
+    Damaged {
+        url: String,
+        task: TaskId,
+        prefix: String,
+        first: Generation,
+        newest: Generation,
+    },
 }
 
 impl StateError {
@@ -541,7 +557,21 @@ impl StateStore {
                         },
                         true,
                     ),
-                    None => (Content::Empty, false),
+                    // Generations are numbered from 1 and only a completed write removes the
+                    // ones below it, leaving its own content: empty objects alone above a gap
+                    // mean that content was lost.
+                    None => match generations.first() {
+                        Some(&(first, _)) if first > 1 => {
+                            return Err(StateError::Damaged {
+                                url: self.inner.url.clone(),
+                                task,
+                                prefix: task_prefix(task),
+                                first,
+                                newest,
+                            })
+                        }
+                        _ => (Content::Empty, false),
+                    },
                 },
             };
             let claim = newest + 1;
@@ -644,6 +674,23 @@ mod tests {
             .into_iter()
             .map(|(g, _)| g)
             .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_lost_outside_journeyd_is_refused_not_taken_for_none() {
+        let s = StateStore::in_memory().unwrap();
+        // Claimed but never written (a start that died early): empty, as it should be.
+        let (_, content) = s.claim(5, None).unwrap();
+        assert_eq!(content, Content::Empty);
+        let (mut lease, content) = s.claim(5, None).unwrap();
+        assert_eq!(content, Content::Empty, "claims alone, numbered from 1");
+        s.write(&mut lease, b"state".to_vec()).unwrap();
+        // The newest checkpoint truncated to 0 bytes (a damaged disk, a careless hand).
+        let newest = names(&s, 5)[0];
+        s.put(&generation_path(5, newest), Vec::new()).unwrap();
+        let e = s.claim(5, None).unwrap_err();
+        assert!(matches!(e, StateError::Damaged { task: 5, .. }), "{e}");
+        assert!(e.to_string().contains("move tasks/00005/ away"), "{e}");
     }
 
     #[test]
