@@ -187,7 +187,8 @@ fn known(q: &HashMap<String, String>, allowed: &[&'static str]) -> Result<(), Pr
                 "unknown parameter `{k}` (expected one of: {})",
                 allowed.join(", ")
             ),
-        )),
+        )
+        .with("parameter", json!(k))),
         None => Ok(()),
     }
 }

@@ -708,6 +708,10 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
         v["detail"],
         "unknown parameter `form` (expected one of: from, to, breakdown, limit, segment)"
     );
+    assert_eq!(
+        v["parameter"], "form",
+        "names the parameter like every other 400"
+    );
     let (s, v) = get(&api.app, "/v2/nothing").await;
     assert_eq!(
         (s, v["status"].as_u64()),

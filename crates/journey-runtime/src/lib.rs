@@ -262,6 +262,18 @@ pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The acknowledgement of a submission, when asked for: the worker sends once it is applied.
+type AckChannel = (Option<flume::Sender<()>>, Option<flume::Receiver<()>>);
+
+fn ack_channel(ack: bool) -> AckChannel {
+    if ack {
+        let (tx, rx) = flume::bounded(1);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    }
+}
+
 fn wall_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -807,12 +819,7 @@ impl RuntimeHandle {
         events: Vec<Event<'static>>,
         ack: bool,
     ) -> Result<Option<flume::Receiver<()>>, Stopped> {
-        let (tx, rx) = if ack {
-            let (tx, rx) = flume::bounded(1);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        let (tx, rx) = ack_channel(ack);
         self.send(task, Self::events(task, input, events, Vec::new(), tx))?;
         Ok(rx)
     }
@@ -829,12 +836,7 @@ impl RuntimeHandle {
         decode: Deferred,
         ack: bool,
     ) -> Result<Option<flume::Receiver<()>>, Stopped> {
-        let (tx, rx) = if ack {
-            let (tx, rx) = flume::bounded(1);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        let (tx, rx) = ack_channel(ack);
         self.send(
             task,
             Msg::Events {
