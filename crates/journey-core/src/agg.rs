@@ -139,6 +139,14 @@ pub struct TouchpointAgg {
 }
 
 impl TouchpointAgg {
+    /// Nothing recorded: every minute bucket holds every touchpoint, most of them idle.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        (self.visits | self.sessions | self.exits | self.dropoffs | self.completions) == 0
+            && self.dwell.count() == 0
+            && self.score.count == 0
+    }
+
     pub fn merge(&mut self, o: &TouchpointAgg) {
         self.visits += o.visits;
         self.sessions += o.sessions;
@@ -234,7 +242,9 @@ impl Bucket {
     pub fn merge_dims(&mut self, o: &Bucket, keep: impl Fn(usize) -> bool) {
         self.sessions += o.sessions;
         for (i, t) in o.touchpoints.iter().enumerate() {
-            self.touchpoint(i as u16).merge(t);
+            if !t.is_empty() {
+                self.touchpoint(i as u16).merge(t);
+            }
         }
         for (i, p) in o.phases.iter().enumerate() {
             self.phase(i as u8).merge(p);

@@ -1135,6 +1135,12 @@ fn flush_phase_dwell(ctx: &Ctx, agg: &mut Aggregates, j: &Journey) {
 /// Writes the journey's phase dwell and time-to-convert samples at the times `due` accepts,
 /// for the total and the journey's segments.
 fn write_phase_samples(ctx: &Ctx, agg: &mut Aggregates, j: &Journey, due: impl Fn(Millis) -> bool) {
+    // Every sample is written at the time some phase was first seen, so a journey none of
+    // whose phase times is due has nothing to write: most timer firings end here.
+    let phase_times = &j.slots[..j.n_phases as usize];
+    if !phase_times.iter().any(|&t| t != UNSEEN && due(t)) {
+        return;
+    }
     let key = SegKey::of(ctx, Some(j));
     phase_moves(ctx, j, |t, phase, dwell| {
         if due(t) {

@@ -109,25 +109,48 @@ impl Sketch {
         self.count += other.count;
         self.sum = self.sum.saturating_add(other.sum);
         self.zeros += other.zeros;
-        let mut out = Vec::with_capacity(self.bins.len() + other.bins.len());
-        let (a, b) = (&self.bins, &other.bins);
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            if a[i].0 == b[j].0 {
-                out.push((a[i].0, a[i].1 + b[j].1));
-                i += 1;
-                j += 1;
-            } else if a[i].0 < b[j].0 {
-                out.push(a[i]);
-                i += 1;
-            } else {
-                out.push(b[j]);
-                j += 1;
+        // In place, by binary search: an hour bucket absorbs each of its minutes at roll-up,
+        // and holds far more bins than a minute, most of the minute's keys among them.
+        let (a, b) = (&mut self.bins, &other.bins);
+        let mut added = 0;
+        let mut from = 0;
+        for &(key, n) in b {
+            match a[from..].binary_search_by_key(&key, |x| x.0) {
+                Ok(i) => {
+                    from += i;
+                    a[from].1 += n;
+                    from += 1;
+                }
+                Err(i) => {
+                    from += i;
+                    added += 1;
+                }
             }
         }
-        out.extend_from_slice(&a[i..]);
-        out.extend_from_slice(&b[j..]);
-        self.bins = out;
+        if added == 0 {
+            return;
+        }
+        // Merge from the back into the grown vector: with exactly `added` new keys the write
+        // position meets the unread part of `a` when `b` runs out, so nothing needs moving.
+        let mut i = a.len();
+        a.resize(i + added, (0, 0));
+        let mut k = a.len();
+        for &(key, n) in b.iter().rev() {
+            while i > 0 && a[i - 1].0 > key {
+                k -= 1;
+                i -= 1;
+                a[k] = a[i];
+            }
+            k -= 1;
+            if i > 0 && a[i - 1].0 == key {
+                // Already added in place above.
+                i -= 1;
+                a[k] = a[i];
+            } else {
+                a[k] = (key, n);
+            }
+        }
+        debug_assert_eq!(i, k);
     }
 
     /// The `q`-quantile (0 ≤ q ≤ 1), within [`RELATIVE_ERROR`] of a true sample value.
@@ -203,6 +226,23 @@ mod tests {
             prop_assert_eq!(&merged, &all);
             right.merge(&left);
             prop_assert_eq!(&right, &all);
+        }
+
+        /// Small values share bins, so the in-place merge adds into existing keys as well as
+        /// inserting new ones between them.
+        #[test]
+        fn merge_of_overlapping_bins_equals_adding_everything(
+            a in prop::collection::vec(0u64..300, 0..80),
+            b in prop::collection::vec(0u64..300, 0..80),
+        ) {
+            let sketch = |vs: &[u64]| {
+                let mut s = Sketch::default();
+                vs.iter().for_each(|v| s.add(*v));
+                s
+            };
+            let mut merged = sketch(&a);
+            merged.merge(&sketch(&b));
+            prop_assert_eq!(&merged, &sketch(&[a.as_slice(), b.as_slice()].concat()));
         }
     }
 }
