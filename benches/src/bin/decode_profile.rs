@@ -1,19 +1,20 @@
-//! Parse-only rates of one NDJSON file with each canonical decoder, on one thread: the full
-//! decoder (every attribute into a `serde_json::Value`) and the projected decoder `journeyd`
-//! uses. The projection is that of `config/rules.toml` with a `persona` breakdown, as in the
+//! Parse-only rates of one NDJSON file with each decoder, on one thread: the full decoder
+//! (every attribute into a `serde_json::Value`, then projected, as journeyd decoded Segment
+//! and CloudEvents records before issue 14) and the projected decoder `journeyd` uses. The
+//! projection is that of `config/rules.toml` with a `persona` breakdown, as in the
 //! benchmarks. Rounds alternate between the decoders; each prints wall time and this thread's
 //! CPU time.
 //!
-//! Run: `cargo run --release -p journey-benches --bin decode_profile -- FILE [rounds]`
-//! (a file from `journeyd generate --payload realistic`).
+//! Run: `cargo run --release -p journey-benches --bin decode_profile -- FILE [rounds]
+//! [canonical|segment|cloudevents]` (a file from `journeyd generate --payload realistic`, in
+//! that format).
 
 use std::io::BufReader;
 use std::time::Instant;
 
 use journey_benches::{bench_config, default_rules};
-use journey_core::event::decode_canonical_projected;
-use journey_core::{DecodeLimits, Projection};
-use journey_ingest::for_each_line;
+use journey_core::{DecodeLimits, Projection, SharedProjection};
+use journey_ingest::{for_each_line, Decoder, Format};
 
 /// CPU seconds of the calling thread (user + system), from `/proc/thread-self/stat`.
 fn thread_cpu() -> f64 {
@@ -38,17 +39,26 @@ fn main() {
         eprintln!("cannot read {file}: {e}");
         std::process::exit(2);
     });
+    let format = args.next().unwrap_or_else(|| "canonical".into());
+    let Ok(format) = Format::parse(&format, None) else {
+        eprintln!("unknown format {format}: canonical, segment or cloudevents");
+        std::process::exit(2);
+    };
     let projection = Projection::for_engine(&default_rules(), &bench_config().breakdowns);
-    let limits = DecodeLimits::default();
-    let decoders: [(&str, Option<&Projection>); 2] =
-        [("full", None), ("projected", Some(&projection))];
+    let full = Decoder::new(format.clone(), "file", DecodeLimits::default());
+    let projected = Decoder::new(format, "file", DecodeLimits::default())
+        .with_projection(SharedProjection::new(projection.clone()));
     for round in 1..=rounds {
-        for (name, p) in decoders {
+        for (name, decoder) in [("full", &full), ("projected", &projected)] {
             let (wall, cpu) = (Instant::now(), thread_cpu());
             let (mut ok, mut lines) = (0u64, 0u64);
             let _ = for_each_line(BufReader::new(&data[..]), |_, line| {
                 lines += 1;
-                ok += decode_canonical_projected(line, "file", &limits, p).is_ok() as u64;
+                if let Ok(mut e) = decoder.decode(line) {
+                    // What the engine receives either way: the projected attributes.
+                    e.attributes = projection.apply(std::mem::take(&mut e.attributes));
+                    ok += 1;
+                }
             });
             let (wall, cpu) = (wall.elapsed().as_secs_f64(), thread_cpu() - cpu);
             println!(

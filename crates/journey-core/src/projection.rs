@@ -100,6 +100,24 @@ impl Projection {
         }
     }
 
+    /// Like [`Projection::object_seed`], for the value the attribute `key` will hold: the
+    /// envelope objects that formats file under one attribute (Segment's `context` and
+    /// `traits`). Keeps nothing, but still checks the type, when no path starts at `key`.
+    pub fn object_seed_under<'p>(
+        &'p self,
+        key: &str,
+        not_object: &'p Cell<bool>,
+    ) -> ProjectedValue<'p> {
+        static NOTHING: Node = Node {
+            whole: false,
+            children: BTreeMap::new(),
+        };
+        ProjectedValue {
+            node: self.root.children.get(key).unwrap_or(&NOTHING),
+            not_object: Some(not_object),
+        }
+    }
+
     /// The projection of an already parsed value (for formats that build the value first).
     pub fn apply(&self, v: Value) -> Value {
         project(&self.root, v)

@@ -17,8 +17,9 @@
 
 use std::borrow::Cow;
 
-use journey_core::{DecodeError, Event};
+use journey_core::{DecodeError, Event, Projection};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::decode::{self, Field};
@@ -35,12 +36,31 @@ struct CloudEvent<'a> {
     subject: Option<Field<'a>>,
     #[serde(borrow)]
     time: Option<Field<'a>>,
-    data: Option<Value>,
+    // Kept as text, so that a projection builds only what the rules read of it.
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
     data_base64: Option<Value>,
 }
 
-pub(crate) fn decode<'a>(text: &'a str, source: &'a str) -> Result<Event<'a>, DecodeError> {
+/// Decodes one structured-mode CloudEvent. With a `projection`, an object `data` is built
+/// only as far as it keeps it.
+pub(crate) fn decode<'a>(
+    text: &'a str,
+    source: &'a str,
+    projection: Option<&Projection>,
+) -> Result<Event<'a>, DecodeError> {
     let ce: CloudEvent<'a> = decode::parse_object(text)?;
+    // Only an object `data` becomes the attributes; anything else is kept whole under `data`.
+    let data = match ce.data {
+        Some(raw) if projection.is_some() && raw.get().starts_with('{') => {
+            decode::raw_object(Some(raw), "data", projection, None)?.map(Value::Object)
+        }
+        Some(raw) => Some(
+            serde_json::from_str::<Value>(raw.get())
+                .map_err(|e| DecodeError::NotJson(e.to_string()))?,
+        ),
+        None => None,
+    };
 
     let customer_id = decode::customer(ce.subject, "subject")?;
     let name = decode::event_name(ce.kind, "type")?;
@@ -48,7 +68,7 @@ pub(crate) fn decode<'a>(text: &'a str, source: &'a str) -> Result<Event<'a>, De
     let event_id = ce.id.map(|id| decode::identifier(id, "id")).transpose()?;
     let ce_source = decode::optional_string(ce.source, "source")?;
 
-    let mut attributes = match (ce.data, ce.data_base64) {
+    let mut attributes = match (data, ce.data_base64) {
         (Some(Value::Object(map)), _) => Some(map),
         (Some(Value::Null) | None, None | Some(Value::Null)) => None,
         (Some(Value::Null) | None, Some(binary)) => {

@@ -6,6 +6,7 @@
 //! error can name the field as the producer wrote it (`userId`, `time`, ...).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,9 +18,10 @@ use journey_core::event::{
     parse_rfc3339,
 };
 use journey_core::time::Millis;
-use journey_core::{DecodeError, DecodeLimits, Event, SharedProjection};
+use journey_core::{DecodeError, DecodeLimits, Event, Projection, SharedProjection};
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::{cloudevents, segment, Format};
@@ -133,15 +135,23 @@ impl Decoder {
                 Some(p) => decode_canonical_projected(bytes, source, &self.limits, Some(&p.load())),
             },
             Format::Segment => {
-                segment::decode(checked_text(bytes, &self.limits)?, source, self.received_at)
+                let projection = self.projection.as_ref().map(SharedProjection::load);
+                let text = checked_text(bytes, &self.limits)?;
+                segment::decode(text, source, self.received_at, projection.as_deref())
             }
-            Format::CloudEvents => cloudevents::decode(checked_text(bytes, &self.limits)?, source),
+            Format::CloudEvents => {
+                let projection = self.projection.as_ref().map(SharedProjection::load);
+                let text = checked_text(bytes, &self.limits)?;
+                cloudevents::decode(text, source, projection.as_deref())
+            }
             Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &self.limits)?, source),
         }
         .map(|mut ev| {
-            // The other formats build every attribute while validating the envelope; the
-            // projection then drops what nothing reads here, on the decoding thread, so the
-            // workers receive (and free) only the attributes they use.
+            // Segment and CloudEvents build only the projected part of their objects, but
+            // assemble attributes from several of them (and the envelope); mappings build
+            // every attribute. The projection of the result then drops what nothing reads
+            // here, on the decoding thread, so the workers receive (and free) only the
+            // attributes they use.
             if let (Some(p), false) = (&self.projection, matches!(self.format, Format::Canonical)) {
                 ev.attributes = p.load().apply(std::mem::take(&mut ev.attributes));
             }
@@ -373,6 +383,42 @@ pub(crate) fn raw_timestamp(v: Field<'_>, field: &'static str) -> Result<Millis,
 }
 
 /// An optional JSON object (absent or `null` is `None`).
+/// An object field the envelope's parse kept as raw text (Segment's `properties`, `context`,
+/// `traits`): with a projection, only what it keeps is built, from the projection's root
+/// (`under: None`) or from its paths below the attribute `under`; without, parsed whole.
+/// Same results and errors as [`object`] on the parsed value, up to what the projection drops.
+pub(crate) fn raw_object(
+    raw: Option<&RawValue>,
+    field: &'static str,
+    projection: Option<&Projection>,
+    under: Option<&str>,
+) -> Result<Option<Map<String, Value>>, DecodeError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let not_json = |e: serde_json::Error| DecodeError::NotJson(e.to_string());
+    let Some(p) = projection else {
+        return object(
+            Some(serde_json::from_str(raw.get()).map_err(not_json)?),
+            field,
+        );
+    };
+    let not_object = Cell::new(false);
+    let seed = match under {
+        None => p.object_seed(&not_object),
+        Some(key) => p.object_seed_under(key, &not_object),
+    };
+    match seed.deserialize(&mut serde_json::Deserializer::from_str(raw.get())) {
+        // A node that keeps its value whole takes any value: the type check is ours.
+        Ok(v) => object(Some(v), field),
+        Err(_) if not_object.get() => Err(DecodeError::WrongType {
+            field,
+            expected: "an object",
+        }),
+        Err(e) => Err(not_json(e)),
+    }
+}
+
 pub(crate) fn object(
     v: Option<Value>,
     field: &'static str,

@@ -42,8 +42,9 @@ use std::borrow::Cow;
 
 use journey_core::event::check_time;
 use journey_core::time::Millis;
-use journey_core::{DecodeError, Event};
+use journey_core::{DecodeError, Event, Projection};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::decode::{self, Field};
@@ -75,9 +76,13 @@ struct Call<'a> {
     group_id: Option<Field<'a>>,
     #[serde(borrow)]
     previous_id: Option<Field<'a>>,
-    properties: Option<Value>,
-    context: Option<Value>,
-    traits: Option<Value>,
+    // Kept as text, so that a projection builds only what the rules read of them.
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow)]
+    traits: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,11 +131,13 @@ fn corrected(received: Millis, sent: Millis, original: Millis) -> Millis {
 }
 
 /// Decodes one Segment call; `received_at` is when it reached journeyd, if known (the skew
-/// correction's server time for records without their own `receivedAt`).
+/// correction's server time for records without their own `receivedAt`). With a
+/// `projection`, `properties`, `context` and `traits` are built only as far as it keeps them.
 pub(crate) fn decode<'a>(
     text: &'a str,
     source: &'a str,
     received_at: Option<Millis>,
+    projection: Option<&Projection>,
 ) -> Result<Event<'a>, DecodeError> {
     let call: Call<'a> = decode::parse_object(text)?;
     let kind = Kind::of(call.kind)?;
@@ -180,7 +187,7 @@ pub(crate) fn decode<'a>(
         Some(id) => Some(decode::identifier(id, "messageId")?),
     };
 
-    let mut attributes = decode::object(call.properties, "properties")?;
+    let mut attributes = decode::raw_object(call.properties, "properties", projection, None)?;
     if matches!(kind, Kind::Page | Kind::Screen) {
         for (key, value) in [("name", call.name), ("category", call.category)] {
             if let Some(value) = value {
@@ -200,12 +207,14 @@ pub(crate) fn decode<'a>(
         }
     }
     if matches!(kind, Kind::Identify | Kind::Group) {
-        if let Some(traits) = decode::object(call.traits, "traits")? {
+        if let Some(traits) = decode::raw_object(call.traits, "traits", projection, Some("traits"))?
+        {
             let map = attributes.get_or_insert_with(Map::new);
             map.insert("traits".to_string(), Value::Object(traits));
         }
     }
-    if let Some(context) = decode::object(call.context, "context")? {
+    if let Some(context) = decode::raw_object(call.context, "context", projection, Some("context"))?
+    {
         let map = attributes.get_or_insert_with(Map::new);
         map.insert("context".to_string(), Value::Object(context));
     }
