@@ -536,9 +536,12 @@ async fn get_timeseries(
 
 async fn get_customer(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Problem> {
+    // A path segment that does not percent-decode to UTF-8 gets a problem like every other
+    // bad parameter, not axum's plain-text rejection.
+    let Path(id) = id.map_err(|e| Problem::bad_parameter("id", e.body_text()))?;
     if journey_core::event::check_customer_id(&id).is_err() {
         return Err(Problem::bad_parameter(
             "id",

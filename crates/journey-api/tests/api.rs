@@ -659,6 +659,8 @@ async fn bad_parameters_get_a_problem_naming_the_parameter() {
         ("/v1/timeseries?figure=reached&phase=nope", "phase"),
         ("/v1/timeseries?touchpoint=landing&step=30s", "step"),
         ("/v1/events?format=avro", "format"),
+        // Percent-decodes to bytes that are not UTF-8.
+        ("/v1/customers/%FF%FE", "id"),
     ] {
         let method = if uri.starts_with("/v1/events") {
             "POST"
