@@ -93,8 +93,9 @@ pub fn owners<'a>(
 }
 
 /// Version of the partials' wire format; a peer answering another one counts as missing.
-/// Version 2: buckets carry segment aggregates and time to convert (issue 17).
-const WIRE_VERSION: u32 = 2;
+/// Version 2: buckets carry segment aggregates and time to convert (issue 17); version 3: the
+/// moments of truth (`Aggregates::moment_goals`, `Bucket::moments`).
+const WIRE_VERSION: u32 = 3;
 /// Largest partials reply decoded, in bytes.
 const MAX_REPLY_BYTES: u64 = 1 << 30;
 

@@ -260,6 +260,29 @@ impl fmt::Display for Located<'_> {
 }
 
 impl Settings {
+    /// Settings that name parts of the rules, checked against the rules loaded at start:
+    /// every `moments.goal_phases` entry must be a phase.
+    pub fn check_rules(&self, rules: &journey_core::Rules) -> Result<(), String> {
+        let phases = rules.phases();
+        let bad: Vec<String> = self
+            .engine
+            .goal_phases
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !phases.contains(g))
+            .map(|(i, g)| format!("moments.goal_phases[{i}]: `{g}` is no phase of the rules"))
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} (phases: {})",
+                bad.join("; "),
+                phases.join(", ")
+            ))
+        }
+    }
+
     /// The built-in defaults, as written out in `config/journeyd.toml`.
     pub fn defaults() -> Settings {
         Settings {
@@ -586,6 +609,7 @@ struct RawConfig {
     session: RawSession,
     journey: RawJourney,
     breakdown: RawBreakdown,
+    moments: RawMoments,
     retention: RawRetention,
     rules: RawRules,
     runtime: RawRuntime,
@@ -691,6 +715,13 @@ struct RawBreakdown {
     attributes: Option<Vec<String>>,
     max_values: Option<usize>,
     segment_dimensions: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawMoments {
+    goal_phases: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -899,6 +930,7 @@ impl RawConfig {
                 .breakdown
                 .segment_dimensions
                 .unwrap_or(d.engine.segment_dimensions),
+            goal_phases: self.moments.goal_phases.unwrap_or(d.engine.goal_phases),
             retention_fine: p.duration(
                 "retention.fine",
                 self.retention.fine,
@@ -1633,6 +1665,8 @@ mod tests {
             attributes = ["persona", "utm.medium"]
             max_values = 20
             segment_dimensions = ["persona", "first_touchpoint"]
+            [moments]
+            goal_phases = ["retention", "decision"]
             [retention]
             fine = "6h"
             total = "2w"
@@ -1719,6 +1753,21 @@ mod tests {
         assert_eq!(e.breakdowns, ["persona", "utm.medium"]);
         assert_eq!(e.breakdown_max_values, 20);
         assert_eq!(e.segment_dimensions, ["persona", "first_touchpoint"]);
+        assert_eq!(e.goal_phases, ["retention", "decision"]);
+        let rules = journey_core::Rules::from_toml(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/rules.toml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.check_rules(&rules), Ok(()));
+        let mut wrong = Settings::defaults();
+        wrong.engine.goal_phases = vec!["decision".into(), "purchase".into()];
+        assert_eq!(
+            wrong.check_rules(&rules).unwrap_err(),
+            "moments.goal_phases[1]: `purchase` is no phase of the rules (phases: awareness, consideration, decision, retention, advocacy)"
+        );
         assert_eq!((e.retention_fine, e.retention_total), (6 * HOUR, 14 * DAY));
         assert_eq!(
             s.rules,
@@ -2087,7 +2136,7 @@ mod tests {
         assert_eq!(
             error("# journeyd\n[sesion]\ngap = \"30m\"\n", &[]),
             "<string>:2:2: unknown field `sesion`, expected one of `session`, `journey`, \
-             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `state`, `cluster`, `checkpoint`, `dead_letter`, `alerts`, `log`"
+             `breakdown`, `moments`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `state`, `cluster`, `checkpoint`, `dead_letter`, `alerts`, `log`"
         );
     }
 

@@ -202,6 +202,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         tracing::warn!("{d}");
     }
     let rules = Arc::new(load_rules(&settings.rules.path)?);
+    settings.check_rules(&rules).map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::new());
     let (dead_letters, sink) =
         deadletter::Sink::start(&settings.dead_letter, &settings.kafka, metrics.clone())?;
@@ -658,6 +659,7 @@ fn replay(
 ) -> Result<()> {
     let rules_path = rules.unwrap_or_else(|| settings.rules.path.clone());
     let rules = Arc::new(load_rules(&rules_path)?);
+    settings.check_rules(&rules).map_err(anyhow::Error::msg)?;
     let format = Format::parse(format, None).map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     let decoder = Decoder::new(
         format,
