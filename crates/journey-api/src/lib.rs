@@ -744,14 +744,25 @@ async fn get_alerts(
         .alerts
         .iter()
         .filter(|a| wanted.is_none_or(|w| a.state.as_str() == w))
-        .map(|a| {
-            json!({
+        .map(|a| match a.kind {
+            journey_alert::Kind::DropOff => json!({
+                "kind": a.kind,
                 "touchpoint": a.touchpoint, "phase": a.phase, "state": a.state,
                 "drop_off_rate": a.drop_off_rate, "baseline_rate": a.baseline_rate,
                 "sessions": a.sessions, "baseline_sessions": a.baseline_sessions,
                 "active_since": iso(a.active_since), "fired_at": a.fired_at.map(iso),
                 "resolved_at": a.resolved_at.map(iso), "summary": a.summary,
-            })
+            }),
+            // A phase's conversion: no touchpoint; rates as conversions, counts as journeys.
+            journey_alert::Kind::Conversion => json!({
+                "kind": a.kind,
+                "touchpoint": null, "phase": a.phase, "state": a.state,
+                "conversion": 1.0 - a.drop_off_rate,
+                "baseline_conversion": 1.0 - a.baseline_rate,
+                "journeys": a.sessions, "baseline_journeys": a.baseline_sessions,
+                "active_since": iso(a.active_since), "fired_at": a.fired_at.map(iso),
+                "resolved_at": a.resolved_at.map(iso), "summary": a.summary,
+            }),
         })
         .collect();
     let baseline = match c.baseline {
@@ -768,6 +779,13 @@ async fn get_alerts(
             "threshold_absolute": c.threshold_absolute,
             "min_sessions": c.min_sessions,
             "for_ms": c.for_,
+            "conversion": match c.conversion {
+                journey_alert::ConversionAlerts::Step => "step",
+                journey_alert::ConversionAlerts::FromStart => "from_start",
+                journey_alert::ConversionAlerts::Off => "off",
+            },
+            "conversion_relative": c.conversion_relative,
+            "conversion_absolute": c.conversion_absolute,
         },
         "alerts": alerts,
     });

@@ -846,7 +846,7 @@ async fn metrics_health_and_openapi() {
 
 #[tokio::test]
 async fn alerts_show_the_evaluators_report() {
-    use journey_alert::{Alert, Report, State};
+    use journey_alert::{Alert, Kind, Report, State};
     let api = api();
     let (s, v) = get(&api.app, "/v1/alerts").await;
     assert_eq!(s, StatusCode::OK);
@@ -856,6 +856,7 @@ async fn alerts_show_the_evaluators_report() {
     assert_eq!(v["alerts"], json!([]));
 
     let alert = |tp: &str, state: State, resolved: Option<i64>| Alert {
+        kind: Kind::DropOff,
         touchpoint: tp.into(),
         phase: Some("decision".into()),
         state,
@@ -873,13 +874,52 @@ async fn alerts_show_the_evaluators_report() {
         alerts: vec![
             alert("cart", State::Firing, None),
             alert("checkout", State::Resolved, Some(NOW)),
+            Alert {
+                kind: Kind::Conversion,
+                touchpoint: "consideration".into(),
+                phase: Some("consideration".into()),
+                summary: "conversion of consideration fell".into(),
+                ..alert("consideration", State::Pending, None)
+            },
         ],
         rates: Vec::new(),
+        conversions: Vec::new(),
     });
     let (_, v) = get(&api.app, "/v1/alerts").await;
     assert_eq!(v["evaluation"]["evaluated_at"], "2026-11-20T12:00:00.000Z");
-    assert_eq!(v["alerts"].as_array().unwrap().len(), 2);
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 3);
+    assert_eq!(v["evaluation"]["conversion"], "step");
+    // A conversion alert: the phase, conversions (1 − the share not converting), journeys.
+    let conv = v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "conversion")
+        .unwrap();
+    assert_eq!(
+        (
+            &conv["kind"],
+            &conv["touchpoint"],
+            &conv["phase"],
+            &conv["state"]
+        ),
+        (
+            &json!("conversion"),
+            &Value::Null,
+            &json!("consideration"),
+            &json!("pending")
+        )
+    );
+    assert_eq!(
+        (
+            &conv["conversion"],
+            &conv["baseline_conversion"],
+            &conv["journeys"]
+        ),
+        (&json!(0.5), &json!(0.875), &json!(80))
+    );
     let cart = &v["alerts"][0];
+    assert_eq!(cart["kind"], "drop_off");
     assert_eq!(
         (
             cart["touchpoint"].as_str(),
@@ -906,6 +946,8 @@ async fn alerts_show_the_evaluators_report() {
         .map(|a| a["touchpoint"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["checkout"]);
+    let (_, v) = get(&api.app, "/v1/alerts?state=pending").await;
+    assert_eq!(v["alerts"][0]["kind"], "conversion", "{v}");
     let (s, v) = get(&api.app, "/v1/alerts?state=loud").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(v["detail"].as_str().unwrap().contains("state"), "{v}");

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use journey_alert::{AlertConfig, Baseline};
+use journey_alert::{AlertConfig, Baseline, ConversionAlerts};
 use journey_api::auth::Tokens;
 use journey_api::segment::WriteKeys;
 use journey_core::time::{parse_duration, HumanDuration, Millis, DAY};
@@ -37,6 +37,7 @@ const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"]
 const DEAD_LETTER_SINKS: [&str; 3] = ["none", "file", "kafka"];
 
 const ALERT_BASELINES: [&str; 2] = ["day_before", "trailing"];
+const ALERT_CONVERSIONS: [&str; 3] = ["step", "from_start", "off"];
 
 /// More workers than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
@@ -641,6 +642,10 @@ struct RawAlerts {
     for_: Option<Text>,
     keep_resolved: Option<Text>,
     touchpoints: Option<Vec<String>>,
+    conversion: Option<Text>,
+    conversion_relative: Option<f64>,
+    conversion_absolute: Option<f64>,
+    phases: Option<Vec<String>>,
     alertmanager_url: Option<Text>,
     webhook_url: Option<Text>,
     resend: Option<Text>,
@@ -1417,6 +1422,39 @@ fn build_alerts(
         d.eval.threshold_absolute,
         0.0,
     );
+    let conversion_relative = match a.conversion_relative {
+        Some(x) if !(x.is_finite() && x > 0.0 && x <= 1.0) => {
+            p.push(format!(
+                "alerts.conversion_relative: must be a number above 0 and at most 1, got {x}"
+            ));
+            d.eval.conversion_relative
+        }
+        x => x.unwrap_or(d.eval.conversion_relative),
+    };
+    let conversion_absolute = match a.conversion_absolute {
+        Some(x) if !(x.is_finite() && (0.0..=1.0).contains(&x)) => {
+            p.push(format!(
+                "alerts.conversion_absolute: must be a number from 0 to 1, got {x}"
+            ));
+            d.eval.conversion_absolute
+        }
+        x => x.unwrap_or(d.eval.conversion_absolute),
+    };
+    let conversion_name = a.conversion.map_or_else(|| "step".to_string(), |t| t.0);
+    let conversion = if p.one_of(
+        "alerts.conversion",
+        "conversion",
+        &conversion_name,
+        &ALERT_CONVERSIONS,
+    ) {
+        match conversion_name.as_str() {
+            "from_start" => ConversionAlerts::FromStart,
+            "off" => ConversionAlerts::Off,
+            _ => ConversionAlerts::Step,
+        }
+    } else {
+        d.eval.conversion
+    };
     let min_sessions = match a.min_sessions {
         None => d.eval.min_sessions,
         Some(0) => {
@@ -1467,6 +1505,10 @@ fn build_alerts(
             for_,
             keep_resolved,
             touchpoints: a.touchpoints.unwrap_or_default(),
+            conversion,
+            conversion_relative,
+            conversion_absolute,
+            phases: a.phases.unwrap_or_default(),
         },
         alertmanager_url,
         webhook_url,
@@ -1734,6 +1776,10 @@ mod tests {
             for = "10m"
             keep_resolved = "2h"
             touchpoints = ["cart", "checkout"]
+            conversion = "from_start"
+            conversion_relative = 0.7
+            conversion_absolute = 0.1
+            phases = ["decision"]
             alertmanager_url = "http://alertmanager:9093"
             webhook_url = "https://hooks.example.com/journeyd"
             resend = "2m"
@@ -1883,6 +1929,10 @@ mod tests {
                     for_: 10 * MINUTE,
                     keep_resolved: 2 * HOUR,
                     touchpoints: vec!["cart".into(), "checkout".into()],
+                    conversion: ConversionAlerts::FromStart,
+                    conversion_relative: 0.7,
+                    conversion_absolute: 0.1,
+                    phases: vec!["decision".into()],
                 },
                 alertmanager_url: Some("http://alertmanager:9093".into()),
                 webhook_url: Some("https://hooks.example.com/journeyd".into()),
@@ -1908,6 +1958,9 @@ mod tests {
             baseline = "last_week"
             threshold_relative = 0.5
             threshold_absolute = -0.1
+            conversion = "cohort"
+            conversion_relative = 1.5
+            conversion_absolute = -1
             min_sessions = 0
             for = "-5m"
             webhook_url = "hooks.example.com"
@@ -1921,6 +1974,9 @@ mod tests {
              alerts.baseline: unknown baseline `last_week` (expected one of: day_before, trailing)\n  \
              alerts.threshold_relative: must be a number of at least 1, got 0.5\n  \
              alerts.threshold_absolute: must be a number of at least 0, got -0.1\n  \
+             alerts.conversion_relative: must be a number above 0 and at most 1, got 1.5\n  \
+             alerts.conversion_absolute: must be a number from 0 to 1, got -1\n  \
+             alerts.conversion: unknown conversion `cohort` (expected one of: step, from_start, off)\n  \
              alerts.min_sessions: must be at least 1, got 0\n  \
              alerts.for: invalid duration `-5m`: expected a number, as in `30m`\n  \
              alerts.webhook_url: `hooks.example.com` is not an http:// or https:// URL"
