@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use journey_api::{router, system_clock, AppState, IngestLimits, Metrics};
-use journey_core::query::{funnel, touchpoints, transitions, Include, Summary};
+use journey_core::query::{funnel, moments, touchpoints, transitions, Include, Summary};
 use journey_core::time::{Millis, MINUTE};
 use journey_core::{ApplyError, DecodeLimits, Event, Rules};
 use journey_ingest::{for_each_line, DeadLetter, Decoder, Format, Position};
@@ -766,6 +766,12 @@ fn replay(
         &Include::default(),
     );
     let stats = rt.stats();
+    // Moments of truth for every goal phase the tasks track, the first being the API's default.
+    let goals = parts.first().map_or_else(
+        || settings.engine.moment_goals(&rules),
+        |p| p.moment_goals.clone(),
+    );
+    let moments: Vec<_> = goals.iter().map(|g| moments(&sum, &rules, g)).collect();
     let out = json!({
         "events": {
             "read": read,
@@ -785,6 +791,7 @@ fn replay(
         "funnel": funnel(&sum, rules.phases(), None, settings.engine.breakdown_max_values),
         "touchpoints": touchpoints(&sum, &rules),
         "transitions": transitions(&sum),
+        "moments": moments,
     });
     runtime.shutdown();
     println!("{}", serde_json::to_string_pretty(&out)?);
