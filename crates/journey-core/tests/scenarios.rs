@@ -573,3 +573,31 @@ fn a_snapshot_tracking_other_goal_phases_is_refused() {
     let restored = Shard::restore(&bytes, Arc::new(EngineConfig::default()), rules).unwrap();
     assert_eq!(restored.aggregates().moment_goals, ["consideration"]);
 }
+
+/// The touched-set holds touchpoint ids 0 to 62 (docs/semantics.md §6): a rule set with more
+/// touchpoints leaves the later ones out of the moments figures, and nothing else changes.
+#[test]
+fn touchpoints_past_the_touched_set_bound_are_left_out_of_moments() {
+    let mut text = String::from("phases = [\"a\", \"b\"]\n");
+    for i in 0..70 {
+        text.push_str(&format!(
+            "[[touchpoint]]\nname = \"t{i}\"\nphase = \"a\"\nevent = \"e{i}\"\n"
+        ));
+    }
+    text.push_str("[[touchpoint]]\nname = \"buy\"\nphase = \"b\"\nevent = \"buy\"\ngoal = true\n");
+    let rules = Arc::new(Rules::from_toml(&text).unwrap());
+    let mut s = Shard::new(Arc::new(EngineConfig::default()), rules);
+    for (i, name) in ["e1", "e62", "e63", "e69", "buy"].iter().enumerate() {
+        s.apply(&ev("a", T + i as Millis * MINUTE, name)).unwrap();
+    }
+    s.flush();
+    let m = summary(&s).moments.get("b").cloned().unwrap();
+    assert_eq!((m.journeys, m.converted), (1, 1));
+    let touched: Vec<&str> = m.touched.keys().map(String::as_str).collect();
+    assert_eq!(touched, ["t1", "t62"]);
+    assert_eq!(
+        summary(&s).touchpoints["t69"].visits,
+        1,
+        "other figures keep it"
+    );
+}
