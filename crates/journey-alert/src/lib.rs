@@ -1,9 +1,11 @@
-//! journey-alert: drop-off alerts evaluated inside journeyd (SPEC §8).
+//! journey-alert: drop-off and conversion alerts evaluated inside journeyd (SPEC §8).
 //!
 //! Per touchpoint, the drop-off rate of a recent window is compared with a baseline (the same
 //! window a day earlier, or a trailing average). A touchpoint whose rate breaches both
 //! thresholds with enough sessions turns *pending*, *firing* once it has breached for the
-//! `for` duration, and *resolved* when it stops breaching, as Prometheus alerts do.
+//! `for` duration, and *resolved* when it stops breaching, as Prometheus alerts do. Per phase,
+//! the conversion of the journeys that reached it in the window ([`ConversionAlerts`]) is
+//! compared the same way and alerts when it falls, with the same states and delivery.
 //!
 //! Time is event time, passed in: sessions are counted when they close, so the recent window
 //! ends where every session in it has closed (see [`Windows::at`]). [`Evaluator`] is pure;
@@ -29,6 +31,45 @@ pub enum Baseline {
     Trailing(Millis),
 }
 
+/// What an alert watches.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A touchpoint's drop-off rate rises.
+    #[default]
+    DropOff,
+    /// A phase's conversion falls.
+    Conversion,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::DropOff => "drop_off",
+            Kind::Conversion => "conversion",
+        }
+    }
+}
+
+/// Which conversion of a phase conversion alerts watch (`alerts.conversion`). Both are flows
+/// over the window, from the journeys that *reached* phases in it (bucketed by the time they
+/// reached them, as time to convert is: docs/semantics.md §7), so that the recent window and
+/// its baseline are measured alike; a cohort measure (journeys by start) would always look
+/// worse for the recent window, whose journeys have had less time to convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversionAlerts {
+    /// No conversion alerts.
+    Off,
+    /// Phase k: journeys that reached phase k+1 in the window / those that reached phase k
+    /// (the funnel's step conversion of phase k); every phase but the last.
+    Step,
+    /// Phase k: journeys that reached phase k in the window / journeys that started in it
+    /// (reached the first phase); every phase but the first.
+    FromStart,
+}
+
 /// How alerts are evaluated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertConfig {
@@ -46,6 +87,14 @@ pub struct AlertConfig {
     pub keep_resolved: Millis,
     /// Touchpoints to watch; empty watches all.
     pub touchpoints: Vec<String>,
+    /// Phase conversion alerts.
+    pub conversion: ConversionAlerts,
+    /// The recent conversion must be at most `baseline × conversion_relative` ...
+    pub conversion_relative: f64,
+    /// ... and at most `baseline − conversion_absolute`.
+    pub conversion_absolute: f64,
+    /// Phases to watch for conversion alerts; empty watches all.
+    pub phases: Vec<String>,
 }
 
 impl Default for AlertConfig {
@@ -59,6 +108,10 @@ impl Default for AlertConfig {
             for_: 5 * 60_000,
             keep_resolved: 60 * 60_000,
             touchpoints: Vec::new(),
+            conversion: ConversionAlerts::Step,
+            conversion_relative: 0.8,
+            conversion_absolute: 0.05,
+            phases: Vec::new(),
         }
     }
 }
@@ -95,9 +148,15 @@ impl Windows {
     }
 }
 
-/// One touchpoint's counts in both windows.
+/// One touchpoint's (or, for conversion, one phase's) counts in both windows.
+///
+/// For [`Kind::Conversion`], `touchpoint` is the phase's name, `sessions` the journeys that
+/// entered the conversion (reached phase k, or started, for [`ConversionAlerts::FromStart`])
+/// and `drop_offs` those of them that did not convert: conversion is `1 − drop_offs /
+/// sessions`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
+    pub kind: Kind,
     pub touchpoint: String,
     pub phase: Option<String>,
     pub sessions: u64,
@@ -106,27 +165,33 @@ pub struct Observation {
     pub baseline_drop_offs: u64,
 }
 
-/// Counts per touchpoint in both windows, merged over the partials.
-pub fn observe(parts: &[Arc<Aggregates>], rules: &Rules, w: &Windows) -> Vec<Observation> {
+/// Counts per touchpoint in both windows, merged over the partials; then, unless
+/// `conversion` is off, per phase (rules order) the conversion counts.
+pub fn observe(
+    parts: &[Arc<Aggregates>],
+    rules: &Rules,
+    w: &Windows,
+    conversion: ConversionAlerts,
+) -> Vec<Observation> {
     let collect = |(from, to): (Millis, Millis)| {
-        let s = Summary::collect(
+        Summary::collect(
             parts.iter().map(|p| p.as_ref()),
             from,
             to,
             &Include::default(),
-        );
-        touchpoints(&s, rules)
+        )
     };
-    let recent = collect(w.recent);
-    let baseline: BTreeMap<String, (u64, u64)> = collect(w.baseline)
+    let (recent, base) = (collect(w.recent), collect(w.baseline));
+    let baseline: BTreeMap<String, (u64, u64)> = touchpoints(&base, rules)
         .into_iter()
         .map(|t| (t.name, (t.sessions, t.drop_offs)))
         .collect();
-    recent
+    let mut out: Vec<Observation> = touchpoints(&recent, rules)
         .into_iter()
         .map(|t| {
             let (bs, bd) = baseline.get(&t.name).copied().unwrap_or_default();
             Observation {
+                kind: Kind::DropOff,
                 touchpoint: t.name,
                 phase: t.phase,
                 sessions: t.sessions,
@@ -135,7 +200,38 @@ pub fn observe(parts: &[Arc<Aggregates>], rules: &Rules, w: &Windows) -> Vec<Obs
                 baseline_drop_offs: bd,
             }
         })
-        .collect()
+        .collect();
+    let phases = rules.phases();
+    for (k, phase) in phases.iter().enumerate() {
+        let (entered, converted) = match conversion {
+            ConversionAlerts::Off => break,
+            ConversionAlerts::Step if k + 1 < phases.len() => (k, k + 1),
+            ConversionAlerts::FromStart if k > 0 => (0, k),
+            _ => continue,
+        };
+        let counts = |s: &Summary| {
+            let reached = |i: usize| {
+                s.phases
+                    .get(&phases[i])
+                    .map_or(0, |a| a.time_to_convert.count())
+            };
+            // More may convert in a window than entered it (they entered before): no negative
+            // non-conversions.
+            let n = reached(entered);
+            (n, n - reached(converted).min(n))
+        };
+        let ((n, lost), (bn, blost)) = (counts(&recent), counts(&base));
+        out.push(Observation {
+            kind: Kind::Conversion,
+            touchpoint: phase.clone(),
+            phase: Some(phase.clone()),
+            sessions: n,
+            drop_offs: lost,
+            baseline_sessions: bn,
+            baseline_drop_offs: blost,
+        });
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,9 +252,16 @@ impl State {
     }
 }
 
-/// One touchpoint's alert.
+/// One touchpoint's drop-off alert, or one phase's conversion alert.
+///
+/// For [`Kind::Conversion`], `touchpoint` is the phase's name, `sessions` the journeys that
+/// entered the conversion in the window, and `drop_off_rate` / `baseline_rate` the shares that
+/// did not convert (`1 − conversion`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
+    /// Absent in alerts saved before conversion alerts existed: those are drop-off alerts.
+    #[serde(default)]
+    pub kind: Kind,
     pub touchpoint: String,
     pub phase: Option<String>,
     pub state: State,
@@ -186,7 +289,8 @@ pub struct Change {
 #[derive(Debug, Clone)]
 pub struct Evaluator {
     cfg: AlertConfig,
-    alerts: BTreeMap<String, Alert>,
+    /// By kind and touchpoint (drop-off) or phase (conversion).
+    alerts: BTreeMap<(Kind, String), Alert>,
 }
 
 fn rate(drop_offs: u64, sessions: u64) -> f64 {
@@ -218,7 +322,7 @@ impl Evaluator {
             cfg,
             alerts: alerts
                 .into_iter()
-                .map(|a| (a.touchpoint.clone(), a))
+                .map(|a| ((a.kind, a.touchpoint.clone()), a))
                 .collect(),
         }
     }
@@ -227,7 +331,11 @@ impl Evaluator {
         &self.cfg
     }
 
-    /// Whether an observation breaches the thresholds.
+    /// Whether an observation breaches the thresholds: for drop-off, the rate rose to at
+    /// least `baseline × threshold_relative` and `baseline + threshold_absolute`; for
+    /// conversion, it fell to at most `baseline × conversion_relative` and `baseline −
+    /// conversion_absolute`. Both need `min_sessions` (sessions, or journeys entering the
+    /// conversion) in each window.
     pub fn breaches(&self, o: &Observation) -> bool {
         if o.sessions < self.cfg.min_sessions || o.baseline_sessions < self.cfg.min_sessions {
             return false;
@@ -236,12 +344,25 @@ impl Evaluator {
         let base = rate(o.baseline_drop_offs, o.baseline_sessions);
         // A rate exactly on a threshold breaches it, whatever the float rounding.
         const EPS: f64 = 1e-9;
-        now + EPS >= base * self.cfg.threshold_relative
-            && now + EPS >= base + self.cfg.threshold_absolute
+        match o.kind {
+            Kind::DropOff => {
+                now + EPS >= base * self.cfg.threshold_relative
+                    && now + EPS >= base + self.cfg.threshold_absolute
+            }
+            Kind::Conversion => {
+                let (now, base) = (1.0 - now, 1.0 - base);
+                now <= base * self.cfg.conversion_relative + EPS
+                    && now <= base - self.cfg.conversion_absolute + EPS
+            }
+        }
     }
 
-    fn watched(&self, touchpoint: &str) -> bool {
-        self.cfg.touchpoints.is_empty() || self.cfg.touchpoints.iter().any(|t| t == touchpoint)
+    fn watched(&self, o: &Observation) -> bool {
+        let (list, name) = match o.kind {
+            Kind::DropOff => (&self.cfg.touchpoints, &o.touchpoint),
+            Kind::Conversion => (&self.cfg.phases, &o.touchpoint),
+        };
+        list.is_empty() || list.iter().any(|t| t == name)
     }
 
     /// Advances every touchpoint's alert to evaluation time `now` and returns the changes.
@@ -249,21 +370,20 @@ impl Evaluator {
     pub fn evaluate(&mut self, now: Millis, observations: &[Observation]) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut seen = Vec::new();
-        let watched: Vec<&Observation> = observations
-            .iter()
-            .filter(|o| self.watched(&o.touchpoint))
-            .collect();
+        let watched: Vec<&Observation> = observations.iter().filter(|o| self.watched(o)).collect();
         for o in watched {
-            seen.push(o.touchpoint.clone());
+            let key = (o.kind, o.touchpoint.clone());
+            seen.push(key.clone());
             let breach = self.breaches(o);
             let (r, b) = (
                 rate(o.drop_offs, o.sessions),
                 rate(o.baseline_drop_offs, o.baseline_sessions),
             );
-            let prev = self.alerts.get(&o.touchpoint).map(|a| a.state);
+            let prev = self.alerts.get(&key).map(|a| a.state);
             match (prev, breach) {
                 (None | Some(State::Resolved), true) => {
                     let mut a = Alert {
+                        kind: o.kind,
                         touchpoint: o.touchpoint.clone(),
                         phase: o.phase.clone(),
                         state: State::Pending,
@@ -285,10 +405,10 @@ impl Evaluator {
                         alert: a.clone(),
                         from: prev,
                     });
-                    self.alerts.insert(o.touchpoint.clone(), a);
+                    self.alerts.insert(key, a);
                 }
                 (Some(state @ (State::Pending | State::Firing)), true) => {
-                    let Some(a) = self.alerts.get_mut(&o.touchpoint) else {
+                    let Some(a) = self.alerts.get_mut(&key) else {
                         continue;
                     };
                     a.drop_off_rate = r;
@@ -308,17 +428,18 @@ impl Evaluator {
                     }
                 }
                 (Some(State::Pending), false) => {
-                    self.alerts.remove(&o.touchpoint);
+                    self.alerts.remove(&key);
                 }
                 (Some(State::Firing), false) => {
-                    if let Some(a) = self.alerts.get_mut(&o.touchpoint) {
+                    if let Some(a) = self.alerts.get_mut(&key) {
                         changes.push(resolve(a, now));
                     }
                 }
                 (None | Some(State::Resolved), false) => {}
             }
         }
-        // A touchpoint gone from the rules can no longer breach.
+        // A touchpoint or phase gone from the rules (or conversion alerts turned off) can no
+        // longer breach.
         for (name, a) in self.alerts.iter_mut() {
             if !seen.contains(name) && a.state == State::Firing {
                 changes.push(resolve(a, now));
@@ -333,7 +454,8 @@ impl Evaluator {
         changes
     }
 
-    /// Every listed alert: firing first, then pending, then resolved; by touchpoint within.
+    /// Every listed alert: firing first, then pending, then resolved; drop-off before
+    /// conversion, then by touchpoint or phase within.
     pub fn alerts(&self) -> Vec<Alert> {
         let mut v: Vec<Alert> = self.alerts.values().cloned().collect();
         v.sort_by_key(|a| {
@@ -343,6 +465,7 @@ impl Evaluator {
                     State::Pending => 1,
                     State::Resolved => 2,
                 },
+                a.kind,
                 a.touchpoint.clone(),
             )
         });
@@ -362,6 +485,23 @@ fn resolve(a: &mut Alert, now: Millis) -> Change {
 }
 
 fn summary(a: &Alert) -> String {
+    if a.kind == Kind::Conversion {
+        let phase = a.phase.as_deref().unwrap_or(&a.touchpoint);
+        return match a.state {
+            State::Resolved => format!(
+                "conversion of {phase} is back within its baseline ({} before it resolved, baseline {})",
+                pct(1.0 - a.drop_off_rate),
+                pct(1.0 - a.baseline_rate)
+            ),
+            _ => format!(
+                "conversion of {phase} fell to {} of {} journeys (baseline {} of {})",
+                pct(1.0 - a.drop_off_rate),
+                a.sessions,
+                pct(1.0 - a.baseline_rate),
+                a.baseline_sessions
+            ),
+        };
+    }
     match a.state {
         State::Resolved => format!(
             "drop-off at {} is back within its baseline ({} before it resolved, baseline {})",
@@ -389,6 +529,9 @@ pub struct Report {
     /// Every watched touchpoint's recent and baseline rate, for the gauges.
     #[serde(skip)]
     pub rates: Vec<(String, f64, f64)>,
+    /// Every watched phase's recent and baseline conversion, for the gauges.
+    #[serde(skip)]
+    pub conversions: Vec<(String, f64, f64)>,
 }
 
 /// Where the evaluator publishes and readers read.
@@ -430,23 +573,28 @@ pub fn tick(
 ) -> Option<Vec<Change>> {
     let end = Windows::end_for(watermarks, session_gap)?;
     let w = Windows::ending(ev.config(), end);
-    let obs = observe(parts, rules, &w);
+    let obs = observe(parts, rules, &w, ev.config().conversion);
     let changes = ev.evaluate(end, &obs);
-    let rates = obs
-        .iter()
-        .filter(|o| ev.watched(&o.touchpoint))
-        .map(|o| {
-            (
-                o.touchpoint.clone(),
-                rate(o.drop_offs, o.sessions),
-                rate(o.baseline_drop_offs, o.baseline_sessions),
-            )
-        })
-        .collect();
+    let rates = |kind: Kind| {
+        obs.iter()
+            .filter(|o| o.kind == kind && ev.watched(o))
+            .map(|o| {
+                let (r, b) = (
+                    rate(o.drop_offs, o.sessions),
+                    rate(o.baseline_drop_offs, o.baseline_sessions),
+                );
+                match kind {
+                    Kind::DropOff => (o.touchpoint.clone(), r, b),
+                    Kind::Conversion => (o.touchpoint.clone(), 1.0 - r, 1.0 - b),
+                }
+            })
+            .collect()
+    };
     board.publish(Report {
         evaluated_at: Some(end),
         alerts: ev.alerts(),
-        rates,
+        rates: rates(Kind::DropOff),
+        conversions: rates(Kind::Conversion),
     });
     Some(changes)
 }
@@ -467,11 +615,13 @@ mod tests {
             for_: 10 * MIN,
             keep_resolved: 30 * MIN,
             touchpoints: Vec::new(),
+            ..AlertConfig::default()
         }
     }
 
     fn obs(tp: &str, sessions: u64, drop_offs: u64, bs: u64, bd: u64) -> Observation {
         Observation {
+            kind: Kind::DropOff,
             touchpoint: tp.into(),
             phase: Some("decision".into()),
             sessions,
@@ -621,6 +771,168 @@ mod tests {
         // The rules no longer have `cart`: its firing alert resolves.
         let c = ev.evaluate(MIN, &[obs("blog", 100, 90, 100, 10)]);
         assert_eq!(c[0].alert.state, State::Resolved);
+    }
+
+    fn conv(phase: &str, n: u64, converted: u64, bn: u64, bconverted: u64) -> Observation {
+        Observation {
+            kind: Kind::Conversion,
+            touchpoint: phase.into(),
+            phase: Some(phase.into()),
+            sessions: n,
+            drop_offs: n - converted,
+            baseline_sessions: bn,
+            baseline_drop_offs: bn - bconverted,
+        }
+    }
+
+    #[test]
+    fn conversion_breaches_when_it_falls_by_both_thresholds() {
+        // conversion_relative 0.8, conversion_absolute 0.05, min 50 journeys.
+        let ev = Evaluator::new(cfg());
+        // 40 % against 60 %: 0.67× and −20 points.
+        assert!(ev.breaches(&conv("decision", 100, 40, 100, 60)));
+        // Exactly 0.8× and −12 points (48 against 60) counts.
+        assert!(ev.breaches(&conv("decision", 100, 48, 100, 60)));
+        // 0.85×: not enough relative fall.
+        assert!(!ev.breaches(&conv("decision", 100, 51, 100, 60)));
+        // 10 % against 14 %: 0.71× but only −4 points.
+        assert!(!ev.breaches(&conv("decision", 100, 10, 100, 14)));
+        // A rise never breaches; too few journeys are not judged.
+        assert!(!ev.breaches(&conv("decision", 100, 90, 100, 60)));
+        assert!(!ev.breaches(&conv("decision", 49, 0, 100, 60)));
+    }
+
+    #[test]
+    fn conversion_alerts_have_their_own_states_next_to_drop_off_alerts() {
+        let mut ev = Evaluator::new(cfg());
+        let t0 = 1_000 * MIN;
+        // A touchpoint and a phase of the same name: two alerts.
+        let both = [
+            obs("decision", 100, 40, 100, 10),
+            conv("decision", 100, 30, 100, 60),
+        ];
+        let c = ev.evaluate(t0, &both);
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|c| c.alert.state == State::Pending));
+        let c = ev.evaluate(t0 + 10 * MIN, &[both[1].clone()]);
+        assert_eq!(
+            (c[0].alert.kind, c[0].from, c[0].alert.state),
+            (Kind::Conversion, Some(State::Pending), State::Firing)
+        );
+        let a = ev.alerts();
+        assert_eq!(
+            a.len(),
+            1,
+            "the drop-off alert stopped breaching while pending"
+        );
+        assert_eq!(
+            a[0].summary,
+            "conversion of decision fell to 30.0 % of 100 journeys (baseline 60.0 % of 100)"
+        );
+        let c = ev.evaluate(t0 + 11 * MIN, &[conv("decision", 100, 58, 100, 60)]);
+        assert_eq!(
+            (c[0].alert.kind, c[0].alert.state),
+            (Kind::Conversion, State::Resolved)
+        );
+        // Only watched phases.
+        let mut ev = Evaluator::new(AlertConfig {
+            phases: vec!["retention".into()],
+            ..cfg()
+        });
+        assert!(ev.evaluate(t0, &[both[1].clone()]).is_empty());
+    }
+
+    #[test]
+    fn alerts_saved_before_conversion_alerts_read_as_drop_off() {
+        let saved = r#"[{"touchpoint":"cart","phase":"decision","state":"firing","drop_off_rate":0.5,
+            "baseline_rate":0.1,"sessions":100,"baseline_sessions":100,"active_since":0,
+            "fired_at":0,"resolved_at":null,"summary":""}]"#;
+        let alerts: Vec<Alert> = serde_json::from_str(saved).unwrap();
+        assert_eq!(alerts[0].kind, Kind::DropOff);
+        let mut ev = Evaluator::resume(cfg(), alerts);
+        // Still breaching: stays firing, nothing to notify.
+        assert!(ev
+            .evaluate(MIN, &[obs("cart", 100, 50, 100, 10)])
+            .is_empty());
+    }
+
+    /// Conversion observed from real aggregates: journeys that reached `a` in each window and
+    /// those that reached `b` (step), or started (from start), counted by reach time.
+    #[test]
+    fn observed_conversion_counts_phase_reaches_in_each_window() {
+        use journey_core::{EngineConfig, Event, Shard};
+        use std::borrow::Cow;
+        let rules = Arc::new(
+            Rules::from_toml(
+                r#"
+phases = ["a", "b", "c"]
+[[touchpoint]]
+name = "x"
+phase = "a"
+event = "x"
+[[touchpoint]]
+name = "y"
+phase = "b"
+event = "y"
+"#,
+            )
+            .unwrap(),
+        );
+        let mut shard = Shard::new(Arc::new(EngineConfig::default()), rules.clone());
+        let end = 1_000 * DAY;
+        let ev = |c: String, ts: Millis, name: &'static str| Event {
+            event_id: None,
+            customer_id: Cow::Owned(c),
+            ts,
+            source: Cow::Borrowed("web"),
+            name: Cow::Borrowed(name),
+            attributes: serde_json::json!({}),
+        };
+        // Baseline (a day before): 100 journeys, 60 reach b; recent: 100, 20 reach b.
+        for (day, converting) in [(DAY, 60), (0, 20)] {
+            for i in 0..100 {
+                let c = format!("{day}-{i}");
+                let t = end - day - 10 * MIN + i as Millis;
+                shard.apply(&ev(c.clone(), t, "x")).unwrap();
+                if i < converting {
+                    shard.apply(&ev(c, t + MIN, "y")).unwrap();
+                }
+            }
+        }
+        shard.flush();
+        let parts = [Arc::new(shard.aggregates().clone())];
+        let w = Windows::ending(&cfg(), end);
+        let step = observe(&parts, &rules, &w, ConversionAlerts::Step);
+        let a = step
+            .iter()
+            .find(|o| o.kind == Kind::Conversion && o.touchpoint == "a")
+            .unwrap();
+        assert_eq!(
+            (
+                a.sessions,
+                a.drop_offs,
+                a.baseline_sessions,
+                a.baseline_drop_offs
+            ),
+            (100, 80, 100, 40)
+        );
+        assert!(Evaluator::new(cfg()).breaches(a));
+        // b's step (to c) and the last phase: b has nobody converting in either window.
+        let kinds: Vec<&str> = step
+            .iter()
+            .filter(|o| o.kind == Kind::Conversion)
+            .map(|o| o.touchpoint.as_str())
+            .collect();
+        assert_eq!(kinds, ["a", "b"], "every phase but the last");
+        let from_start = observe(&parts, &rules, &w, ConversionAlerts::FromStart);
+        let b = from_start
+            .iter()
+            .find(|o| o.kind == Kind::Conversion && o.touchpoint == "b")
+            .unwrap();
+        assert_eq!((b.sessions, b.drop_offs), (100, 80));
+        assert!(observe(&parts, &rules, &w, ConversionAlerts::Off)
+            .iter()
+            .all(|o| o.kind == Kind::DropOff));
     }
 
     #[test]

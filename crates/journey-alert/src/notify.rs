@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use journey_core::time::Millis;
 use serde_json::{json, Value};
 
-use crate::{Alert, Change, State};
+use crate::{Alert, Change, Kind, State};
 
 /// Where alerts go.
 #[derive(Debug, Clone, Default)]
@@ -57,13 +57,23 @@ fn iso(t: Millis) -> String {
     )
 }
 
+/// The alert name, as the Prometheus rules of `deploy/prometheus/` call the same alert.
+fn alertname(a: &Alert) -> &'static str {
+    match a.kind {
+        Kind::DropOff => "JourneyDropOffRising",
+        Kind::Conversion => "JourneyConversionFalling",
+    }
+}
+
 fn labels(a: &Alert) -> Value {
     let mut l = json!({
-        "alertname": "JourneyDropOffRising",
-        "touchpoint": a.touchpoint,
+        "alertname": alertname(a),
         "severity": "warning",
         "source": "journeyd",
     });
+    if a.kind == Kind::DropOff {
+        l["touchpoint"] = json!(a.touchpoint);
+    }
     if let Some(p) = &a.phase {
         l["phase"] = json!(p);
     }
@@ -71,13 +81,22 @@ fn labels(a: &Alert) -> Value {
 }
 
 fn annotations(a: &Alert) -> Value {
-    json!({
-        "summary": a.summary,
-        "drop_off_rate": format!("{:.4}", a.drop_off_rate),
-        "baseline_rate": format!("{:.4}", a.baseline_rate),
-        "sessions": a.sessions.to_string(),
-        "active_since": iso(a.active_since),
-    })
+    match a.kind {
+        Kind::DropOff => json!({
+            "summary": a.summary,
+            "drop_off_rate": format!("{:.4}", a.drop_off_rate),
+            "baseline_rate": format!("{:.4}", a.baseline_rate),
+            "sessions": a.sessions.to_string(),
+            "active_since": iso(a.active_since),
+        }),
+        Kind::Conversion => json!({
+            "summary": a.summary,
+            "conversion": format!("{:.4}", 1.0 - a.drop_off_rate),
+            "baseline_conversion": format!("{:.4}", 1.0 - a.baseline_rate),
+            "journeys": a.sessions.to_string(),
+            "active_since": iso(a.active_since),
+        }),
+    }
 }
 
 impl Notifier {
@@ -215,6 +234,7 @@ impl Notifier {
                     "endsAt": if a.state == State::Resolved { iso(now) } else { "0001-01-01T00:00:00Z".to_string() },
                     "generatorURL": self.targets.generator_url,
                     "journeyd": {
+                        "kind": a.kind.as_str(),
                         "touchpoint": a.touchpoint,
                         "phase": a.phase,
                         "state": a.state.as_str(),
@@ -230,13 +250,19 @@ impl Notifier {
                 })
             })
             .collect();
+        // Alertmanager's webhook groups by alert name; a batch of both kinds has none in common.
+        let names: Vec<&str> = changes.iter().map(|c| alertname(&c.alert)).collect();
+        let common = names
+            .first()
+            .filter(|n| names.iter().all(|m| m == *n))
+            .copied();
         json!({
             "version": "4",
             "receiver": "journeyd",
             "status": status,
             "alerts": alerts,
-            "groupLabels": { "alertname": "JourneyDropOffRising" },
-            "commonLabels": { "alertname": "JourneyDropOffRising", "source": "journeyd" },
+            "groupLabels": { "alertname": common },
+            "commonLabels": { "alertname": common, "source": "journeyd" },
             "externalURL": self.targets.generator_url,
         })
     }

@@ -93,8 +93,9 @@ pub fn owners<'a>(
 }
 
 /// Version of the partials' wire format; a peer answering another one counts as missing.
-/// Version 2: buckets carry segment aggregates and time to convert (issue 17).
-const WIRE_VERSION: u32 = 2;
+/// Version 2: buckets carry segment aggregates and time to convert (issue 17); version 3: the
+/// moments of truth (`Aggregates::moment_goals`, `Bucket::moments`).
+const WIRE_VERSION: u32 = 3;
 /// Largest partials reply decoded, in bytes.
 const MAX_REPLY_BYTES: u64 = 1 << 30;
 
@@ -107,10 +108,19 @@ struct ReplyOut<'a> {
     partials: &'a [(TaskId, Millis, Arc<Aggregates>)],
 }
 
+/// The leading fields of every version's reply, read first so that a peer of another version
+/// is named as such rather than as damaged bytes.
 #[derive(Deserialize)]
-struct ReplyIn {
+struct Header {
     version: u32,
     tasks_total: u32,
+}
+
+/// The whole reply; its header was checked through [`Header`] (bincode reads by position).
+#[derive(Deserialize)]
+struct ReplyIn {
+    _version: u32,
+    _tasks_total: u32,
     partials: Vec<(TaskId, Millis, Aggregates)>,
 }
 
@@ -170,19 +180,20 @@ pub fn decode_partials(
     bytes: &[u8],
     tasks_total: u32,
 ) -> Result<Vec<(TaskId, Millis, Aggregates)>, String> {
-    let r: ReplyIn = codec().deserialize(bytes).map_err(|e| e.to_string())?;
-    if r.version != WIRE_VERSION {
+    let h: Header = codec().deserialize_from(bytes).map_err(|e| e.to_string())?;
+    if h.version != WIRE_VERSION {
         return Err(format!(
             "wire version {}, expected {WIRE_VERSION}",
-            r.version
+            h.version
         ));
     }
-    if r.tasks_total != tasks_total {
+    if h.tasks_total != tasks_total {
         return Err(format!(
             "the peer has {} tasks, this instance {tasks_total}",
-            r.tasks_total
+            h.tasks_total
         ));
     }
+    let r: ReplyIn = codec().deserialize(bytes).map_err(|e| e.to_string())?;
     Ok(r.partials)
 }
 
@@ -509,6 +520,29 @@ mod tests {
         assert!(decode_partials(&bytes, 7).unwrap_err().contains("6 tasks"));
         assert!(decode_partials(&bytes[..bytes.len() / 2], 6).is_err());
         assert!(decode_partials(b"", 6).is_err());
+    }
+
+    /// A peer of another wire version (version 2, before moments of truth, during a rolling
+    /// upgrade) is refused by its version, whatever the shape of the rest of its reply.
+    #[test]
+    fn partials_of_another_wire_version_are_refused_by_name() {
+        #[derive(Serialize)]
+        struct Old {
+            version: u32,
+            tasks_total: u32,
+            partials: Vec<(u32, i64, String)>,
+        }
+        let bytes = codec()
+            .serialize(&Old {
+                version: 2,
+                tasks_total: 6,
+                partials: vec![(3, 0, "an older shape".into())],
+            })
+            .unwrap();
+        assert_eq!(
+            decode_partials(&bytes, 6).unwrap_err(),
+            "wire version 2, expected 3"
+        );
     }
 
     #[test]

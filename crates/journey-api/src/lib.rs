@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use journey_core::agg::Aggregates;
 use journey_core::query::{
-    funnel, timeseries, touchpoints, transitions, Figure, Include, SegmentFilter, Summary,
+    funnel, moments, timeseries, touchpoints, transitions, Figure, Include, SegmentFilter, Summary,
 };
 use journey_core::time::Millis;
 use journey_core::{DecodeLimits, Rules};
@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/touchpoints", get(get_touchpoints))
         .route("/v1/transitions", get(get_transitions))
         .route("/v1/timeseries", get(get_timeseries))
+        .route("/v1/moments", get(get_moments))
         .route("/v1/customers/{id}", get(get_customer))
         .route("/v1/alerts", get(get_alerts))
         .route("/v1/rules", get(get_rules).put(put_rules))
@@ -534,6 +535,72 @@ async fn get_timeseries(
     Ok(Json(v.finish(from, answer)))
 }
 
+/// The goal phases whose moments of truth the partials track, in order of first appearance
+/// (`Aggregates::moment_goals`); without partials, those a new task would track.
+pub(crate) fn tracked_goals(
+    parts: &[Arc<Aggregates>],
+    cfg: &journey_core::EngineConfig,
+    rules: &Rules,
+) -> Vec<String> {
+    let mut goals: Vec<String> = Vec::new();
+    for g in parts.iter().flat_map(|p| &p.moment_goals) {
+        if !goals.contains(g) {
+            goals.push(g.clone());
+        }
+    }
+    if parts.is_empty() {
+        goals = cfg.moment_goals(rules);
+    }
+    goals
+}
+
+/// `GET /v1/moments`: per touchpoint, conversion to the goal phase of the journeys (starting
+/// in the range) that touched it before converting against those that did not, with lift, odds
+/// ratio, its 95 % interval and Fisher's p-value, ranked (docs/semantics.md §6 "Moments of
+/// truth", `journey_core::query::moments`).
+async fn get_moments(State(s): State<AppState>, Params(q): Params) -> Result<Json<Value>, Problem> {
+    known(&q, &["from", "to", "goal", "segment"])?;
+    let (from, to) = range::range(&q, (s.clock)())?;
+    let cfg = s.runtime.engine_config();
+    let segment = segment_param(&q, cfg)?;
+    let rules = s.runtime.rules();
+    let v = view(&s).await;
+    let goals = tracked_goals(&v.parts, cfg, &rules);
+    let goal = match q.get("goal") {
+        Some(g) if goals.contains(g) => g.clone(),
+        Some(g) => {
+            return Err(Problem::bad_parameter(
+                "goal",
+                format!(
+                    "moments of truth are not tracked for goal phase `{g}` (tracked: {}; set \
+                     moments.goal_phases)",
+                    goals.join(", ")
+                ),
+            )
+            .with("goal_phases", json!(goals)))
+        }
+        None => goals.first().cloned().ok_or_else(|| {
+            Problem::bad_parameter(
+                "goal",
+                "no goal phase is tracked: the rules define no phases",
+            )
+        })?,
+    };
+    let include = Include {
+        segment: segment.clone(),
+        ..Include::default()
+    };
+    let sum = v.summary(from, to, &include);
+    let report = moments(&sum, &rules, &goal);
+    let mut answer = serde_json::to_value(&report).unwrap_or(Value::Null);
+    if let Some(map) = answer.as_object_mut() {
+        map.insert("from".into(), json!(iso(from)));
+        map.insert("to".into(), json!(iso(to)));
+    }
+    let answer = with_segment(answer, segment.as_ref());
+    Ok(Json(v.finish(from, answer)))
+}
+
 async fn get_customer(
     State(s): State<AppState>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -680,14 +747,25 @@ async fn get_alerts(
         .alerts
         .iter()
         .filter(|a| wanted.is_none_or(|w| a.state.as_str() == w))
-        .map(|a| {
-            json!({
+        .map(|a| match a.kind {
+            journey_alert::Kind::DropOff => json!({
+                "kind": a.kind,
                 "touchpoint": a.touchpoint, "phase": a.phase, "state": a.state,
                 "drop_off_rate": a.drop_off_rate, "baseline_rate": a.baseline_rate,
                 "sessions": a.sessions, "baseline_sessions": a.baseline_sessions,
                 "active_since": iso(a.active_since), "fired_at": a.fired_at.map(iso),
                 "resolved_at": a.resolved_at.map(iso), "summary": a.summary,
-            })
+            }),
+            // A phase's conversion: no touchpoint; rates as conversions, counts as journeys.
+            journey_alert::Kind::Conversion => json!({
+                "kind": a.kind,
+                "touchpoint": null, "phase": a.phase, "state": a.state,
+                "conversion": 1.0 - a.drop_off_rate,
+                "baseline_conversion": 1.0 - a.baseline_rate,
+                "journeys": a.sessions, "baseline_journeys": a.baseline_sessions,
+                "active_since": iso(a.active_since), "fired_at": a.fired_at.map(iso),
+                "resolved_at": a.resolved_at.map(iso), "summary": a.summary,
+            }),
         })
         .collect();
     let baseline = match c.baseline {
@@ -704,6 +782,13 @@ async fn get_alerts(
             "threshold_absolute": c.threshold_absolute,
             "min_sessions": c.min_sessions,
             "for_ms": c.for_,
+            "conversion": match c.conversion {
+                journey_alert::ConversionAlerts::Step => "step",
+                journey_alert::ConversionAlerts::FromStart => "from_start",
+                journey_alert::ConversionAlerts::Off => "off",
+            },
+            "conversion_relative": c.conversion_relative,
+            "conversion_absolute": c.conversion_absolute,
         },
         "alerts": alerts,
     });

@@ -72,6 +72,11 @@ pub struct Metrics {
     pub alert_state: IntGaugeVec,
     /// Drop-off rate per touchpoint in the alert windows (`recent`, `baseline`).
     pub alert_rate: GaugeVec,
+    /// journeyd's own conversion alerts per phase: 0 inactive, 1 pending, 2 firing.
+    pub conversion_alert_state: IntGaugeVec,
+    /// Conversion per phase in the alert windows (`recent`, `baseline`), as the conversion
+    /// alerts compute it (`alerts.conversion`).
+    pub conversion_rate: GaugeVec,
     /// Alert deliveries by target (alertmanager, webhook) and outcome (sent, failed).
     pub alert_notifications: IntCounterVec,
     /// Unix time of the end of the last evaluated window (event time).
@@ -161,6 +166,27 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(alert_rate.clone()))
             .expect("registered once");
+        let conversion_alert_state = IntGaugeVec::new(
+            Opts::new(
+                "journeyd_conversion_alert_state",
+                "journeyd's conversion alert per phase: 0 inactive or resolved, 1 pending, 2 firing",
+            ),
+            &["phase"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(conversion_alert_state.clone()))
+            .expect("registered once");
+        let conversion_rate = GaugeVec::new(
+            Opts::new(
+                "journeyd_phase_conversion",
+                "Conversion per phase in the alert windows (window: recent, baseline), over the \
+                 journeys that reached phases in each window",
+            ),
+            &["phase", "window"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(conversion_rate.clone()))
+            .expect("registered once");
         let dwell_gauge = |name: &str, help: &str, label: &str| {
             let g =
                 GaugeVec::new(Opts::new(name, help), &[label, "quantile"]).expect("valid metric");
@@ -185,6 +211,8 @@ impl Metrics {
             phase_dwell,
             alert_state,
             alert_rate,
+            conversion_alert_state,
+            conversion_rate,
             alert_notifications: counter_vec(
                 &r,
                 "journeyd_alert_notifications_total",

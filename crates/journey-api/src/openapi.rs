@@ -31,6 +31,8 @@ struct ProblemDoc {
     /// A `segment` whose dimension carries no segments: the configured ones
     /// (`breakdown.segment_dimensions`).
     segment_dimensions: Option<Vec<String>>,
+    /// A `goal` of `/v1/moments` that is not tracked: the tracked goal phases.
+    goal_phases: Option<Vec<String>>,
 }
 
 /// Dwell-time statistics, milliseconds.
@@ -189,6 +191,64 @@ struct TimeseriesAnswer {
     missing_partitions: Option<Vec<u32>>,
 }
 
+/// Journeys and conversions on one side of a moment of truth.
+#[derive(Serialize, ToSchema)]
+struct MomentGroup {
+    journeys: u64,
+    converted: u64,
+    /// `converted / journeys`; null without journeys.
+    conversion: Option<f64>,
+}
+
+/// What the data says about one touchpoint as a moment of truth.
+#[derive(Serialize, ToSchema)]
+struct Moment {
+    touchpoint: String,
+    /// Null for a touchpoint in the data that the rules no longer list.
+    phase: Option<String>,
+    /// The rules' `moment_of_truth` flag.
+    moment_of_truth: bool,
+    /// Journeys that touched it before reaching the goal phase.
+    touched: MomentGroup,
+    /// The other journeys of the range.
+    not_touched: MomentGroup,
+    /// `touched.conversion / not_touched.conversion`; null when undefined.
+    lift: Option<f64>,
+    /// Odds ratio of converting, touched against not touched; null when a cell is 0.
+    odds_ratio: Option<f64>,
+    /// 95 % confidence interval of the odds ratio (Woolf); null when a cell is 0.
+    #[schema(min_items = 2, max_items = 2)]
+    ci95: Option<Vec<f64>>,
+    /// Two-sided p-value of Fisher's exact test; null when nobody or everybody touched it or
+    /// converted.
+    p_value: Option<f64>,
+    /// `p_value < 0.05`.
+    significant: bool,
+}
+
+/// Moments of truth: conversion to the goal phase of the journeys starting in the range,
+/// touched against not touched, per touchpoint, ranked (significant rises first by lift, then
+/// the rest by p-value, significant falls last).
+#[derive(Serialize, ToSchema)]
+struct MomentsAnswer {
+    from: String,
+    to: String,
+    /// The goal phase.
+    goal: String,
+    journeys: u64,
+    converted: u64,
+    conversion: Option<f64>,
+    moments: Vec<Moment>,
+    /// With `segment`: the segment the figures are restricted to.
+    segment: Option<SegmentDoc>,
+    truncated_from: Option<String>,
+    /// Only in a consumer group: whether some partitions' figures are missing (their owner
+    /// unknown or not answering in time); the figures then cover the others only.
+    partial: Option<bool>,
+    /// Only in a consumer group: the partitions (tasks) whose figures are missing.
+    missing_partitions: Option<Vec<u32>>,
+}
+
 #[derive(Serialize, ToSchema)]
 struct CustomerAnswer {
     customer_id: String,
@@ -321,6 +381,16 @@ mod ops {
         responses((status = 200, body = TimeseriesAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn timeseries() {}
 
+    #[utoipa::path(get, path = "/v1/moments", summary = "Moments of truth: conversion of journeys that touched each touchpoint against those that did not",
+        params(
+            ("from" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$", description = "RFC 3339, epoch ms or now-24h; default: to − 24h. Journeys count by their start"),
+            ("to" = Option<String>, Query, pattern = r"^(now(-[1-9][0-9]{0,3}(m|h|d))?|1[6-9][0-9]{11}|20[2-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{3})?Z)$"),
+            ("goal" = Option<String>, Query, description = "the goal phase; one of the tracked ones (`moments.goal_phases`); default: the first"),
+            ("segment" = Option<String>, Query, description = "DIM:VALUE: only the journeys whose first-touch value of DIM (one of `breakdown.segment_dimensions`) is VALUE; `(none)` and `other` are values too. A dimension that is not configured: 400 naming the configured ones"),
+        ),
+        responses((status = 200, body = MomentsAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
+    pub async fn moments() {}
+
     #[utoipa::path(get, path = "/v1/customers/{id}", summary = "A customer's live journey and open session",
         params(("id" = String, Path, min_length = 1, max_length = 256, description = "1 to 256 characters (code points)")),
         responses((status = 200, body = CustomerAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
@@ -385,6 +455,7 @@ mod ops {
         ops::touchpoints,
         ops::transitions,
         ops::timeseries,
+        ops::moments,
         ops::customer,
         ops::alerts,
         ops::rules,
@@ -562,6 +633,7 @@ pub fn document(s: &AppState) -> Value {
         "/v1/touchpoints",
         "/v1/transitions",
         "/v1/timeseries",
+        "/v1/moments",
     ] {
         pattern_or_remove(&mut doc, path, "get", "segment", segment.as_deref());
     }
@@ -581,6 +653,8 @@ pub fn document(s: &AppState) -> Value {
         &touchpoints,
     );
     restrict(&mut doc, "/v1/timeseries", "get", "phase", &phases);
+    let goals = crate::tracked_goals(&s.runtime.partials(), s.runtime.engine_config(), &rules);
+    restrict(&mut doc, "/v1/moments", "get", "goal", &goals);
     restrict(
         &mut doc,
         "/v1/alerts",

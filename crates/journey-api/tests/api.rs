@@ -848,7 +848,7 @@ async fn metrics_health_and_openapi() {
 
 #[tokio::test]
 async fn alerts_show_the_evaluators_report() {
-    use journey_alert::{Alert, Report, State};
+    use journey_alert::{Alert, Kind, Report, State};
     let api = api();
     let (s, v) = get(&api.app, "/v1/alerts").await;
     assert_eq!(s, StatusCode::OK);
@@ -858,6 +858,7 @@ async fn alerts_show_the_evaluators_report() {
     assert_eq!(v["alerts"], json!([]));
 
     let alert = |tp: &str, state: State, resolved: Option<i64>| Alert {
+        kind: Kind::DropOff,
         touchpoint: tp.into(),
         phase: Some("decision".into()),
         state,
@@ -875,13 +876,52 @@ async fn alerts_show_the_evaluators_report() {
         alerts: vec![
             alert("cart", State::Firing, None),
             alert("checkout", State::Resolved, Some(NOW)),
+            Alert {
+                kind: Kind::Conversion,
+                touchpoint: "consideration".into(),
+                phase: Some("consideration".into()),
+                summary: "conversion of consideration fell".into(),
+                ..alert("consideration", State::Pending, None)
+            },
         ],
         rates: Vec::new(),
+        conversions: Vec::new(),
     });
     let (_, v) = get(&api.app, "/v1/alerts").await;
     assert_eq!(v["evaluation"]["evaluated_at"], "2026-11-20T12:00:00.000Z");
-    assert_eq!(v["alerts"].as_array().unwrap().len(), 2);
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 3);
+    assert_eq!(v["evaluation"]["conversion"], "step");
+    // A conversion alert: the phase, conversions (1 − the share not converting), journeys.
+    let conv = v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "conversion")
+        .unwrap();
+    assert_eq!(
+        (
+            &conv["kind"],
+            &conv["touchpoint"],
+            &conv["phase"],
+            &conv["state"]
+        ),
+        (
+            &json!("conversion"),
+            &Value::Null,
+            &json!("consideration"),
+            &json!("pending")
+        )
+    );
+    assert_eq!(
+        (
+            &conv["conversion"],
+            &conv["baseline_conversion"],
+            &conv["journeys"]
+        ),
+        (&json!(0.5), &json!(0.875), &json!(80))
+    );
     let cart = &v["alerts"][0];
+    assert_eq!(cart["kind"], "drop_off");
     assert_eq!(
         (
             cart["touchpoint"].as_str(),
@@ -908,6 +948,8 @@ async fn alerts_show_the_evaluators_report() {
         .map(|a| a["touchpoint"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["checkout"]);
+    let (_, v) = get(&api.app, "/v1/alerts?state=pending").await;
+    assert_eq!(v["alerts"][0]["kind"], "conversion", "{v}");
     let (s, v) = get(&api.app, "/v1/alerts?state=loud").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(v["detail"].as_str().unwrap().contains("state"), "{v}");
@@ -953,4 +995,200 @@ async fn metrics_carry_the_last_hours_dwell_quantiles() {
     assert!(
         value("journeyd_touchpoint_dwell_seconds{quantile=\"0.5\",touchpoint=\"order\"}").is_nan()
     );
+}
+
+/// Moments of truth, computed by hand. Goal: `decision` (the phase of the goal touchpoint
+/// `order`). Seven journeys; `landing` and `product` come before the goal phase.
+///
+/// | customer | events (minutes after 10:00)   | touched before converting | converted |
+/// |----------|--------------------------------|---------------------------|-----------|
+/// | a (pro)  | landing 0, product 1, order 3  | landing, product          | yes       |
+/// | b (saver)| landing 0, product 2           | landing, product          | no        |
+/// | c        | landing 5                      | landing                   | no        |
+/// | e (pro)  | product 0, order 2, landing 4  | product (landing is after)| yes       |
+/// | f (saver)| order 0, product 1             | nothing                   | yes       |
+/// | g (pro)  | product 0, order 1             | product                   | yes       |
+/// | h (saver)| landing 0                      | landing                   | no        |
+///
+/// landing: touched 4 (1 converted), not touched 3 (3 converted): lift (1/4)/(3/3) = 0.25,
+/// odds ratio undefined (a zero cell), Fisher: X ~ Hypergeometric(7, 4, 4), P(X=x) = 4, 18,
+/// 12, 1 (/35) for x = 1..4; observed x = 1, so p = (4 + 1)/35.
+/// product: touched 4 (3 converted), not touched 3 (1 converted): lift 0.75/(1/3) = 2.25,
+/// odds ratio 3·2/(1·1) = 6, Woolf's interval exp(ln 6 ± 1.959964·√(1/3+1+1+1/2)),
+/// Fisher observed x = 3, p = (4 + 12 + 1)/35.
+#[tokio::test]
+async fn moments_of_truth_match_a_hand_computed_example() {
+    let api = api();
+    let at = |m: u32| format!("2026-11-20T10:0{m}:00Z");
+    let ev = |c: &str, m: u32, what: &str, persona: Option<&str>| {
+        let (event, url) = match what {
+            "landing" => ("page_view", Some("/")),
+            "product" => ("page_view", Some("/p/1")),
+            _ => ("order", None),
+        };
+        let mut attrs = json!({});
+        if let Some(u) = url {
+            attrs["url"] = json!(u);
+        }
+        if let Some(p) = persona {
+            attrs["persona"] = json!(p);
+        }
+        json!({"customer_id": c, "ts": at(m), "event": event, "attributes": attrs})
+    };
+    let lines = [
+        ev("a", 0, "landing", Some("pro")),
+        ev("a", 1, "product", None),
+        ev("a", 3, "order", None),
+        ev("b", 0, "landing", Some("saver")),
+        ev("b", 2, "product", None),
+        ev("c", 5, "landing", None),
+        ev("e", 0, "product", Some("pro")),
+        ev("e", 2, "order", None),
+        ev("e", 4, "landing", None),
+        ev("f", 0, "order", Some("saver")),
+        ev("f", 1, "product", None),
+        ev("g", 0, "product", Some("pro")),
+        ev("g", 1, "order", None),
+        ev("h", 0, "landing", Some("saver")),
+    ];
+    let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    let (status, _, v) = call(&api.app, "POST", "/v1/events?source=web", &body).await;
+    assert_eq!((status, &v["accepted"]), (StatusCode::ACCEPTED, &json!(14)));
+    api.rt.flush().await.unwrap();
+
+    let (s, v) = get(&api.app, "/v1/moments").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["goal"], "decision");
+    assert_eq!((&v["journeys"], &v["converted"]), (&json!(7), &json!(4)));
+    assert_eq!(v["conversion"].as_f64().unwrap(), 4.0 / 7.0);
+    assert!(v["from"].is_string() && v["to"].is_string());
+    let list = v["moments"].as_array().unwrap();
+    let names: Vec<&str> = list
+        .iter()
+        .map(|m| m["touchpoint"].as_str().unwrap())
+        .collect();
+    // Neither is significant: ranked by p-value, smallest first. `order` is in the goal phase.
+    assert_eq!(names, ["landing", "product"]);
+    let close = |x: &Value, want: f64| {
+        let x = x.as_f64().unwrap();
+        assert!(
+            (x - want).abs() < 1e-9 * want.abs().max(1.0),
+            "{x} vs {want}"
+        );
+    };
+    let landing = &list[0];
+    assert_eq!(landing["phase"], "awareness");
+    assert_eq!(landing["moment_of_truth"], false);
+    assert_eq!(landing["touched"]["journeys"], 4);
+    assert_eq!(landing["touched"]["converted"], 1);
+    assert_eq!(landing["not_touched"]["journeys"], 3);
+    assert_eq!(landing["not_touched"]["converted"], 3);
+    close(&landing["touched"]["conversion"], 0.25);
+    close(&landing["not_touched"]["conversion"], 1.0);
+    close(&landing["lift"], 0.25);
+    assert_eq!(landing["odds_ratio"], Value::Null, "a zero cell");
+    assert_eq!(landing["ci95"], Value::Null);
+    close(&landing["p_value"], 5.0 / 35.0);
+    assert_eq!(landing["significant"], false);
+
+    let product = &list[1];
+    assert_eq!(product["phase"], "consideration");
+    assert_eq!(
+        (
+            &product["touched"]["journeys"],
+            &product["touched"]["converted"]
+        ),
+        (&json!(4), &json!(3))
+    );
+    assert_eq!(
+        (
+            &product["not_touched"]["journeys"],
+            &product["not_touched"]["converted"]
+        ),
+        (&json!(3), &json!(1))
+    );
+    close(&product["lift"], 2.25);
+    close(&product["odds_ratio"], 6.0);
+    let se = (1.0f64 / 3.0 + 1.0 + 1.0 + 0.5).sqrt();
+    close(
+        &product["ci95"][0],
+        (6f64.ln() - 1.959963984540054 * se).exp(),
+    );
+    close(
+        &product["ci95"][1],
+        (6f64.ln() + 1.959963984540054 * se).exp(),
+    );
+    close(&product["p_value"], 17.0 / 35.0);
+    assert_eq!(product["significant"], false);
+
+    // One persona: a, e and g (all converted). landing: a only; product: all three.
+    let (s, v) = get(&api.app, "/v1/moments?segment=persona:pro&goal=decision").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["segment"],
+        json!({"dimension": "persona", "value": "pro"})
+    );
+    assert_eq!((&v["journeys"], &v["converted"]), (&json!(3), &json!(3)));
+    let by_name = |n: &str| {
+        v["moments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["touchpoint"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_name("landing")["touched"]["journeys"], 1);
+    assert_eq!(by_name("product")["touched"]["journeys"], 3);
+    assert_eq!(by_name("product")["not_touched"]["conversion"], Value::Null);
+    assert_eq!(
+        by_name("product")["p_value"],
+        Value::Null,
+        "everybody converted"
+    );
+
+    // A range without journeys: zeros, nulls, never NaN.
+    let (s, v) = get(&api.app, "/v1/moments?from=now-1h").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["journeys"], &v["conversion"]),
+        (&json!(0), &Value::Null)
+    );
+    assert_eq!(v["moments"][0]["lift"], Value::Null);
+
+    // Bad parameters: problem documents naming them.
+    for (uri, param) in [
+        ("/v1/moments?goal=consideration", "goal"),
+        ("/v1/moments?goal=nope", "goal"),
+        ("/v1/moments?from=yesterday", "from"),
+        ("/v1/moments?segment=colour:red", "segment"),
+        ("/v1/moments?segment=persona", "segment"),
+        ("/v1/moments?phase=decision", "phase"),
+    ] {
+        let (s, ctype, v) = call(&api.app, "GET", uri, "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(ctype, "application/problem+json", "{uri}");
+        assert_eq!(v["parameter"], param, "{uri}: {v}");
+    }
+    let (_, v) = get(&api.app, "/v1/moments?goal=consideration").await;
+    assert_eq!(v["goal_phases"], json!(["decision"]));
+    // The OpenAPI document allows exactly the tracked goals and the configured segments.
+    let (_, doc) = get(&api.app, "/openapi.json").await;
+    let params = doc["paths"]["/v1/moments"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let param = |n: &str| params.iter().find(|p| p["name"] == n).unwrap().clone();
+    assert_eq!(param("goal")["schema"]["enum"], json!(["decision"]));
+    assert_eq!(param("segment")["schema"]["pattern"], "^(persona):.+$");
+    let schema = &doc["components"]["schemas"]["Moment"]["properties"];
+    for field in [
+        "touched",
+        "not_touched",
+        "lift",
+        "odds_ratio",
+        "ci95",
+        "p_value",
+    ] {
+        assert!(schema.get(field).is_some(), "{field}");
+    }
 }

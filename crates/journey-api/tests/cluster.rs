@@ -142,6 +142,7 @@ async fn figures(app: &Router) -> Vec<Value> {
         format!("/v1/touchpoints?{RANGE}"),
         format!("/v1/transitions?{RANGE}&limit=100000"),
         format!("/v1/timeseries?{RANGE}&figure=sessions&touchpoint=cart&step=1h"),
+        format!("/v1/moments?{RANGE}"),
     ] {
         let (status, v) = get(app, &path).await;
         assert_eq!(status, StatusCode::OK, "{path}: {v}");
@@ -219,6 +220,14 @@ async fn every_instance_answers_over_all_tasks_and_says_what_is_missing() {
     let reference = router(state(all.handle(), None));
     let want = figures(&reference).await;
     assert!(want.iter().all(|v| v.get("partial").is_none()));
+    assert!(
+        want[4]["moments"][0]["touched"]["journeys"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "moments of truth merged over the tasks: {}",
+        want[4]
+    );
     assert!(
         want[1]["touchpoints"]
             .as_array()
@@ -322,6 +331,15 @@ async fn every_instance_answers_over_all_tasks_and_says_what_is_missing() {
     let (_, v) = get(&a_app, &format!("/v1/transitions?{RANGE}")).await;
     assert_eq!(v["partial"], true, "{v}");
     assert_eq!(v["missing_partitions"], serde_json::json!([3, 4, 5]));
+    let (_, v) = get(&a_app, &format!("/v1/moments?{RANGE}")).await;
+    assert_eq!(v["partial"], true, "{v}");
+    assert_eq!(v["missing_partitions"], serde_json::json!([3, 4, 5]));
+    let (_, a_only) = get(
+        &router(state(a_rt.handle(), None)),
+        &format!("/v1/moments?{RANGE}"),
+    )
+    .await;
+    assert_eq!(v["moments"], a_only["moments"]);
     let (status, v) = get(&a_app, &path).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
 

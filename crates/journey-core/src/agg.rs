@@ -180,6 +180,52 @@ impl PhaseAgg {
     }
 }
 
+/// Moments of truth of one goal phase, over the journeys that start in one bucket
+/// (SPEC §4, docs/semantics.md §6 "Moments of truth"): every journey counts once in
+/// `journeys`, and once in `converted` if it reached the goal phase; `touched[id]` counts the
+/// journeys whose touched-set holds touchpoint `id` (touched before the journey reached the
+/// goal phase), `[journeys, of which converted]`. Counts are revised like the funnel's when a
+/// journey changes, so they are signed; a merge adds them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MomentsAgg {
+    pub journeys: i64,
+    pub converted: i64,
+    /// By touchpoint id: `[touched, touched and converted]`.
+    pub touched: Vec<[i64; 2]>,
+}
+
+impl MomentsAgg {
+    /// Adds `o` into `self`, exactly.
+    pub fn merge(&mut self, o: &MomentsAgg) {
+        self.journeys += o.journeys;
+        self.converted += o.converted;
+        for (i, t) in o.touched.iter().enumerate() {
+            let m = self.touch(i as u16);
+            m[0] += t[0];
+            m[1] += t[1];
+        }
+    }
+
+    /// The counts of touchpoint `id`, created if needed.
+    #[inline]
+    pub fn touch(&mut self, id: u16) -> &mut [i64; 2] {
+        let i = id as usize;
+        if i >= self.touched.len() {
+            self.touched.resize(i + 1, [0, 0]);
+        }
+        &mut self.touched[i]
+    }
+}
+
+/// Most goal phases whose moments of truth are tracked (`moments.goal_phases`): each costs
+/// 8 bytes per tracked journey.
+pub const MAX_MOMENT_GOALS: usize = 4;
+/// Touchpoint ids below this one have a bit in a journey's touched-set; touchpoints with a
+/// higher id (the 64th distinct touchpoint name a shard has seen, and later ones) are not
+/// tracked for moments of truth. Bit 63 of the set says whether the journey is counted as
+/// converted.
+pub const MOMENT_TOUCHPOINTS: u16 = 63;
+
 /// Most segment dimensions (`breakdown.segment_dimensions`): each multiplies the memory of
 /// the touchpoint aggregates by up to its number of values.
 pub const MAX_SEGMENT_DIMS: usize = 2;
@@ -199,6 +245,9 @@ pub struct Bucket {
     /// `segments` stay empty). For every figure, the values of one dimension sum to this
     /// bucket's own.
     pub segments: Vec<FxHashMap<u16, Bucket>>,
+    /// Moments of truth of the journeys starting in this bucket, by goal (position in
+    /// [`Aggregates::moment_goals`]).
+    pub moments: Vec<MomentsAgg>,
 }
 
 impl Bucket {
@@ -252,6 +301,9 @@ impl Bucket {
         for (k, n) in &o.transitions {
             *self.transitions.entry(*k).or_default() += n;
         }
+        for (k, m) in o.moments.iter().enumerate() {
+            self.moments(k).merge(m);
+        }
         for (d, values) in o.breakdowns.iter().enumerate().filter(|(d, _)| keep(*d)) {
             for (v, row) in values {
                 for (p, n) in row.iter().enumerate() {
@@ -277,6 +329,15 @@ impl Bucket {
             self.phases.resize_with(i + 1, Default::default);
         }
         &mut self.phases[i]
+    }
+
+    /// The moments of truth of goal `k` (position in [`Aggregates::moment_goals`]).
+    #[inline]
+    pub fn moments(&mut self, k: usize) -> &mut MomentsAgg {
+        if k >= self.moments.len() {
+            self.moments.resize_with(k + 1, Default::default);
+        }
+        &mut self.moments[k]
     }
 
     pub fn breakdown(&mut self, dim: usize, value: u16, phase: u8) -> &mut i64 {
@@ -655,6 +716,10 @@ pub struct Aggregates {
     /// The segment dimensions (`breakdown.segment_dimensions`), as indices into `dimensions`,
     /// in the order of [`Bucket::segments`].
     pub segment_dims: Vec<usize>,
+    /// The goal phases whose moments of truth are tracked, in the order of
+    /// [`Bucket::moments`] (`moments.goal_phases`, or derived from the rules when the shard
+    /// was created: [`crate::EngineConfig::moment_goals`]).
+    pub moment_goals: Vec<String>,
     pub timeline: Timeline,
     pub counters: Counters,
     pub totals: Totals,
@@ -690,6 +755,7 @@ impl Aggregates {
                 })
                 .collect(),
             segment_dims: Vec::new(),
+            moment_goals: Vec::new(),
             timeline: Timeline::new(fine_retention, total_retention),
             counters: Counters::default(),
             totals: Totals::default(),

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agg::MAX_SEGMENT_DIMS;
+use crate::agg::{MAX_MOMENT_GOALS, MAX_SEGMENT_DIMS};
+use crate::rules::Rules;
 use crate::time::{HumanDuration, Millis, DAY, HOUR, MINUTE};
 
 /// Most configured breakdown attributes (the built-in `source` and `first_touchpoint` come on top).
@@ -30,6 +31,10 @@ pub struct EngineConfig {
     /// (`segment=DIM:VALUE`); at most [`MAX_SEGMENT_DIMS`], each with at most
     /// `breakdown_max_values` values plus `(none)` and `other` (`breakdown.segment_dimensions`).
     pub segment_dimensions: Vec<String>,
+    /// Goal phases whose moments of truth are tracked (`moments.goal_phases`, at most
+    /// [`MAX_MOMENT_GOALS`]); the first is the default of `/v1/moments`. Empty: derived from
+    /// the rules when a shard is created ([`EngineConfig::moment_goals`]).
+    pub goal_phases: Vec<String>,
     /// How long minute buckets are kept.
     pub retention_fine: Millis,
     /// How long hour buckets are kept.
@@ -52,6 +57,7 @@ impl Default for EngineConfig {
             breakdowns: Vec::new(),
             breakdown_max_values: 100,
             segment_dimensions: Vec::new(),
+            goal_phases: Vec::new(),
             retention_fine: 48 * HOUR,
             retention_total: 90 * DAY,
             dedup_horizon: 10 * MINUTE,
@@ -145,6 +151,19 @@ impl EngineConfig {
                 ));
             }
         }
+        if self.goal_phases.len() > MAX_MOMENT_GOALS {
+            errs.push(format!(
+                "moments.goal_phases: at most {MAX_MOMENT_GOALS} allowed, got {}",
+                self.goal_phases.len()
+            ));
+        }
+        for (i, g) in self.goal_phases.iter().enumerate() {
+            if g.is_empty() {
+                errs.push(format!("moments.goal_phases[{i}]: empty phase name"));
+            } else if self.goal_phases[..i].contains(g) {
+                errs.push(format!("moments.goal_phases[{i}]: duplicate `{g}`"));
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -157,6 +176,28 @@ impl EngineConfig {
         let mut v = vec!["source".to_string(), "first_touchpoint".to_string()];
         v.extend(self.breakdowns.iter().cloned());
         v
+    }
+
+    /// The goal phases a new shard tracks moments of truth for (docs/semantics.md §6
+    /// "Moments of truth"): `goal_phases` when set; else the earliest phase (in the rules'
+    /// order) holding a `goal = true` touchpoint, else the rules' last phase; none when the
+    /// rules have no phases.
+    pub fn moment_goals(&self, rules: &Rules) -> Vec<String> {
+        if !self.goal_phases.is_empty() {
+            return self.goal_phases.clone();
+        }
+        let phase = rules
+            .touchpoints()
+            .iter()
+            .filter(|t| t.goal)
+            .map(|t| t.phase)
+            .min()
+            .or_else(|| rules.phases().len().checked_sub(1));
+        phase
+            .and_then(|p| rules.phases().get(p))
+            .cloned()
+            .into_iter()
+            .collect()
     }
 
     /// Positions of the segment dimensions in [`EngineConfig::dimension_names`], in the order
@@ -204,6 +245,56 @@ mod tests {
                 "breakdown.attributes[1]: `source` is built in, remove it",
                 "breakdown.attributes[2]: duplicate `persona`",
                 "breakdown.attributes[3]: `a..b` is not an attribute path",
+            ]
+        );
+    }
+
+    #[test]
+    fn moment_goals_default_to_the_phase_of_the_goal_touchpoints() {
+        let rules = |goals: &str| {
+            Rules::from_toml(&format!(
+                r#"
+phases = ["a", "b", "c", "d"]
+[[touchpoint]]
+name = "x"
+phase = "c"
+event = "x"
+{goals}
+[[touchpoint]]
+name = "y"
+phase = "b"
+event = "y"
+{goals}
+"#
+            ))
+            .unwrap()
+        };
+        let cfg = EngineConfig::default();
+        assert_eq!(
+            cfg.moment_goals(&rules("goal = true")),
+            ["b"],
+            "the earliest"
+        );
+        assert_eq!(
+            cfg.moment_goals(&rules("")),
+            ["d"],
+            "no goal: the last phase"
+        );
+        let set = EngineConfig {
+            goal_phases: vec!["c".into(), "a".into()],
+            ..EngineConfig::default()
+        };
+        assert_eq!(set.moment_goals(&rules("goal = true")), ["c", "a"]);
+        let bad = EngineConfig {
+            goal_phases: vec!["a".into(), "".into(), "a".into(), "b".into(), "c".into()],
+            ..EngineConfig::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            vec![
+                "moments.goal_phases: at most 4 allowed, got 5",
+                "moments.goal_phases[1]: empty phase name",
+                "moments.goal_phases[2]: duplicate `a`",
             ]
         );
     }

@@ -15,6 +15,7 @@ pub mod rules;
 pub mod shard;
 pub mod sketch;
 pub mod snapshot;
+pub mod stats;
 pub mod time;
 
 pub use config::EngineConfig;

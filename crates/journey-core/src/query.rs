@@ -26,6 +26,30 @@ pub struct Summary {
     /// Closed sessions, classified or not.
     pub sessions: u64,
     pub counters: Counters,
+    /// Goal phase → moments of truth of the journeys starting in the range.
+    pub moments: BTreeMap<String, MomentsSummary>,
+}
+
+/// The moments-of-truth counts of one goal phase, by touchpoint name (see
+/// [`crate::agg::MomentsAgg`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MomentsSummary {
+    pub journeys: i64,
+    pub converted: i64,
+    /// Touchpoint → `[journeys that touched it before converting, of those the converted]`.
+    pub touched: BTreeMap<String, [i64; 2]>,
+}
+
+impl MomentsSummary {
+    fn merge(&mut self, o: &MomentsSummary) {
+        self.journeys += o.journeys;
+        self.converted += o.converted;
+        for (k, t) in &o.touched {
+            let m = self.touched.entry(k.clone()).or_default();
+            m[0] += t[0];
+            m[1] += t[1];
+        }
+    }
 }
 
 /// What to include when summarising.
@@ -120,6 +144,19 @@ impl Summary {
         for ((a, b), n) in acc.transitions {
             s.transitions.insert((tp_name(a), tp_name(b)), n);
         }
+        for (goal, m) in agg.moment_goals.iter().zip(&acc.moments) {
+            if m.journeys == 0 && m.converted == 0 && m.touched.iter().all(|t| *t == [0, 0]) {
+                continue;
+            }
+            let out = s.moments.entry(goal.clone()).or_default();
+            out.journeys += m.journeys;
+            out.converted += m.converted;
+            for (i, t) in m.touched.iter().enumerate() {
+                if *t != [0, 0] {
+                    out.touched.insert(tp_name(i as u16), *t);
+                }
+            }
+        }
         for &d in &dims {
             let dim = &agg.dimensions[d];
             let out = s.breakdowns.entry(dim.name.clone()).or_default();
@@ -165,6 +202,9 @@ impl Summary {
         }
         for (k, n) in &o.transitions {
             *self.transitions.entry(k.clone()).or_default() += n;
+        }
+        for (g, m) in &o.moments {
+            self.moments.entry(g.clone()).or_default().merge(m);
         }
         for (d, values) in &o.breakdowns {
             let dim = self.breakdowns.entry(d.clone()).or_default();
@@ -602,4 +642,288 @@ pub fn timeseries(
         t = end;
     }
     out
+}
+
+/// Significance level of `significant` in [`moments`]: a two-sided Fisher p-value below it.
+pub const MOMENTS_ALPHA: f64 = 0.05;
+
+/// Journeys and conversions of one side of a moment of truth.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MomentGroup {
+    pub journeys: i64,
+    pub converted: i64,
+    /// `converted / journeys`; `None` without journeys.
+    pub conversion: Option<f64>,
+}
+
+impl MomentGroup {
+    fn new(journeys: i64, converted: i64) -> MomentGroup {
+        let (journeys, converted) = (journeys.max(0), converted.clamp(0, journeys.max(0)));
+        MomentGroup {
+            journeys,
+            converted,
+            conversion: (journeys > 0).then(|| converted as f64 / journeys as f64),
+        }
+    }
+}
+
+/// What the data says about one touchpoint as a moment of truth.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Moment {
+    pub touchpoint: String,
+    /// `None` for a touchpoint in the data but no longer in the rules.
+    pub phase: Option<String>,
+    /// The rules' `moment_of_truth` flag, shown next to what the data says.
+    pub moment_of_truth: bool,
+    /// Journeys that touched it before reaching the goal phase.
+    pub touched: MomentGroup,
+    /// The other journeys of the range.
+    pub not_touched: MomentGroup,
+    /// `touched.conversion / not_touched.conversion`; `None` when either is undefined or the
+    /// latter is 0.
+    pub lift: Option<f64>,
+    /// Odds ratio of converting, touched against not touched; `None` when a cell of the 2×2
+    /// table is 0.
+    pub odds_ratio: Option<f64>,
+    /// 95 % confidence interval of the odds ratio (Woolf's logit method).
+    pub ci95: Option<[f64; 2]>,
+    /// Two-sided p-value of Fisher's exact test; `None` when nobody or everybody touched it,
+    /// or nobody or everybody converted.
+    pub p_value: Option<f64>,
+    /// `p_value < 0.05` ([`MOMENTS_ALPHA`]); no correction for testing many touchpoints.
+    pub significant: bool,
+}
+
+/// `/v1/moments`: conversion to one goal phase of the journeys that touched each touchpoint
+/// against those that did not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MomentsReport {
+    pub goal: String,
+    /// Journeys starting in the range.
+    pub journeys: i64,
+    /// Of those, the ones that reached the goal phase.
+    pub converted: i64,
+    pub conversion: Option<f64>,
+    /// Ranked, see [`moments`].
+    pub moments: Vec<Moment>,
+}
+
+impl Moment {
+    /// Ranking tier: 0 for a significant rise of conversion, 1 for no significant
+    /// difference, 2 for a significant fall.
+    fn tier(&self) -> u8 {
+        let diff = match (self.touched.conversion, self.not_touched.conversion) {
+            (Some(t), Some(n)) => t - n,
+            _ => 0.0,
+        };
+        match (self.significant, diff) {
+            (true, d) if d > 0.0 => 0,
+            (true, d) if d < 0.0 => 2,
+            _ => 1,
+        }
+    }
+
+    /// The lift for ranking: an infinite lift (the untouched never converted) ranks highest.
+    fn rank_lift(&self) -> f64 {
+        match (
+            self.lift,
+            self.touched.conversion,
+            self.not_touched.conversion,
+        ) {
+            (Some(l), _, _) => l,
+            (None, Some(t), Some(n)) if n == 0.0 && t > 0.0 => f64::INFINITY,
+            _ => f64::NEG_INFINITY,
+        }
+    }
+}
+
+/// Moments of truth for `goal` (docs/semantics.md §6 "Moments of truth"): every touchpoint of
+/// the rules in a phase before the goal phase, every touchpoint the rules flag
+/// `moment_of_truth`, and any touchpoint in the data the rules no longer list.
+///
+/// Ranked: first the touchpoints whose touch significantly raises conversion (by lift,
+/// highest first), then those without a significant difference (by p-value, smallest first),
+/// then those whose touch significantly lowers it (by lift, highest first, so the most
+/// harmful is last); ties by name.
+pub fn moments(s: &Summary, rules: &Rules, goal: &str) -> MomentsReport {
+    let empty = MomentsSummary::default();
+    let m = s.moments.get(goal).unwrap_or(&empty);
+    let goal_rank = rules.phases().iter().position(|p| p == goal);
+    let mut out: Vec<Moment> = rules
+        .touchpoints()
+        .iter()
+        .filter(|t| t.moment_of_truth || goal_rank.is_none_or(|g| t.phase < g))
+        .map(|t| {
+            let phase = rules.phases().get(t.phase).cloned();
+            moment(&t.name, phase, t.moment_of_truth, m)
+        })
+        .collect();
+    for name in m.touched.keys() {
+        if !rules.touchpoints().iter().any(|t| &t.name == name) {
+            out.push(moment(name, None, false, m));
+        }
+    }
+    out.sort_by(|a, b| {
+        let by_p = |x: &Moment| x.p_value.unwrap_or(f64::INFINITY);
+        a.tier()
+            .cmp(&b.tier())
+            .then_with(|| match a.tier() {
+                1 => by_p(a).total_cmp(&by_p(b)),
+                _ => b.rank_lift().total_cmp(&a.rank_lift()),
+            })
+            .then_with(|| a.touchpoint.cmp(&b.touchpoint))
+    });
+    let total = MomentGroup::new(m.journeys, m.converted);
+    MomentsReport {
+        goal: goal.to_string(),
+        journeys: total.journeys,
+        converted: total.converted,
+        conversion: total.conversion,
+        moments: out,
+    }
+}
+
+fn moment(name: &str, phase: Option<String>, flagged: bool, m: &MomentsSummary) -> Moment {
+    let [tj, tc] = m.touched.get(name).copied().unwrap_or([0, 0]);
+    let touched = MomentGroup::new(tj.min(m.journeys), tc.min(m.converted));
+    let not_touched = MomentGroup::new(
+        m.journeys.max(0) - touched.journeys,
+        m.converted.max(0) - touched.converted,
+    );
+    let a = touched.converted as u64;
+    let b = (touched.journeys - touched.converted) as u64;
+    let c = not_touched.converted as u64;
+    let d = (not_touched.journeys - not_touched.converted) as u64;
+    let lift = match (touched.conversion, not_touched.conversion) {
+        (Some(t), Some(n)) if n > 0.0 => Some(t / n),
+        _ => None,
+    };
+    let or = crate::stats::odds_ratio(a, b, c, d);
+    let p_value = crate::stats::fisher_exact(a, b, c, d);
+    Moment {
+        touchpoint: name.to_string(),
+        phase,
+        moment_of_truth: flagged,
+        touched,
+        not_touched,
+        lift,
+        odds_ratio: or.map(|o| o.0),
+        ci95: or.map(|o| o.1),
+        p_value,
+        significant: p_value.is_some_and(|p| p < MOMENTS_ALPHA),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+phases = ["a", "b", "c"]
+[[touchpoint]]
+name = "up"
+phase = "a"
+event = "up"
+[[touchpoint]]
+name = "flat"
+phase = "a"
+event = "flat"
+[[touchpoint]]
+name = "down"
+phase = "a"
+event = "down"
+[[touchpoint]]
+name = "huge"
+phase = "b"
+event = "huge"
+[[touchpoint]]
+name = "rare"
+phase = "b"
+event = "rare"
+[[touchpoint]]
+name = "buy"
+phase = "c"
+event = "buy"
+goal = true
+moment_of_truth = true
+[[touchpoint]]
+name = "late"
+phase = "c"
+event = "late"
+"#;
+
+    /// 1000 journeys, 300 converted; per touchpoint `[touched, of which converted]`.
+    fn summary() -> Summary {
+        let mut m = MomentsSummary {
+            journeys: 1000,
+            converted: 300,
+            ..Default::default()
+        };
+        // up: 60 % of 200 against 22.5 % of 800; huge: all 100 touchers converted (lift 200/900
+        // against 1 → 1/(200/900) = 4.5); down: 10 % against 35 %; flat: 30 % against 30 %;
+        // rare: 1 of 2.
+        for (name, t) in [
+            ("up", [200, 120]),
+            ("huge", [100, 100]),
+            ("down", [200, 20]),
+            ("flat", [100, 30]),
+            ("rare", [2, 1]),
+            ("gone", [10, 9]),
+        ] {
+            m.touched.insert(name.to_string(), t);
+        }
+        let mut s = Summary::default();
+        s.moments.insert("c".into(), m);
+        s
+    }
+
+    fn get_p(r: &MomentsReport, n: &str) -> f64 {
+        let m = r.moments.iter().find(|m| m.touchpoint == n).unwrap();
+        m.p_value.unwrap()
+    }
+
+    #[test]
+    fn moments_rank_significant_rises_first_and_falls_last() {
+        let rules = Rules::from_toml(RULES).unwrap();
+        let r = moments(&summary(), &rules, "c");
+        let names: Vec<&str> = r.moments.iter().map(|m| m.touchpoint.as_str()).collect();
+        // Significant rises by lift (huge 4.5, up 0.6/0.225 = 2.67, gone 0.9/(291/990) = 3.06),
+        // then the rest by p-value (rare ≈ 0.5, flat 1; buy has none: last of them), then the
+        // significant fall.
+        assert_eq!(names, ["huge", "gone", "up", "rare", "flat", "buy", "down"]);
+        assert!(get_p(&r, "rare") < get_p(&r, "flat"));
+        let get = |n: &str| r.moments.iter().find(|m| m.touchpoint == n).unwrap();
+        assert!(get("up").significant && get("huge").significant && get("down").significant);
+        assert!(!get("flat").significant && !get("rare").significant);
+        assert!((get("huge").lift.unwrap() - 4.5).abs() < 1e-12);
+        assert_eq!(get("huge").odds_ratio, None, "no toucher failed to convert");
+        assert_eq!(get("flat").lift, Some(1.0));
+        assert_eq!(get("gone").phase, None, "in the data, not in the rules");
+        assert!(
+            get("buy").moment_of_truth,
+            "shown although in the goal phase"
+        );
+        assert_eq!(get("buy").touched.journeys, 0);
+        assert_eq!(get("buy").p_value, None);
+        assert!(
+            r.moments.iter().all(|m| m.touchpoint != "late"),
+            "goal phase, not flagged: left out"
+        );
+        assert_eq!(
+            (r.journeys, r.converted, r.conversion),
+            (1000, 300, Some(0.3))
+        );
+    }
+
+    #[test]
+    fn moments_of_an_untracked_goal_are_empty_not_nan() {
+        let rules = Rules::from_toml(RULES).unwrap();
+        let r = moments(&summary(), &rules, "b");
+        assert_eq!((r.journeys, r.conversion), (0, None));
+        for m in &r.moments {
+            assert_eq!((m.lift, m.p_value, m.significant), (None, None, false));
+        }
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("NaN") && !json.contains("inf"), "{json}");
+    }
 }

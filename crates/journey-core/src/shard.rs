@@ -14,7 +14,10 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::agg::{Aggregates, Bucket, EXIT, MAX_SEGMENT_DIMS, NONE_VALUE, OTHER_VALUE, START};
+use crate::agg::{
+    Aggregates, Bucket, EXIT, MAX_MOMENT_GOALS, MAX_SEGMENT_DIMS, MOMENT_TOUCHPOINTS, NONE_VALUE,
+    OTHER_VALUE, START,
+};
 use crate::config::{EngineConfig, MAX_BREAKDOWNS};
 use crate::dedup::Dedup;
 use crate::event::{lookup, Event};
@@ -76,8 +79,35 @@ struct Journey {
     /// Phase id under which the journey is counted in the funnel.
     furthest: u8,
     n_phases: u8,
-    /// First time per phase id, then per dimension `(ts << 16) | value id`.
+    /// First time per phase id, then per dimension `(ts << 16) | value id`, then the
+    /// touched-sets of the goals after the first (see `touched`).
     slots: Box<[i64]>,
+    /// Touched-set of the first goal of [`Aggregates::moment_goals`] (docs/semantics.md §6
+    /// "Moments of truth"): bit `id` for each touchpoint id below [`MOMENT_TOUCHPOINTS`]
+    /// touched before the journey reached the goal phase, bit 63 ([`CONVERTED`]) when the
+    /// journey counts as converted. Inline, because the slots' allocation would move up a
+    /// size class: 8 bytes per journey instead of 16.
+    touched: u64,
+}
+
+impl Journey {
+    /// The touched-set of goal `k` of `n_goals`.
+    fn moments(&self, k: usize, n_goals: usize) -> u64 {
+        match k {
+            0 => self.touched,
+            k => self.slots[self.slots.len() + k - n_goals] as u64,
+        }
+    }
+
+    fn set_moments(&mut self, k: usize, n_goals: usize, set: u64) {
+        match k {
+            0 => self.touched = set,
+            k => {
+                let i = self.slots.len() + k - n_goals;
+                self.slots[i] = set as i64;
+            }
+        }
+    }
 }
 
 /// One customer. Kept small: most tracked customers have a journey and nothing else, so the
@@ -162,7 +192,12 @@ struct Contribution {
     t0: Millis,
     furthest: u8,
     dims: [u16; MAX_DIMS],
+    /// The touched-set of each goal, as in the journey's slots.
+    moments: [u64; MAX_MOMENT_GOALS],
 }
+
+/// Bit 63 of a touched-set: the journey counts as converted.
+const CONVERTED: u64 = 1 << 63;
 
 /// Rule indices translated to the shard's stable aggregate ids.
 #[derive(Debug)]
@@ -178,6 +213,9 @@ struct Ctx {
     breakdown_paths: Vec<Vec<Box<str>>>,
     /// The segment dimensions, as indices into the breakdown dimensions.
     seg_dims: Vec<usize>,
+    /// By goal of [`Aggregates::moment_goals`]: the goal phase's rank in the current rules,
+    /// [`NO_RANK`] when they do not list it.
+    goal_rank: Vec<u8>,
 }
 
 /// The segments a figure is recorded for: the value id of each segment dimension, taken from
@@ -263,6 +301,8 @@ impl Shard {
             cfg.retention_total,
         );
         agg.segment_dims = cfg.segment_indices();
+        agg.moment_goals = cfg.moment_goals(&rules);
+        agg.moment_goals.truncate(MAX_MOMENT_GOALS);
         let st = State {
             customers: Vec::new(),
             free: Vec::new(),
@@ -647,6 +687,13 @@ impl Shard {
                 cfg.segment_dimensions.join(", ")
             )));
         }
+        if !cfg.goal_phases.is_empty() && st.agg.moment_goals != cfg.goal_phases {
+            return Err(crate::snapshot::SnapshotError::Incompatible(format!(
+                "snapshot tracks moments for goal phases [{}], the configuration [{}]",
+                st.agg.moment_goals.join(", "),
+                cfg.goal_phases.join(", ")
+            )));
+        }
         Ok(Shard::from_state(cfg, rules, st))
     }
 }
@@ -677,6 +724,17 @@ impl Ctx {
             .map(|p| p.split('.').map(Box::from).collect())
             .collect();
         let seg_dims = agg.segment_dims.clone();
+        let goal_rank = agg
+            .moment_goals
+            .iter()
+            .map(|g| {
+                rules
+                    .phases()
+                    .iter()
+                    .position(|p| p == g)
+                    .map_or(NO_RANK, |r| r as u8)
+            })
+            .collect();
         Ctx {
             cfg,
             rules,
@@ -686,11 +744,32 @@ impl Ctx {
             goal,
             breakdown_paths,
             seg_dims,
+            goal_rank,
         }
     }
 
     fn rank(&self, phase: usize) -> u8 {
         self.rank.get(phase).copied().unwrap_or(NO_RANK)
+    }
+
+    /// Whether a journey whose furthest phase is `furthest` has reached goal `k`.
+    fn converted(&self, furthest: u8, k: usize) -> bool {
+        let (r, g) = (self.rank(furthest as usize), self.goal_rank[k]);
+        r != NO_RANK && g != NO_RANK && r >= g
+    }
+
+    /// Sets the converted bit of every goal's touched-set from the journey's furthest phase.
+    fn mark_converted(&self, j: &mut Journey) {
+        let n_goals = self.goal_rank.len();
+        for k in 0..n_goals {
+            let bits = j.moments(k, n_goals) & !CONVERTED;
+            let conv = if self.converted(j.furthest, k) {
+                CONVERTED
+            } else {
+                0
+            };
+            j.set_moments(k, n_goals, bits | conv);
+        }
     }
 }
 
@@ -817,15 +896,21 @@ fn dim_value(j: &Journey, d: usize) -> u16 {
     }
 }
 
-fn contribution(j: &Journey, n_dims: usize) -> Contribution {
+fn contribution(ctx: &Ctx, j: &Journey, n_dims: usize) -> Contribution {
     let mut dims = [0u16; MAX_DIMS];
     for (d, slot) in dims.iter_mut().enumerate().take(n_dims) {
         *slot = dim_value(j, d);
+    }
+    let mut moments = [0u64; MAX_MOMENT_GOALS];
+    let n_goals = ctx.goal_rank.len();
+    for (k, m) in moments.iter_mut().enumerate().take(n_goals) {
+        *m = j.moments(k, n_goals);
     }
     Contribution {
         t0: j.t0,
         furthest: j.furthest,
         dims,
+        moments,
     }
 }
 
@@ -835,14 +920,94 @@ fn contribute(agg: &mut Aggregates, c: &Contribution, n_dims: usize, delta: i64)
     for (k, &d) in agg.segment_dims.iter().take(n).enumerate() {
         key[k] = c.dims.get(d).copied().unwrap_or(NONE_VALUE);
     }
+    let n_goals = agg.moment_goals.len().min(MAX_MOMENT_GOALS);
     agg.timeline.update(c.t0, |b| {
         b.with_segments(&key[..n], |b| {
             b.phase(c.furthest).furthest += delta;
             for (d, &v) in c.dims[..n_dims].iter().enumerate() {
                 *b.breakdown(d, v, c.furthest) += delta;
             }
+            for (k, &set) in c.moments[..n_goals].iter().enumerate() {
+                let conv = delta * (set & CONVERTED != 0) as i64;
+                let m = b.moments(k);
+                m.journeys += delta;
+                m.converted += conv;
+                let mut bits = set & !CONVERTED;
+                while bits != 0 {
+                    let id = bits.trailing_zeros() as u16;
+                    bits &= bits - 1;
+                    let t = m.touch(id);
+                    t[0] += delta;
+                    t[1] += conv;
+                }
+            }
         })
     });
+}
+
+/// The time a journey reached the phase of rank `goal` (under furthest-phase semantics: its
+/// first event in that phase or a later one); [`UNSEEN`] if it has not.
+fn reach_time(ctx: &Ctx, j: &Journey, goal: u8) -> Millis {
+    (0..j.n_phases as usize)
+        .filter(|&p| {
+            let r = ctx.rank(p);
+            r != NO_RANK && r >= goal
+        })
+        .map(|p| j.slots[p])
+        .min()
+        .unwrap_or(UNSEEN)
+}
+
+/// Adds the touchpoints of one closed session to the touched-sets of their journeys
+/// (docs/semantics.md §6 "Moments of truth"): each classified event goes to the journey whose
+/// window holds it, and counts for a goal only if it happened before the journey reached the
+/// goal phase. Decided when the session closes, as every session figure is: an event arriving
+/// after that (late) does not revise it. A touchpoint new to a touched-set is added to the
+/// journey's moments figures at once, in the bucket of its `t0`, for its segments.
+fn record_touches(
+    ctx: &Ctx,
+    agg: &mut Aggregates,
+    prev: &mut Option<Journey>,
+    cur: &mut Option<Journey>,
+    points: &[Point],
+) {
+    let n_goals = ctx.goal_rank.len();
+    if n_goals == 0 {
+        return;
+    }
+    let w = ctx.cfg.journey_window;
+    let inside = |j: &Option<Journey>, ts: Millis| {
+        j.as_ref()
+            .is_some_and(|j| j.t0 <= ts && ts <= j.t0.saturating_add(w))
+    };
+    for p in points.iter().filter(|p| p.tp < MOMENT_TOUCHPOINTS) {
+        let j = if inside(prev, p.ts) {
+            prev.as_mut()
+        } else if inside(cur, p.ts) {
+            cur.as_mut()
+        } else {
+            None
+        };
+        let Some(j) = j else { continue };
+        for k in 0..n_goals {
+            let g = ctx.goal_rank[k];
+            let set = j.moments(k, n_goals);
+            let bit = 1u64 << p.tp;
+            if g == NO_RANK || set & bit != 0 || p.ts >= reach_time(ctx, j, g) {
+                continue;
+            }
+            j.set_moments(k, n_goals, set | bit);
+            let conv = (set & CONVERTED != 0) as i64;
+            let key = SegKey::of(ctx, Some(j));
+            agg.timeline.update(j.t0, |b| {
+                b.with_segments(key.as_slice(), |b| {
+                    let t = b.moments(k).touch(p.tp);
+                    t[0] += 1;
+                    t[1] += conv;
+                })
+            });
+        }
+    }
 }
 
 /// A breakdown value as text: strings as they are, numbers and booleans printed.
@@ -940,7 +1105,11 @@ impl State {
                         flush_phase_dwell(ctx, &mut self.agg, &prev);
                     }
                 }
-                let mut slots = vec![UNSEEN; n_phases as usize + n_dims].into_boxed_slice();
+                let more_goals = ctx.goal_rank.len().saturating_sub(1);
+                let mut slots = vec![UNSEEN; n_phases as usize + n_dims + more_goals];
+                // Touched-sets start empty.
+                slots[n_phases as usize + n_dims..].fill(0);
+                let mut slots = slots.into_boxed_slice();
                 slots[pid as usize] = ts;
                 let j = Journey {
                     t0: ts,
@@ -948,6 +1117,7 @@ impl State {
                     furthest: pid,
                     n_phases,
                     slots,
+                    touched: 0,
                 };
                 self.agg.counters.journeys_started += 1;
                 reach(ctx, &mut self.agg, None, ctx.rank(pid as usize));
@@ -956,9 +1126,10 @@ impl State {
                     schedule(timers, c, idx, ts.saturating_add(w).saturating_add(1));
                 }
                 let j = c.journey.insert(j);
-                let before = contribution(j, n_dims);
+                ctx.mark_converted(j);
+                let before = contribution(ctx, j, n_dims);
                 set_dims(ctx, &mut self.agg, j, ev, tp_id);
-                contribute(&mut self.agg, &contribution(j, n_dims), n_dims, 1);
+                contribute(&mut self.agg, &contribution(ctx, j, n_dims), n_dims, 1);
                 debug_assert_eq!(before.t0, j.t0);
                 return;
             }
@@ -967,9 +1138,11 @@ impl State {
                 .expect("journey exists when not starting one")
         };
 
-        let before = contribution(j, n_dims);
+        let before = contribution(ctx, j, n_dims);
         if pid >= j.n_phases {
-            let mut slots = vec![UNSEEN; n_phases as usize + n_dims];
+            // Phases grow; dimensions and touched-sets move up behind them.
+            let rest = j.slots.len() - j.n_phases as usize;
+            let mut slots = vec![UNSEEN; n_phases as usize + rest];
             slots[..j.n_phases as usize].copy_from_slice(&j.slots[..j.n_phases as usize]);
             slots[n_phases as usize..].copy_from_slice(&j.slots[j.n_phases as usize..]);
             j.slots = slots.into_boxed_slice();
@@ -998,9 +1171,10 @@ impl State {
                 );
             }
             j.furthest = best.1;
+            ctx.mark_converted(j);
         }
         set_dims(ctx, &mut self.agg, j, ev, tp_id);
-        let after = contribution(j, n_dims);
+        let after = contribution(ctx, j, n_dims);
         if after != before {
             contribute(&mut self.agg, &before, n_dims, -1);
             contribute(&mut self.agg, &after, n_dims, 1);
@@ -1018,7 +1192,7 @@ impl State {
         let wm = self.watermark;
         let cfg = &ctx.cfg;
         let c = &mut self.customers[idx];
-        let journey = c.journey.as_ref();
+        let journey = &mut c.journey;
         if let Some(Rare { prev, open }) = c.rare.as_deref_mut() {
             let mut closed = 0;
             while closed < open.len() {
@@ -1035,11 +1209,12 @@ impl State {
                     .iter()
                     .find(|p| p.tp != UNCLASSIFIED)
                     .map_or(s, |p| p.ts);
+                record_touches(ctx, &mut self.agg, prev, journey, &rest[..end]);
                 let j = match prev.as_ref() {
                     Some(p) if p.t0 <= at && at <= p.t0.saturating_add(cfg.journey_window) => {
                         Some(p)
                     }
-                    p => journey.or(p),
+                    p => journey.as_ref().or(p),
                 };
                 let key = SegKey::of(ctx, j);
                 close_session(ctx, &mut self.agg, &rest[..end], scratch, key);
@@ -1278,5 +1453,19 @@ fn session_figures(
         if goal(t) {
             a.completions += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory per tracked customer (SPEC §9: ≤ 200 B, docs/benchmarks.md): the record of a
+    /// customer without an open session. The first goal's touched-set (moments of truth)
+    /// costs 8 of these bytes; its journey's slot array is unchanged.
+    #[test]
+    fn a_customer_record_stays_small() {
+        assert_eq!(std::mem::size_of::<Journey>(), 48);
+        assert_eq!(std::mem::size_of::<Customer>(), 88);
     }
 }

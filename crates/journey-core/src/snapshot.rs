@@ -5,8 +5,9 @@ use serde::Serialize;
 
 const MAGIC: &[u8; 8] = b"JRNYSHRD";
 /// Bump when the encoded state changes shape; older snapshots are then refused, not misread.
-/// Version 4 added segment aggregates and time to convert to every bucket (issue 17).
-pub const VERSION: u32 = 4;
+/// Version 4 added segment aggregates and time to convert to every bucket (issue 17); version 5
+/// the moments of truth (touched-sets per journey, moments figures per bucket).
+pub const VERSION: u32 = 5;
 const HEADER: usize = 8 + 4 + 4;
 
 /// Why a snapshot could not be restored. Nothing is half-loaded.

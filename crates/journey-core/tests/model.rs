@@ -74,6 +74,8 @@ fn config() -> EngineConfig {
         allowed_lateness: 5 * MINUTE,
         journey_window: 2 * DAY,
         breakdowns: vec!["persona".into()],
+        // Two goals, not in the rules' order: each has its own touched-set per journey.
+        goal_phases: vec!["decision".into(), "consideration".into()],
         retention_fine: 60 * DAY,
         retention_total: 90 * DAY,
         ..EngineConfig::default()
@@ -297,6 +299,24 @@ fn reference<'e>(
                 .find_map(|m| m.2.attributes.get("persona").and_then(|v| v.as_str()))
                 .unwrap_or("(none)")
                 .to_string();
+            // Moments of truth, per goal phase: the touchpoints the journey touched strictly
+            // before its first event in the goal phase or a later one.
+            for goal in cfg.moment_goals(rules) {
+                let g = rules.phases().iter().position(|p| *p == goal).unwrap();
+                let reached = members
+                    .iter()
+                    .filter(|m| phase(m.1.unwrap()) >= g)
+                    .map(|m| m.0)
+                    .min();
+                let mut touched: Vec<String> = members
+                    .iter()
+                    .filter(|m| reached.is_none_or(|r| m.0 < r))
+                    .map(|m| name(m.1.unwrap()))
+                    .collect();
+                touched.sort();
+                touched.dedup();
+                out.push((t0, Effect::Moment(goal, touched, reached.is_some())));
+            }
             out.push((
                 t0,
                 Effect::Journey(rules.phases()[furthest].clone(), persona),
@@ -318,6 +338,8 @@ enum Effect {
     PhaseDwell(String, u64),
     TimeToConvert(String, u64),
     Journey(String, String),
+    /// A journey's goal phase, touched-set and whether it converted.
+    Moment(String, Vec<String>, bool),
 }
 
 fn reference_summary(
@@ -365,6 +387,16 @@ fn reference_summary(
                 .or_default()
                 .time_to_convert
                 .add(*d),
+            Effect::Moment(goal, touched, converted) => {
+                let m = s.moments.entry(goal.clone()).or_default();
+                m.journeys += 1;
+                m.converted += *converted as i64;
+                for n in touched {
+                    let t = m.touched.entry(n.clone()).or_default();
+                    t[0] += 1;
+                    t[1] += *converted as i64;
+                }
+            }
             Effect::Journey(p, persona) => {
                 s.phases.entry(p.clone()).or_default().furthest += 1;
                 *s.breakdowns

@@ -388,13 +388,19 @@ fn corrupt_snapshots_are_refused_whole() {
     version[8] = 99;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 99 is not supported (this build reads version 4): move the checkpoint away and re-read the input to rebuild the state"
+        "snapshot format version 99 is not supported (this build reads version 5): move the checkpoint away and re-read the input to rebuild the state"
     );
     // A version 3 snapshot (before segments and time to convert) is refused by its version.
     version[8] = 3;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 3 is not supported (this build reads version 4): move the checkpoint away and re-read the input to rebuild the state"
+        "snapshot format version 3 is not supported (this build reads version 5): move the checkpoint away and re-read the input to rebuild the state"
+    );
+    // So is a version 4 snapshot (before moments of truth: its journeys have no touched-sets).
+    version[8] = 4;
+    assert_eq!(
+        restore(&version).unwrap_err().to_string(),
+        "snapshot format version 4 is not supported (this build reads version 5): move the checkpoint away and re-read the input to rebuild the state"
     );
     assert!(matches!(
         restore(&good[..10]),
@@ -497,5 +503,101 @@ fn cumulative_totals_only_grow_and_follow_the_furthest_phase() {
     assert!(
         !sum.touchpoints.contains_key("order"),
         "the buckets have expired"
+    );
+}
+
+/// Moments of truth (docs/semantics.md §6): a journey's touches count once its session has
+/// closed, only before the journey reached the goal phase, and its figures move with the
+/// journey when a late event moves its start; whether a touch came before the conversion is
+/// decided when its session closes.
+#[test]
+fn moments_count_closed_sessions_before_conversion_and_follow_the_journey() {
+    let mut s = shard();
+    let moments = |s: &Shard, from: Millis, to: Millis| {
+        Summary::collect([s.aggregates()], from, to, &Include::default())
+            .moments
+            .get("decision")
+            .cloned()
+            .unwrap_or_default()
+    };
+    s.apply(&ev("a", T, "page_view")).unwrap();
+    let m = moments(&s, T - DAY, T + DAY);
+    assert_eq!((m.journeys, m.converted), (1, 0));
+    assert!(m.touched.is_empty(), "the session is still open");
+    // Another customer moves the watermark past a's session: its touch is recorded.
+    s.apply(&ev("b", T + 2 * HOUR, "page_view")).unwrap();
+    let m = moments(&s, T - DAY, T + DAY);
+    assert_eq!(m.touched.get("visit"), Some(&[1, 0]));
+    // a converts in a second session; a product view after the order is no touch.
+    s.apply(&ev("a", T + 3 * HOUR, "order")).unwrap();
+    s.apply(&ev("a", T + 3 * HOUR + MINUTE, "product_view"))
+        .unwrap();
+    s.apply(&ev("b", T + 5 * HOUR, "page_view")).unwrap();
+    let m = moments(&s, T - DAY, T + DAY);
+    assert_eq!((m.journeys, m.converted), (2, 1));
+    assert_eq!(m.touched.get("visit"), Some(&[2, 1]), "a's and b's visits");
+    assert_eq!(m.touched.get("product"), None, "after the conversion");
+    // A late order an hour before a's start moves the journey (and its touched-set, decided
+    // when the session closed) to the earlier bucket.
+    s.apply(&ev("a", T - HOUR, "order")).unwrap();
+    let m = moments(&s, T - 2 * HOUR, T - HOUR + MINUTE);
+    assert_eq!((m.journeys, m.converted), (1, 1));
+    assert_eq!(m.touched.get("visit"), Some(&[1, 1]));
+    let m = moments(&s, T, T + DAY);
+    assert_eq!(
+        (m.journeys, m.converted),
+        (1, 0),
+        "only b's journey is left there"
+    );
+    assert_eq!(m.touched.get("visit"), Some(&[1, 0]));
+}
+
+#[test]
+fn a_snapshot_tracking_other_goal_phases_is_refused() {
+    let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+    let s = shard_with(EngineConfig {
+        goal_phases: vec!["consideration".into()],
+        ..EngineConfig::default()
+    });
+    let bytes = s.snapshot();
+    let other = EngineConfig {
+        goal_phases: vec!["decision".into()],
+        ..EngineConfig::default()
+    };
+    let err = Shard::restore(&bytes, Arc::new(other), rules.clone()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "snapshot does not fit the configuration: snapshot tracks moments for goal phases [consideration], the configuration [decision]"
+    );
+    // Derived goals (no setting): the snapshot's stay, its journeys' touched-sets are theirs.
+    let restored = Shard::restore(&bytes, Arc::new(EngineConfig::default()), rules).unwrap();
+    assert_eq!(restored.aggregates().moment_goals, ["consideration"]);
+}
+
+/// The touched-set holds touchpoint ids 0 to 62 (docs/semantics.md §6): a rule set with more
+/// touchpoints leaves the later ones out of the moments figures, and nothing else changes.
+#[test]
+fn touchpoints_past_the_touched_set_bound_are_left_out_of_moments() {
+    let mut text = String::from("phases = [\"a\", \"b\"]\n");
+    for i in 0..70 {
+        text.push_str(&format!(
+            "[[touchpoint]]\nname = \"t{i}\"\nphase = \"a\"\nevent = \"e{i}\"\n"
+        ));
+    }
+    text.push_str("[[touchpoint]]\nname = \"buy\"\nphase = \"b\"\nevent = \"buy\"\ngoal = true\n");
+    let rules = Arc::new(Rules::from_toml(&text).unwrap());
+    let mut s = Shard::new(Arc::new(EngineConfig::default()), rules);
+    for (i, name) in ["e1", "e62", "e63", "e69", "buy"].iter().enumerate() {
+        s.apply(&ev("a", T + i as Millis * MINUTE, name)).unwrap();
+    }
+    s.flush();
+    let m = summary(&s).moments.get("b").cloned().unwrap();
+    assert_eq!((m.journeys, m.converted), (1, 1));
+    let touched: Vec<&str> = m.touched.keys().map(String::as_str).collect();
+    assert_eq!(touched, ["t1", "t62"]);
+    assert_eq!(
+        summary(&s).touchpoints["t69"].visits,
+        1,
+        "other figures keep it"
     );
 }

@@ -38,7 +38,18 @@ pub struct GenConfig {
     pub max_delay: Millis,
     /// Extra abandonment at one web step from a chosen time.
     pub spike: Option<Spike>,
+    /// A planted moment of truth: a visitor who signs up for the newsletter during a visit
+    /// then adds to the cart with probability 0.95 instead of the persona's usual one, so
+    /// `newsletter_signup` clearly raises conversion to `decision` (what `/v1/moments`
+    /// should find). Off by default, so existing seeds keep their events: on, the visitors who
+    /// sign up continue differently, and as all customers draw from one random stream, every
+    /// customer started after the first such visitor differs too.
+    pub planted_moment: bool,
 }
+
+/// Probability of adding to the cart after a newsletter signup, with
+/// [`GenConfig::planted_moment`].
+pub const PLANTED_CART_CHANCE: f64 = 0.95;
 
 /// A web step where a [`Spike`] can make visitors leave; named after its touchpoint in
 /// `config/rules.toml`.
@@ -87,6 +98,7 @@ impl Default for GenConfig {
             out_of_order: 0.0,
             max_delay: 4 * MINUTE,
             spike: None,
+            planted_moment: false,
         }
     }
 }
@@ -157,6 +169,7 @@ impl Persona {
 struct Journey<'r> {
     rng: &'r mut Rng,
     spike: Option<Spike>,
+    planted_moment: bool,
     customer: String,
     persona: Persona,
     t: Millis,
@@ -248,6 +261,7 @@ impl Journey<'_> {
                 return false;
             }
         }
+        let mut p_cart = p_cart;
         if self.rng.chance(0.05) {
             self.wait(30 * SECOND);
             self.emit(
@@ -255,6 +269,9 @@ impl Journey<'_> {
                 "newsletter_signup",
                 json!({ "persona": self.persona.name() }),
             );
+            if self.planted_moment {
+                p_cart = PLANTED_CART_CHANCE;
+            }
         }
         if !self.rng.chance(p_cart) {
             return false;
@@ -354,6 +371,17 @@ pub fn customer_events(
     start: Millis,
     spike: Option<Spike>,
 ) -> Vec<Event<'static>> {
+    events_of(rng, index, start, spike, false)
+}
+
+/// [`customer_events`], with [`GenConfig::planted_moment`].
+fn events_of(
+    rng: &mut Rng,
+    index: usize,
+    start: Millis,
+    spike: Option<Spike>,
+    planted_moment: bool,
+) -> Vec<Event<'static>> {
     let persona = *rng.pick(&[
         Persona::BargainHunter,
         Persona::BargainHunter,
@@ -364,6 +392,7 @@ pub fn customer_events(
     let mut j = Journey {
         rng,
         spike,
+        planted_moment,
         customer: format!("c-{index}"),
         persona,
         t: start,
@@ -475,7 +504,8 @@ impl Iterator for Stream {
             let (lo, hi) = (self.slot_start(self.next), self.slot_start(self.next + 1));
             let start = self.rng.range(lo, hi.max(lo + 1));
             let spike = self.cfg.spike;
-            for event in customer_events(&mut self.rng, self.next, start, spike) {
+            let planted = self.cfg.planted_moment;
+            for event in events_of(&mut self.rng, self.next, start, spike, planted) {
                 // Deliver some events late, by at most `max_delay` behind the newest one seen.
                 let delay = if self.cfg.out_of_order > 0.0 && self.rng.chance(self.cfg.out_of_order)
                 {
@@ -760,6 +790,49 @@ pub fn to_cloudevents_json(e: &Event<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The planted moment of truth makes visitors who sign up for the newsletter add to the
+    /// cart far more often; customers before the first one who signs up are unchanged.
+    #[test]
+    fn the_planted_moment_makes_newsletter_visitors_add_to_cart() {
+        let base = GenConfig {
+            customers: 3_000,
+            ..Default::default()
+        };
+        let planted = GenConfig {
+            planted_moment: true,
+            ..base.clone()
+        };
+        let by_customer = |events: Vec<Event<'static>>| {
+            let mut m: std::collections::BTreeMap<usize, Vec<Event<'static>>> = Default::default();
+            for e in events {
+                let i = e.customer_id[2..].parse().unwrap();
+                m.entry(i).or_default().push(e);
+            }
+            m
+        };
+        let (a, b) = (
+            by_customer(generate(&base)),
+            by_customer(generate(&planted)),
+        );
+        let signed = |evs: &[Event<'_>]| evs.iter().any(|e| e.name == "newsletter_signup");
+        let share = |m: &std::collections::BTreeMap<usize, Vec<Event<'static>>>| {
+            let signers: Vec<_> = m.values().filter(|e| signed(e)).collect();
+            let carted = signers
+                .iter()
+                .filter(|e| e.iter().any(|x| x.name == "add_to_cart"))
+                .count();
+            (carted as f64 / signers.len() as f64, signers.len())
+        };
+        let ((without, n_a), (with, n_b)) = (share(&a), share(&b));
+        assert!(n_a > 100 && n_b > 100, "{n_a} {n_b}");
+        assert!(with > 0.9 && with > without + 0.2, "{without} → {with}");
+        let first = *a.iter().find(|(_, e)| signed(e)).unwrap().0;
+        assert!(first > 0);
+        for i in 0..first {
+            assert_eq!(a[&i], b[&i], "customer {i} comes before any signup");
+        }
+    }
 
     #[test]
     fn same_seed_same_events() {

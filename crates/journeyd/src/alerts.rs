@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use journey_alert::notify::{Notifier, Targets};
-use journey_alert::{tick, Board, Evaluator, Report, State};
+use journey_alert::{tick, Board, Evaluator, Kind, Report, State};
 use journey_api::cluster::Cluster;
 use journey_api::Metrics;
 use journey_runtime::RuntimeHandle;
@@ -181,11 +181,37 @@ fn update_gauges(metrics: &Metrics, report: &journey_alert::Report) {
     if let Some(t) = report.evaluated_at {
         metrics.alert_evaluated.set(t / 1000);
     }
+    let state_of = |kind: Kind, name: &str| {
+        report
+            .alerts
+            .iter()
+            .find(|a| a.kind == kind && a.touchpoint == name)
+            .map_or(0, |a| match a.state {
+                State::Pending => 1,
+                State::Firing => 2,
+                State::Resolved => 0,
+            })
+    };
+    for (phase, recent, baseline) in &report.conversions {
+        let p = phase.as_str();
+        metrics
+            .conversion_alert_state
+            .with_label_values(&[p])
+            .set(state_of(Kind::Conversion, p));
+        metrics
+            .conversion_rate
+            .with_label_values(&[p, "recent"])
+            .set(*recent);
+        metrics
+            .conversion_rate
+            .with_label_values(&[p, "baseline"])
+            .set(*baseline);
+    }
     for (touchpoint, recent, baseline) in &report.rates {
         let state = report
             .alerts
             .iter()
-            .find(|a| &a.touchpoint == touchpoint)
+            .find(|a| a.kind == Kind::DropOff && &a.touchpoint == touchpoint)
             .map_or(0, |a| match a.state {
                 State::Pending => 1,
                 State::Firing => 2,
@@ -213,6 +239,7 @@ mod tests {
 
     fn alert(touchpoint: &str, state: State) -> Alert {
         Alert {
+            kind: journey_alert::Kind::DropOff,
             touchpoint: touchpoint.into(),
             phase: Some("decision".into()),
             state,
@@ -225,6 +252,35 @@ mod tests {
             resolved_at: None,
             summary: "drop-off at cart rose".into(),
         }
+    }
+
+    #[test]
+    fn gauges_show_each_kind_under_its_own_metric() {
+        let metrics = Metrics::new();
+        let conversion = Alert {
+            kind: Kind::Conversion,
+            touchpoint: "decision".into(),
+            ..alert("decision", State::Firing)
+        };
+        let report = Report {
+            evaluated_at: Some(1_795_000_000_000),
+            alerts: vec![alert("cart", State::Pending), conversion],
+            rates: vec![("cart".into(), 0.4, 0.1), ("decision".into(), 0.2, 0.2)],
+            conversions: vec![("decision".into(), 0.3, 0.6)],
+        };
+        update_gauges(&metrics, &report);
+        let state = |g: &prometheus::IntGaugeVec, l: &str| g.with_label_values(&[l]).get();
+        assert_eq!(state(&metrics.alert_state, "cart"), 1);
+        // A touchpoint named like the firing phase: its drop-off alert is not that one.
+        assert_eq!(state(&metrics.alert_state, "decision"), 0);
+        assert_eq!(state(&metrics.conversion_alert_state, "decision"), 2);
+        let rate = |w: &str| {
+            metrics
+                .conversion_rate
+                .with_label_values(&["decision", w])
+                .get()
+        };
+        assert_eq!((rate("recent"), rate("baseline")), (0.3, 0.6));
     }
 
     #[test]

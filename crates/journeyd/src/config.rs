@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use journey_alert::{AlertConfig, Baseline};
+use journey_alert::{AlertConfig, Baseline, ConversionAlerts};
 use journey_api::auth::Tokens;
 use journey_api::segment::WriteKeys;
 use journey_core::time::{parse_duration, HumanDuration, Millis, DAY};
@@ -37,6 +37,7 @@ const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"]
 const DEAD_LETTER_SINKS: [&str; 3] = ["none", "file", "kafka"];
 
 const ALERT_BASELINES: [&str; 2] = ["day_before", "trailing"];
+const ALERT_CONVERSIONS: [&str; 3] = ["step", "from_start", "off"];
 
 /// More workers than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
@@ -260,6 +261,29 @@ impl fmt::Display for Located<'_> {
 }
 
 impl Settings {
+    /// Settings that name parts of the rules, checked against the rules loaded at start:
+    /// every `moments.goal_phases` entry must be a phase.
+    pub fn check_rules(&self, rules: &journey_core::Rules) -> Result<(), String> {
+        let phases = rules.phases();
+        let bad: Vec<String> = self
+            .engine
+            .goal_phases
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !phases.contains(g))
+            .map(|(i, g)| format!("moments.goal_phases[{i}]: `{g}` is no phase of the rules"))
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} (phases: {})",
+                bad.join("; "),
+                phases.join(", ")
+            ))
+        }
+    }
+
     /// The built-in defaults, as written out in `config/journeyd.toml`.
     pub fn defaults() -> Settings {
         Settings {
@@ -586,6 +610,7 @@ struct RawConfig {
     session: RawSession,
     journey: RawJourney,
     breakdown: RawBreakdown,
+    moments: RawMoments,
     retention: RawRetention,
     rules: RawRules,
     runtime: RawRuntime,
@@ -617,6 +642,10 @@ struct RawAlerts {
     for_: Option<Text>,
     keep_resolved: Option<Text>,
     touchpoints: Option<Vec<String>>,
+    conversion: Option<Text>,
+    conversion_relative: Option<f64>,
+    conversion_absolute: Option<f64>,
+    phases: Option<Vec<String>>,
     alertmanager_url: Option<Text>,
     webhook_url: Option<Text>,
     resend: Option<Text>,
@@ -691,6 +720,13 @@ struct RawBreakdown {
     attributes: Option<Vec<String>>,
     max_values: Option<usize>,
     segment_dimensions: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+struct RawMoments {
+    goal_phases: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -899,6 +935,7 @@ impl RawConfig {
                 .breakdown
                 .segment_dimensions
                 .unwrap_or(d.engine.segment_dimensions),
+            goal_phases: self.moments.goal_phases.unwrap_or(d.engine.goal_phases),
             retention_fine: p.duration(
                 "retention.fine",
                 self.retention.fine,
@@ -1385,6 +1422,39 @@ fn build_alerts(
         d.eval.threshold_absolute,
         0.0,
     );
+    let conversion_relative = match a.conversion_relative {
+        Some(x) if !(x.is_finite() && x > 0.0 && x <= 1.0) => {
+            p.push(format!(
+                "alerts.conversion_relative: must be a number above 0 and at most 1, got {x}"
+            ));
+            d.eval.conversion_relative
+        }
+        x => x.unwrap_or(d.eval.conversion_relative),
+    };
+    let conversion_absolute = match a.conversion_absolute {
+        Some(x) if !(x.is_finite() && (0.0..=1.0).contains(&x)) => {
+            p.push(format!(
+                "alerts.conversion_absolute: must be a number from 0 to 1, got {x}"
+            ));
+            d.eval.conversion_absolute
+        }
+        x => x.unwrap_or(d.eval.conversion_absolute),
+    };
+    let conversion_name = a.conversion.map_or_else(|| "step".to_string(), |t| t.0);
+    let conversion = if p.one_of(
+        "alerts.conversion",
+        "conversion",
+        &conversion_name,
+        &ALERT_CONVERSIONS,
+    ) {
+        match conversion_name.as_str() {
+            "from_start" => ConversionAlerts::FromStart,
+            "off" => ConversionAlerts::Off,
+            _ => ConversionAlerts::Step,
+        }
+    } else {
+        d.eval.conversion
+    };
     let min_sessions = match a.min_sessions {
         None => d.eval.min_sessions,
         Some(0) => {
@@ -1435,6 +1505,10 @@ fn build_alerts(
             for_,
             keep_resolved,
             touchpoints: a.touchpoints.unwrap_or_default(),
+            conversion,
+            conversion_relative,
+            conversion_absolute,
+            phases: a.phases.unwrap_or_default(),
         },
         alertmanager_url,
         webhook_url,
@@ -1633,6 +1707,8 @@ mod tests {
             attributes = ["persona", "utm.medium"]
             max_values = 20
             segment_dimensions = ["persona", "first_touchpoint"]
+            [moments]
+            goal_phases = ["retention", "decision"]
             [retention]
             fine = "6h"
             total = "2w"
@@ -1700,6 +1776,10 @@ mod tests {
             for = "10m"
             keep_resolved = "2h"
             touchpoints = ["cart", "checkout"]
+            conversion = "from_start"
+            conversion_relative = 0.7
+            conversion_absolute = 0.1
+            phases = ["decision"]
             alertmanager_url = "http://alertmanager:9093"
             webhook_url = "https://hooks.example.com/journeyd"
             resend = "2m"
@@ -1719,6 +1799,21 @@ mod tests {
         assert_eq!(e.breakdowns, ["persona", "utm.medium"]);
         assert_eq!(e.breakdown_max_values, 20);
         assert_eq!(e.segment_dimensions, ["persona", "first_touchpoint"]);
+        assert_eq!(e.goal_phases, ["retention", "decision"]);
+        let rules = journey_core::Rules::from_toml(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/rules.toml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.check_rules(&rules), Ok(()));
+        let mut wrong = Settings::defaults();
+        wrong.engine.goal_phases = vec!["decision".into(), "purchase".into()];
+        assert_eq!(
+            wrong.check_rules(&rules).unwrap_err(),
+            "moments.goal_phases[1]: `purchase` is no phase of the rules (phases: awareness, consideration, decision, retention, advocacy)"
+        );
         assert_eq!((e.retention_fine, e.retention_total), (6 * HOUR, 14 * DAY));
         assert_eq!(
             s.rules,
@@ -1834,6 +1929,10 @@ mod tests {
                     for_: 10 * MINUTE,
                     keep_resolved: 2 * HOUR,
                     touchpoints: vec!["cart".into(), "checkout".into()],
+                    conversion: ConversionAlerts::FromStart,
+                    conversion_relative: 0.7,
+                    conversion_absolute: 0.1,
+                    phases: vec!["decision".into()],
                 },
                 alertmanager_url: Some("http://alertmanager:9093".into()),
                 webhook_url: Some("https://hooks.example.com/journeyd".into()),
@@ -1859,6 +1958,9 @@ mod tests {
             baseline = "last_week"
             threshold_relative = 0.5
             threshold_absolute = -0.1
+            conversion = "cohort"
+            conversion_relative = 1.5
+            conversion_absolute = -1
             min_sessions = 0
             for = "-5m"
             webhook_url = "hooks.example.com"
@@ -1872,6 +1974,9 @@ mod tests {
              alerts.baseline: unknown baseline `last_week` (expected one of: day_before, trailing)\n  \
              alerts.threshold_relative: must be a number of at least 1, got 0.5\n  \
              alerts.threshold_absolute: must be a number of at least 0, got -0.1\n  \
+             alerts.conversion_relative: must be a number above 0 and at most 1, got 1.5\n  \
+             alerts.conversion_absolute: must be a number from 0 to 1, got -1\n  \
+             alerts.conversion: unknown conversion `cohort` (expected one of: step, from_start, off)\n  \
              alerts.min_sessions: must be at least 1, got 0\n  \
              alerts.for: invalid duration `-5m`: expected a number, as in `30m`\n  \
              alerts.webhook_url: `hooks.example.com` is not an http:// or https:// URL"
@@ -2087,7 +2192,7 @@ mod tests {
         assert_eq!(
             error("# journeyd\n[sesion]\ngap = \"30m\"\n", &[]),
             "<string>:2:2: unknown field `sesion`, expected one of `session`, `journey`, \
-             `breakdown`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `state`, `cluster`, `checkpoint`, `dead_letter`, `alerts`, `log`"
+             `breakdown`, `moments`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `state`, `cluster`, `checkpoint`, `dead_letter`, `alerts`, `log`"
         );
     }
 

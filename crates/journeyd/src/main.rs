@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use journey_api::{router, system_clock, AppState, IngestLimits, Metrics};
-use journey_core::query::{funnel, touchpoints, transitions, Include, Summary};
+use journey_core::query::{funnel, moments, touchpoints, transitions, Include, Summary};
 use journey_core::time::{Millis, MINUTE};
 use journey_core::{ApplyError, DecodeLimits, Event, Rules};
 use journey_ingest::{for_each_line, DeadLetter, Decoder, Format, Position};
@@ -202,6 +202,7 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         tracing::warn!("{d}");
     }
     let rules = Arc::new(load_rules(&settings.rules.path)?);
+    settings.check_rules(&rules).map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::new());
     let (dead_letters, sink) =
         deadletter::Sink::start(&settings.dead_letter, &settings.kafka, metrics.clone())?;
@@ -658,6 +659,7 @@ fn replay(
 ) -> Result<()> {
     let rules_path = rules.unwrap_or_else(|| settings.rules.path.clone());
     let rules = Arc::new(load_rules(&rules_path)?);
+    settings.check_rules(&rules).map_err(anyhow::Error::msg)?;
     let format = Format::parse(format, None).map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     let decoder = Decoder::new(
         format,
@@ -764,6 +766,12 @@ fn replay(
         &Include::default(),
     );
     let stats = rt.stats();
+    // Moments of truth for every goal phase the tasks track, the first being the API's default.
+    let goals = parts.first().map_or_else(
+        || settings.engine.moment_goals(&rules),
+        |p| p.moment_goals.clone(),
+    );
+    let moments: Vec<_> = goals.iter().map(|g| moments(&sum, &rules, g)).collect();
     let out = json!({
         "events": {
             "read": read,
@@ -783,6 +791,7 @@ fn replay(
         "funnel": funnel(&sum, rules.phases(), None, settings.engine.breakdown_max_values),
         "touchpoints": touchpoints(&sum, &rules),
         "transitions": transitions(&sum),
+        "moments": moments,
     });
     runtime.shutdown();
     println!("{}", serde_json::to_string_pretty(&out)?);

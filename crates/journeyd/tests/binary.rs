@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -265,6 +265,20 @@ fn replay_prints_the_figures_of_a_file() {
     );
     assert_eq!(v["sessions"], 11);
     assert_eq!(reached(&v), vec![4, 4, 4, 3, 2]);
+    // Moments of truth for the rules' goal phase: every journey of the file reached it.
+    let m = &v["moments"][0];
+    assert_eq!(
+        (&m["goal"], &m["journeys"], &m["converted"]),
+        (&json!("decision"), &json!(4), &json!(4))
+    );
+    assert!(
+        m["moments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["touched"]["journeys"].as_i64() > Some(0)),
+        "{m}"
+    );
     // A file is one stream: its figures do not depend on how many tasks share its customers.
     for tasks in ["1", "5", "64"] {
         assert_eq!(replay(tasks), v, "runtime.tasks = {tasks}");
