@@ -142,9 +142,15 @@ impl Service {
 
     /// [`Service::start`] with extra environment variables (e.g. [`Moto::env`]).
     pub fn start_with_env(config: &Path, port: u16, env: &[(String, String)]) -> Service {
+        let config = config.to_string_lossy();
+        Service::start_command(&["run", "--config", &config], port, env)
+    }
+
+    /// `journeyd <args>` (e.g. `demo --listen ...`) from the repository root, with extra
+    /// environment variables; logs as [`Service::start`] says.
+    pub fn start_command(args: &[&str], port: u16, env: &[(String, String)]) -> Service {
         let child = Command::new(journeyd_bin())
-            .args(["run", "--config"])
-            .arg(config)
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(repo())
             .env(

@@ -507,6 +507,7 @@ listen = "127.0.0.1:{port}"
 {extra}
 [breakdown]
 attributes = ["persona"]
+segment_dimensions = ["persona"]
 [runtime]
 workers = 1
 publish_interval = "100ms"
@@ -611,7 +612,8 @@ fn load(port: u16) {
 
 // ---- a proxy that answers /v1/alerts itself -----------------------------------------------------
 
-/// Forwards GETs to journeyd, except `/v1/alerts`, which it answers with `alerts`.
+/// Forwards GETs to journeyd, except those under `path` (e.g. `/v1/alerts`), which it answers
+/// with `canned`.
 struct AlertsProxy {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -620,6 +622,10 @@ struct AlertsProxy {
 
 impl AlertsProxy {
     fn start(upstream: u16, alerts: Value) -> AlertsProxy {
+        AlertsProxy::answering(upstream, "/v1/alerts", alerts)
+    }
+
+    fn answering(upstream: u16, path: &'static str, canned: Value) -> AlertsProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         listener.set_nonblocking(true).expect("non-blocking accept");
@@ -629,8 +635,8 @@ impl AlertsProxy {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let alerts = alerts.to_string();
-                        std::thread::spawn(move || serve_one(conn, upstream, &alerts));
+                        let canned = canned.to_string();
+                        std::thread::spawn(move || serve_one(conn, upstream, path, &canned));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -654,7 +660,7 @@ impl Drop for AlertsProxy {
 }
 
 /// One request per connection, then close (`Connection: close`).
-fn serve_one(mut conn: TcpStream, upstream: u16, alerts: &str) {
+fn serve_one(mut conn: TcpStream, upstream: u16, canned_path: &str, canned: &str) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut head = Vec::new();
@@ -667,8 +673,8 @@ fn serve_one(mut conn: TcpStream, upstream: u16, alerts: &str) {
     }
     let head = String::from_utf8_lossy(&head);
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let (status, body) = if path.starts_with("/v1/alerts") {
-        (200, alerts.to_string())
+    let (status, body) = if path.starts_with(canned_path) {
+        (200, canned.to_string())
     } else {
         http(upstream, "GET", &path, "").unwrap_or((502, "{\"detail\":\"upstream\"}".into()))
     };
@@ -762,6 +768,9 @@ fn dashboard_shows_the_hand_computed_figures() {
 
 fn check_dom(dom: &str, transitions: &[Value]) {
     check_state_and_key_figures(dom);
+    // No `/v1/moments` on this journeyd (404): the panel stays hidden, no error shown.
+    assert!(by_id(dom, "moments-panel").attr("hidden").is_some());
+    assert!(by_id(dom, "compare-panel").attr("hidden").is_some());
     check_breakdowns(dom);
     check_funnel(dom);
     check_map(dom);
@@ -1341,4 +1350,485 @@ fn rfc3339_formats_epoch_milliseconds() {
     assert_eq!(rfc3339(951_868_800_000), "2000-03-01T00:00:00Z");
     assert_eq!(thousands(1_234_567), "1,234,567");
     assert_eq!(thousands(999), "999");
+}
+
+// ---- segments, comparison, time to convert, moments of truth ------------------------------------
+
+/// Two personas, one session per customer, minutes after a base four hours ago:
+///
+/// | customer | persona | min   | events                                             | ends     |
+/// |----------|---------|-------|----------------------------------------------------|----------|
+/// | p1       | pro     | 0–10  | ad (cpc) → product → add → /cart → checkout → order | goal     |
+/// | p2       | pro     | 20–30 | home `/` → product (26) → /cart (30)                | drop-off |
+/// | p3       | pro     | 40–48 | organic search → product (48)                       | drop-off |
+/// | c1       | casual  | 60–61 | home `/` → /cart (skips consideration)              | drop-off |
+/// | c2       | casual  | 70    | blog                                                | drop-off |
+/// | c3       | casual  | 80–96 | home `/` → product (85) → add (95) → /cart (96)     | drop-off |
+///
+/// Time to convert (minutes from the journey's start): consideration p1 2, p2 6, p3 8, c1 1
+/// (reached when it moves past it), c3 5; decision p1 4, p2 10, c1 1, c3 15; awareness 0 for all.
+const SEGMENT_SCRIPT: &str = r#"
+p1  0  web  page_view         {"url": "/lp/trail", "utm_medium": "cpc", "persona": "pro"}
+p1  2  web  page_view         {"url": "/products/trail-runner"}
+p1  4  web  add_to_cart       {}
+p1  5  web  page_view         {"url": "/cart"}
+p1  6  web  checkout_started  {}
+p1 10  web  order_completed   {}
+p2 20  web  page_view         {"url": "/", "persona": "pro"}
+p2 26  web  page_view         {"url": "/products/hiking-boot"}
+p2 30  web  page_view         {"url": "/cart"}
+p3 40  web  page_view         {"url": "/", "utm_medium": "organic", "persona": "pro"}
+p3 48  web  page_view         {"url": "/products/hiking-boot"}
+c1 60  web  page_view         {"url": "/", "persona": "casual"}
+c1 61  web  page_view         {"url": "/cart"}
+c2 70  web  page_view         {"url": "/blog/ten-trails", "persona": "casual"}
+c3 80  web  page_view         {"url": "/", "persona": "casual"}
+c3 85  web  page_view         {"url": "/products/trail-runner"}
+c3 95  web  add_to_cart       {}
+c3 96  web  page_view         {"url": "/cart"}
+"#;
+
+fn segment_events(base: i64) -> Vec<Value> {
+    SEGMENT_SCRIPT
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let minute: i64 = f[1].parse().expect("minutes are integers");
+            let json = &line[line.find('{').unwrap_or(line.len())..];
+            let attributes: Value = serde_json::from_str(json).expect("attributes are JSON");
+            json!({
+                "customer_id": f[0], "ts": base + minute * MINUTE, "source": f[2],
+                "event": f[3], "attributes": attributes,
+            })
+        })
+        .collect()
+}
+
+/// Per phase, reached by pro (A) and casual (B), and their step conversions (`None`: none).
+const SEG_FUNNEL: [(&str, i64, i64); 5] = [
+    ("awareness", 3, 3),
+    ("consideration", 3, 2),
+    ("decision", 2, 2),
+    ("retention", 0, 0),
+    ("advocacy", 0, 0),
+];
+
+/// Time to convert over every journey: phase, count, p50, p90, p99 in minutes (`rank =
+/// ⌊q·(n−1)⌋` of the sorted samples, as the sketch answers within 1 %).
+/// Phase, journeys, and (p50, p90, p99) in minutes when any journey reached it.
+type TtcRow = (&'static str, u64, Option<(f64, f64, f64)>);
+
+const TTC: [TtcRow; 5] = [
+    ("awareness", 6, Some((0.0, 0.0, 0.0))),
+    ("consideration", 5, Some((5.0, 6.0, 6.0))), // [1, 2, 5, 6, 8]
+    ("decision", 4, Some((4.0, 10.0, 10.0))),    // [1, 4, 10, 15]
+    ("retention", 0, None),
+    ("advocacy", 0, None),
+];
+
+fn load_segments(port: u16) {
+    let base = (now_ms() - 4 * 60 * MINUTE) / MINUTE * MINUTE;
+    post(port, &segment_events(base));
+    post(
+        port,
+        &[json!({ "customer_id": "c-zed", "ts": now_ms(), "source": "web", "event": "heartbeat" })],
+    );
+    // Every session closed and published: the casual cart's two drop-offs are the last.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get_json(port, "/v1/touchpoints?segment=persona:casual");
+        let cart = v.as_ref().and_then(|v| {
+            v["touchpoints"]
+                .as_array()?
+                .iter()
+                .find(|t| t["name"] == "cart")
+                .cloned()
+        });
+        let ttc = get_json(port, "/v1/funnel")
+            .map(|f| f["funnel"]["steps"][2]["time_to_convert"]["count"].clone());
+        if cart.is_some_and(|c| c["sessions"] == 2 && c["drop_offs"] == 2) && ttc == Some(json!(4))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the casual sessions never closed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pp(d: f64) -> String {
+    let sign = if d > 1e-12 {
+        "+"
+    } else if d < -1e-12 {
+        "−"
+    } else {
+        "±"
+    };
+    format!("{sign}{:.1} pp", (100.0 * d).abs())
+}
+
+fn screenshot(dir: &Path, url: &str, name: &str) {
+    let artifacts = artifacts_dir();
+    std::fs::create_dir_all(&artifacts)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", artifacts.display()));
+    let png = artifacts.join(name);
+    let _ = std::fs::remove_file(&png);
+    run_chromium(
+        &dir.join(format!("chromium-{name}")),
+        url,
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1400,2400",
+        ],
+    );
+    let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("reading {}: {e}", png.display()));
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
+    eprintln!("screenshot: {}", png.display());
+}
+
+#[test]
+fn dashboard_segments_comparison_and_time_to_convert() {
+    let dir = temp_dir("dashboard-segments");
+    let service = start_service(&dir, "");
+    let port = service.port;
+    load_segments(port);
+
+    // All customers: the selectors list the segments, the time-to-convert panel all journeys.
+    let dom = dump_dom(
+        &dir.join("chromium-all"),
+        &format!("http://127.0.0.1:{port}/"),
+    );
+    let body = &elements(&dom, "data-state")[0];
+    assert_eq!(
+        body.attr("data-state"),
+        Some("ready"),
+        "{}",
+        by_id(&dom, "banner").text()
+    );
+    for id in ["segment", "compare"] {
+        let options: Vec<String> = elements(by_id(&dom, id).inner, "value")
+            .iter()
+            .filter_map(|o| o.attr("value").map(str::to_string))
+            .collect();
+        assert_eq!(options, ["", "persona:casual", "persona:pro"], "#{id}");
+    }
+    assert!(by_id(&dom, "segment-label").attr("hidden").is_none());
+    assert!(
+        by_id(&dom, "compare-panel").attr("hidden").is_some(),
+        "nothing to compare"
+    );
+    let ttc = by_id(&dom, "ttc");
+    for (phase, count, quantiles) in TTC {
+        let row = ttc.find("data-phase", phase);
+        assert_eq!(
+            row.field("ttc_count"),
+            count.to_string(),
+            "{phase}: journeys"
+        );
+        for (k, field) in ["ttc_p50", "ttc_p90", "ttc_p99"].into_iter().enumerate() {
+            match quantiles {
+                Some(q) => {
+                    let want = [q.0, q.1, q.2][k] * MINUTE as f64;
+                    let got: f64 = row.field_value(field).parse().unwrap_or(f64::NAN);
+                    assert!(
+                        (got - want).abs() <= want * 0.01 + 1e-9,
+                        "{phase} {field}: {got} ms, want {want} ms within 1 %"
+                    );
+                    assert_ne!(row.field(field), "–", "{phase} {field} shown");
+                }
+                None => assert_eq!(row.field(field), "–", "{phase} {field}"),
+            }
+        }
+    }
+    // As the dashboard writes durations: 10 min, give or take the sketch's 1 % (6 s).
+    let p90 = ttc.find("data-phase", "decision").field("ttc_p90");
+    assert!(
+        p90 == "10 min" || p90.starts_with("10 min ") || p90.starts_with("9 min 5"),
+        "{p90}"
+    );
+    assert_eq!(ttc.find("data-phase", "awareness").field("ttc_p50"), "0 ms");
+
+    // Persona `pro` against `casual`, from a shared link.
+    let url =
+        format!("http://127.0.0.1:{port}/#range=24h&segment=persona:pro&compare=persona:casual");
+    let dom = dump_dom(&dir.join("chromium-compare"), &url);
+    let body = &elements(&dom, "data-state")[0];
+    assert_eq!(
+        body.attr("data-state"),
+        Some("ready"),
+        "{}",
+        by_id(&dom, "banner").text()
+    );
+    assert_eq!(body.attr("data-segment"), Some("persona:pro"));
+    let chosen = |id: &str| {
+        elements(by_id(&dom, id).inner, "value")
+            .into_iter()
+            .filter(|o| o.attr("selected").is_some())
+            .filter_map(|o| o.attr("value").map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(chosen("segment"), ["persona:pro"]);
+    assert_eq!(chosen("compare"), ["persona:casual"]);
+    assert_eq!(by_id(&dom, "segment-chip").text(), "persona: pro");
+
+    // The map, funnel and touchpoints show persona `pro` only.
+    let map = by_id(&dom, "journey-map");
+    for (phase, a, _) in SEG_FUNNEL {
+        let head = map.find("data-map-head", phase);
+        assert_eq!(head.field_value("reached"), a.to_string(), "map: {phase}");
+        let row = by_id(&dom, "funnel").find("data-phase", phase);
+        assert_eq!(row.field("reached"), a.to_string(), "funnel: {phase}");
+    }
+    let card = map.find("data-map-touchpoint", "cart");
+    assert_eq!(card.field("visits"), "2", "p1 and p2");
+    assert_eq!(card.field("drop_off_rate"), "50.0%", "p2 of p1, p2");
+    assert_eq!(
+        map.find("data-map-touchpoint", "product_page")
+            .field("visits"),
+        "3"
+    );
+    assert_eq!(
+        map.find("data-map-touchpoint", "blog_post")
+            .attr("data-idle"),
+        Some("true")
+    );
+    let kpis = by_id(&dom, "kpis");
+    assert_eq!(
+        kpis.find("data-field", "journeys").attr("data-value"),
+        Some("3")
+    );
+    let tps = by_id(&dom, "touchpoints").find("data-touchpoint", "product_page");
+    assert_eq!(tps.field("drop_offs"), "1", "p3 left there");
+    // Sparklines follow the segment too: pro's three product-page sessions.
+    let spark = tps.find("data-sparkline", "product_page");
+    assert_eq!(spark.attr("data-sessions-total"), Some("3"));
+
+    // The comparison: phases.
+    let panel = by_id(&dom, "compare-panel");
+    assert!(panel.attr("hidden").is_none(), "the comparison is shown");
+    assert!(
+        by_id(&dom, "compare-names")
+            .text()
+            .contains("A: persona: pro (3 journeys) · B: persona: casual (3 journeys)"),
+        "{}",
+        by_id(&dom, "compare-names").text()
+    );
+    let phases = by_id(&dom, "compare-phases");
+    for (k, (phase, a, b)) in SEG_FUNNEL.into_iter().enumerate() {
+        let row = phases.find("data-phase", phase);
+        assert_eq!(row.field("a_reached"), a.to_string(), "{phase} A");
+        assert_eq!(row.field("b_reached"), b.to_string(), "{phase} B");
+        let (fa, fb) = (a as f64 / 3.0, b as f64 / 3.0);
+        assert_eq!(row.field("a_from_start"), pct(fa), "{phase}");
+        assert_eq!(row.field("b_from_start"), pct(fb), "{phase}");
+        assert_eq!(row.field("from_start_diff"), pp(fb - fa), "{phase}");
+        let next = SEG_FUNNEL.get(k + 1);
+        let conv = |n: i64, next: Option<i64>| next.filter(|_| n > 0).map(|m| m as f64 / n as f64);
+        let (ca, cb) = (conv(a, next.map(|x| x.1)), conv(b, next.map(|x| x.2)));
+        assert_eq!(
+            row.field("a_conversion"),
+            ca.map_or("–".into(), pct),
+            "{phase}"
+        );
+        assert_eq!(
+            row.field("b_conversion"),
+            cb.map_or("–".into(), pct),
+            "{phase}"
+        );
+        let diff = match (ca, cb) {
+            (Some(x), Some(y)) => pp(y - x),
+            _ => "–".to_string(),
+        };
+        assert_eq!(row.field("conversion_diff"), diff, "{phase}");
+    }
+    // Highlighted: 5 points or more, green where B does better.
+    let highlight = |table: &Element, key: &str, name: &str, field: &str| {
+        table
+            .find(key, name)
+            .find("data-field", field)
+            .attr("data-highlight")
+            .map(str::to_string)
+    };
+    assert_eq!(
+        highlight(&phases, "data-phase", "consideration", "from_start_diff").as_deref(),
+        Some("worse"),
+        "66.7 % vs 100 %"
+    );
+    assert_eq!(
+        highlight(&phases, "data-phase", "awareness", "conversion_diff").as_deref(),
+        Some("worse"),
+        "2/3 vs 3/3"
+    );
+    assert_eq!(
+        highlight(&phases, "data-phase", "consideration", "conversion_diff").as_deref(),
+        Some("better"),
+        "2/2 vs 2/3"
+    );
+    assert_eq!(
+        highlight(&phases, "data-phase", "decision", "from_start_diff"),
+        None,
+        "2/3 both"
+    );
+
+    // The comparison: touchpoint drop-off rates (sessions, drop-offs per persona).
+    let tps = by_id(&dom, "compare-touchpoints");
+    let all = tps.all("data-touchpoint");
+    let rows: Vec<&str> = all
+        .iter()
+        .filter_map(|r| r.attr("data-touchpoint"))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "ad_click",
+            "search_visit",
+            "blog_post",
+            "landing_page",
+            "product_page",
+            "add_to_cart",
+            "cart",
+            "checkout",
+            "order_confirmed"
+        ],
+        "touchpoints with sessions in either segment, in rules order"
+    );
+    // (touchpoint, A sessions, A drop-offs, B sessions, B drop-offs)
+    for (name, sa, da, sb, db) in [
+        ("cart", 2, 1, 2, 2),
+        ("product_page", 3, 1, 1, 0),
+        ("landing_page", 1, 0, 2, 0),
+        ("blog_post", 0, 0, 1, 1),
+    ] {
+        let row = tps.find("data-touchpoint", name);
+        assert_eq!(row.field("a_sessions"), sa.to_string(), "{name}");
+        assert_eq!(row.field("b_sessions"), sb.to_string(), "{name}");
+        let rate = |d: i32, s: i32| (s > 0).then(|| d as f64 / s as f64);
+        let (ra, rb) = (rate(da, sa), rate(db, sb));
+        assert_eq!(
+            row.field("a_drop_off_rate"),
+            ra.map_or("–".into(), pct),
+            "{name}"
+        );
+        assert_eq!(
+            row.field("b_drop_off_rate"),
+            rb.map_or("–".into(), pct),
+            "{name}"
+        );
+        let diff = match (ra, rb) {
+            (Some(x), Some(y)) => pp(y - x),
+            _ => "–".to_string(),
+        };
+        assert_eq!(row.field("drop_off_diff"), diff, "{name}");
+    }
+    assert_eq!(
+        highlight(&tps, "data-touchpoint", "cart", "drop_off_diff").as_deref(),
+        Some("worse")
+    );
+    assert_eq!(
+        highlight(&tps, "data-touchpoint", "product_page", "drop_off_diff").as_deref(),
+        Some("better")
+    );
+    assert_eq!(
+        highlight(&tps, "data-touchpoint", "landing_page", "drop_off_diff"),
+        None
+    );
+    screenshot(&dir, &url, "dashboard-segments.png");
+
+    // Moments of truth in the shape of `/v1/moments`, answered by a proxy.
+    let proxy = AlertsProxy::answering(port, "/v1/moments", canned_moments());
+    let url = format!("http://127.0.0.1:{}/#segment=persona:pro", proxy.port);
+    let dom = dump_dom(&dir.join("chromium-moments"), &url);
+    check_moments(&dom);
+    screenshot(&dir, &url, "dashboard-moments.png");
+    drop(proxy);
+    assert!(service.terminate(), "journeyd exits cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn canned_moments() -> Value {
+    json!({
+        "goal": "decision", "journeys": 1200, "converted": 300, "conversion": 0.25,
+        "moments": [
+            {
+                "touchpoint": "compare", "phase": "consideration", "moment_of_truth": false,
+                "touched": { "journeys": 200, "converted": 120, "conversion": 0.6 },
+                "not_touched": { "journeys": 1000, "converted": 180, "conversion": 0.18 },
+                "lift": 3.3333, "odds_ratio": 6.8333, "ci95": [4.87, 9.59], "p_value": 1e-30,
+                "significant": true
+            },
+            {
+                "touchpoint": "checkout", "phase": "decision", "moment_of_truth": true,
+                "touched": { "journeys": 50, "converted": 14, "conversion": 0.28 },
+                "not_touched": { "journeys": 1150, "converted": 286, "conversion": 0.2487 },
+                "lift": 1.1259, "odds_ratio": 1.1752, "ci95": [0.62, 2.22], "p_value": 0.617,
+                "significant": false
+            },
+            {
+                "touchpoint": "referral", "phase": "advocacy", "moment_of_truth": false,
+                "touched": { "journeys": 0, "converted": 0, "conversion": null },
+                "not_touched": { "journeys": 1200, "converted": 300, "conversion": 0.25 },
+                "lift": null, "odds_ratio": null, "ci95": null, "p_value": null,
+                "significant": null
+            }
+        ]
+    })
+}
+
+fn check_moments(dom: &str) {
+    let body = &elements(dom, "data-state")[0];
+    assert_eq!(
+        body.attr("data-state"),
+        Some("ready"),
+        "{}",
+        by_id(dom, "banner").text()
+    );
+    let panel = by_id(dom, "moments-panel");
+    assert!(
+        panel.attr("hidden").is_none(),
+        "a 200 from /v1/moments shows the panel"
+    );
+    assert_eq!(by_id(dom, "moments-goal").text(), "reaching decision");
+    assert_eq!(
+        by_id(dom, "moments-summary").text(),
+        "1,200 journeys, 300 converted (25.0%)."
+    );
+    let rows = by_id(dom, "moments").all("data-rank");
+    let order: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.attr("data-touchpoint"))
+        .collect();
+    assert_eq!(
+        order,
+        ["compare", "checkout", "referral"],
+        "the API's ranking"
+    );
+    let compare = &rows[0];
+    assert_eq!(compare.attr("data-significant"), Some("true"));
+    assert!(
+        compare.attr("data-moment-of-truth").is_none(),
+        "not flagged in the rules"
+    );
+    assert_eq!(compare.field("touched_journeys"), "200");
+    assert_eq!(compare.field("touched_conversion"), "60.0%");
+    assert_eq!(compare.field("not_touched_journeys"), "1,000");
+    assert_eq!(compare.field("not_touched_conversion"), "18.0%");
+    assert_eq!(compare.field("lift"), "3.33");
+    assert_eq!(compare.field("odds_ratio"), "6.83 (4.87–9.59)");
+    assert_eq!(compare.field("p_value"), "< 0.001");
+    assert_eq!(compare.field("significant"), "significant");
+    // checkout: flagged in the rules (★), not significant in the data.
+    let checkout = &rows[1];
+    assert_eq!(checkout.attr("data-moment-of-truth"), Some("true"));
+    assert!(checkout.text().contains("★ checkout"));
+    assert_eq!(checkout.field("p_value"), "0.617");
+    assert_eq!(checkout.field("significant"), "not significant");
+    // Nulls are dashes, not zeros.
+    let referral = &rows[2];
+    for field in ["touched_conversion", "lift", "p_value", "significant"] {
+        assert_eq!(referral.field(field), "–", "referral {field}");
+    }
+    assert_eq!(referral.field("odds_ratio"), "–");
 }

@@ -368,7 +368,13 @@ async fn get_funnel(State(s): State<AppState>, Params(q): Params) -> Result<Json
     let sum = v.summary(from, to, &include);
     let rules = s.runtime.rules();
     let report = funnel(&sum, rules.phases(), breakdown.as_deref(), limit);
-    let answer = json!({ "from": iso(from), "to": iso(to), "dimensions": dims, "funnel": report });
+    // `segment_dimensions`: what `segment=DIM:VALUE` accepts, so clients (the dashboard's
+    // persona selector) find the dimensions, and their values with `breakdown=DIM`.
+    let segment_dims = &s.runtime.engine_config().segment_dimensions;
+    let answer = json!({
+        "from": iso(from), "to": iso(to), "dimensions": dims,
+        "segment_dimensions": segment_dims, "funnel": report,
+    });
     let answer = with_segment(answer, segment.as_ref());
     Ok(Json(v.finish(from, answer)))
 }

@@ -101,11 +101,16 @@ struct Funnel {
 struct FunnelAnswer {
     from: String,
     to: String,
+    /// Breakdown dimensions `breakdown` accepts: `source`, `first_touchpoint` and the
+    /// configured attributes.
     dimensions: Vec<String>,
+    /// Dimensions `segment=DIM:VALUE` accepts (`breakdown.segment_dimensions`, at most 2);
+    /// their values are those of `breakdown=DIM`.
+    segment_dimensions: Vec<String>,
     funnel: Funnel,
-    /// Set when `from` reaches back past `retention.total`: the oldest complete time.
     /// With `segment`: the segment the figures are restricted to.
     segment: Option<SegmentDoc>,
+    /// Set when `from` reaches back past `retention.total`: the oldest complete time.
     truncated_from: Option<String>,
     /// Only in a consumer group: whether some partitions' figures are missing (their owner
     /// unknown or not answering in time); the figures then cover the others only.

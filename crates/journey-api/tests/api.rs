@@ -385,6 +385,12 @@ async fn ingested_events_show_in_funnel_touchpoints_and_transitions() {
         "defaults to the last 24 hours"
     );
 
+    assert_eq!(
+        v["segment_dimensions"],
+        json!(["persona"]),
+        "the funnel names what `segment` accepts"
+    );
+
     let (_, v) = get(&api.app, "/v1/funnel?breakdown=persona").await;
     let values: Vec<(String, i64)> = v["funnel"]["breakdown"]["values"]
         .as_array()

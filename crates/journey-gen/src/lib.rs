@@ -17,6 +17,8 @@
 //! keys that no rule or breakdown of `config/rules.toml` reads, and draws from its own random
 //! stream keyed by the event, so both widths carry the same journeys and give the same figures.
 
+pub mod demo;
+
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;

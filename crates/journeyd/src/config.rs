@@ -1681,6 +1681,27 @@ mod tests {
         assert_eq!(missing, Vec::<String>::new());
     }
 
+    /// `journeyd demo`'s configuration: persona segments and alerts on, a baseline its
+    /// 90 minutes of recent history cover, a session gap that lets alerts follow in minutes.
+    #[test]
+    fn demo_config_is_valid() {
+        let path = repo_file("../../config/demo.toml");
+        let s = Settings::load(Some(&path), no_env()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.engine.segment_dimensions, ["persona"]);
+        assert!(s.engine.breakdowns.contains(&"persona".to_string()));
+        assert!(s.alerts.enabled);
+        assert_eq!(
+            s.alerts.eval.baseline,
+            journey_alert::Baseline::Trailing(3_600_000)
+        );
+        assert!(
+            s.alerts.eval.window + s.engine.session_gap + 3_600_000
+                <= journey_gen::demo::DemoConfig::default().recent,
+            "the demo's recent history covers the baseline"
+        );
+        assert!(s.deprecations.is_empty(), "{:?}", s.deprecations);
+    }
+
     #[test]
     fn deployment_configs_are_valid() {
         for f in ["deploy/image/journeyd.toml", "deploy/compose/journeyd.toml"] {

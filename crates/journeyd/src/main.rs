@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use journey_api::{router, system_clock, AppState, IngestLimits, Metrics};
 use journey_core::query::{funnel, moments, touchpoints, transitions, Include, Summary};
-use journey_core::time::{Millis, MINUTE};
+use journey_core::time::Millis;
 use journey_core::{ApplyError, DecodeLimits, Event, Rules};
 use journey_ingest::{for_each_line, DeadLetter, Decoder, Format, Position};
 use journey_runtime::checkpoint::{CheckpointOutcome, CheckpointReport, Checkpointer, StoredTask};
@@ -55,17 +55,10 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run the service on a live synthetic stream (web, CRM, service): no Kafka needed.
-    Demo {
-        /// Address to serve on (default: `http.listen` of the configuration or
-        /// `JOURNEYD_HTTP__LISTEN`, 127.0.0.1:8080 unless set).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// New synthetic customers per minute.
-        #[arg(long, default_value_t = 100)]
-        customers_per_minute: usize,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
+    ///
+    /// Backfills weeks of history first, then feeds customers live; a drop-off spike at the
+    /// cart a few minutes after the start makes its alert go pending, then firing.
+    Demo(DemoArgs),
     /// Process NDJSON files (or `-` for stdin) as fast as possible and print the figures as JSON.
     ///
     /// The figures cover the whole input, from its first event to its last: replay keeps
@@ -104,6 +97,86 @@ enum Command {
     Generate(generate::GenerateArgs),
 }
 
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Address to serve on (default: `http.listen` of the configuration or
+    /// `JOURNEYD_HTTP__LISTEN`, 127.0.0.1:8080 unless set).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// New synthetic customers per minute, live and over the last 90 minutes of history.
+    #[arg(long, default_value_t = 100)]
+    customers_per_minute: usize,
+    /// Configuration (default: `config/demo.toml`: persona segments, alerts on, short session
+    /// gap so that alerts follow within minutes).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// How far back the backfilled history starts, e.g. `28d`.
+    #[arg(long, default_value = "28d")]
+    history: String,
+    /// New customers per day in the history before its last 90 minutes.
+    #[arg(long, default_value_t = 1_000)]
+    history_per_day: usize,
+    /// When the drop-off spike starts, after the live stream does (e.g. `3m`, `30s`).
+    #[arg(long, default_value = "3m")]
+    spike_after: String,
+    /// How long the spike lasts (`0`: for good).
+    #[arg(long, default_value = "30m")]
+    spike_for: String,
+    /// The step whose visitors leave: product_page, compare, cart or checkout.
+    #[arg(long, default_value = "cart")]
+    spike_at: String,
+    /// Extra probability of leaving at that step during the spike.
+    #[arg(long, default_value_t = 0.7)]
+    spike_abandon: f64,
+    /// No spike.
+    #[arg(long, conflicts_with_all = ["spike_after", "spike_for", "spike_at", "spike_abandon"])]
+    no_spike: bool,
+}
+
+impl DemoArgs {
+    fn feed(&self) -> Result<journey_gen::demo::DemoConfig> {
+        use journey_core::time::parse_duration;
+        use journey_gen::demo::{DemoConfig, DemoSpike};
+        let duration =
+            |flag: &str, v: &str| parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"));
+        let spike = if self.no_spike {
+            None
+        } else {
+            let step = journey_gen::Step::parse(&self.spike_at).with_context(|| {
+                format!(
+                    "--spike-at: unknown step `{}` (expected one of: product_page, compare, \
+                     cart, checkout)",
+                    self.spike_at
+                )
+            })?;
+            if !(0.0..=1.0).contains(&self.spike_abandon) {
+                bail!(
+                    "--spike-abandon: must be between 0 and 1, got {}",
+                    self.spike_abandon
+                );
+            }
+            let length = duration("spike-for", &self.spike_for)?;
+            Some(DemoSpike {
+                step,
+                after: duration("spike-after", &self.spike_after)?,
+                duration: (length > 0).then_some(length),
+                abandon: self.spike_abandon,
+            })
+        };
+        Ok(DemoConfig {
+            per_minute: self.customers_per_minute.max(1),
+            history: duration("history", &self.history)?,
+            history_per_day: self.history_per_day,
+            spike,
+            ..DemoConfig::default()
+        })
+    }
+}
+
+/// The demo's configuration when `--config` is not given (relative to the working directory,
+/// as `config/rules.toml` is).
+const DEMO_CONFIG: &str = "config/demo.toml";
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -124,15 +197,19 @@ fn main() {
             replay(s, rules, &format, &source, range, decoders, &files)
         }),
         Command::Run { config } => load_settings(config.as_deref()).and_then(|s| serve(s, None)),
-        Command::Demo {
-            listen,
-            customers_per_minute,
-            config,
-        } => load_settings(config.as_deref()).and_then(|mut s| {
-            if let Some(listen) = listen {
+        Command::Demo(args) => args.feed().and_then(|feed| {
+            let config = args.config.clone().unwrap_or_else(|| DEMO_CONFIG.into());
+            if args.config.is_none() && !config.exists() {
+                bail!(
+                    "cannot find {DEMO_CONFIG} in the working directory: run the demo from the \
+                     repository root, or pass --config"
+                );
+            }
+            let mut s = load_settings(Some(&config))?;
+            if let Some(listen) = args.listen {
                 s.http.listen = listen;
             }
-            serve(s, Some(customers_per_minute))
+            serve(s, Some(feed))
         }),
     };
     if let Err(e) = result {
@@ -196,7 +273,7 @@ fn now_ms() -> Millis {
 
 /// `run` and `demo`: workers (restored from a checkpoint if there is one), sources, the HTTP
 /// API, rule reloads, checkpoints, and a synthetic feed for `demo`.
-fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
+fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Result<()> {
     init_logging(&settings);
     for d in &settings.deprecations {
         tracing::warn!("{d}");
@@ -360,12 +437,18 @@ fn serve(settings: Settings, demo: Option<usize>) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(settings.http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.http.listen))?;
+        // The history goes in before the first request is answered: on first open every
+        // phase and touchpoint already has figures.
+        let feed = match demo {
+            Some(cfg) => Some(backfill(&handle, cfg).await?),
+            None => None,
+        };
         tracing::info!(address = %listener.local_addr()?, workers = handle.workers(), "journeyd is serving");
         if settings.rules.watch {
             tokio::spawn(watch_rules(settings.rules.path.clone(), handle.clone()));
         }
-        if let Some(per_minute) = demo {
-            tokio::spawn(demo_feed(handle.clone(), per_minute));
+        if let Some(feed) = feed {
+            tokio::spawn(demo_feed(handle.clone(), feed));
         }
         let periodic = checkpointer.take().map(|c| {
             let rt = handle.clone();
@@ -571,40 +654,58 @@ async fn watch_rules(path: PathBuf, rt: RuntimeHandle) {
     }
 }
 
-/// Feeds synthetic journeys in real time: each round generates customers whose journeys start
-/// within the next minute (and, at start, the last 90 minutes, so that closed sessions show at once)
-/// and submits every event whose time has come.
-async fn demo_feed(rt: RuntimeHandle, per_minute: usize) {
-    use journey_gen::{generate, GenConfig};
-    let mut pending: Vec<Event<'static>> = Vec::new();
-    let mut round: u64 = 0;
-    let mut next_start = now_ms() - 90 * MINUTE;
+/// Generates the demo's history ([`journey_gen::demo`]) and submits it in time order. No
+/// flush: that would close every open session as at the end of a replay.
+async fn backfill(
+    rt: &RuntimeHandle,
+    cfg: journey_gen::demo::DemoConfig,
+) -> Result<journey_gen::demo::DemoFeed> {
+    let started = Instant::now();
+    let (history, per_day, spike) = (cfg.history, cfg.history_per_day, cfg.spike);
+    let mut feed = journey_gen::demo::DemoFeed::new(cfg, now_ms());
+    let events = tokio::task::spawn_blocking(move || {
+        let events = feed.backfill();
+        (feed, events)
+    })
+    .await
+    .context("the demo generator stopped")?;
+    let (feed, events) = events;
+    let generated = started.elapsed();
+    let count = events.len();
+    let mut events = events.into_iter();
+    loop {
+        let chunk: Vec<Event<'static>> = events.by_ref().take(8_192).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        rt.submit(chunk).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    tracing::info!(
+        events = count,
+        days = history / journey_core::time::DAY,
+        customers_per_day = per_day,
+        generated_s = format!("{:.1}", generated.as_secs_f64()),
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "demo: history backfilled; going live"
+    );
+    if let Some(s) = spike {
+        tracing::info!(
+            step = s.step.name(),
+            after_s = s.after / 1000,
+            for_s = s.duration.map(|d| d / 1000),
+            abandon = s.abandon,
+            "demo: drop-off spike scheduled"
+        );
+    }
+    Ok(feed)
+}
+
+/// Submits the demo's events as their time comes (every 250 ms).
+async fn demo_feed(rt: RuntimeHandle, mut feed: journey_gen::demo::DemoFeed) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let now = now_ms();
-        while next_start < now + MINUTE {
-            let cfg = GenConfig {
-                seed: 7 + round,
-                customers: per_minute.max(1),
-                start: next_start,
-                span: MINUTE,
-                out_of_order: 0.02,
-                ..GenConfig::default()
-            };
-            let mut batch = generate(&cfg);
-            for e in &mut batch {
-                e.customer_id = format!("r{round}-{}", e.customer_id).into();
-            }
-            pending.extend(batch);
-            round += 1;
-            next_start += MINUTE;
-        }
-        // Oldest first, as a real stream delivers them; a stable sort, so events of equal time
-        // keep the order they were generated in.
-        pending.sort_by_key(|e| e.ts);
-        let due = pending.partition_point(|e| e.ts <= now);
-        let ready: Vec<Event<'static>> = pending.drain(..due).collect();
+        let ready = feed.due(now_ms());
         if !ready.is_empty() && rt.submit(ready).await.is_err() {
             return;
         }
