@@ -560,11 +560,19 @@ impl Timeline {
     /// buckets, the rest from minute buckets; where minute buckets have expired, the hour
     /// buckets whose start lies in the range.
     pub fn for_each(&self, from: Millis, to: Millis, mut f: impl FnMut(&Bucket)) {
-        let mut m = ceil_to(from, MINUTE);
-        let end = ceil_to(to, MINUTE);
+        // Only where buckets are held: a range reaching the ends of time (a flushed replay's
+        // watermark, `to` far ahead) costs the buckets held, not a walk over every minute.
+        let held = |r: &Ring| r.first_time().zip(r.end_time());
+        let (first, last) = match (held(&self.fine), held(&self.coarse)) {
+            (None, None) => return,
+            (Some(a), None) | (None, Some(a)) => a,
+            (Some(a), Some(b)) => (a.0.min(b.0), a.1.max(b.1)),
+        };
+        let mut m = ceil_to(from, MINUTE).max(first);
+        let end = ceil_to(to, MINUTE).min(last);
         let fine_start = self.fine.horizon().unwrap_or(Millis::MAX);
         while m < end {
-            if m.rem_euclid(HOUR) == 0 && m + HOUR <= end && m < self.sealed_until {
+            if m.rem_euclid(HOUR) == 0 && m.saturating_add(HOUR) <= end && m < self.sealed_until {
                 if let Some(b) = self.coarse.get(m) {
                     f(b);
                 }
@@ -573,7 +581,7 @@ impl Timeline {
                 if let Some(b) = self.fine.get(m) {
                     f(b);
                 }
-                m += MINUTE;
+                m = m.saturating_add(MINUTE);
             } else {
                 let h = m.div_euclid(HOUR) * HOUR;
                 if h >= from {
@@ -581,7 +589,7 @@ impl Timeline {
                         f(b);
                     }
                 }
-                m = h + HOUR;
+                m = h.saturating_add(HOUR);
             }
         }
     }
@@ -612,7 +620,7 @@ impl Timeline {
 }
 
 fn ceil_to(t: Millis, step: Millis) -> Millis {
-    let f = t.div_euclid(step) * step;
+    let f = t.div_euclid(step).saturating_mul(step);
     if f == t {
         t
     } else {
@@ -860,6 +868,21 @@ mod tests {
             t.for_each(from, to, |b| got += b.sessions);
             let want = ts.iter().filter(|&&w| w >= from && w < to).count() as u64;
             prop_assert_eq!(got, want);
+        }
+
+        /// A range reaching the ends of time (a flushed replay's watermark, `to` far ahead)
+        /// counts every write, without overflowing or walking every minute up to it.
+        #[test]
+        fn ranges_to_the_ends_of_time_count_every_write(ts in writes(), fine_hours in 1i64..5) {
+            let mut t = Timeline::new(fine_hours * HOUR, 90 * DAY);
+            for &w in &ts {
+                t.update(w, |b| b.sessions += 1);
+            }
+            for (from, to) in [(Millis::MIN, Millis::MAX), (0, Millis::MAX - 1), (Millis::MIN, 4_000 * DAY)] {
+                let mut got = 0;
+                t.for_each(from, to, |b| got += b.sessions);
+                prop_assert_eq!(got, ts.len() as u64, "[{}, {})", from, to);
+            }
         }
 
         /// Inside the minute retention, any minute-aligned range is exact.
