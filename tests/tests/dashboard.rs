@@ -705,9 +705,12 @@ fn dashboard_shows_the_hand_computed_figures() {
         .expect("a transition list")
         .clone();
 
+    let moments = get_json(port, "/v1/moments").expect("GET /v1/moments");
+
     let url = format!("http://127.0.0.1:{port}/");
     let dom = dump_dom(&dir.join("chromium-main"), &url);
     check_dom(&dom, &transitions);
+    check_moments_match_the_api(&dom, &moments);
 
     // The screenshot, for people: CI keeps it as an artifact.
     let artifacts = artifacts_dir();
@@ -768,8 +771,6 @@ fn dashboard_shows_the_hand_computed_figures() {
 
 fn check_dom(dom: &str, transitions: &[Value]) {
     check_state_and_key_figures(dom);
-    // No `/v1/moments` on this journeyd (404): the panel stays hidden, no error shown.
-    assert!(by_id(dom, "moments-panel").attr("hidden").is_some());
     assert!(by_id(dom, "compare-panel").attr("hidden").is_some());
     check_breakdowns(dom);
     check_funnel(dom);
@@ -827,6 +828,28 @@ fn check_state_and_key_figures(dom: &str) {
         ["not configured", "enabled", "disabled"].contains(&state),
         "alert evaluation state shown: {state:?}"
     );
+}
+
+/// The moments-of-truth panel shows `/v1/moments` row by row, in its ranking (the rendering of
+/// each figure is checked against a hand-made answer in `dashboard_segments_…`).
+fn check_moments_match_the_api(dom: &str, moments: &Value) {
+    let panel = by_id(dom, "moments-panel");
+    assert!(panel.attr("hidden").is_none(), "the panel is shown");
+    let want = moments["moments"].as_array().expect("a moments list");
+    assert!(!want.is_empty(), "moments for this data: {moments}");
+    let rows = panel.all("data-rank");
+    assert_eq!(rows.len(), want.len());
+    for (row, m) in rows.iter().zip(want) {
+        assert_eq!(row.attr("data-touchpoint"), m["touchpoint"].as_str());
+        assert_eq!(
+            row.field_value("touched_journeys"),
+            m["touched"]["journeys"].to_string()
+        );
+        assert_eq!(
+            row.field_value("not_touched_journeys"),
+            m["not_touched"]["journeys"].to_string()
+        );
+    }
 }
 
 /// The touchpoints of each phase in config/rules.toml, in rules order; ★ the moments of truth.
@@ -1272,8 +1295,15 @@ fn canned_alerts() -> Value {
     firing["fired_at"] = json!(iso(25));
     firing["resolved_at"] = Value::Null;
     firing["summary"] = json!("drop-off at cart is 3.4 × its baseline");
+    // A phase's conversion falling: no touchpoint, conversion rates and journeys.
+    let conversion = json!({
+        "kind": "conversion", "touchpoint": null, "phase": "consideration", "state": "pending",
+        "conversion": 0.25, "baseline_conversion": 0.4, "journeys": 240, "baseline_journeys": 260,
+        "active_since": iso(3), "fired_at": null, "resolved_at": null,
+        "summary": "conversion from consideration fell to 0.6 × its baseline",
+    });
     // Listed resolved first: the dashboard orders them itself.
-    json!({ "evaluation": evaluation, "alerts": [resolved, pending, firing] })
+    json!({ "evaluation": evaluation, "alerts": [resolved, pending, conversion, firing] })
 }
 
 fn check_alerts(dom: &str) {
@@ -1286,20 +1316,31 @@ fn check_alerts(dom: &str) {
         "a firing alert marks the panel"
     );
     let active = by_id(dom, "alerts-active").all("data-alert-state");
-    let order: Vec<(&str, &str)> = active
+    let order: Vec<(&str, &str, &str)> = active
         .iter()
         .map(|a| {
             (
                 a.attr("data-alert-state").unwrap_or_default(),
+                a.attr("data-alert-kind").unwrap_or_default(),
                 a.attr("data-touchpoint").unwrap_or_default(),
             )
         })
         .collect();
     assert_eq!(
         order,
-        [("firing", "cart"), ("pending", "compare")],
+        [
+            ("firing", "drop_off", "cart"),
+            ("pending", "drop_off", "compare"),
+            ("pending", "conversion", "")
+        ],
         "firing first"
     );
+    // A conversion alert shows its phase's conversion, not a drop-off rate.
+    let conversion = &active[2];
+    assert!(conversion.text().contains("consideration conversion"));
+    assert_eq!(conversion.field("conversion"), "25.0%");
+    assert_eq!(conversion.field("baseline_conversion"), "40.0%");
+    assert_eq!(conversion.field("journeys"), "240");
     assert_eq!(active[0].field("drop_off_rate"), "41.0%");
     assert_eq!(active[0].field("baseline_rate"), "12.0%");
     assert_eq!(active[0].field("sessions"), "312");

@@ -186,6 +186,22 @@ fn demo_shows_the_whole_journey_at_once_and_the_spike_fires_in_time() {
         "whole journey after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // The generator's planted moment of truth is what the data ranks first.
+    let moments = get_json(port, "/v1/moments").expect("GET /v1/moments");
+    let top: Vec<&str> = moments["moments"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .take(3)
+                .filter_map(|m| m["touchpoint"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        top.first(),
+        Some(&"newsletter_signup"),
+        "the planted moment of truth ranks first: {top:?}"
+    );
     let alerts = get_json(port, "/v1/alerts").expect("GET /v1/alerts");
     assert_eq!(alerts["evaluation"]["enabled"], true, "alerts are on");
     assert!(

@@ -129,6 +129,7 @@ impl DemoFeed {
             start: self.start - self.cfg.history,
             span: old_span.max(1),
             spike,
+            planted_moment: true,
             ..GenConfig::default()
         };
         let recent_customers =
@@ -139,6 +140,7 @@ impl DemoFeed {
             start: self.start - recent,
             span: recent.max(1),
             spike,
+            planted_moment: true,
             ..GenConfig::default()
         };
         let mut events = Vec::new();
@@ -166,6 +168,7 @@ impl DemoFeed {
                 start: self.next_minute,
                 span: MINUTE,
                 spike: self.spike(),
+                planted_moment: true,
                 ..GenConfig::default()
             };
             let prefix = format!("l{}", self.round);
