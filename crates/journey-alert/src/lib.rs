@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use journey_core::agg::Aggregates;
-use journey_core::query::{touchpoints, Include, Summary};
+use journey_core::query::{touchpoints, Include, SegmentFilter, Summary};
 use journey_core::time::{Millis, DAY};
 use journey_core::Rules;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,9 @@ pub struct AlertConfig {
     pub conversion_absolute: f64,
     /// Phases to watch for conversion alerts; empty watches all.
     pub phases: Vec<String>,
+    /// Judge only the journeys of this segment (`alerts.segment`, `DIM:VALUE` of a
+    /// `breakdown.segment_dimensions` dimension, issue 17); `None`: all journeys.
+    pub segment: Option<SegmentFilter>,
 }
 
 impl Default for AlertConfig {
@@ -112,6 +115,7 @@ impl Default for AlertConfig {
             conversion_relative: 0.8,
             conversion_absolute: 0.05,
             phases: Vec::new(),
+            segment: None,
         }
     }
 }
@@ -166,20 +170,21 @@ pub struct Observation {
 }
 
 /// Counts per touchpoint in both windows, merged over the partials; then, unless
-/// `conversion` is off, per phase (rules order) the conversion counts.
+/// `conversion` is off, per phase (rules order) the conversion counts. With a `segment`, only
+/// its journeys count.
 pub fn observe(
     parts: &[Arc<Aggregates>],
     rules: &Rules,
     w: &Windows,
     conversion: ConversionAlerts,
+    segment: Option<&SegmentFilter>,
 ) -> Vec<Observation> {
+    let include = Include {
+        segment: segment.cloned(),
+        ..Include::default()
+    };
     let collect = |(from, to): (Millis, Millis)| {
-        Summary::collect(
-            parts.iter().map(|p| p.as_ref()),
-            from,
-            to,
-            &Include::default(),
-        )
+        Summary::collect(parts.iter().map(|p| p.as_ref()), from, to, &include)
     };
     let (recent, base) = (collect(w.recent), collect(w.baseline));
     let baseline: BTreeMap<String, (u64, u64)> = touchpoints(&base, rules)
@@ -573,7 +578,8 @@ pub fn tick(
 ) -> Option<Vec<Change>> {
     let end = Windows::end_for(watermarks, session_gap)?;
     let w = Windows::ending(ev.config(), end);
-    let obs = observe(parts, rules, &w, ev.config().conversion);
+    let c = ev.config();
+    let obs = observe(parts, rules, &w, c.conversion, c.segment.as_ref());
     let changes = ev.evaluate(end, &obs);
     let rates = |kind: Kind| {
         obs.iter()
@@ -902,7 +908,7 @@ event = "y"
         shard.flush();
         let parts = [Arc::new(shard.aggregates().clone())];
         let w = Windows::ending(&cfg(), end);
-        let step = observe(&parts, &rules, &w, ConversionAlerts::Step);
+        let step = observe(&parts, &rules, &w, ConversionAlerts::Step, None);
         let a = step
             .iter()
             .find(|o| o.kind == Kind::Conversion && o.touchpoint == "a")
@@ -924,15 +930,69 @@ event = "y"
             .map(|o| o.touchpoint.as_str())
             .collect();
         assert_eq!(kinds, ["a", "b"], "every phase but the last");
-        let from_start = observe(&parts, &rules, &w, ConversionAlerts::FromStart);
+        let from_start = observe(&parts, &rules, &w, ConversionAlerts::FromStart, None);
         let b = from_start
             .iter()
             .find(|o| o.kind == Kind::Conversion && o.touchpoint == "b")
             .unwrap();
         assert_eq!((b.sessions, b.drop_offs), (100, 80));
-        assert!(observe(&parts, &rules, &w, ConversionAlerts::Off)
+        assert!(observe(&parts, &rules, &w, ConversionAlerts::Off, None)
             .iter()
             .all(|o| o.kind == Kind::DropOff));
+    }
+
+    /// `alerts.segment`: only the segment's journeys count, in both windows.
+    #[test]
+    fn a_segment_scope_judges_only_its_journeys() {
+        use journey_core::{EngineConfig, Event, Shard};
+        use std::borrow::Cow;
+        let rules = Arc::new(
+            Rules::from_toml(
+                r#"
+phases = ["a"]
+[[touchpoint]]
+name = "x"
+phase = "a"
+event = "x"
+"#,
+            )
+            .unwrap(),
+        );
+        let cfg_engine = EngineConfig {
+            breakdowns: vec!["persona".into()],
+            segment_dimensions: vec!["persona".into()],
+            ..EngineConfig::default()
+        };
+        let mut shard = Shard::new(Arc::new(cfg_engine), rules.clone());
+        let end = 1_000 * DAY;
+        // Recent window: 30 `pro` sessions and 70 `saver` ones, one visit each.
+        for i in 0..100 {
+            let persona = if i < 30 { "pro" } else { "saver" };
+            shard
+                .apply(&Event {
+                    event_id: None,
+                    customer_id: Cow::Owned(format!("c{i}")),
+                    ts: end - 10 * MIN + i as Millis,
+                    source: Cow::Borrowed("web"),
+                    name: Cow::Borrowed("x"),
+                    attributes: serde_json::json!({ "persona": persona }),
+                })
+                .unwrap();
+        }
+        shard.flush();
+        let parts = [Arc::new(shard.aggregates().clone())];
+        let w = Windows::ending(&cfg(), end);
+        let sessions = |segment: Option<&SegmentFilter>| {
+            observe(&parts, &rules, &w, ConversionAlerts::Off, segment)
+                .iter()
+                .find(|o| o.touchpoint == "x")
+                .map(|o| o.sessions)
+        };
+        assert_eq!(sessions(None), Some(100));
+        let pro = SegmentFilter::parse("persona:pro").unwrap();
+        assert_eq!(sessions(Some(&pro)), Some(30));
+        let nobody = SegmentFilter::parse("persona:nobody").unwrap();
+        assert_eq!(sessions(Some(&nobody)), Some(0));
     }
 
     #[test]

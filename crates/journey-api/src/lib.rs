@@ -795,6 +795,8 @@ async fn get_alerts(
             },
             "conversion_relative": c.conversion_relative,
             "conversion_absolute": c.conversion_absolute,
+            // `alerts.segment`: the journeys judged; null for all of them.
+            "segment": c.segment.as_ref().map(|f| json!({ "dimension": f.dimension, "value": f.value })),
         },
         "alerts": alerts,
     });

@@ -222,7 +222,7 @@ impl Metrics {
             alert_evaluated: gauge(
                 &r,
                 "journeyd_alert_evaluated_timestamp_seconds",
-                "End of the window the drop-off alerts were last evaluated over (event time)",
+                "End of the window the alerts were last evaluated over (event time)",
             ),
             ingest_events: counter_vec(
                 &r,

@@ -62,7 +62,7 @@ pub struct Include {
 }
 
 /// One value of a segment dimension (`breakdown.segment_dimensions`): the journeys whose
-/// first-touch value of `dimension` is `value` (SPEC §4, docs/semantics.md §4 "Segments").
+/// first-touch value of `dimension` is `value` (SPEC §4, docs/semantics.md §9 "Segments").
 /// `value` may be `(none)` or `other` (the values beyond `breakdown.max_values`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentFilter {

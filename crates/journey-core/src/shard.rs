@@ -219,7 +219,7 @@ struct Ctx {
 }
 
 /// The segments a figure is recorded for: the value id of each segment dimension, taken from
-/// the journey the figure belongs to (docs/semantics.md §4, "Segments").
+/// the journey the figure belongs to (docs/semantics.md §9, "Segments").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SegKey {
     n: u8,

@@ -20,6 +20,7 @@ use std::time::Duration;
 use journey_alert::{AlertConfig, Baseline, ConversionAlerts};
 use journey_api::auth::Tokens;
 use journey_api::segment::WriteKeys;
+use journey_core::query::SegmentFilter;
 use journey_core::time::{parse_duration, HumanDuration, Millis, DAY};
 use journey_core::EngineConfig;
 use journey_ingest::Format;
@@ -262,17 +263,18 @@ impl fmt::Display for Located<'_> {
 
 impl Settings {
     /// Settings that name parts of the rules, checked against the rules loaded at start:
-    /// every `moments.goal_phases` entry must be a phase.
+    /// every `moments.goal_phases` and `alerts.phases` entry must be a phase.
     pub fn check_rules(&self, rules: &journey_core::Rules) -> Result<(), String> {
         let phases = rules.phases();
-        let bad: Vec<String> = self
-            .engine
-            .goal_phases
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| !phases.contains(g))
-            .map(|(i, g)| format!("moments.goal_phases[{i}]: `{g}` is no phase of the rules"))
-            .collect();
+        let unknown = |key: &'static str, list: &[String]| {
+            list.iter()
+                .enumerate()
+                .filter(|(_, g)| !phases.contains(g))
+                .map(|(i, g)| format!("{key}[{i}]: `{g}` is no phase of the rules"))
+                .collect::<Vec<String>>()
+        };
+        let mut bad = unknown("moments.goal_phases", &self.engine.goal_phases);
+        bad.extend(unknown("alerts.phases", &self.alerts.eval.phases));
         if bad.is_empty() {
             Ok(())
         } else {
@@ -646,6 +648,7 @@ struct RawAlerts {
     conversion_relative: Option<f64>,
     conversion_absolute: Option<f64>,
     phases: Option<Vec<String>>,
+    segment: Option<String>,
     alertmanager_url: Option<Text>,
     webhook_url: Option<Text>,
     resend: Option<Text>,
@@ -1480,6 +1483,28 @@ fn build_alerts(
         a.keep_resolved,
         d.eval.keep_resolved,
     );
+    // Empty, as config/journeyd.toml writes it: all journeys.
+    let segment = a.segment.filter(|t| !t.trim().is_empty()).and_then(|text| {
+        let Some(f) = SegmentFilter::parse(&text) else {
+            p.push(format!(
+                "alerts.segment: `{text}` is not DIM:VALUE (e.g. \"persona:business\")"
+            ));
+            return None;
+        };
+        if !engine.segment_dimensions.contains(&f.dimension) {
+            p.push(format!(
+                "alerts.segment: `{}` is not in breakdown.segment_dimensions ({})",
+                f.dimension,
+                if engine.segment_dimensions.is_empty() {
+                    "none configured".to_string()
+                } else {
+                    engine.segment_dimensions.join(", ")
+                }
+            ));
+            return None;
+        }
+        Some(f)
+    });
     let mut url = |key: &str, raw: Option<Text>| {
         let u = raw
             .map(|t| t.0.trim().to_string())
@@ -1509,6 +1534,7 @@ fn build_alerts(
             conversion_relative,
             conversion_absolute,
             phases: a.phases.unwrap_or_default(),
+            segment,
         },
         alertmanager_url,
         webhook_url,
@@ -1801,6 +1827,7 @@ mod tests {
             conversion_relative = 0.7
             conversion_absolute = 0.1
             phases = ["decision"]
+            segment = "persona:business"
             alertmanager_url = "http://alertmanager:9093"
             webhook_url = "https://hooks.example.com/journeyd"
             resend = "2m"
@@ -1834,6 +1861,12 @@ mod tests {
         assert_eq!(
             wrong.check_rules(&rules).unwrap_err(),
             "moments.goal_phases[1]: `purchase` is no phase of the rules (phases: awareness, consideration, decision, retention, advocacy)"
+        );
+        wrong.alerts.eval.phases = vec!["decisoin".into()];
+        assert_eq!(
+            wrong.check_rules(&rules).unwrap_err(),
+            "moments.goal_phases[1]: `purchase` is no phase of the rules; \
+             alerts.phases[0]: `decisoin` is no phase of the rules (phases: awareness, consideration, decision, retention, advocacy)"
         );
         assert_eq!((e.retention_fine, e.retention_total), (6 * HOUR, 14 * DAY));
         assert_eq!(
@@ -1954,6 +1987,7 @@ mod tests {
                     conversion_relative: 0.7,
                     conversion_absolute: 0.1,
                     phases: vec!["decision".into()],
+                    segment: SegmentFilter::parse("persona:business"),
                 },
                 alertmanager_url: Some("http://alertmanager:9093".into()),
                 webhook_url: Some("https://hooks.example.com/journeyd".into()),
@@ -1985,6 +2019,7 @@ mod tests {
             min_sessions = 0
             for = "-5m"
             webhook_url = "hooks.example.com"
+            segment = "persona"
             "#,
             &[],
         );
@@ -2000,7 +2035,19 @@ mod tests {
              alerts.conversion: unknown conversion `cohort` (expected one of: step, from_start, off)\n  \
              alerts.min_sessions: must be at least 1, got 0\n  \
              alerts.for: invalid duration `-5m`: expected a number, as in `30m`\n  \
+             alerts.segment: `persona` is not DIM:VALUE (e.g. \"persona:business\")\n  \
              alerts.webhook_url: `hooks.example.com` is not an http:// or https:// URL"
+        );
+        // A segment of a dimension that carries no segment figures.
+        let err = error(
+            "[alerts]\nenabled = true\nsegment = \"utm_medium:cpc\"\n",
+            &[],
+        );
+        assert!(
+            err.contains(
+                "alerts.segment: `utm_medium` is not in breakdown.segment_dimensions (none configured)"
+            ),
+            "{err}"
         );
         // The day-before baseline must lie within the minute buckets.
         let err = error(

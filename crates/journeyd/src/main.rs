@@ -119,7 +119,7 @@ struct DemoArgs {
     /// When the drop-off spike starts, after the live stream does (e.g. `3m`, `30s`).
     #[arg(long, default_value = "3m")]
     spike_after: String,
-    /// How long the spike lasts (`0`: for good).
+    /// How long the spike lasts (`0s`: for good).
     #[arg(long, default_value = "30m")]
     spike_for: String,
     /// The step whose visitors leave: product_page, compare, cart or checkout.
