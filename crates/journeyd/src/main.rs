@@ -136,9 +136,16 @@ struct DemoArgs {
 impl DemoArgs {
     fn feed(&self) -> Result<journey_gen::demo::DemoConfig> {
         use journey_core::time::parse_duration;
+        use journey_core::time::{HumanDuration, DAY};
         use journey_gen::demo::{DemoConfig, DemoSpike};
-        let duration =
-            |flag: &str, v: &str| parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"));
+        // Bounded, so that no flag overflows event time or backfills without end.
+        let duration = |flag: &str, v: &str, max: Millis| {
+            let d = parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
+            if d > max {
+                bail!("--{flag}: at most {}, got {v}", HumanDuration(max));
+            }
+            Ok(d)
+        };
         let spike = if self.no_spike {
             None
         } else {
@@ -155,17 +162,29 @@ impl DemoArgs {
                     self.spike_abandon
                 );
             }
-            let length = duration("spike-for", &self.spike_for)?;
+            let length = duration("spike-for", &self.spike_for, 365 * DAY)?;
             Some(DemoSpike {
                 step,
-                after: duration("spike-after", &self.spike_after)?,
+                after: duration("spike-after", &self.spike_after, 30 * DAY)?,
                 duration: (length > 0).then_some(length),
                 abandon: self.spike_abandon,
             })
         };
+        if self.customers_per_minute > 100_000 {
+            bail!(
+                "--customers-per-minute: at most 100000, got {}",
+                self.customers_per_minute
+            );
+        }
+        if self.history_per_day > 1_000_000 {
+            bail!(
+                "--history-per-day: at most 1000000, got {}",
+                self.history_per_day
+            );
+        }
         Ok(DemoConfig {
             per_minute: self.customers_per_minute.max(1),
-            history: duration("history", &self.history)?,
+            history: duration("history", &self.history, 365 * DAY)?,
             history_per_day: self.history_per_day,
             spike,
             ..DemoConfig::default()
@@ -901,8 +920,38 @@ fn replay(
 
 #[cfg(test)]
 mod tests {
-    use super::per_task;
+    use super::{per_task, Cli, Command};
+    use clap::Parser;
     use journey_core::EngineConfig;
+
+    /// `journeyd demo` flags are bounded: none overflows event time or backfills without end.
+    #[test]
+    fn demo_flags_out_of_bounds_are_refused_naming_the_flag() {
+        let feed = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["journeyd", "demo"], args].concat()).unwrap();
+            let Command::Demo(demo) = cli.command else {
+                panic!("a demo command")
+            };
+            demo.feed().map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(feed(&[]), Ok(()));
+        assert_eq!(feed(&["--spike-for", "0s"]), Ok(()));
+        for (args, flag) in [
+            (&["--history", "400d"][..], "--history: at most"),
+            (&["--spike-after", "100000d"][..], "--spike-after: at most"),
+            (
+                &["--history-per-day", "999999999"][..],
+                "--history-per-day: at most",
+            ),
+            (
+                &["--customers-per-minute", "999999999"][..],
+                "--customers-per-minute: at most",
+            ),
+        ] {
+            let err = feed(args).unwrap_err();
+            assert!(err.starts_with(flag), "{args:?}: {err}");
+        }
+    }
 
     #[test]
     fn remembered_event_ids_are_split_over_the_tasks() {
