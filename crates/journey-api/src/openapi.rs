@@ -263,8 +263,44 @@ struct CustomerAnswer {
 
 #[derive(Serialize, ToSchema)]
 struct AlertsAnswer {
+    /// `{"enabled": false}` when `[alerts]` is off; else the settings judged with
+    /// (`window_ms`, `baseline`, thresholds, `conversion`, `segment`, ...), `evaluated_at`, and
+    /// in a group the leader's `role`.
     evaluation: Value,
-    alerts: Vec<Value>,
+    alerts: Vec<AlertDoc>,
+}
+
+/// One alert (docs/alerting.md): a touchpoint's drop-off rising (`kind` = `drop_off`) or a
+/// phase's conversion falling (`kind` = `conversion`). Rates are shares from 0 to 1.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Alert)]
+struct AlertDoc {
+    /// `drop_off` or `conversion`.
+    kind: String,
+    /// The touchpoint; null for a conversion alert.
+    touchpoint: Option<String>,
+    phase: Option<String>,
+    /// `pending`, `firing` or `resolved`.
+    state: String,
+    /// Drop-off alerts only: drop-offs / closed sessions in the recent window.
+    drop_off_rate: Option<f64>,
+    /// Drop-off alerts only: the same in the baseline.
+    baseline_rate: Option<f64>,
+    /// Drop-off alerts only: closed sessions that touched it in the recent window.
+    sessions: Option<u64>,
+    baseline_sessions: Option<u64>,
+    /// Conversion alerts only: the phase's conversion in the recent window.
+    conversion: Option<f64>,
+    /// Conversion alerts only: the same in the baseline.
+    baseline_conversion: Option<f64>,
+    /// Conversion alerts only: journeys entering the conversion in the recent window.
+    journeys: Option<u64>,
+    baseline_journeys: Option<u64>,
+    /// RFC 3339.
+    active_since: String,
+    fired_at: Option<String>,
+    resolved_at: Option<String>,
+    summary: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -403,7 +439,7 @@ mod ops {
                   (status = 503, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn customer() {}
 
-    #[utoipa::path(get, path = "/v1/alerts", summary = "Drop-off alerts and how they are evaluated",
+    #[utoipa::path(get, path = "/v1/alerts", summary = "Drop-off and conversion alerts and how they are evaluated",
         params(("state" = Option<String>, Query, description = "pending, firing or resolved")),
         responses((status = 200, body = AlertsAnswer), (status = 400, body = ProblemDoc, content_type = "application/problem+json")))]
     pub async fn alerts() {}

@@ -926,6 +926,18 @@ async fn alerts_show_the_evaluators_report() {
         ),
         (&json!(0.5), &json!(0.875), &json!(80))
     );
+    // Both kinds as the OpenAPI document's `Alert` describes them: every field it names,
+    // every required one present.
+    let (_, doc) = get(&api.app, "/openapi.json").await;
+    let schema = &doc["components"]["schemas"]["Alert"];
+    for a in v["alerts"].as_array().unwrap() {
+        for key in a.as_object().unwrap().keys() {
+            assert!(schema["properties"].get(key).is_some(), "{key} in {schema}");
+        }
+        for key in schema["required"].as_array().unwrap() {
+            assert!(a.get(key.as_str().unwrap()).is_some(), "{key} in {a}");
+        }
+    }
     let cart = &v["alerts"][0];
     assert_eq!(cart["kind"], "drop_off");
     assert_eq!(
