@@ -1669,21 +1669,7 @@ fn dashboard_segments_comparison_and_time_to_convert() {
         let next = SEG_FUNNEL.get(k + 1);
         let conv = |n: i64, next: Option<i64>| next.filter(|_| n > 0).map(|m| m as f64 / n as f64);
         let (ca, cb) = (conv(a, next.map(|x| x.1)), conv(b, next.map(|x| x.2)));
-        assert_eq!(
-            row.field("a_conversion"),
-            ca.map_or("–".into(), pct),
-            "{phase}"
-        );
-        assert_eq!(
-            row.field("b_conversion"),
-            cb.map_or("–".into(), pct),
-            "{phase}"
-        );
-        let diff = match (ca, cb) {
-            (Some(x), Some(y)) => pp(y - x),
-            _ => "–".to_string(),
-        };
-        assert_eq!(row.field("conversion_diff"), diff, "{phase}");
+        check_a_b_diff(&row, "conversion", (ca, cb), phase);
     }
     // Highlighted: 5 points or more, green where B does better.
     let highlight = |table: &Element, key: &str, name: &str, field: &str| {
@@ -1748,21 +1734,7 @@ fn dashboard_segments_comparison_and_time_to_convert() {
         assert_eq!(row.field("b_sessions"), sb.to_string(), "{name}");
         let rate = |d: i32, s: i32| (s > 0).then(|| d as f64 / s as f64);
         let (ra, rb) = (rate(da, sa), rate(db, sb));
-        assert_eq!(
-            row.field("a_drop_off_rate"),
-            ra.map_or("–".into(), pct),
-            "{name}"
-        );
-        assert_eq!(
-            row.field("b_drop_off_rate"),
-            rb.map_or("–".into(), pct),
-            "{name}"
-        );
-        let diff = match (ra, rb) {
-            (Some(x), Some(y)) => pp(y - x),
-            _ => "–".to_string(),
-        };
-        assert_eq!(row.field("drop_off_diff"), diff, "{name}");
+        check_a_b_diff(&row, "drop_off", (ra, rb), name);
     }
     assert_eq!(
         highlight(&tps, "data-touchpoint", "cart", "drop_off_diff").as_deref(),
@@ -1872,4 +1844,22 @@ fn check_moments(dom: &str) {
         assert_eq!(referral.field(field), "–", "referral {field}");
     }
     assert_eq!(referral.field("odds_ratio"), "–");
+}
+
+/// A comparison row's two shares (`a_<field>`, `b_<field>`; for drop-off `*_drop_off_rate`)
+/// and their difference in points (`<field>_diff`), "–" where a share is undefined.
+fn check_a_b_diff(row: &Element, field: &str, (a, b): (Option<f64>, Option<f64>), label: &str) {
+    let share = if field == "drop_off" {
+        "drop_off_rate"
+    } else {
+        field
+    };
+    let shown = |v: Option<f64>| v.map_or("–".into(), pct);
+    assert_eq!(row.field(&format!("a_{share}")), shown(a), "{label}");
+    assert_eq!(row.field(&format!("b_{share}")), shown(b), "{label}");
+    let diff = match (a, b) {
+        (Some(x), Some(y)) => pp(y - x),
+        _ => "–".to_string(),
+    };
+    assert_eq!(row.field(&format!("{field}_diff")), diff, "{label}");
 }
