@@ -1785,6 +1785,13 @@ fn canned_moments() -> Value {
                 "not_touched": { "journeys": 1200, "converted": 300, "conversion": 0.25 },
                 "lift": null, "odds_ratio": null, "ci95": null, "p_value": null,
                 "significant": null
+            },
+            {
+                "touchpoint": "review", "phase": "advocacy", "moment_of_truth": false,
+                "touched": { "journeys": 0, "converted": 0, "conversion": null },
+                "not_touched": { "journeys": 1200, "converted": 300, "conversion": 0.25 },
+                "lift": null, "odds_ratio": null, "ci95": null, "p_value": null,
+                "significant": false, "tracked": false
             }
         ]
     })
@@ -1815,7 +1822,7 @@ fn check_moments(dom: &str) {
         .collect();
     assert_eq!(
         order,
-        ["compare", "checkout", "referral"],
+        ["compare", "checkout", "referral", "review"],
         "the API's ranking"
     );
     let compare = &rows[0];
@@ -1844,6 +1851,8 @@ fn check_moments(dom: &str) {
         assert_eq!(referral.field(field), "–", "referral {field}");
     }
     assert_eq!(referral.field("odds_ratio"), "–");
+    // A touchpoint some task could not track says so instead of "not significant".
+    assert_eq!(rows[3].field("significant"), "not tracked");
 }
 
 /// A comparison row's two shares (`a_<field>`, `b_<field>`; for drop-off `*_drop_off_rate`)

@@ -229,6 +229,9 @@ struct Moment {
     p_value: Option<f64>,
     /// `p_value < 0.05`.
     significant: bool,
+    /// False when some task could not track it (past the 63 touchpoints a task tracks for
+    /// moments): its counts are then too low.
+    tracked: bool,
 }
 
 /// Moments of truth: conversion to the goal phase of the journeys starting in the range,

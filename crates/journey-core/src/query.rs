@@ -1,7 +1,7 @@
 //! Queries over partial aggregates: each partial is summarised for a time range, summaries
 //! merge by name (exactly, in any grouping), and reports are computed from the merged summary.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -38,6 +38,9 @@ pub struct MomentsSummary {
     pub converted: i64,
     /// Touchpoint → `[journeys that touched it before converting, of those the converted]`.
     pub touched: BTreeMap<String, [i64; 2]>,
+    /// Touchpoints some task has no touched-set bit for (its id is at least
+    /// [`crate::agg::MOMENT_TOUCHPOINTS`] there): their touched counts are incomplete.
+    pub untracked: BTreeSet<String>,
 }
 
 impl MomentsSummary {
@@ -49,6 +52,7 @@ impl MomentsSummary {
             m[0] += t[0];
             m[1] += t[1];
         }
+        self.untracked.extend(o.untracked.iter().cloned());
     }
 }
 
@@ -156,6 +160,10 @@ impl Summary {
                     out.touched.insert(tp_name(i as u16), *t);
                 }
             }
+            out.untracked.extend(
+                (crate::agg::MOMENT_TOUCHPOINTS..agg.touchpoints.len() as u16)
+                    .map(|id| agg.touchpoints.name(id).to_string()),
+            );
         }
         for &d in &dims {
             let dim = &agg.dimensions[d];
@@ -692,6 +700,10 @@ pub struct Moment {
     pub p_value: Option<f64>,
     /// `p_value < 0.05` ([`MOMENTS_ALPHA`]); no correction for testing many touchpoints.
     pub significant: bool,
+    /// False when some task could not track the touchpoint (more than
+    /// [`crate::agg::MOMENT_TOUCHPOINTS`] touchpoints seen): its counts are then too low, and
+    /// "never touched" cannot be told from "not tracked".
+    pub tracked: bool,
 }
 
 /// `/v1/moments`: conversion to one goal phase of the journeys that touched each touchpoint
@@ -811,6 +823,7 @@ fn moment(name: &str, phase: Option<String>, flagged: bool, m: &MomentsSummary) 
         ci95: or.map(|o| o.1),
         p_value,
         significant: p_value.is_some_and(|p| p < MOMENTS_ALPHA),
+        tracked: !m.untracked.contains(name),
     }
 }
 

@@ -595,6 +595,27 @@ fn touchpoints_past_the_touched_set_bound_are_left_out_of_moments() {
     assert_eq!((m.journeys, m.converted), (1, 1));
     let touched: Vec<&str> = m.touched.keys().map(String::as_str).collect();
     assert_eq!(touched, ["t1", "t62"]);
+    // The report says which touchpoints could not be tracked (ids 63 and up of 71 here).
+    let untracked: Vec<&str> = m.untracked.iter().map(String::as_str).collect();
+    assert_eq!(untracked.len(), 71 - 63);
+    assert!(untracked.contains(&"t63") && untracked.contains(&"buy"));
+    let report = journey_core::query::moments(&summary(&s), &s.rules().clone(), "b");
+    let tracked = |n: &str| {
+        report
+            .moments
+            .iter()
+            .find(|m| m.touchpoint == n)
+            .map(|m| m.tracked)
+    };
+    assert_eq!(
+        (
+            tracked("t1"),
+            tracked("t62"),
+            tracked("t63"),
+            tracked("t69")
+        ),
+        (Some(true), Some(true), Some(false), Some(false))
+    );
     assert_eq!(
         summary(&s).touchpoints["t69"].visits,
         1,

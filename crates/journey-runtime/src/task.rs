@@ -234,9 +234,9 @@ impl Task {
 
     /// The event time every input has reached, if one is proven: the minimum largest event
     /// time over the inputs still holding the watermark. In live mode, with every input idle,
-    /// the largest event time plus the time since the last arrival, or the wall clock
-    /// (`wall_ms`) when a Kafka partition is among the inputs, since caught-up partitions
-    /// prove nothing older is coming.
+    /// the largest event time plus the time since the last arrival, or an input's clock if
+    /// the shared HTTP stream raised it further, or the wall clock (`wall_ms`) when a Kafka
+    /// partition is among the inputs, since caught-up partitions prove nothing older is coming.
     pub fn stream_time(&self, now: Instant, wall_ms: Millis) -> Option<Millis> {
         let t = self.uncapped_stream_time(now, wall_ms)?;
         // Live: never past the wall clock (see the module's note on future-dated events).
@@ -260,11 +260,20 @@ impl Task {
             return None;
         }
         let quiet = now.saturating_duration_since(self.last_event).as_millis() as Millis;
-        let max = self.shard.aggregates().max_event_time;
+        let own = self
+            .shard
+            .aggregates()
+            .max_event_time
+            .map(|m| m.saturating_add(quiet));
+        // What an idle input's clock was raised to without an event for this task (the HTTP
+        // stream's time moves every task) is proven too. Ignoring it left this task's sessions
+        // open after a quiet spell, however far the shared stream had moved on.
+        let raised = self.inputs.iter().filter_map(|i| i.max_ts).max();
+        let max = own.max(raised);
         let reading_kafka = self.inputs.iter().any(|i| i.input != Input::Push);
         match (max, reading_kafka) {
-            (Some(m), true) => Some(m.saturating_add(quiet).max(wall_ms)),
-            (Some(m), false) => Some(m.saturating_add(quiet)),
+            (Some(m), true) => Some(m.max(wall_ms)),
+            (Some(m), false) => Some(m),
             (None, true) => Some(wall_ms),
             (None, false) => None,
         }
@@ -420,6 +429,19 @@ mod tests {
         assert_eq!(t.stream_time(much_later, 500 * MIN), Some(500 * MIN));
         assert!(t.advance(much_later, 500 * MIN));
         assert_eq!(t.shard().watermark(), 495 * MIN);
+    }
+
+    /// The HTTP stream moved on (another task's event) after this task's push input went idle:
+    /// the stream's time counts, so this task's sessions close.
+    #[test]
+    fn an_idle_push_input_raised_by_the_shared_stream_moves_event_time() {
+        let mut t = task();
+        let t0 = Instant::now();
+        t.apply(Input::Push, &ev("a", 100 * MIN), t0).unwrap();
+        let idle = t0 + IDLE.push + Duration::from_millis(1);
+        assert!(t.observe_push(300 * MIN, idle));
+        assert_eq!(t.stream_time(idle, 0), Some(300 * MIN));
+        assert_eq!(t.shard().watermark(), 295 * MIN);
     }
 
     #[test]
