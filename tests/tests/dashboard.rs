@@ -897,10 +897,7 @@ const MAP: [(&str, &[&str]); 5] = [
 fn check_map(dom: &str) {
     let map = by_id(dom, "journey-map");
     let columns = map.all("data-map-phase");
-    let phases: Vec<&str> = columns
-        .iter()
-        .filter_map(|c| c.attr("data-map-phase"))
-        .collect();
+    let phases = values(&columns, "data-map-phase");
     assert_eq!(
         phases,
         MAP.map(|(p, _)| p),
@@ -1027,7 +1024,7 @@ fn percent_decode(s: &str) -> String {
 fn check_funnel(dom: &str) {
     let funnel = by_id(dom, "funnel");
     let rows = funnel.all("data-phase");
-    let phases: Vec<&str> = rows.iter().filter_map(|r| r.attr("data-phase")).collect();
+    let phases = values(&rows, "data-phase");
     let want: Vec<&str> = FUNNEL.iter().map(|(p, _)| *p).collect();
     assert_eq!(phases, want, "funnel phases in rules order");
     let first = FUNNEL[0].1 as f64;
@@ -1068,10 +1065,7 @@ fn check_funnel(dom: &str) {
 fn check_touchpoints(dom: &str) {
     let table = by_id(dom, "touchpoints");
     let rows = table.all("data-touchpoint");
-    let names: Vec<&str> = rows
-        .iter()
-        .filter_map(|r| r.attr("data-touchpoint"))
-        .collect();
+    let names = values(&rows, "data-touchpoint");
     assert_eq!(names[..TOP.len()], TOP, "highest drop-off rates first");
     let shown: BTreeSet<&str> = names.iter().copied().collect();
     let want: BTreeSet<&str> = TOUCHPOINTS.iter().map(|t| t.0).collect();
@@ -1703,10 +1697,7 @@ fn dashboard_segments_comparison_and_time_to_convert() {
     // The comparison: touchpoint drop-off rates (sessions, drop-offs per persona).
     let tps = by_id(&dom, "compare-touchpoints");
     let all = tps.all("data-touchpoint");
-    let rows: Vec<&str> = all
-        .iter()
-        .filter_map(|r| r.attr("data-touchpoint"))
-        .collect();
+    let rows = values(&all, "data-touchpoint");
     assert_eq!(
         rows,
         [
@@ -1816,10 +1807,7 @@ fn check_moments(dom: &str) {
         "1,200 journeys, 300 converted (25.0%)."
     );
     let rows = by_id(dom, "moments").all("data-rank");
-    let order: Vec<&str> = rows
-        .iter()
-        .filter_map(|r| r.attr("data-touchpoint"))
-        .collect();
+    let order = values(&rows, "data-touchpoint");
     assert_eq!(
         order,
         ["compare", "checkout", "referral", "review"],
@@ -1871,4 +1859,9 @@ fn check_a_b_diff(row: &Element, field: &str, (a, b): (Option<f64>, Option<f64>)
         _ => "–".to_string(),
     };
     assert_eq!(row.field(&format!("{field}_diff")), diff, "{label}");
+}
+
+/// The `attr` values of `els`, in document order (elements without it are skipped).
+fn values<'e>(els: &'e [Element<'_>], attr: &str) -> Vec<&'e str> {
+    els.iter().filter_map(|e| e.attr(attr)).collect()
 }
