@@ -52,12 +52,42 @@ pub fn free_port() -> u16 {
         .expect("a free local port")
 }
 
-/// A fresh, empty directory under the system temp dir.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("journeyd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("creating a temp dir");
-    d
+/// A fresh, empty directory under the system temp dir, `journeyd-<name>-<pid>`. Removed when
+/// dropped, unless the thread is panicking: a failing test keeps its logs and state there.
+pub fn temp_dir(name: &str) -> ScratchDir {
+    let path = std::env::temp_dir().join(format!("journeyd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).expect("creating a temp dir");
+    ScratchDir { path }
+}
+
+/// A test's directory (see [`temp_dir`]); derefs to its path.
+#[derive(Debug)]
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for ScratchDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for inspection", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 /// One HTTP/1.0 request: the status and body, or `None` if the service is not answering.
@@ -273,6 +303,8 @@ pub struct Tansu {
     bin: PathBuf,
     port: u16,
     log: PathBuf,
+    /// Holds `log`; removed after the broker is killed (fields drop after `Drop::drop`).
+    _dir: Option<ScratchDir>,
 }
 
 impl Tansu {
@@ -340,8 +372,10 @@ impl Tansu {
                 bin: bin.clone(),
                 port,
                 log: log.clone(),
+                _dir: None,
             };
             if tansu.wait_answering(Duration::from_secs(30)) {
+                tansu._dir = Some(dir);
                 return tansu;
             }
         }
@@ -633,6 +667,8 @@ pub struct Moto {
     child: Option<Child>,
     port: u16,
     log: PathBuf,
+    /// Holds `log`; removed after the server is killed.
+    _dir: Option<ScratchDir>,
 }
 
 impl Moto {
@@ -676,8 +712,10 @@ impl Moto {
                 child: Some(child),
                 port,
                 log: log.clone(),
+                _dir: None,
             };
             if moto.wait_answering(Duration::from_secs(30)) {
+                moto._dir = Some(dir);
                 return moto;
             }
             if module && !installed {

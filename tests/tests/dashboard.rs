@@ -766,7 +766,6 @@ fn dashboard_shows_the_hand_computed_figures() {
     check_alerts(&dom);
     drop(proxy);
     assert!(service.terminate(), "journeyd exits cleanly");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn check_dom(dom: &str, transitions: &[Value]) {
@@ -1375,7 +1374,6 @@ fn dashboard_asks_for_a_read_token_on_401() {
     let input = by_id(&dom, "token");
     assert_eq!(input.attr("type"), Some("password"));
     assert!(service.terminate(), "journeyd exits cleanly");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -1749,7 +1747,6 @@ fn dashboard_segments_comparison_and_time_to_convert() {
     screenshot(&dir, &url, "dashboard-moments.png");
     drop(proxy);
     assert!(service.terminate(), "journeyd exits cleanly");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn canned_moments() -> Value {

@@ -302,8 +302,11 @@ fn check_rules_reports_every_problem() {
     let ok = output(&["check-rules", "config/rules.toml"], &[]);
     assert!(ok.status.success());
     assert!(String::from_utf8_lossy(&ok.stdout).contains("ok, 22 touchpoints in 5 phases"));
-    let dir = std::env::temp_dir().join(format!("journeyd-rules-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("journeyd-rules-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[touchpoint]]\nname = \"a\"\nphase = \"nope\"\n[[touchpoint]]\nname = \"a\"\nphase = \"awareness\"\nevent = \"x\"\n").unwrap();
     let out = output(&["check-rules", bad.to_str().unwrap()], &[]);

@@ -170,8 +170,11 @@ fn kafka_topics_in_three_formats_give_the_engines_figures_and_commit_applied_off
     let want = Summary::collect([shard.aggregates()], from, to, &Include::default());
 
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("journeyd-kafka-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("journeyd-kafka-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     let config = dir.join("journeyd.toml");
     let mut toml = format!(
         "[http]\nlisten = \"127.0.0.1:{port}\"\n[runtime]\nworkers = 2\npublish_interval = \"200ms\"\ntick_interval = \"200ms\"\n\
@@ -355,8 +358,11 @@ fn topics_with_different_partition_counts_stop_journeyd_at_startup() {
     }
     let brokers = cluster.bootstrap_servers();
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("journeyd-kafka-mismatch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("journeyd-kafka-mismatch-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     let config = dir.join("journeyd.toml");
     let mut toml = format!(
         "[http]\nlisten = \"127.0.0.1:{port}\"\n[kafka]\nenabled = true\nbrokers = \"{brokers}\"\n\
@@ -432,8 +438,11 @@ fn an_internal_topic_with_another_partition_count_stops_journeyd_at_startup() {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();
-    let dir = std::env::temp_dir().join(format!("journeyd-kafka-rp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("journeyd-kafka-rp-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     let config = dir.join("journeyd.toml");
     std::fs::write(
         &config,
