@@ -903,10 +903,18 @@ async fn post_events(
         if let Err(e) = journey_runtime::set_thread_nice(nice) {
             tracing::debug!("cannot lower the decoding thread's priority: {e}");
         }
-        decode_batch(&bytes, &decoder, &src, max_batch, now)
+        let decoded = decode_batch(&bytes, &decoder, &src, max_batch, now);
+        (decoded, bytes)
     })
     .await
-    .map_err(|_| Problem::internal("the decoder stopped"))??;
+    .map_err(|_| Problem::internal("the decoder stopped"))?;
+    let decoded = match decoded {
+        (Ok(decoded), _) => decoded,
+        (Err((Some(reason), p)), bytes) => {
+            return Err(reject_body(&s, &source, reason, p, &bytes, arrived).await)
+        }
+        (Err((None, p)), _) => return Err(p),
+    };
     let errors = decoded.errors.clone();
     let accepted = apply(&s, &source, decoded).await?;
     let status = if accepted == 0 && !errors.is_empty() {
@@ -965,6 +973,37 @@ pub(crate) async fn apply(s: &AppState, source: &str, decoded: Decoded) -> Resul
     Ok(accepted)
 }
 
+/// A request body that could not be split into records (not JSON, a malformed JSON array, no
+/// valid tracking-API request): counted as one rejected record of `source` under `reason`
+/// and dead-lettered whole (position `{"http": {"body": true}}`); the answer is `problem`,
+/// unless the dead-letter sink has stopped.
+pub(crate) async fn reject_body(
+    s: &AppState,
+    source: &str,
+    reason: &'static str,
+    problem: Problem,
+    body: &[u8],
+    at: Millis,
+) -> Problem {
+    let letter = DeadLetter {
+        at,
+        reason,
+        error: problem.detail.clone(),
+        source: source.to_string(),
+        position: Position::HttpBody,
+        record: body.to_vec(),
+    };
+    let rejected = Decoded {
+        events: Vec::new(),
+        errors: vec![json!({ "reason": reason, "error": problem.detail })],
+        letters: vec![letter],
+    };
+    match apply(s, source, rejected).await {
+        Ok(_) => problem,
+        Err(stopped) => stopped,
+    }
+}
+
 /// One request body, decoded: the events, a problem per rejected record, and its dead letter.
 pub(crate) struct Decoded {
     events: Vec<journey_core::Event<'static>>,
@@ -978,19 +1017,23 @@ fn decode_batch(
     source: &str,
     max_batch: usize,
     now: Millis,
-) -> Result<Decoded, Problem> {
+) -> Result<Decoded, (Option<&'static str>, Problem)> {
     let records = split_body(bytes).map_err(|e| {
-        Problem::new(
+        let p = Problem::new(
             StatusCode::BAD_REQUEST,
             format!("the body is not JSON, a JSON array or NDJSON: {e}"),
-        )
+        );
+        (Some(e.reason()), p)
     })?;
     if records.len() > max_batch {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} records in one request, at most {max_batch} allowed",
-                records.len(),
+        return Err((
+            None,
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} records in one request, at most {max_batch} allowed",
+                    records.len(),
+                ),
             ),
         ));
     }

@@ -210,32 +210,33 @@ fn basic_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 
 /// The source the write key grants, or 401.
 fn authenticate(s: &AppState, key: Option<&str>) -> Result<String, Problem> {
-    let keys = &s.limits.write_keys;
-    let tokens = &s.tokens;
-    let unknown = || {
+    granted_source(s, key).ok_or_else(|| {
         s.metrics.unauthorized.with_label_values(&["segment"]).inc();
         Problem::new(
             StatusCode::UNAUTHORIZED,
             "missing or unknown write key: send it as the HTTP Basic user name or as `writeKey`",
         )
-    };
+    })
+}
+
+/// The source the write key grants (any key when none is configured), counting nothing.
+fn granted_source(s: &AppState, key: Option<&str>) -> Option<String> {
+    let keys = &s.limits.write_keys;
+    let tokens = &s.tokens;
     if !keys.is_empty() {
-        return match key.and_then(|k| keys.source_of(k)) {
-            Some(source) => Ok(source.to_string()),
-            None => Err(unknown()),
-        };
+        return key.and_then(|k| keys.source_of(k)).map(str::to_string);
     }
     if tokens.ingest.is_empty() && tokens.admin.is_empty() {
-        return Ok(DEFAULT_SOURCE.to_string());
+        return Some(DEFAULT_SOURCE.to_string());
     }
     let bearer = key.map(|k| format!("Bearer {k}"));
-    match tokens.allows(
-        crate::auth::Access::Ingest,
-        bearer.as_deref().map(str::as_bytes),
-    ) {
-        Ok(()) => Ok(DEFAULT_SOURCE.to_string()),
-        Err(_) => Err(unknown()),
-    }
+    tokens
+        .allows(
+            crate::auth::Access::Ingest,
+            bearer.as_deref().map(str::as_bytes),
+        )
+        .ok()
+        .map(|()| DEFAULT_SOURCE.to_string())
 }
 
 /// Handles one request of the tracking API.
@@ -256,31 +257,25 @@ async fn ingest(
 ) -> Result<Response, Problem> {
     let header_key = basic_key(headers)?;
     let bytes = encoding::read_body(headers, body, s.limits.max_body_bytes).await?;
-    // A byte-order mark (and `\r\n`, which JSON allows as whitespace) as in every ingest path.
-    let value: Value = serde_json::from_slice(journey_ingest::strip_bom(&bytes)).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not a JSON object: {e}"),
-        )
-    })?;
-    let Value::Object(mut envelope) = value else {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "the body is not a JSON object",
-        ));
-    };
-    let body_key = match envelope.remove("writeKey") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) => Some(k),
-        Some(_) => {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "`writeKey` must be a string",
-            ))
+    let (envelope, body_key) = match envelope(&bytes) {
+        Ok(read) => read,
+        // Counted and kept when the header's key names the sender; an unknown sender's bytes
+        // are kept nowhere.
+        Err((reason, p)) => {
+            return Err(match granted_source(s, header_key.as_deref()) {
+                Some(source) => crate::reject_body(s, &source, reason, p, &bytes, arrived).await,
+                None => p,
+            })
         }
     };
     let source = authenticate(s, header_key.as_deref().or(body_key.as_deref()))?;
-    let calls = calls(call, envelope, s.limits.max_batch_events)?;
+    let calls = match calls(call, envelope, s.limits.max_batch_events) {
+        Ok(calls) => calls,
+        Err(p) if p.status == StatusCode::BAD_REQUEST => {
+            return Err(crate::reject_body(s, &source, INVALID_REQUEST, p, &bytes, arrived).await)
+        }
+        Err(p) => return Err(p),
+    };
 
     let decoder = Decoder::new(
         Format::Segment,
@@ -346,6 +341,38 @@ async fn ingest(
     }
     crate::apply(s, &source, decoded).await?;
     Ok((StatusCode::OK, axum::Json(json!({ "success": true }))).into_response())
+}
+
+/// Reason label of a body that is JSON but no valid request of the tracking API (a missing
+/// `batch`, a call that breaks [`check_call`]); counted and dead-lettered whole.
+const INVALID_REQUEST: &str = "invalid_request";
+
+/// A request refused as a whole: its reason label (`not_json`, [`INVALID_REQUEST`]) and answer.
+type Refusal = (&'static str, Problem);
+
+/// The body's JSON object without its `writeKey`, and the key.
+fn envelope(bytes: &[u8]) -> Result<(Map<String, Value>, Option<String>), Refusal> {
+    // A byte-order mark (and `\r\n`, which JSON allows as whitespace) as in every ingest path.
+    let value: Value = serde_json::from_slice(journey_ingest::strip_bom(bytes)).map_err(|e| {
+        let p = Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a JSON object: {e}"),
+        );
+        ("not_json", p)
+    })?;
+    let Value::Object(mut envelope) = value else {
+        let p = Problem::new(StatusCode::BAD_REQUEST, "the body is not a JSON object");
+        return Err(("not_json", p));
+    };
+    let key = match envelope.remove("writeKey") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k),
+        Some(_) => {
+            let p = Problem::new(StatusCode::BAD_REQUEST, "`writeKey` must be a string");
+            return Err((INVALID_REQUEST, p));
+        }
+    };
+    Ok((envelope, key))
 }
 
 /// The calls of a request body: a batch's (with its `sentAt` and `context`), or the one call.

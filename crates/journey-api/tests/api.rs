@@ -287,6 +287,36 @@ async fn rejected_records_become_dead_letters_with_their_bytes_and_line() {
     );
 }
 
+/// A body that cannot be split into records (here a JSON array cut short) is one rejected
+/// record: 400, counted, and dead-lettered whole.
+#[tokio::test]
+async fn an_unreadable_body_is_counted_and_dead_lettered_whole() {
+    let api = api();
+    let body = "[{\"customer_id\": \"a\", \"ts\": 1795168800000, \"event\": \"page_view\"},";
+    let (status, _, v) = call(&api.app, "POST", "/v1/events?source=shop", body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let letters: Vec<DeadLetter> = api.letters.try_iter().collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (
+            letters[0].reason,
+            &letters[0].position,
+            letters[0].record.as_slice()
+        ),
+        ("not_json", &Position::HttpBody, body.as_bytes())
+    );
+    assert_eq!(letters[0].source, "shop");
+    let count = |label: &[&str]| api.metrics.ingest_rejected.with_label_values(label).get();
+    assert_eq!(count(&["shop", "not_json"]), 1);
+    let rejected = api
+        .metrics
+        .ingest_events
+        .with_label_values(&["shop", "rejected"])
+        .get();
+    assert_eq!(rejected, 1);
+    assert_eq!(letters[0].position_json(), json!({"http": {"body": true}}));
+}
+
 #[tokio::test]
 async fn tokens_guard_each_kind_of_access() {
     const READ: &str = "read-token-0123456789";

@@ -13,7 +13,7 @@ use journey_api::auth::Tokens;
 use journey_api::segment::WriteKeys;
 use journey_api::{router, AppState, IngestLimits, Metrics};
 use journey_core::{EngineConfig, Rules};
-use journey_ingest::{DeadLetter, DeadLetters};
+use journey_ingest::{DeadLetter, DeadLetters, Position};
 use journey_runtime::{Runtime, RuntimeConfig, RuntimeHandle};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -297,17 +297,48 @@ async fn a_bad_call_makes_the_whole_batch_400_and_nothing_is_applied() {
     assert_eq!(api.letters.try_iter().count(), 1);
     assert!(events_of(&api, "u5").await.is_empty());
 
-    for body in [
-        json!({"batch": "x"}),
-        json!({"nobatch": []}),
-        json!({"batch": [1]}),
-        json!([1]),
+    // A body that is no valid request as a whole is one rejected record, kept whole.
+    for (body, reason) in [
+        (json!({"batch": "x"}), "invalid_request"),
+        (json!({"nobatch": []}), "invalid_request"),
+        (json!({"batch": [1]}), "invalid_request"),
+        (
+            json!({"batch": [{"userId": "u", "event": "x", "timestamp": "soon"}]}),
+            "invalid_request",
+        ),
+        (json!({"batch": [], "writeKey": 7}), "invalid_request"),
+        (json!([1]), "not_json"),
     ] {
+        let rejected = counter(&api, "web", "rejected");
         let (status, _) = post_json(&api.app, "/v1/batch", body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(counter(&api, "web", "rejected"), rejected + 1, "{body}");
+        let letters: Vec<DeadLetter> = api.letters.try_iter().collect();
+        assert_eq!(letters.len(), 1, "{body}");
+        assert_eq!(
+            (
+                letters[0].reason,
+                &letters[0].position,
+                letters[0].record.as_slice()
+            ),
+            (reason, &Position::HttpBody, body.to_string().as_bytes()),
+        );
+        assert_eq!(letters[0].source, "web");
     }
     let (status, _) = post(&api.app, "/v1/track", &[], "not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    let letters: Vec<DeadLetter> = api.letters.try_iter().collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].reason, letters[0].record.as_slice()),
+        ("not_json", &b"not json"[..])
+    );
+    let rejected = api
+        .metrics
+        .ingest_rejected
+        .with_label_values(&["web", "invalid_request"])
+        .get();
+    assert_eq!(rejected, 5);
     let many: Vec<Value> = (0..21)
         .map(|i| json!({"userId": "u", "event": "x", "timestamp": NOW - i}))
         .collect();
@@ -316,6 +347,49 @@ async fn a_bad_call_makes_the_whole_batch_400_and_nothing_is_applied() {
         (status, v["code"].as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
     );
+    assert_eq!(
+        api.letters.try_iter().count(),
+        0,
+        "a batch over the limit is refused, not kept"
+    );
+}
+
+/// An unreadable body is kept only when the HTTP Basic key names its sender: a `writeKey`
+/// inside bytes that are not JSON cannot, and unknown senders' bytes are kept nowhere.
+#[tokio::test]
+async fn unreadable_bodies_are_kept_only_for_a_known_sender() {
+    let api = keyed();
+    let (status, _) = post(
+        &api.app,
+        "/v1/track",
+        &[],
+        "{\"writeKey\": \"wk-ios-app-0123456789\"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(api.letters.try_iter().count(), 0);
+    assert_eq!(counter(&api, "app", "rejected"), 0);
+
+    let auth = basic("wk-ios-app-0123456789");
+    let (status, _) = post(
+        &api.app,
+        "/v1/track",
+        &[("authorization", &auth)],
+        "{\"userId\":",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let letters: Vec<DeadLetter> = api.letters.try_iter().collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (
+            letters[0].source.as_str(),
+            letters[0].reason,
+            &letters[0].position
+        ),
+        ("app", "not_json", &Position::HttpBody)
+    );
+    assert_eq!(counter(&api, "app", "rejected"), 1);
 }
 
 #[tokio::test]

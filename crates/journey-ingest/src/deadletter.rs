@@ -21,6 +21,8 @@ pub enum Position {
     Http {
         line: usize,
     },
+    /// A whole request body that could not be split into records.
+    HttpBody,
     File {
         path: String,
         line: u64,
@@ -53,6 +55,7 @@ impl DeadLetter {
                 offset,
             } => json!({"kafka": {"topic": topic, "partition": partition, "offset": offset}}),
             Position::Http { line } => json!({"http": {"line": line}}),
+            Position::HttpBody => json!({"http": {"body": true}}),
             Position::File { path, line } => json!({"file": {"path": path, "line": line}}),
             Position::Engine => json!({"engine": {}}),
         }
