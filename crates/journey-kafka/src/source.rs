@@ -115,13 +115,50 @@ pub(crate) struct Decoders {
     names: Vec<String>,
     metrics: Arc<Metrics>,
     dead_letters: DeadLetters,
+    /// Emptied record buffers the workers hand back to the consuming thread: a fresh buffer per
+    /// run cost page faults and regrowth copies on one side and frees on the other.
+    spares: (flume::Sender<RawRecords>, flume::Receiver<RawRecords>),
 }
 
+/// Record buffers kept for reuse, and the largest one kept (bytes): at most 64 MiB held.
+const SPARE_BUFFERS: usize = 64;
+const SPARE_MAX_BYTES: usize = 1 << 20;
+
 impl Decoders {
-    /// The decoding of `records` of partition `part`, to run on its task's worker.
+    fn new(
+        upstreams: Vec<Upstream>,
+        names: Vec<String>,
+        metrics: Arc<Metrics>,
+        dead_letters: DeadLetters,
+    ) -> Decoders {
+        Decoders {
+            upstreams,
+            names,
+            metrics,
+            dead_letters,
+            spares: flume::bounded(SPARE_BUFFERS),
+        }
+    }
+
+    /// The decoding of `records` of partition `part`, to run on its task's worker. The
+    /// emptied buffer goes back for [`Decoders::buffer`].
     pub(crate) fn deferred(self: &Arc<Self>, part: Part, records: RawRecords) -> Deferred {
         let decoders = self.clone();
-        Box::new(move || decoders.decode(part, &records))
+        Box::new(move || {
+            let events = decoders.decode(part, &records);
+            let mut records = records;
+            if records.bytes.capacity() <= SPARE_MAX_BYTES {
+                records.bytes.clear();
+                records.records.clear();
+                let _ = decoders.spares.0.try_send(records);
+            }
+            events
+        })
+    }
+
+    /// An empty record buffer, reused when one has come back.
+    pub(crate) fn buffer(&self) -> RawRecords {
+        self.spares.1.try_recv().unwrap_or_default()
     }
 
     /// Decodes `records` of `part` in offset order; rejected ones go to the dead letters.
@@ -308,12 +345,12 @@ impl KafkaSource {
             };
             topics.insert(name.clone(), Topic { index, decoding });
         }
-        let decoders = Arc::new(Decoders {
+        let decoders = Arc::new(Decoders::new(
             upstreams,
-            names: names.clone(),
-            metrics: metrics.clone(),
-            dead_letters: dead_letters.clone(),
-        });
+            names.clone(),
+            metrics.clone(),
+            dead_letters.clone(),
+        ));
         let consumer: BaseConsumer<Tasks> = cfg
             .clone()
             .create_with_context(Tasks {
@@ -557,7 +594,7 @@ impl Consume {
                 _ => {
                     runs.push(Run {
                         part,
-                        records: RawRecords::default(),
+                        records: self.decoders.buffer(),
                         last: msg.offset(),
                     });
                     match runs.last_mut() {
@@ -709,12 +746,12 @@ mod tests {
             &SharedProjection::default(),
         )
         .unwrap();
-        let decoders = Arc::new(Decoders {
-            upstreams: vec![up],
-            names: vec!["web".into()],
-            metrics: metrics.clone(),
+        let decoders = Arc::new(Decoders::new(
+            vec![up],
+            vec!["web".into()],
+            metrics.clone(),
             dead_letters,
-        });
+        ));
         let line = |c: u32| format!(r#"{{"customer_id":"c{c}","ts":1767225600000,"event":"e"}}"#);
         let mut raw = RawRecords::default();
         raw.push(line(1).as_bytes(), 10, 0);
@@ -724,6 +761,10 @@ mod tests {
         let events = decoders.deferred((0, 3), raw)();
         let ids: Vec<&str> = events.iter().map(|e| &*e.customer_id).collect();
         assert_eq!(ids, ["c1", "c2"]);
+        // The emptied buffer comes back for the next run.
+        let spare = decoders.buffer();
+        assert!(spare.bytes.is_empty() && spare.records.is_empty());
+        assert!(spare.bytes.capacity() > 0);
         let got: Vec<DeadLetter> = letters.try_iter().collect();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].record, b"{not json");
