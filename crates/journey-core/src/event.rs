@@ -232,9 +232,18 @@ pub fn decode_canonical_projected<'a>(
     let raw = match parsed {
         Ok(raw) => raw,
         Err(e) => {
-            return Err(failure
-                .take()
-                .unwrap_or_else(|| DecodeError::NotJson(e.to_string())))
+            return Err(match failure.take() {
+                // A field's parse fails on bad syntax as it does on a wrong type (`NaN`, a lone
+                // surrogate): only a record that is JSON can have a field of the wrong type.
+                Some(f @ DecodeError::WrongType { .. }) => {
+                    match serde_json::from_str::<Value>(text) {
+                        Ok(_) => f,
+                        Err(syntax) => DecodeError::NotJson(syntax.to_string()),
+                    }
+                }
+                Some(f) => f,
+                None => DecodeError::NotJson(e.to_string()),
+            });
         }
     };
     let customer_id = raw
@@ -584,6 +593,24 @@ mod tests {
                 "timestamp_out_of_range",
             ),
             (r#"{"customer_id":"c","ts":true,"event":"x"}"#, "wrong_type"),
+            // Bad syntax inside a field is not a wrong type.
+            (r#"{"customer_id":"c","ts":NaN,"event":"x"}"#, "not_json"),
+            (
+                r#"{"customer_id":"c","ts":"\ud800","event":"x"}"#,
+                "not_json",
+            ),
+            (
+                r#"{"customer_id":"\udc00","ts":1795341600120,"event":"x"}"#,
+                "not_json",
+            ),
+            (
+                r#"{"customer_id":"c","ts":1795341600120,"event":tru}"#,
+                "not_json",
+            ),
+            (
+                r#"{"customer_id":"c","ts":1795341600120,"event":"x","attributes":{"a":}}"#,
+                "not_json",
+            ),
             (
                 r#"{"customer_id":"c","ts":1795341600120,"event":"x","attributes":[1]}"#,
                 "wrong_type",
