@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use journey_core::query::SegmentFilter;
 use journey_core::time::Millis;
 use serde_json::{json, Value};
 
@@ -42,6 +43,8 @@ pub struct Notifier {
     last_sent: Option<Instant>,
     /// Webhook payloads not yet delivered, with the tries left.
     retry: VecDeque<(Value, u32)>,
+    /// The `segment` label: the scope of the alerts (`alerts.segment`), if any.
+    segment: Option<String>,
 }
 
 fn wall_ms() -> Millis {
@@ -65,12 +68,16 @@ fn alertname(a: &Alert) -> &'static str {
     }
 }
 
-fn labels(a: &Alert) -> Value {
+/// An alert's labels; `segment`: the `alerts.segment` scope (`DIM:VALUE`), if any.
+fn labels(a: &Alert, segment: Option<&str>) -> Value {
     let mut l = json!({
         "alertname": alertname(a),
         "severity": "warning",
         "source": "journeyd",
     });
+    if let Some(s) = segment {
+        l["segment"] = json!(s);
+    }
     if a.kind == Kind::DropOff {
         l["touchpoint"] = json!(a.touchpoint);
     }
@@ -100,6 +107,13 @@ fn annotations(a: &Alert) -> Value {
 }
 
 impl Notifier {
+    /// Labels every alert with `segment="DIM:VALUE"`, the scope `alerts.segment` judges, so
+    /// Alertmanager can route the alerts of several scoped deployments apart.
+    pub fn with_segment(mut self, segment: Option<&SegmentFilter>) -> Notifier {
+        self.segment = segment.map(|s| format!("{}:{}", s.dimension, s.value));
+        self
+    }
+
     /// `resend`: how often firing alerts are repeated to Alertmanager.
     pub fn new(targets: Targets, resend: Duration) -> Notifier {
         let agent = ureq::Agent::config_builder()
@@ -117,6 +131,7 @@ impl Notifier {
             resend,
             last_sent: None,
             retry: VecDeque::new(),
+            segment: None,
         }
     }
 
@@ -208,7 +223,7 @@ impl Notifier {
     /// No `startsAt`: Alertmanager stamps the first receipt and keeps it across repeats.
     fn am_alert(&self, a: &Alert, ends: Millis) -> Value {
         json!({
-            "labels": labels(a),
+            "labels": labels(a, self.segment.as_deref()),
             "annotations": annotations(a),
             "endsAt": iso(ends),
             "generatorURL": self.targets.generator_url,
@@ -227,7 +242,7 @@ impl Notifier {
                 let a = &c.alert;
                 json!({
                     "status": a.state.as_str(),
-                    "labels": labels(a),
+                    "labels": labels(a, self.segment.as_deref()),
                     "annotations": annotations(a),
                     // Wall-clock time of the change; event times are under `journeyd`.
                     "startsAt": iso(now),
@@ -265,5 +280,61 @@ impl Notifier {
             "commonLabels": { "alertname": common, "source": "journeyd" },
             "externalURL": self.targets.generator_url,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(kind: Kind) -> Alert {
+        Alert {
+            kind,
+            touchpoint: "cart".into(),
+            phase: Some("decision".into()),
+            state: State::Firing,
+            drop_off_rate: 0.5,
+            baseline_rate: 0.2,
+            sessions: 40,
+            baseline_sessions: 400,
+            active_since: 1_795_000_000_000,
+            fired_at: Some(1_795_000_060_000),
+            resolved_at: None,
+            summary: "drop-off at cart rose".into(),
+        }
+    }
+
+    /// Alertmanager and webhook alerts carry the scope of a segment-scoped instance.
+    #[test]
+    fn a_scoped_instance_labels_its_alerts_with_the_segment() {
+        let targets = || Targets {
+            alertmanager: None,
+            webhook: None,
+            generator_url: "http://journeyd:8080/".into(),
+        };
+        let plain = Notifier::new(targets(), Duration::from_secs(60));
+        let a = alert(Kind::DropOff);
+        assert_eq!(
+            plain.am_alert(&a, 0)["labels"],
+            json!({"alertname": "JourneyDropOffRising", "severity": "warning",
+                   "source": "journeyd", "touchpoint": "cart", "phase": "decision"})
+        );
+        let segment = SegmentFilter::parse("persona:business");
+        let scoped =
+            Notifier::new(targets(), Duration::from_secs(60)).with_segment(segment.as_ref());
+        assert_eq!(
+            scoped.am_alert(&a, 0)["labels"]["segment"],
+            "persona:business"
+        );
+        let change = Change {
+            alert: alert(Kind::Conversion),
+            from: Some(State::Pending),
+        };
+        let hook = scoped.webhook_payload(&[&change], 0);
+        assert_eq!(hook["alerts"][0]["labels"]["segment"], "persona:business");
+        assert_eq!(
+            hook["alerts"][0]["labels"]["alertname"],
+            "JourneyConversionFalling"
+        );
     }
 }

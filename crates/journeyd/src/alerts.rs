@@ -87,7 +87,8 @@ pub fn start(
             generator_url,
         },
         settings.resend,
-    );
+    )
+    .with_segment(settings.eval.segment.as_ref());
     let interval = settings.interval;
     let eval_cfg = settings.eval.clone();
     let published = board.clone();
