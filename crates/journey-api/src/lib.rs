@@ -604,7 +604,23 @@ async fn get_moments(State(s): State<AppState>, Params(q): Params) -> Result<Jso
         map.insert("to".into(), json!(iso(to)));
     }
     let answer = with_segment(answer, segment.as_ref());
-    Ok(Json(v.finish(from, answer)))
+    let mut answer = v.finish(from, answer);
+    mark_untracking_tasks(&mut answer, &v.parts, &goal);
+    Ok(Json(answer))
+}
+
+/// Tasks created under other rules or `moments.goal_phases` may track other goals; their
+/// journeys are missing from the figures of `goal`. Then the answer says `"partial": true` and
+/// how many tasks (`tasks_not_tracking_goal`).
+fn mark_untracking_tasks(answer: &mut Value, parts: &[Arc<Aggregates>], goal: &str) {
+    let not_tracking = parts
+        .iter()
+        .filter(|p| !p.moment_goals.iter().any(|g| g == goal))
+        .count();
+    if let (Some(map), true) = (answer.as_object_mut(), not_tracking > 0) {
+        map.insert("partial".into(), Value::Bool(true));
+        map.insert("tasks_not_tracking_goal".into(), json!(not_tracking));
+    }
 }
 
 async fn get_customer(
@@ -1080,4 +1096,31 @@ pub(crate) fn decode_records<'a>(
 
 async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A goal some tasks do not track makes the moments answer partial, naming how many.
+    #[test]
+    fn moments_of_a_goal_some_tasks_do_not_track_are_partial() {
+        let part = |goals: &[&str]| {
+            let mut a = Aggregates::new(&[], journey_core::time::HOUR, journey_core::time::DAY);
+            a.moment_goals = goals.iter().map(|g| g.to_string()).collect();
+            Arc::new(a)
+        };
+        let parts = [
+            part(&["decision"]),
+            part(&["retention"]),
+            part(&["decision", "retention"]),
+        ];
+        let mut answer = json!({"goal": "decision"});
+        mark_untracking_tasks(&mut answer, &parts, "decision");
+        assert_eq!(answer["partial"], true);
+        assert_eq!(answer["tasks_not_tracking_goal"], 1);
+        let mut answer = json!({"goal": "decision", "partial": false});
+        mark_untracking_tasks(&mut answer, &parts[..1], "decision");
+        assert_eq!(answer, json!({"goal": "decision", "partial": false}));
+    }
 }

@@ -250,11 +250,15 @@ struct MomentsAnswer {
     /// With `segment`: the segment the figures are restricted to.
     segment: Option<SegmentDoc>,
     truncated_from: Option<String>,
-    /// Only in a consumer group: whether some partitions' figures are missing (their owner
-    /// unknown or not answering in time); the figures then cover the others only.
+    /// In a consumer group: whether some partitions' figures are missing (their owner
+    /// unknown or not answering in time); the figures then cover the others only. Also true
+    /// when some tasks do not track the goal (`tasks_not_tracking_goal`).
     partial: Option<bool>,
     /// Only in a consumer group: the partitions (tasks) whose figures are missing.
     missing_partitions: Option<Vec<u32>>,
+    /// Tasks created under other rules or `moments.goal_phases` that do not track this goal:
+    /// their journeys are missing from the figures.
+    tasks_not_tracking_goal: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
