@@ -4,7 +4,7 @@
 //! applied twice would show. A second test restarts after SIGTERM and needs no replay.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use journey_core::time::DAY;
 use journey_gen::{generate, GenConfig, Rng};
@@ -15,7 +15,9 @@ use rdkafka::ClientConfig;
 use serde_json::Value;
 
 const TOPIC: &str = "events";
-const START: i64 = 1_795_132_800_000; // 2026-11-20T00:00:00Z
+/// Journeys start on this day and run on for about three weeks: the whole data set lies in the
+/// past (see [`cluster_with_events`]).
+const START: i64 = 1_790_812_800_000; // 2026-10-01T00:00:00Z
 
 /// One partition: the order the service reads records in is then fixed, so sessions and
 /// lateness (which depend on arrival order) come out the same in every run.
@@ -28,6 +30,21 @@ fn cluster_with_events(customers: usize) -> (MockCluster<'static, DefaultProduce
         span: DAY,
         ..GenConfig::default()
     });
+    // journeyd runs live, and live event time reads the wall clock: a record dated more than
+    // `ingest.max_future` after it is refused, and event time stops at it (journey-runtime's
+    // task.rs). A record dated after the wall clock would make the figures depend on when it is
+    // read, and the killed run reads every record later than the reference run does: it would
+    // accept records the reference refused, or close sessions the reference still held open.
+    // Dated in the past, the figures depend on the records alone.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let last = events.iter().map(|e| e.ts).max().unwrap_or(START);
+    assert!(
+        last < now,
+        "the generated events run until {last}, after the wall clock ({now}, epoch ms): move START \
+         back so that every event lies in the past"
+    );
     // Small record batches: a fetch returns at least one whole batch, so big batches would
     // defeat the consumer's small fetch size.
     let producer: BaseProducer = ClientConfig::new()
