@@ -380,9 +380,11 @@ impl PartialEq for Ring {
             && self.capacity == o.capacity
             && self.start == o.start
             && self.buckets.len() == o.buckets.len()
-            && self.buckets.iter().zip(&o.buckets).all(|(a, b)| {
-                a.as_deref().unwrap_or(&empty) == b.as_deref().unwrap_or(&empty)
-            })
+            && self
+                .buckets
+                .iter()
+                .zip(&o.buckets)
+                .all(|(a, b)| a.as_deref().unwrap_or(&empty) == b.as_deref().unwrap_or(&empty))
     }
 }
 
