@@ -12,7 +12,8 @@
 //!
 //! After the generated events, each partition gets one unclassified event 31 days later (see
 //! [`produce_backlog`]): it moves every task's watermark past the data, as the live traffic
-//! after a backlog does, so live and replay both report closed sessions and finished journeys.
+//! after a backlog does, so live and replay both report closed sessions. Live mode stops event
+//! time at the wall clock, so the watermark reaches now, days after the data, not the event.
 //! Partitions without records (the empty `service` topic of the idle test) must stop holding
 //! the watermark back once idle for `kafka.idle_timeout`.
 //!
@@ -108,7 +109,9 @@ struct Backlog {
 /// sessions of the data's last 35 minutes (gap + allowed lateness) and the journeys of its last
 /// 30 days would stay open for that long, while `replay` closes everything at the end. An
 /// event 31 days after the data in each partition moves every task's watermark past all of
-/// it. It is unclassified (event `watermark`, no rule matches it), so it adds no touchpoint,
+/// it: to the wall clock, where live mode stops event time, days after the data ends. Journeys
+/// whose window reaches past now stay open in live mode, which none of the compared figures
+/// depends on (the comparison would show it). It is unclassified (event `watermark`, no rule matches it), so it adds no touchpoint,
 /// transition or funnel figure; its own session stays open. Each goes to an explicit partition
 /// under its own customer id, and `replay` reads it too.
 ///

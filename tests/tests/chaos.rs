@@ -13,7 +13,8 @@
 //!    (`journeyd_checkpoint_fenced_total` on it goes up) and whose figures are not counted.
 //!
 //! After the stream, one watermark event per partition (31 days after the data, as in
-//! `cluster.rs`) closes every session and journey. With lag 0 every partition has exactly one
+//! `cluster.rs`) closes every session (live mode stops event time at the wall clock, so the
+//! watermark reaches now, days after the data, which is enough for sessions). With lag 0 every partition has exactly one
 //! owner among the live instances, and every live instance's `/v1/funnel`, `/v1/touchpoints`
 //! and `/v1/transitions` equal `journeyd replay` of the produced events exactly.
 //!
