@@ -6,6 +6,7 @@
 //! or once more than `max_ids` are held. Memory is about 40 bytes per remembered id. The
 //! fingerprint is a fixed function of the two strings, so the set survives a snapshot.
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
@@ -54,8 +55,11 @@ impl Dedup {
                 break;
             }
             self.order.pop_front();
-            if self.seen.get(&h) == Some(&t) {
-                self.seen.remove(&h);
+            // Only if not remembered again since (one probe for the check and the removal).
+            if let Entry::Occupied(e) = self.seen.entry(h) {
+                if *e.get() == t {
+                    e.remove();
+                }
             }
         }
         if ts < limit {
@@ -63,12 +67,14 @@ impl Dedup {
             return false;
         }
         let h = fingerprint(customer_id, event_id);
-        if self.seen.contains_key(&h) {
-            return true;
+        match self.seen.entry(h) {
+            Entry::Occupied(_) => true,
+            Entry::Vacant(v) => {
+                v.insert(ts);
+                self.order.push_back((ts, h));
+                false
+            }
         }
-        self.seen.insert(h, ts);
-        self.order.push_back((ts, h));
-        false
     }
 
     pub(crate) fn len(&self) -> usize {
