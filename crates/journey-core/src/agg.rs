@@ -158,6 +158,111 @@ impl TouchpointAgg {
     }
 }
 
+/// A bucket's figures by touchpoint id, held only for the touchpoints something was recorded
+/// for, ascending by id.
+///
+/// Sparse because a minute bucket of one task sees few of the rule set's touchpoints: a dense
+/// vector held every id up to the highest one seen, 160 bytes each, and with one task per
+/// Kafka partition most of the aggregates' memory was idle entries (docs/benchmarks.md,
+/// "Tasks"). Serialized as the dense vector was (an empty entry for every id in between, up to
+/// the highest held), so snapshots and partials keep their format.
+#[derive(Debug, Clone, Default)]
+pub struct TouchpointFigures {
+    entries: Vec<(u16, TouchpointAgg)>,
+}
+
+impl TouchpointFigures {
+    /// The figures of touchpoint `id`, created empty if needed.
+    #[inline]
+    pub fn get_or_insert(&mut self, id: u16) -> &mut TouchpointAgg {
+        let i = match self.entries.binary_search_by_key(&id, |e| e.0) {
+            Ok(i) => i,
+            Err(i) => {
+                // One more at a time: most minute buckets hold one to three touchpoints, and
+                // a vector's first growth to four entries would be mostly idle.
+                self.entries.reserve_exact(1);
+                self.entries.insert(i, (id, TouchpointAgg::default()));
+                i
+            }
+        };
+        &mut self.entries[i].1
+    }
+
+    /// The figures of touchpoint `id`, if any were recorded.
+    pub fn get(&self, id: u16) -> Option<&TouchpointAgg> {
+        self.entries
+            .binary_search_by_key(&id, |e| e.0)
+            .ok()
+            .map(|i| &self.entries[i].1)
+    }
+
+    /// `(id, figures)` of every touchpoint held, ascending by id; an entry may be empty.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &TouchpointAgg)> + '_ {
+        self.entries.iter().map(|(id, t)| (*id, t))
+    }
+
+    /// Touchpoints held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn non_empty(&self) -> impl Iterator<Item = (u16, &TouchpointAgg)> + '_ {
+        self.iter().filter(|(_, t)| !t.is_empty())
+    }
+}
+
+impl IntoIterator for TouchpointFigures {
+    type Item = (u16, TouchpointAgg);
+    type IntoIter = std::vec::IntoIter<(u16, TouchpointAgg)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+/// Equal when the same touchpoints have the same figures; an empty entry equals none.
+impl PartialEq for TouchpointFigures {
+    fn eq(&self, o: &TouchpointFigures) -> bool {
+        self.non_empty().eq(o.non_empty())
+    }
+}
+
+impl Serialize for TouchpointFigures {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let len = self.non_empty().last().map_or(0, |(id, _)| id as usize + 1);
+        let empty = TouchpointAgg::default();
+        let mut held = self.non_empty().peekable();
+        s.collect_seq((0..len).map(|i| match held.peek() {
+            Some(&(id, t)) if id as usize == i => {
+                held.next();
+                t
+            }
+            _ => &empty,
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for TouchpointFigures {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let dense = Vec::<TouchpointAgg>::deserialize(d)?;
+        if dense.len() > u16::MAX as usize + 1 {
+            return Err(serde::de::Error::custom("more touchpoints than ids"));
+        }
+        Ok(TouchpointFigures {
+            entries: dense
+                .into_iter()
+                .enumerate()
+                .filter(|(_, t)| !t.is_empty())
+                .map(|(i, t)| (i as u16, t))
+                .collect(),
+        })
+    }
+}
+
 /// Per-phase figures of one bucket.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhaseAgg {
@@ -233,7 +338,7 @@ pub const MAX_SEGMENT_DIMS: usize = 2;
 /// Everything recorded for one time bucket.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bucket {
-    pub touchpoints: Vec<TouchpointAgg>,
+    pub touchpoints: TouchpointFigures,
     pub phases: Vec<PhaseAgg>,
     pub transitions: FxHashMap<(u16, u16), u64>,
     /// Per breakdown dimension: value id → journeys by furthest phase id.
@@ -290,9 +395,9 @@ impl Bucket {
     /// accepts (they cost the most to merge).
     pub fn merge_dims(&mut self, o: &Bucket, keep: impl Fn(usize) -> bool) {
         self.sessions += o.sessions;
-        for (i, t) in o.touchpoints.iter().enumerate() {
+        for (id, t) in o.touchpoints.iter() {
             if !t.is_empty() {
-                self.touchpoint(i as u16).merge(t);
+                self.touchpoint(id).merge(t);
             }
         }
         for (i, p) in o.phases.iter().enumerate() {
@@ -313,19 +418,19 @@ impl Bucket {
         }
     }
 
+    /// The figures of touchpoint `id`, created if needed.
     #[inline]
     pub fn touchpoint(&mut self, id: u16) -> &mut TouchpointAgg {
-        let i = id as usize;
-        if i >= self.touchpoints.len() {
-            self.touchpoints.resize_with(i + 1, Default::default);
-        }
-        &mut self.touchpoints[i]
+        self.touchpoints.get_or_insert(id)
     }
 
     #[inline]
     pub fn phase(&mut self, id: u8) -> &mut PhaseAgg {
         let i = id as usize;
         if i >= self.phases.len() {
+            // Exactly: a minute bucket mostly sees the first phase (journeys starting), and
+            // four entries of 136 bytes would be mostly idle.
+            self.phases.reserve_exact(i + 1 - self.phases.len());
             self.phases.resize_with(i + 1, Default::default);
         }
         &mut self.phases[i]
@@ -862,6 +967,39 @@ mod tests {
         let back: Ring = bincode::deserialize(&bytes).unwrap();
         assert_eq!(back, ring);
         assert_eq!(back.buckets.iter().filter(|b| b.is_some()).count(), 3);
+    }
+
+    /// A bucket holds only the touchpoints written to, and serialises them as the dense vector
+    /// it held before (snapshots v5, partials v3): an empty entry for every id in between.
+    #[test]
+    fn touchpoints_are_sparse_and_serialise_dense() {
+        let mut b = Bucket::default();
+        for id in [7, 0, 3, 7] {
+            b.touchpoint(id).visits += 1;
+        }
+        b.touchpoint(3).dwell.add(40);
+        assert_eq!(b.touchpoints.len(), 3);
+        let ids: Vec<u16> = b.touchpoints.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [0, 3, 7]);
+
+        let mut dense = vec![TouchpointAgg::default(); 8];
+        dense[0].visits = 1;
+        dense[3].visits = 1;
+        dense[3].dwell.add(40);
+        dense[7].visits = 2;
+        let bytes = bincode::serialize(&b.touchpoints).unwrap();
+        assert_eq!(bytes, bincode::serialize(&dense).unwrap());
+        let back: TouchpointFigures = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, b.touchpoints);
+        assert_eq!(back.len(), 3, "the empty entries in between are not held");
+        assert_eq!(back.get(7).map(|t| t.visits), Some(2));
+        assert!(back.get(5).is_none());
+
+        // An entry created but left empty neither counts for equality nor is written.
+        let mut idle = b.touchpoints.clone();
+        idle.get_or_insert(12);
+        assert_eq!(idle, b.touchpoints);
+        assert_eq!(bincode::serialize(&idle).unwrap(), bytes);
     }
     use crate::time::DAY;
     use proptest::prelude::*;

@@ -135,9 +135,9 @@ impl Summary {
             counters: agg.counters.clone(),
             ..Default::default()
         };
-        for (i, t) in acc.touchpoints.into_iter().enumerate() {
+        for (id, t) in acc.touchpoints {
             if t != TouchpointAgg::default() {
-                s.touchpoints.insert(tp_name(i as u16), t);
+                s.touchpoints.insert(tp_name(id), t);
             }
         }
         for (i, p) in acc.phases.into_iter().enumerate() {
