@@ -217,7 +217,7 @@ pub fn decode_canonical_projected<'a>(
             limit: limits.max_record_bytes,
         });
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    let text = simdutf8::basic::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
     let failure = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = CanonicalSeed {

@@ -59,7 +59,7 @@ pub fn split_body(body: &[u8]) -> Result<Records<'_>, DecodeError> {
 }
 
 fn split_array(body: &[u8]) -> Result<Records<'_>, DecodeError> {
-    let text = std::str::from_utf8(body).map_err(|_| DecodeError::InvalidUtf8)?;
+    let text = simdutf8::basic::from_utf8(body).map_err(|_| DecodeError::InvalidUtf8)?;
     let items: Vec<&RawValue> =
         serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     Ok(items

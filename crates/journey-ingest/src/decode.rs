@@ -185,7 +185,7 @@ pub(crate) fn checked_text<'a>(
             limit: limits.max_record_bytes,
         });
     }
-    std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
+    simdutf8::basic::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
 }
 
 /// Parses `text` as exactly one JSON object (no trailing data) into `T`.
