@@ -55,24 +55,44 @@ fn main() {
         scale_child(args[1].parse().expect("customer count"));
         return;
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let what: Vec<&str> = args
-        .iter()
-        .enumerate()
-        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--payload"))
-        .map(|(_, a)| a.as_str())
-        .collect();
-    let all = what.is_empty() || what.contains(&"all");
-    let run = |name: &str| all || what.contains(&name);
-    let mut failed = false;
-    for (name, bench) in [
-        ("replay", replay as fn(bool) -> Result<()>),
+    const BENCHES: [(&str, fn(bool) -> Result<()>); 6] = [
+        ("replay", replay),
         ("peer", peer),
         ("kafka", kafka),
         ("api", api),
         ("scale", scale),
         ("cluster", cluster),
-    ] {
+    ];
+    const USAGE: &str = "usage: suite [--quick] [--payload realistic|compact] \
+                         [all | replay | peer | kafka | api | scale | cluster]...\n\
+                         (build first: cargo build --release -p journeyd -p journey-benches; \
+                         what each measures: docs/benchmarks.md)";
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut what: Vec<&str> = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        let payload_value = i > 0 && args[i - 1] == "--payload";
+        let known = match a.as_str() {
+            "--quick" | "--payload" => true,
+            _ if payload_value => true,
+            name if name == "all" || BENCHES.iter().any(|(n, _)| *n == name) => {
+                what.push(name);
+                true
+            }
+            _ => false,
+        };
+        if !known {
+            eprintln!("unknown argument `{a}`\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+    let all = what.is_empty() || what.contains(&"all");
+    let run = |name: &str| all || what.contains(&name);
+    let mut failed = false;
+    for (name, bench) in BENCHES {
         if run(name) {
             println!(
                 "== {name}{}",
