@@ -48,6 +48,8 @@ use journey_ingest::{for_each_line, Decoder, Format};
 const START: i64 = 1_735_689_600_000;
 
 type Result<T> = std::result::Result<T, String>;
+/// One benchmark: `quick` runs it at a tiny size.
+type Bench = fn(bool) -> Result<()>;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,7 +57,7 @@ fn main() {
         scale_child(args[1].parse().expect("customer count"));
         return;
     }
-    const BENCHES: [(&str, fn(bool) -> Result<()>); 6] = [
+    const BENCHES: [(&str, Bench); 6] = [
         ("replay", replay),
         ("peer", peer),
         ("kafka", kafka),
