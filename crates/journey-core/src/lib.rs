@@ -14,6 +14,7 @@ pub mod query;
 pub mod rules;
 pub mod shard;
 pub mod sketch;
+mod slab;
 pub mod snapshot;
 pub mod stats;
 pub mod time;

@@ -23,6 +23,7 @@ use crate::dedup::Dedup;
 use crate::event::{lookup, Event};
 use crate::rules::Rules;
 use crate::sketch::Bin;
+use crate::slab::Slab;
 use crate::time::Millis;
 
 /// Touchpoint id of an unclassified event inside a session.
@@ -246,7 +247,7 @@ impl SegKey {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
-    customers: Vec<Customer>,
+    customers: Slab<Customer>,
     free: Vec<u32>,
     max_seen: Millis,
     watermark: Millis,
@@ -304,7 +305,7 @@ impl Shard {
         agg.moment_goals = cfg.moment_goals(&rules);
         agg.moment_goals.truncate(MAX_MOMENT_GOALS);
         let st = State {
-            customers: Vec::new(),
+            customers: Slab::default(),
             free: Vec::new(),
             max_seen: Millis::MIN,
             watermark: Millis::MIN,
