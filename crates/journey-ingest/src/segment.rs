@@ -35,7 +35,7 @@
 //!   their top-level `name` and `category` are added to the attributes unless the
 //!   properties already carry them;
 //! - the envelope's `context` and `traits` replace properties of the same name;
-//! - when neither `userId` nor `anonymousId` is present the error names `userId`, and when no
+//! - when neither `userId` nor `anonymousId` is present the error names both, and when no
 //!   timestamp (not even a `receivedAt`) is present it names `timestamp`.
 
 use std::borrow::Cow;
@@ -149,7 +149,8 @@ pub(crate) fn decode<'a>(
     let customer_id = match (user_id, call.anonymous_id) {
         (Some(id), _) => decode::customer(Some(id), "userId")?,
         (None, Some(id)) => decode::customer(Some(id), "anonymousId")?,
-        (None, None) => return Err(DecodeError::MissingField("userId")),
+        // The Segment spec needs one of the two; the message names both.
+        (None, None) => return Err(DecodeError::MissingField("userId` or `anonymousId")),
     };
 
     let name = match kind {
@@ -434,12 +435,12 @@ mod tests {
             (
                 r#"{"event": "x", "timestamp": 1795341600000}"#,
                 "missing_field",
-                "missing field `userId`",
+                "missing field `userId` or `anonymousId`",
             ),
             (
                 r#"{"event": "x", "userId": null, "anonymousId": null, "timestamp": 1795341600000}"#,
                 "missing_field",
-                "missing field `userId`",
+                "missing field `userId` or `anonymousId`",
             ),
             (
                 r#"{"event": "x", "userId": true, "timestamp": 1795341600000}"#,
