@@ -402,7 +402,12 @@ impl Shard {
             Some(open) => {
                 let inside = !late || (open[0].ts <= ts && ts <= open[open.len() - 1].ts);
                 let cfg = &self.ctx.cfg;
-                if inside && joined_session_len(open, ts, cfg) >= cfg.session_max_events {
+                // The joined session is part of the buffer: only a buffer at the limit can
+                // hold one at the limit, and the walk costs the session's length per event.
+                if inside
+                    && open.len() >= cfg.session_max_events
+                    && joined_session_len(open, ts, cfg) >= cfg.session_max_events
+                {
                     self.st.agg.counters.rejected_too_many_events += 1;
                     return Err(ApplyError::TooManyEvents {
                         customer_id: ev.customer_id.to_string(),
@@ -1284,7 +1289,7 @@ fn set_dims(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, ev: &Event<'_>, tp
         }
         let text: Option<std::borrow::Cow<'_, str>> = match d {
             0 => Some(ev.source.as_ref().into()),
-            1 => Some(agg.touchpoints.name(tp_id).to_string().into()),
+            1 => Some(agg.touchpoints.name(tp_id).into()),
             _ => ctx
                 .breakdown_paths
                 .get(d - 2)
