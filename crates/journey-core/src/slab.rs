@@ -78,10 +78,12 @@ impl<T> FromIterator<T> for Slab<T> {
 
 impl<T: Serialize> Serialize for Slab<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(ExactLen {
-            inner: self.iter(),
-            left: self.len,
-        })
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len))?;
+        for v in self.iter() {
+            seq.serialize_element(v)?;
+        }
+        seq.end()
     }
 }
 
@@ -106,26 +108,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Slab<T> {
             }
         }
         d.deserialize_seq(Seq(std::marker::PhantomData))
-    }
-}
-
-/// An iterator that tells serializers its exact length (bincode writes it first).
-struct ExactLen<I> {
-    inner: I,
-    left: usize,
-}
-
-impl<I: Iterator> Iterator for ExactLen<I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        let v = self.inner.next()?;
-        self.left -= 1;
-        Some(v)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
     }
 }
 
