@@ -314,6 +314,14 @@ mod tests {
         push: Duration::from_secs(1),
     };
 
+    /// The wall clock in epoch milliseconds.
+    fn wall_clock() -> Millis {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as Millis
+    }
+
     fn task() -> Task {
         task_with(true)
     }
@@ -340,10 +348,7 @@ mod tests {
 
     #[test]
     fn live_event_time_never_runs_ahead_of_the_wall_clock() {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as Millis;
+        let wall = wall_clock();
         let now = Instant::now();
         // A client whose clock is 23 h fast: its event counts, the watermark stays at now.
         let mut t = task();
@@ -462,10 +467,7 @@ mod tests {
     /// an uninterrupted run, equals it only for data in the past (the crash test's premise).
     #[test]
     fn only_records_dated_after_the_wall_clock_make_figures_depend_on_when_they_are_read() {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as Millis;
+        let wall = wall_clock();
         let t0 = Instant::now();
         let closed = |b_ts: Millis, later: Duration| {
             let mut t = task();
