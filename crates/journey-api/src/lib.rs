@@ -1073,6 +1073,7 @@ pub(crate) fn decode_records<'a>(
         errors: Vec::new(),
         letters: Vec::new(),
     };
+    let decoder = decoder.batch();
     for (position, bytes) in records {
         match decoder.decode(bytes) {
             Ok(e) => out.events.push(e.into_owned()),

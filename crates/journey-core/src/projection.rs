@@ -14,7 +14,6 @@
 //! `serde_json::Value` does.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -35,7 +34,58 @@ pub struct Projection {
 struct Node {
     /// A path ends here: keep the whole value.
     whole: bool,
-    children: BTreeMap<Box<str>, Node>,
+    children: Children,
+}
+
+/// A node's children by key segment. Decoding looks up every key of every attributes object
+/// here, and most keys lead nowhere: the set of key lengths turns those away without a
+/// string comparison (a `BTreeMap` compared each key with several children, `memcmp` each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Children {
+    /// Ascending by key.
+    entries: Vec<(Box<str>, Node)>,
+    /// Bit `min(len, 63)` is set for the byte length of every key held.
+    lengths: u64,
+}
+
+impl Children {
+    const fn new() -> Children {
+        Children {
+            entries: Vec::new(),
+            lengths: 0,
+        }
+    }
+
+    fn length_bit(key: &str) -> u64 {
+        1 << key.len().min(63)
+    }
+
+    #[inline]
+    fn get(&self, key: &str) -> Option<&Node> {
+        if self.lengths & Children::length_bit(key) == 0 {
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && **k == *key)
+            .map(|(_, n)| n)
+    }
+
+    fn entry(&mut self, key: &str) -> &mut Node {
+        let i = match self.entries.binary_search_by(|(k, _)| (**k).cmp(key)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.entries.insert(i, (key.into(), Node::default()));
+                self.lengths |= Children::length_bit(key);
+                i
+            }
+        };
+        &mut self.entries[i].1
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl Projection {
@@ -46,7 +96,7 @@ impl Projection {
         for path in paths {
             let mut node = &mut root;
             for seg in path {
-                node = node.children.entry(seg.clone()).or_default();
+                node = node.children.entry(seg);
             }
             node.whole = true;
         }
@@ -110,7 +160,7 @@ impl Projection {
     ) -> ProjectedValue<'p> {
         static NOTHING: Node = Node {
             whole: false,
-            children: BTreeMap::new(),
+            children: Children::new(),
         };
         ProjectedValue {
             node: self.root.children.get(key).unwrap_or(&NOTHING),
@@ -208,7 +258,7 @@ impl<'de> Visitor<'de> for ProjectedValue<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
-            match self.node.children.get(&*key.0) {
+            match self.node.children.get(&key.0) {
                 Some(child) => {
                     let v = map.next_value_seed(ProjectedValue {
                         node: child,
@@ -363,6 +413,31 @@ mod tests {
                 _ => prop_assert!(false, "{}: {:?} vs {:?}", line, full, projected),
             }
         }
+    }
+
+    #[test]
+    fn children_are_found_by_length_then_bytes() {
+        let (long, longer) = ("k".repeat(63), "k".repeat(70));
+        let paths = [
+            split("url"),
+            split("utm_medium"),
+            split(&longer),
+            split("page.url"),
+        ];
+        let p = Projection::new(paths.iter().map(Vec::as_slice));
+        let root = &p.root.children;
+        for key in ["url", "utm_medium", longer.as_str(), "page"] {
+            assert!(root.get(key).is_some(), "{key}");
+        }
+        // Same length as a child, a length no child has, and one sharing the top length bit.
+        for key in ["uri", "ur", "", long.as_str(), "k".repeat(71).as_str()] {
+            assert!(root.get(key).is_none(), "{key}");
+        }
+        assert!(root
+            .get("page")
+            .is_some_and(|n| n.children.get("url").is_some()));
+        let keys: Vec<&str> = root.entries.iter().map(|(k, _)| &**k).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "ascending: {keys:?}");
     }
 
     #[test]

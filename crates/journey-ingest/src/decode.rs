@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use journey_core::event::{
-    check_customer_id, check_not_future, check_time, decode_canonical, decode_canonical_projected,
-    parse_rfc3339,
+    check_customer_id, check_not_future, check_time, decode_canonical_projected, parse_rfc3339,
 };
 use journey_core::time::Millis;
 use journey_core::{DecodeError, DecodeLimits, Event, Projection, SharedProjection};
@@ -58,6 +57,54 @@ pub struct Decoder {
     received_at: Option<Millis>,
     /// The attribute paths to keep (canonical records); `None` keeps every attribute.
     projection: Option<SharedProjection>,
+}
+
+/// A [`Decoder`] with its projection fixed for a batch of records ([`Decoder::batch`]).
+#[derive(Debug)]
+pub struct DecodeBatch<'d> {
+    decoder: &'d Decoder,
+    projection: Option<Arc<Projection>>,
+}
+
+impl<'d> DecodeBatch<'d> {
+    /// [`Decoder::decode`] with this batch's projection.
+    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError>
+    where
+        'd: 'a,
+    {
+        let d = self.decoder;
+        let projection = self.projection.as_deref();
+        // The bytes a producer adds around a record (a Kafka message written as a line of a
+        // Windows file): a byte-order mark before it, `\r\n` after it. Bodies and files are
+        // cut by `split_body` and `for_each_line`, which drop the same bytes.
+        let bytes = crate::body::trim_line_ending(crate::body::strip_bom(bytes));
+        let source = d.default_source.as_str();
+        let ev = match &d.format {
+            Format::Canonical => decode_canonical_projected(bytes, source, &d.limits, projection),
+            Format::Segment => {
+                let text = checked_text(bytes, &d.limits)?;
+                segment::decode(text, source, d.received_at, projection)
+            }
+            Format::CloudEvents => {
+                let text = checked_text(bytes, &d.limits)?;
+                cloudevents::decode(text, source, projection)
+            }
+            Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &d.limits)?, source),
+        }
+        .map(|mut ev| {
+            // Segment and CloudEvents build only the projected part of their objects, but
+            // assemble attributes from several of them (and the envelope); mappings build
+            // every attribute. The projection of the result then drops what nothing reads
+            // here, on the decoding thread, so the workers receive (and free) only the
+            // attributes they use.
+            if let (Some(p), false) = (projection, matches!(d.format, Format::Canonical)) {
+                ev.attributes = p.apply(std::mem::take(&mut ev.attributes));
+            }
+            ev
+        })?;
+        d.check_future(ev.ts)?;
+        Ok(ev)
+    }
 }
 
 impl fmt::Debug for Decoder {
@@ -122,43 +169,21 @@ impl Decoder {
     }
 
     /// Decodes one record (one JSON object; a leading UTF-8 byte-order mark and a trailing
-    /// `\n` or `\r\n` are dropped). Strings borrow from `bytes` where possible.
+    /// `\n` or `\r\n` are dropped). Strings borrow from `bytes` where possible. For many
+    /// records in a row, [`Decoder::batch`] reads the projection once.
     pub fn decode<'a>(&'a self, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
-        // The bytes a producer adds around a record (a Kafka message written as a line of a
-        // Windows file): a byte-order mark before it, `\r\n` after it. Bodies and files are
-        // cut by `split_body` and `for_each_line`, which drop the same bytes.
-        let bytes = crate::body::trim_line_ending(crate::body::strip_bom(bytes));
-        let source = self.default_source.as_str();
-        let ev = match &self.format {
-            Format::Canonical => match &self.projection {
-                None => decode_canonical(bytes, source, &self.limits),
-                Some(p) => decode_canonical_projected(bytes, source, &self.limits, Some(&p.load())),
-            },
-            Format::Segment => {
-                let projection = self.projection.as_ref().map(SharedProjection::load);
-                let text = checked_text(bytes, &self.limits)?;
-                segment::decode(text, source, self.received_at, projection.as_deref())
-            }
-            Format::CloudEvents => {
-                let projection = self.projection.as_ref().map(SharedProjection::load);
-                let text = checked_text(bytes, &self.limits)?;
-                cloudevents::decode(text, source, projection.as_deref())
-            }
-            Format::Mapping(mapping) => mapping.decode(checked_text(bytes, &self.limits)?, source),
+        self.batch().decode(bytes)
+    }
+
+    /// This decoder with its projection read now, for the records of one batch (a chunk of
+    /// lines, a poll's records of a partition, a request body). The projection sits behind a
+    /// lock that rules reloads write, and reading it cost a lock and a reference count per
+    /// record; a reload takes effect from the next batch.
+    pub fn batch(&self) -> DecodeBatch<'_> {
+        DecodeBatch {
+            decoder: self,
+            projection: self.projection.as_ref().map(SharedProjection::load),
         }
-        .map(|mut ev| {
-            // Segment and CloudEvents build only the projected part of their objects, but
-            // assemble attributes from several of them (and the envelope); mappings build
-            // every attribute. The projection of the result then drops what nothing reads
-            // here, on the decoding thread, so the workers receive (and free) only the
-            // attributes they use.
-            if let (Some(p), false) = (&self.projection, matches!(self.format, Format::Canonical)) {
-                ev.attributes = p.load().apply(std::mem::take(&mut ev.attributes));
-            }
-            ev
-        })?;
-        self.check_future(ev.ts)?;
-        Ok(ev)
     }
 
     /// SPEC §1: a record dated more than `max_future` after the wall clock is rejected.

@@ -24,6 +24,6 @@ mod segment;
 
 pub use body::{for_each_line, split_body, strip_bom, trim_line_ending, Record, Records, BOM};
 pub use deadletter::{DeadLetter, DeadLetters, Position};
-pub use decode::{system_clock, Clock, Decoder};
+pub use decode::{system_clock, Clock, DecodeBatch, Decoder};
 pub use format::Format;
 pub use mapping::Mapping;

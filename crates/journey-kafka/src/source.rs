@@ -166,11 +166,15 @@ impl Decoders {
         let mut events = Vec::with_capacity(records.records.len());
         let mut accepted = vec![0u64; self.upstreams.len()];
         let topic = self.names.get(part.0).map_or("", String::as_str);
+        let batches: Vec<_> = self.upstreams.iter().map(|u| u.decoder.batch()).collect();
         for (payload, r) in records.iter() {
-            let Some(up) = self.upstreams.get(usize::from(r.upstream)) else {
+            let (Some(up), Some(decoder)) = (
+                self.upstreams.get(usize::from(r.upstream)),
+                batches.get(usize::from(r.upstream)),
+            ) else {
                 continue;
             };
-            match up.decoder.decode(payload) {
+            match decoder.decode(payload) {
                 Ok(e) => {
                     accepted[usize::from(r.upstream)] += 1;
                     events.push(e.into_owned());

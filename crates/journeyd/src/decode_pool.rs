@@ -52,6 +52,7 @@ fn decode_chunk(decoder: &Decoder, chunk: Chunk) -> Decoded {
         rejected: Vec::new(),
         spare: None,
     };
+    let decoder = decoder.batch();
     let mut start = 0;
     for &end in &ends {
         let line = bytes.get(start..end).unwrap_or_default();
