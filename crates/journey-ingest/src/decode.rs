@@ -132,7 +132,8 @@ impl Decoder {
     }
 
     /// The same decoder keeping only the attributes on the paths of `projection` (read for
-    /// each record, so a rules reload applies to records decoded after it), skipping the rest
+    /// each record, or once per [`Decoder::batch`], so a rules reload applies to records and
+    /// batches decoded after it), skipping the rest
     /// of the bytes without building values. Segment, CloudEvents and mapped records are
     /// decoded whole (their envelopes are validated on the parsed value) and projected right
     /// after, so the workers still receive only the attributes they read. Dead letters are

@@ -904,9 +904,9 @@ impl RuntimeHandle {
 
     /// Swaps the rules: events queued before keep the old ones, events after get the new.
     /// The decoders' [`RuntimeHandle::projection`] switches first, to the paths of the old
-    /// and the new rules together: records decoded from now on keep every attribute the new
-    /// rules read, and those applied before the swap reaches their worker every attribute the
-    /// old rules read.
+    /// and the new rules together: records decoded from now on (in a decoder's batch begun
+    /// from now on) keep every attribute the new rules read, and those applied before the
+    /// swap reaches their worker every attribute the old rules read.
     pub async fn set_rules(&self, rules: Arc<Rules>) -> Result<(), Stopped> {
         {
             let mut current = self.inner.rules.write().unwrap_or_else(|p| p.into_inner());
