@@ -129,6 +129,36 @@ fn is_blank(line: &[u8]) -> bool {
 /// Largest line buffer kept between lines; a longer line's buffer is released after use.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
+/// Calls `f` with each record of `block`, a run of whole lines of an input (only where the
+/// input ends may the last one lack its `\n`), as [`for_each_line`] gives the same lines:
+/// `\r\n` trimmed to the record, blank lines skipped, and a byte-order mark dropped from the
+/// block's first line when the block `starts_input`. Returns how many records `f` got. For
+/// readers that cut an input into blocks at line ends and hand them to other threads.
+pub fn for_each_line_of_block(block: &[u8], starts_input: bool, mut f: impl FnMut(&[u8])) -> u64 {
+    let mut records = 0;
+    let mut start = 0;
+    let mut emit = |line: &[u8], first: bool| {
+        let line = trim_line(line);
+        let line = if first && starts_input {
+            strip_bom(line)
+        } else {
+            line
+        };
+        if !is_blank(line) {
+            records += 1;
+            f(line);
+        }
+    };
+    for end in memchr::memchr_iter(b'\n', block) {
+        emit(&block[start..end], start == 0);
+        start = end + 1;
+    }
+    if start < block.len() {
+        emit(&block[start..], start == 0);
+    }
+    records
+}
+
 /// Calls `f(line_number, line)` for every non-blank line of an NDJSON stream and returns the
 /// number of lines passed to `f`.
 ///
@@ -388,6 +418,30 @@ mod tests {
             buf[..chunk.len()].copy_from_slice(chunk);
             Ok(chunk.len())
         }
+    }
+
+    /// A block gives the records `for_each_line` gives for the same bytes, cut anywhere at
+    /// a line end.
+    #[test]
+    fn a_block_gives_the_lines_for_each_line_gives() {
+        let input: &[u8] =
+            b"\xEF\xBB\xBF{\"a\":1}\r\n\n  \t\n{\"b\":2}\n\xEF\xBB\xBF{\"c\":3}\r\n{\"d\":4}";
+        let mut want = Vec::new();
+        for_each_line(input, |_, l| want.push(l.to_vec())).unwrap();
+        assert_eq!(want.len(), 4);
+        let ends: Vec<usize> = memchr::memchr_iter(b'\n', input).map(|i| i + 1).collect();
+        for cut in ends {
+            let mut got = Vec::new();
+            let n = for_each_line_of_block(&input[..cut], true, |l| got.push(l.to_vec()))
+                + for_each_line_of_block(&input[cut..], false, |l| got.push(l.to_vec()));
+            assert_eq!((n as usize, &got), (want.len(), &want), "cut at {cut}");
+        }
+        let mut got = Vec::new();
+        for_each_line_of_block(input, false, |l| got.push(l.to_vec()));
+        assert!(
+            got[0].starts_with(BOM),
+            "a block that does not start the input keeps it"
+        );
     }
 
     #[test]

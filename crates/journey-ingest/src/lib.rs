@@ -22,7 +22,10 @@ mod format;
 mod mapping;
 mod segment;
 
-pub use body::{for_each_line, split_body, strip_bom, trim_line_ending, Record, Records, BOM};
+pub use body::{
+    for_each_line, for_each_line_of_block, split_body, strip_bom, trim_line_ending, Record,
+    Records, BOM,
+};
 pub use deadletter::{DeadLetter, DeadLetters, Position};
 pub use decode::{system_clock, Clock, DecodeBatch, Decoder};
 pub use format::Format;

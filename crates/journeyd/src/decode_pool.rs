@@ -1,31 +1,38 @@
 //! Decoding `replay` input on a pool of threads, in input order.
 //!
-//! The reading thread only cuts the input into chunks of lines and copies them into one
-//! buffer per chunk; decoder threads turn chunks into events; the reading thread takes the
-//! decoded chunks back in the order it read them and submits them to the runtime. The order
-//! of events is therefore the order of the lines, as if one thread had decoded them, so the
-//! push stream's event time, the routing and every figure are unchanged.
+//! The reading thread reads the input straight into chunk buffers of about a megabyte and cuts
+//! each at its last line end (the partial line starts the next chunk); decoder threads split
+//! chunks into lines and turn them into events; the reading thread takes the decoded chunks
+//! back in the order it read them and submits them to the runtime. The order of events is
+//! therefore the order of the lines, as if one thread had decoded them, so the push stream's
+//! event time, the routing and every figure are unchanged.
 //!
 //! At most `in_flight` chunks are between the reader and the pool; both channels hold that
-//! many, so neither side can wait on the other forever. A chunk's buffers come back with its
-//! decoded events and are filled again: a fresh megabyte per chunk cost the reading thread
-//! more in page faults and regrowth copies than reading the file.
+//! many, so neither side can wait on the other forever. A chunk's buffer comes back with its
+//! decoded events and is filled again: a fresh megabyte per chunk cost the reading thread
+//! more in page faults than reading the file. Reading into the chunk itself, rather than
+//! copying each line out of a read buffer, halved what the reading thread copies (the copy
+//! was more than half of its time: docs/benchmarks.md).
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::thread::JoinHandle;
 
 use journey_core::Event;
-use journey_ingest::Decoder;
+use journey_ingest::{for_each_line_of_block, Decoder};
 
-/// Lines per chunk: about 1 MB of realistic records, few enough messages to keep the channel
-/// cost negligible.
-pub const CHUNK_LINES: usize = 1024;
+/// Bytes read per chunk: about a thousand realistic records, few enough messages to keep the
+/// channel cost negligible.
+pub const CHUNK_BYTES: usize = 1 << 20;
 
-/// A chunk of lines, back to back, with where each ends.
+/// A chunk buffer that grew past this for one long line is dropped after use, not kept.
+const KEEP_CHUNK_BYTES: usize = 4 * CHUNK_BYTES;
+
+/// Whole lines of the input, and whether they are its first.
 struct Chunk {
     seq: u64,
     bytes: Vec<u8>,
-    ends: Vec<usize>,
+    starts_input: bool,
 }
 
 /// One decoded chunk: its accepted events in line order and each rejected line's reason.
@@ -35,8 +42,10 @@ pub struct Decoded {
     pub events: Vec<Event<'static>>,
     /// [`journey_core::DecodeError::reason`] of each rejected line.
     pub rejected: Vec<&'static str>,
-    /// The chunk's buffers, emptied, for the next chunk.
-    spare: Option<(Vec<u8>, Vec<usize>)>,
+    /// Records (non-blank lines) in the chunk, accepted or rejected.
+    pub lines: u64,
+    /// The chunk's buffer, emptied, for the next chunk.
+    spare: Option<Vec<u8>>,
 }
 
 /// Decodes one chunk's lines with `decoder`.
@@ -44,27 +53,20 @@ fn decode_chunk(decoder: &Decoder, chunk: Chunk) -> Decoded {
     let Chunk {
         seq,
         mut bytes,
-        mut ends,
+        starts_input,
     } = chunk;
     let mut out = Decoded {
         seq,
-        events: Vec::with_capacity(ends.len()),
-        rejected: Vec::new(),
-        spare: None,
+        events: Vec::with_capacity(1024),
+        ..Decoded::default()
     };
     let decoder = decoder.batch();
-    let mut start = 0;
-    for &end in &ends {
-        let line = bytes.get(start..end).unwrap_or_default();
-        start = end;
-        match decoder.decode(line) {
-            Ok(e) => out.events.push(e.into_owned()),
-            Err(e) => out.rejected.push(e.reason()),
-        }
-    }
+    out.lines = for_each_line_of_block(&bytes, starts_input, |line| match decoder.decode(line) {
+        Ok(e) => out.events.push(e.into_owned()),
+        Err(e) => out.rejected.push(e.reason()),
+    });
     bytes.clear();
-    ends.clear();
-    out.spare = Some((bytes, ends));
+    out.spare = (bytes.capacity() <= KEEP_CHUNK_BYTES).then_some(bytes);
     out
 }
 
@@ -76,9 +78,6 @@ pub struct DecodePool {
     from_pool: flume::Receiver<Decoded>,
     threads: Vec<JoinHandle<()>>,
     decoder: Decoder,
-    /// The chunk being filled.
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
     next_seq: u64,
     /// Sequence number of the next chunk to hand out.
     next_out: u64,
@@ -87,7 +86,9 @@ pub struct DecodePool {
     in_flight: usize,
     max_in_flight: usize,
     /// Emptied buffers of decoded chunks, at most `max_in_flight + 1`.
-    spares: Vec<(Vec<u8>, Vec<usize>)>,
+    spares: Vec<Vec<u8>>,
+    /// Chunk buffers allocated so far; the other chunks reused one.
+    fresh_buffers: usize,
 }
 
 impl DecodePool {
@@ -120,32 +121,62 @@ impl DecodePool {
             from_pool,
             threads: handles,
             decoder,
-            bytes: Vec::new(),
-            ends: Vec::with_capacity(CHUNK_LINES),
             next_seq: 0,
             next_out: 0,
             early: BTreeMap::new(),
             in_flight: 0,
             max_in_flight,
             spares: Vec::new(),
+            fresh_buffers: 0,
         })
     }
 
-    /// Adds one line (without its line ending). Calls `ready` with every chunk decoded by
-    /// now, in input order; waits for the oldest when too many are in flight.
-    pub fn push(&mut self, line: &[u8], ready: &mut impl FnMut(Decoded)) {
-        self.bytes.extend_from_slice(line);
-        self.ends.push(self.bytes.len());
-        if self.ends.len() >= CHUNK_LINES {
-            self.send(ready);
+    /// Reads `input` to its end and decodes every line, as [`journey_ingest::for_each_line`]
+    /// cuts them. Calls `on_read` with the size of each read (bytes) and `ready` with every
+    /// chunk decoded by now, in input order; waits for the oldest when too many are in
+    /// flight. A line that does not fit a chunk grows it. Stops at the first read error; the
+    /// lines read before it are still decoded and handed out by [`DecodePool::finish`].
+    pub fn read_input(
+        &mut self,
+        mut input: impl Read,
+        on_read: &mut impl FnMut(u64),
+        ready: &mut impl FnMut(Decoded),
+    ) -> std::io::Result<()> {
+        let mut buf = self.spare();
+        let mut starts_input = true;
+        loop {
+            if buf.capacity() - buf.len() < CHUNK_BYTES / 2 {
+                buf.reserve(CHUNK_BYTES);
+            }
+            let (have, want) = (buf.len(), (buf.capacity() - buf.len()) as u64);
+            // Fills the spare capacity without zeroing it first.
+            let n = match (&mut input).take(want).read_to_end(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.send(buf, starts_input, ready);
+                    return Err(e);
+                }
+            };
+            on_read(n as u64);
+            if n == 0 {
+                self.send(buf, starts_input, ready);
+                return Ok(());
+            }
+            // Whole lines go now; the partial last one starts the next chunk. What was held
+            // before this read had no line end.
+            if let Some(end) = memchr::memrchr(b'\n', &buf[have..]).map(|i| have + i) {
+                let mut next = self.spare();
+                next.extend_from_slice(&buf[end + 1..]);
+                buf.truncate(end + 1);
+                self.send(buf, starts_input, ready);
+                starts_input = false;
+                buf = next;
+            }
         }
     }
 
     /// Decodes what is left and calls `ready` with every remaining chunk, in input order.
     pub fn finish(mut self, ready: &mut impl FnMut(Decoded)) {
-        if !self.ends.is_empty() {
-            self.send(ready);
-        }
         while self.in_flight > 0 {
             if !self.receive_one(ready) {
                 break;
@@ -157,17 +188,22 @@ impl DecodePool {
         }
     }
 
-    fn send(&mut self, ready: &mut impl FnMut(Decoded)) {
-        let (bytes, ends) = self.spares.pop().unwrap_or_else(|| {
-            (
-                Vec::with_capacity(self.bytes.capacity()),
-                Vec::with_capacity(CHUNK_LINES),
-            )
-        });
+    fn spare(&mut self) -> Vec<u8> {
+        self.spares.pop().unwrap_or_else(|| {
+            self.fresh_buffers += 1;
+            Vec::with_capacity(CHUNK_BYTES)
+        })
+    }
+
+    fn send(&mut self, bytes: Vec<u8>, starts_input: bool, ready: &mut impl FnMut(Decoded)) {
+        if bytes.is_empty() {
+            self.spares.push(bytes);
+            return;
+        }
         let chunk = Chunk {
             seq: self.next_seq,
-            bytes: std::mem::replace(&mut self.bytes, bytes),
-            ends: std::mem::replace(&mut self.ends, ends),
+            bytes,
+            starts_input,
         };
         self.next_seq += 1;
         if self.to_pool.is_none() {
@@ -230,72 +266,123 @@ impl Drop for DecodePool {
 mod tests {
     use super::*;
     use journey_core::DecodeLimits;
-    use journey_ingest::Format;
+    use journey_ingest::{for_each_line, Format};
 
-    fn run(threads: usize, lines: &[String]) -> (Vec<Event<'static>>, Vec<&'static str>, u64) {
-        let decoder = Decoder::new(Format::Canonical, "file", DecodeLimits::default());
-        let mut pool = DecodePool::new(decoder, threads, 0).unwrap();
-        let (mut events, mut rejected, mut n) = (Vec::new(), Vec::new(), 0);
+    type Out = (Vec<Event<'static>>, Vec<&'static str>, u64);
+
+    fn decoder() -> Decoder {
+        Decoder::new(Format::Canonical, "file", DecodeLimits::default())
+    }
+
+    /// Decodes `inputs` one after the other through a pool of `threads`.
+    fn run(threads: usize, inputs: &[&[u8]]) -> Out {
+        let mut pool = DecodePool::new(decoder(), threads, 0).unwrap();
+        let (mut events, mut rejected, mut lines, mut bytes) = (Vec::new(), Vec::new(), 0, 0);
         let mut ready = |d: Decoded| {
-            n += (d.events.len() + d.rejected.len()) as u64;
+            assert_eq!(d.lines, (d.events.len() + d.rejected.len()) as u64);
+            lines += d.lines;
             events.extend(d.events);
             rejected.extend(d.rejected);
         };
-        for l in lines {
-            pool.push(l.as_bytes(), &mut ready);
+        for input in inputs {
+            pool.read_input(*input, &mut |n| bytes += n, &mut ready)
+                .unwrap();
         }
         pool.finish(&mut ready);
-        (events, rejected, n)
+        assert_eq!(bytes, inputs.iter().map(|i| i.len() as u64).sum::<u64>());
+        (events, rejected, lines)
+    }
+
+    /// What one thread gets cutting the same inputs with `for_each_line`.
+    fn reference(inputs: &[&[u8]]) -> Out {
+        let d = decoder();
+        let (mut events, mut rejected, mut lines) = (Vec::new(), Vec::new(), 0);
+        for input in inputs {
+            lines += for_each_line(*input, |_, line| match d.decode(line) {
+                Ok(e) => events.push(e.into_owned()),
+                Err(e) => rejected.push(e.reason()),
+            })
+            .unwrap();
+        }
+        (events, rejected, lines)
+    }
+
+    fn record(i: usize) -> String {
+        format!(
+            r#"{{"customer_id":"c{i}","ts":{},"event":"e"}}"#,
+            1_767_225_600_000u64 + i as u64
+        )
     }
 
     /// Issue 14: a pool gives the events of a single decoding thread, in line order.
     #[test]
     fn a_pool_decodes_every_line_in_input_order() {
-        let lines: Vec<String> = (0..5 * CHUNK_LINES + 17)
+        let lines: Vec<String> = (0..60_000)
             .map(|i| {
                 if i % 97 == 0 {
                     format!("{{\"customer_id\":\"c{i}\"}}")
                 } else {
-                    format!(
-                        r#"{{"customer_id":"c{i}","ts":{},"event":"e"}}"#,
-                        1_767_225_600_000u64 + i as u64
-                    )
+                    record(i)
                 }
             })
             .collect();
-        let single = run(0, &lines);
+        let input = lines.join("\n");
+        assert!(input.len() > 3 * CHUNK_BYTES, "several chunks");
+        let single = run(0, &[input.as_bytes()]);
         assert_eq!(single.2, lines.len() as u64);
         assert!(!single.1.is_empty());
+        assert_eq!(single, reference(&[input.as_bytes()]));
         for threads in [1, 2, 3] {
-            let pooled = run(threads, &lines);
+            let pooled = run(threads, &[input.as_bytes()]);
             assert_eq!(pooled, single, "{threads} threads");
         }
         assert_eq!(run(2, &[]).2, 0);
+        assert_eq!(run(2, &[b""]).2, 0);
+    }
+
+    /// Lines are cut as `for_each_line` cuts them, wherever the chunks end: `\r\n`, blank
+    /// and whitespace-only lines, a byte-order mark at the start of each input only, a last
+    /// line without `\n` (which does not run into the next input), and a line longer than a
+    /// chunk.
+    #[test]
+    fn lines_are_cut_as_for_each_line_cuts_them() {
+        let bom = String::from_utf8(journey_ingest::BOM.to_vec()).unwrap();
+        let long = format!(
+            r#"{{"customer_id":"long","ts":1767225600000,"event":"e","attributes":{{"x":"{}"}}}}"#,
+            "y".repeat(3 * CHUNK_BYTES)
+        );
+        let mut first = format!("{bom}{}\r\n\n   \n{}\r\n{long}\n", record(1), record(2));
+        for i in 3..20_000 {
+            first.push_str(&record(i));
+            first.push_str(if i % 3 == 0 { "\r\n" } else { "\n" });
+        }
+        first.push_str(&record(20_000));
+        let second = format!("{bom}{}\n{bom}{}\n", record(20_001), record(20_002));
+        let inputs: [&[u8]; 3] = [first.as_bytes(), second.as_bytes(), b"\n\n"];
+        let want = reference(&inputs);
+        assert_eq!(want.2, 20_002 + 1, "every record and the long line");
+        for threads in [0, 2] {
+            assert_eq!(run(threads, &inputs), want, "{threads} threads");
+        }
     }
 
     /// Chunk buffers come back and are filled again instead of allocated per chunk.
     #[test]
     fn chunk_buffers_are_reused() {
-        let decoder = Decoder::new(Format::Canonical, "file", DecodeLimits::default());
+        let input: String = (0..400_000).map(|i| record(i) + "\n").collect();
         for threads in [0, 2] {
-            let mut pool = DecodePool::new(decoder.clone(), threads, 0).unwrap();
-            let line = br#"{"customer_id":"c","ts":1767225600000,"event":"e"}"#;
+            let mut pool = DecodePool::new(decoder(), threads, 0).unwrap();
             let mut chunks = 0;
             let mut ready = |_: Decoded| chunks += 1;
-            let mut fresh = 0;
-            for _ in 0..20 * CHUNK_LINES {
-                if pool.ends.is_empty() && pool.bytes.capacity() == 0 {
-                    fresh += 1;
-                }
-                pool.push(line, &mut ready);
-            }
-            assert!(
-                fresh <= 1 + pool.max_in_flight,
-                "{fresh} fresh buffers for 20 chunks"
-            );
-            assert!(!pool.spares.is_empty() || threads > 0);
+            pool.read_input(input.as_bytes(), &mut |_| {}, &mut ready)
+                .unwrap();
+            let (fresh, max) = (pool.fresh_buffers, pool.max_in_flight);
             pool.finish(&mut ready);
-            assert_eq!(chunks, 20);
+            assert!(chunks > 2 * (max + 2), "{chunks} chunks");
+            assert!(
+                fresh <= max + 2,
+                "{fresh} fresh buffers for {chunks} chunks"
+            );
         }
     }
 }

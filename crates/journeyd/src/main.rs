@@ -22,7 +22,7 @@ use journey_api::{router, system_clock, AppState, IngestLimits, Metrics};
 use journey_core::query::{funnel, moments, touchpoints, transitions, Include, Summary};
 use journey_core::time::Millis;
 use journey_core::{ApplyError, DecodeLimits, Event, Rules};
-use journey_ingest::{for_each_line, DeadLetter, Decoder, Format, Position};
+use journey_ingest::{DeadLetter, Decoder, Format, Position};
 use journey_runtime::checkpoint::{CheckpointOutcome, CheckpointReport, Checkpointer, StoredTask};
 use journey_runtime::{RejectHook, Runtime, RuntimeConfig, RuntimeHandle, TaskId};
 use journey_state::StateStore;
@@ -819,7 +819,6 @@ fn replay(
         .sum::<Option<u64>>();
     let bar = progress::bar(total_bytes, "lines");
     let started = Instant::now();
-    let mut pending_bytes = 0u64;
     let (mut read, mut accepted) = (0u64, 0u64);
     let mut rejected: std::collections::BTreeMap<&'static str, u64> = Default::default();
     let mut submit_error = None;
@@ -828,6 +827,11 @@ fn replay(
     // Decoded chunks, in input order: submitted at once, so a chunk's events reach the
     // workers while later chunks are still being read and decoded.
     let mut ready = |d: decode_pool::Decoded| {
+        read += d.lines;
+        if total_bytes.is_none() {
+            bar.set_position(read);
+        }
+        bar.set_message(format!("{read} lines"));
         accepted += d.events.len() as u64;
         for reason in d.rejected {
             *rejected.entry(reason).or_default() += 1;
@@ -838,28 +842,22 @@ fn replay(
             }
         }
     };
+    let mut on_read = |n: u64| {
+        if total_bytes.is_some() {
+            bar.inc(n);
+        }
+    };
     for file in files {
-        let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        let input: Box<dyn std::io::Read> = if file.as_os_str() == "-" {
             Box::new(std::io::stdin().lock())
         } else {
-            let f = std::fs::File::open(file)
-                .with_context(|| format!("cannot open {}", file.display()))?;
-            Box::new(std::io::BufReader::with_capacity(1 << 20, f))
+            Box::new(
+                std::fs::File::open(file)
+                    .with_context(|| format!("cannot open {}", file.display()))?,
+            )
         };
-        for_each_line(input, |_, line| {
-            read += 1;
-            pool.push(line, &mut ready);
-            pending_bytes += line.len() as u64 + 1;
-            if read.is_multiple_of(4096) {
-                if total_bytes.is_some() {
-                    bar.inc(std::mem::take(&mut pending_bytes));
-                } else {
-                    bar.set_position(read);
-                }
-                bar.set_message(format!("{read} lines"));
-            }
-        })
-        .with_context(|| format!("cannot read {}", file.display()))?;
+        pool.read_input(input, &mut on_read, &mut ready)
+            .with_context(|| format!("cannot read {}", file.display()))?;
     }
     pool.finish(&mut ready);
     if let Some(e) = submit_error {
