@@ -2,8 +2,10 @@
 //! (perf, callgrind). Prints the apply rate, decoding excluded.
 //!
 //! Run: `cargo run --release -p journey-benches --bin replay_profile -- [customers] [rounds]
-//! [span_minutes]`: journeys start within `span_minutes` (default a day); a short span gives the
-//! dense event time of a busy live stream.
+//! [span_minutes] [tasks]`: journeys start within `span_minutes` (default a day); a short span
+//! gives the dense event time of a busy live stream. With `tasks` above 1 the events are split
+//! by customer over that many shards, as a runtime's tasks (Kafka partitions) split them, so
+//! the engine's cost per task shows in instruction counts.
 
 use journey_benches::{bench_config, default_rules};
 use journey_core::{decode_canonical, DecodeLimits, Shard};
@@ -14,6 +16,7 @@ fn main() {
     let customers = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let span_minutes: i64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(24 * 60);
+    let tasks: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     let events = generate(&GenConfig {
         customers,
         span: span_minutes * journey_core::time::MINUTE,
@@ -26,7 +29,9 @@ fn main() {
     let mut secs = 0.0;
     for _ in 0..rounds {
         // Decode a batch, then apply it while it is in cache, as the service does.
-        let mut shard = Shard::new(cfg.clone(), rules.clone());
+        let mut shards: Vec<Shard> = (0..tasks)
+            .map(|_| Shard::new(cfg.clone(), rules.clone()))
+            .collect();
         for chunk in lines.chunks(1024) {
             let batch: Vec<_> = chunk
                 .iter()
@@ -34,14 +39,18 @@ fn main() {
                 .collect();
             let start = std::time::Instant::now();
             for e in &batch {
-                let _ = shard.apply(e);
+                let _ = shards[task_of(&e.customer_id, tasks)].apply(e);
             }
             secs += start.elapsed().as_secs_f64();
         }
         let start = std::time::Instant::now();
-        shard.flush();
+        for shard in &mut shards {
+            shard.flush();
+        }
         secs += start.elapsed().as_secs_f64();
-        std::hint::black_box(shard.aggregates().counters.events);
+        for shard in &shards {
+            std::hint::black_box(shard.aggregates().counters.events);
+        }
     }
     let n = (events.len() * rounds) as f64;
     println!(
@@ -49,4 +58,12 @@ fn main() {
         events.len(),
         n / secs
     );
+}
+
+/// The task of a customer: FNV-1a of the id, modulo `tasks` (any stable spread will do here).
+fn task_of(customer_id: &str, tasks: usize) -> usize {
+    let h = customer_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (h % tasks as u64) as usize
 }

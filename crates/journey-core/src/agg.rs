@@ -557,8 +557,11 @@ impl Ring {
                     self.buckets.drain(..drop as usize);
                     self.start += drop;
                 }
-                while self.start + (self.buckets.len() as i64) <= idx {
-                    self.buckets.push_back(None);
+                // One resize, not a push per empty step: a task of a sparse partition jumps
+                // many minutes between events.
+                let len = (idx - self.start + 1) as usize;
+                if self.buckets.len() < len {
+                    self.buckets.resize(len, None);
                 }
             }
         }
@@ -687,14 +690,16 @@ impl Timeline {
         if until <= self.sealed_until {
             return;
         }
-        let Some(first) = self.fine.first_time() else {
+        let (Some(first), Some(end)) = (self.fine.first_time(), self.fine.end_time()) else {
             self.sealed_until = until;
             return;
         };
+        // Only the minutes the ring holds: a task of a sparse partition seals many hours at
+        // once, most of them without a minute bucket.
         let mut h = self.sealed_until.max(first.div_euclid(HOUR) * HOUR);
-        while h < until {
+        while h < until.min(end) {
             let (fine, coarse) = (&self.fine, &mut self.coarse);
-            let mut minutes = (h..h + HOUR)
+            let mut minutes = (h.max(first)..(h + HOUR).min(end))
                 .step_by(MINUTE as usize)
                 .filter_map(|m| fine.get(m))
                 .peekable();
