@@ -261,14 +261,13 @@ fn load_rules(path: &Path) -> Result<Rules> {
 
 fn check_rules(file: &Path) -> Result<()> {
     let rules = load_rules(file)?;
-    println!(
+    print_line(&format!(
         "{}: ok, {} touchpoints in {} phases ({})",
         file.display(),
         rules.touchpoints().len(),
         rules.phases().len(),
         rules.phases().join(" → ")
-    );
-    Ok(())
+    ))
 }
 
 fn init_logging(s: &Settings) {
@@ -912,8 +911,17 @@ fn replay(
         "moments": moments,
     });
     runtime.shutdown();
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    print_line(&serde_json::to_string_pretty(&out)?)
+}
+
+/// Writes `text` and a line end to standard output. A failed write (a closed pipe, a full
+/// disk) is an error naming standard output, where `println!` would panic.
+fn print_line(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .context("cannot write to standard output")
 }
 
 #[cfg(test)]

@@ -241,6 +241,24 @@ fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
+/// Output that cannot be written (a full disk, a closed pipe) is an error, not a panic.
+#[test]
+fn replay_reports_an_unwritable_standard_output() {
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = journeyd()
+        .args(["replay", "tests/golden/events.ndjson"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write to standard output"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn replay_prints_the_figures_of_a_file() {
     let replay = |tasks: &str| {
