@@ -89,6 +89,8 @@ pub struct DecodePool {
     spares: Vec<Vec<u8>>,
     /// Chunk buffers allocated so far; the other chunks reused one.
     fresh_buffers: usize,
+    /// The largest capacity of a chunk buffer handed to the decoders so far, in bytes.
+    largest_chunk: usize,
 }
 
 impl DecodePool {
@@ -128,42 +130,70 @@ impl DecodePool {
             max_in_flight,
             spares: Vec::new(),
             fresh_buffers: 0,
+            largest_chunk: 0,
         })
     }
 
     /// Reads `input` to its end and decodes every line, as [`journey_ingest::for_each_line`]
     /// cuts them. Calls `on_read` with the size of each read (bytes) and `ready` with every
     /// chunk decoded by now, in input order; waits for the oldest when too many are in
-    /// flight. A line that does not fit a chunk grows it. Stops at the first read error; the
-    /// lines read before it are still decoded and handed out by [`DecodePool::finish`].
+    /// flight. Stops at the first read error; the lines read before it are still decoded and
+    /// handed out by [`DecodePool::finish`].
+    ///
+    /// Memory stays bounded whatever the input: of a line longer than any record may be
+    /// (`max_record_bytes`), only enough is kept for it to be rejected as too large, and the
+    /// rest is dropped as it is read (an input without line ends, a JSON array given as
+    /// NDJSON).
     pub fn read_input(
         &mut self,
         mut input: impl Read,
         on_read: &mut impl FnMut(u64),
         ready: &mut impl FnMut(Decoded),
     ) -> std::io::Result<()> {
+        // A byte-order mark and a `\r` are trimmed before the size check: keep more.
+        let keep = self.decoder.limits().max_record_bytes.saturating_add(8);
         let mut buf = self.spare();
         let mut starts_input = true;
+        let mut overlong: Option<Overlong> = None;
         loop {
-            if buf.capacity() - buf.len() < CHUNK_BYTES / 2 {
-                buf.reserve(CHUNK_BYTES);
-            }
-            let (have, want) = (buf.len(), (buf.capacity() - buf.len()) as u64);
+            // Reads of one chunk's size into room made exactly: a buffer holds at most an
+            // unfinished line (up to `keep`) and one read, whatever came before.
+            buf.reserve_exact(CHUNK_BYTES);
+            let mut have = buf.len();
             // Fills the spare capacity without zeroing it first.
-            let n = match (&mut input).take(want).read_to_end(&mut buf) {
+            let n = match (&mut input).take(CHUNK_BYTES as u64).read_to_end(&mut buf) {
                 Ok(n) => n,
                 Err(e) => {
+                    if let Some(o) = overlong {
+                        o.end(&mut buf, keep);
+                    }
                     self.send(buf, starts_input, ready);
                     return Err(e);
                 }
             };
             on_read(n as u64);
             if n == 0 {
+                if let Some(o) = overlong {
+                    o.end(&mut buf, keep);
+                }
                 self.send(buf, starts_input, ready);
                 return Ok(());
             }
+            if let Some(o) = &mut overlong {
+                // Drop what came of the over-long line, up to its end if that came too.
+                let line_end = memchr::memchr(b'\n', &buf[keep..]).map(|i| keep + i);
+                let stop = line_end.unwrap_or(buf.len());
+                o.non_blank |= !is_blank(&buf[keep..stop]);
+                buf.drain(keep..stop);
+                if line_end.is_none() {
+                    continue;
+                }
+                o.end(&mut buf, keep);
+                overlong = None;
+                have = keep;
+            }
             // Whole lines go now; the partial last one starts the next chunk. What was held
-            // before this read had no line end.
+            // before `have` had no line end.
             if let Some(end) = memchr::memrchr(b'\n', &buf[have..]).map(|i| have + i) {
                 let mut next = self.spare();
                 next.extend_from_slice(&buf[end + 1..]);
@@ -171,6 +201,12 @@ impl DecodePool {
                 self.send(buf, starts_input, ready);
                 starts_input = false;
                 buf = next;
+            } else if buf.len() > keep {
+                // All of `buf` is one unfinished line (nothing before it is held back).
+                overlong = Some(Overlong {
+                    non_blank: !is_blank(&buf[keep..]),
+                });
+                buf.truncate(keep);
             }
         }
     }
@@ -200,6 +236,7 @@ impl DecodePool {
             self.spares.push(bytes);
             return;
         }
+        self.largest_chunk = self.largest_chunk.max(bytes.capacity());
         let chunk = Chunk {
             seq: self.next_seq,
             bytes,
@@ -256,6 +293,32 @@ impl DecodePool {
     }
 }
 
+/// A line longer than any record, of which only the first `keep` bytes are held.
+#[derive(Debug, Clone, Copy)]
+struct Overlong {
+    /// A byte past the held ones is not whitespace.
+    non_blank: bool,
+}
+
+impl Overlong {
+    /// The line ends: if the held bytes are all whitespace but the dropped ones were not, the
+    /// last held byte stands in for them, so the line is not taken for a blank one (which
+    /// `for_each_line` skips) but rejected as too large, as the whole line would be.
+    fn end(self, buf: &mut [u8], keep: usize) {
+        if let (true, Some(held)) = (self.non_blank, buf.get_mut(..keep)) {
+            if is_blank(held) {
+                if let Some(last) = held.last_mut() {
+                    *last = b'x';
+                }
+            }
+        }
+    }
+}
+
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
 impl Drop for DecodePool {
     fn drop(&mut self) {
         self.to_pool = None;
@@ -276,7 +339,12 @@ mod tests {
 
     /// Decodes `inputs` one after the other through a pool of `threads`.
     fn run(threads: usize, inputs: &[&[u8]]) -> Out {
-        let mut pool = DecodePool::new(decoder(), threads, 0).unwrap();
+        run_with(decoder(), threads, inputs).0
+    }
+
+    /// [`run`] with `decoder`; also the largest chunk buffer's capacity.
+    fn run_with(decoder: Decoder, threads: usize, inputs: &[&[u8]]) -> (Out, usize) {
+        let mut pool = DecodePool::new(decoder, threads, 0).unwrap();
         let (mut events, mut rejected, mut lines, mut bytes) = (Vec::new(), Vec::new(), 0, 0);
         let mut ready = |d: Decoded| {
             assert_eq!(d.lines, (d.events.len() + d.rejected.len()) as u64);
@@ -288,14 +356,18 @@ mod tests {
             pool.read_input(*input, &mut |n| bytes += n, &mut ready)
                 .unwrap();
         }
+        let largest = pool.largest_chunk;
         pool.finish(&mut ready);
         assert_eq!(bytes, inputs.iter().map(|i| i.len() as u64).sum::<u64>());
-        (events, rejected, lines)
+        ((events, rejected, lines), largest)
     }
 
     /// What one thread gets cutting the same inputs with `for_each_line`.
     fn reference(inputs: &[&[u8]]) -> Out {
-        let d = decoder();
+        reference_with(&decoder(), inputs)
+    }
+
+    fn reference_with(d: &Decoder, inputs: &[&[u8]]) -> Out {
         let (mut events, mut rejected, mut lines) = (Vec::new(), Vec::new(), 0);
         for input in inputs {
             lines += for_each_line(*input, |_, line| match d.decode(line) {
@@ -363,6 +435,60 @@ mod tests {
         assert_eq!(want.2, 20_002 + 1, "every record and the long line");
         for threads in [0, 2] {
             assert_eq!(run(threads, &inputs), want, "{threads} threads");
+        }
+    }
+
+    /// A line longer than any record is rejected as too large, as `for_each_line` and the
+    /// decoder would reject it, without being held whole: memory stays bounded whether the
+    /// line ends, ends the input, or is blank only in the part that is held.
+    #[test]
+    fn over_long_lines_are_rejected_without_being_held() {
+        let limit = 1000;
+        let small = Decoder::new(
+            Format::Canonical,
+            "file",
+            DecodeLimits {
+                max_record_bytes: limit,
+                ..DecodeLimits::default()
+            },
+        );
+        let huge = format!(
+            "{{\"customer_id\":\"{}\"}}",
+            "h".repeat(6 * KEEP_CHUNK_BYTES)
+        );
+        let mut input = String::new();
+        for (i, line) in [
+            huge.clone(),
+            format!("{}x", " ".repeat(5 * CHUNK_BYTES)),
+            " ".repeat(3 * CHUNK_BYTES),
+            format!("{}\r", "y".repeat(limit + 8)),
+            "z".repeat(limit + 9),
+            " ".repeat(limit + 8) + "z",
+        ]
+        .iter()
+        .enumerate()
+        {
+            input.push_str(&record(i));
+            input.push('\n');
+            input.push_str(line);
+            input.push('\n');
+        }
+        input.push_str(&huge);
+        let inputs: [&[u8]; 2] = [input.as_bytes(), b"\n"];
+        let want = reference_with(&small, &inputs);
+        assert_eq!(want.0.len(), 6);
+        assert_eq!(
+            want.1,
+            vec!["too_large"; 6],
+            "the blank line of spaces is skipped"
+        );
+        for threads in [0, 2] {
+            let (got, largest) = run_with(small.clone(), threads, &inputs);
+            assert_eq!(got, want, "{threads} threads");
+            assert!(
+                largest <= KEEP_CHUNK_BYTES,
+                "{largest} bytes held for one chunk"
+            );
         }
     }
 
