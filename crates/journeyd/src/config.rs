@@ -41,7 +41,7 @@ const ALERT_BASELINES: [&str; 2] = ["day_before", "trailing"];
 const ALERT_CONVERSIONS: [&str; 3] = ["step", "from_start", "off"];
 
 /// More workers than this is a typo, not a machine.
-const MAX_WORKERS: usize = 1024;
+pub(crate) const MAX_WORKERS: usize = 1024;
 /// More tasks than this would only add per-task aggregate memory.
 const MAX_TASKS: u32 = 4096;
 

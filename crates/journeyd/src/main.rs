@@ -85,7 +85,7 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
         /// Threads decoding the input in parallel, in input order (default: one per worker;
-        /// 0 decodes on the thread that reads).
+        /// 0 decodes on the thread that reads; at most 1024).
         #[arg(long)]
         decoders: Option<usize>,
         #[arg(required = true)]
@@ -213,6 +213,12 @@ fn main() {
         } => load_settings(config.as_deref()).and_then(|s| {
             let range = ReplayRange::parse(from.as_deref(), to.as_deref(), now_ms())?;
             let decoders = decoders.unwrap_or(s.runtime.workers);
+            if decoders > config::MAX_WORKERS {
+                bail!(
+                    "--decoders: at most {} threads, got {decoders}",
+                    config::MAX_WORKERS
+                );
+            }
             replay(s, rules, &format, &source, range, decoders, &files)
         }),
         Command::Run { config } => load_settings(config.as_deref()).and_then(|s| serve(s, None)),

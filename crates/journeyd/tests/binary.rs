@@ -241,6 +241,26 @@ fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
+/// A decoder thread count no machine has is refused before any thread starts.
+#[test]
+fn replay_bounds_its_decoder_threads() {
+    let out = output(
+        &[
+            "replay",
+            "--decoders",
+            "100000",
+            "tests/golden/events.ndjson",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--decoders: at most 1024 threads, got 100000"),
+        "{err}"
+    );
+}
+
 /// Output that cannot be written (a full disk, a closed pipe) is an error, not a panic.
 #[test]
 fn replay_reports_an_unwritable_standard_output() {
