@@ -197,9 +197,16 @@ fn gen(customers: usize, span: i64, seed: u64) -> GenConfig {
     }
 }
 
+/// `n` events over `d` as "x.xx M events/s", or why there is no rate: a quick run can have
+/// every event applied before the first measurement.
 fn rate(n: u64, d: Duration) -> String {
+    if n == 0 || d.is_zero() {
+        return NOTHING_TO_TIME.into();
+    }
     format!("{:.2} M events/s", n as f64 / d.as_secs_f64() / 1e6)
 }
+
+const NOTHING_TO_TIME: &str = "no rate (every event was applied before the first measurement)";
 
 // ---------------------------------------------------------------- replay
 
@@ -1111,15 +1118,23 @@ fn cluster(quick: bool) -> Result<()> {
         let (sent, produce_took) = producer.join().map_err(|_| "the producer panicked")?;
         let (t0, n0) = first.ok_or("no event applied")?;
         let took = end - t0;
-        let per_sec = (total - n0) as f64 / took.as_secs_f64();
-        println!(
-            "{n} instance(s) (2 workers each): aggregate Kafka ingest {per_sec:.0} events/s \
-             ({:.0} events/s per core of {cores}) over {} events; {sent} produced in {:.1} s \
-             alongside",
-            per_sec / cores as f64,
-            total - n0,
-            produce_took.as_secs_f64()
-        );
+        if total == n0 || took.is_zero() {
+            println!(
+                "{n} instance(s) (2 workers each): aggregate Kafka ingest: {NOTHING_TO_TIME}; \
+                 {sent} produced in {:.1} s alongside",
+                produce_took.as_secs_f64()
+            );
+        } else {
+            let per_sec = (total - n0) as f64 / took.as_secs_f64();
+            println!(
+                "{n} instance(s) (2 workers each): aggregate Kafka ingest {per_sec:.0} events/s \
+                 ({:.0} events/s per core of {cores}) over {} events; {sent} produced in {:.1} s \
+                 alongside",
+                per_sec / cores as f64,
+                total - n0,
+                produce_took.as_secs_f64()
+            );
+        }
 
         // Query latency on instance 0; with n > 1 it asks the others for their tasks.
         std::thread::sleep(Duration::from_secs(2));
