@@ -122,8 +122,22 @@ fn trim_end(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-fn is_blank(line: &[u8]) -> bool {
+/// Whether a line holds only ASCII whitespace: NDJSON readers skip such lines.
+pub fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The record of one line of an NDJSON input (without its `\n`), or `None` for a blank line:
+/// a trailing `\r` trimmed, and a byte-order mark dropped from the input's first line. How
+/// [`for_each_line`] and [`for_each_line_of_block`] both cut.
+fn record_of(line: &[u8], first_of_input: bool) -> Option<&[u8]> {
+    let line = trim_line(line);
+    let line = if first_of_input {
+        strip_bom(line)
+    } else {
+        line
+    };
+    (!is_blank(line)).then_some(line)
 }
 
 /// Largest line buffer kept between lines; a longer line's buffer is released after use.
@@ -138,15 +152,9 @@ pub fn for_each_line_of_block(block: &[u8], starts_input: bool, mut f: impl FnMu
     let mut records = 0;
     let mut start = 0;
     let mut emit = |line: &[u8], first: bool| {
-        let line = trim_line(line);
-        let line = if first && starts_input {
-            strip_bom(line)
-        } else {
-            line
-        };
-        if !is_blank(line) {
+        if let Some(record) = record_of(line, first && starts_input) {
             records += 1;
-            f(line);
+            f(record);
         }
     };
     for end in memchr::memchr_iter(b'\n', block) {
@@ -173,12 +181,10 @@ pub fn for_each_line(mut reader: impl BufRead, mut f: impl FnMut(u64, &[u8])) ->
     let mut records = 0u64;
     let mut emit = |pending: &[u8]| {
         line_no += 1;
-        let line = trim_line(pending);
         // A byte-order mark can only start the stream, i.e. the first line.
-        let line = if line_no == 1 { strip_bom(line) } else { line };
-        if !is_blank(line) {
+        if let Some(record) = record_of(pending, line_no == 1) {
             records += 1;
-            f(line_no, line);
+            f(line_no, record);
         }
     };
     loop {

@@ -23,8 +23,8 @@ mod mapping;
 mod segment;
 
 pub use body::{
-    for_each_line, for_each_line_of_block, split_body, strip_bom, trim_line_ending, Record,
-    Records, BOM,
+    for_each_line, for_each_line_of_block, is_blank, split_body, strip_bom, trim_line_ending,
+    Record, Records, BOM,
 };
 pub use deadletter::{DeadLetter, DeadLetters, Position};
 pub use decode::{system_clock, Clock, DecodeBatch, Decoder};

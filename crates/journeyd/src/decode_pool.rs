@@ -19,7 +19,7 @@ use std::io::Read;
 use std::thread::JoinHandle;
 
 use journey_core::Event;
-use journey_ingest::{for_each_line_of_block, Decoder};
+use journey_ingest::{for_each_line_of_block, is_blank, Decoder};
 
 /// Bytes read per chunk: about a thousand realistic records, few enough messages to keep the
 /// channel cost negligible.
@@ -313,10 +313,6 @@ impl Overlong {
             }
         }
     }
-}
-
-fn is_blank(bytes: &[u8]) -> bool {
-    bytes.iter().all(u8::is_ascii_whitespace)
 }
 
 impl Drop for DecodePool {
