@@ -92,6 +92,11 @@ struct Journey {
 }
 
 impl Journey {
+    /// Whether `ts` lies in the journey's window `[t0, t0 + window]`.
+    fn holds(&self, ts: Millis, window: Millis) -> bool {
+        self.t0 <= ts && ts <= self.t0.saturating_add(window)
+    }
+
     /// The touched-set of goal `k` of `n_goals`.
     fn moments(&self, k: usize, n_goals: usize) -> u64 {
         match k {
@@ -124,8 +129,10 @@ struct Customer {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Rare {
-    /// The previous journey, kept until no on-time event can reach it any more.
-    prev: Option<Journey>,
+    /// Journeys before the current one, oldest first, their windows disjoint. One is kept
+    /// while an on-time event can still reach it or a session that began in its window is
+    /// open (see [`Rare::retire`]); usually none or one.
+    past: Vec<Journey>,
     /// Events not yet in a closed session, ordered by `ts`; equal times in arrival order.
     open: Vec<Point>,
 }
@@ -147,21 +154,20 @@ impl Customer {
         &mut self.rare.get_or_insert_with(Default::default).open
     }
 
-    fn prev(&self) -> Option<&Journey> {
-        self.rare.as_deref().and_then(|r| r.prev.as_ref())
+    /// Journeys before the current one, oldest first.
+    fn past(&self) -> &[Journey] {
+        self.rare.as_deref().map_or(&[], |r| r.past.as_slice())
     }
 
-    fn prev_mut(&mut self) -> Option<&mut Journey> {
-        self.rare.as_deref_mut().and_then(|r| r.prev.as_mut())
+    /// Past journeys, then the current one: in time order.
+    fn journeys(&self) -> impl Iterator<Item = &Journey> + '_ {
+        self.past().iter().chain(self.journey.as_ref())
     }
 
-    /// The journey an event at `ts` belongs to: the previous one if `ts` lies in its window,
-    /// else the current one, else the previous one (`window`: `journey.window`).
+    /// The journey an event at `ts` belongs to: a past one if `ts` lies in its window, else
+    /// the current one, else the latest past one (`window`: `journey.window`).
     fn journey_at(&self, ts: Millis, window: Millis) -> Option<&Journey> {
-        match self.prev() {
-            Some(p) if p.t0 <= ts && ts <= p.t0.saturating_add(window) => Some(p),
-            p => self.journey.as_ref().or(p),
-        }
+        journey_at(self.past(), self.journey.as_ref(), ts, window)
     }
 
     /// Drops the rare part once it holds nothing.
@@ -169,10 +175,38 @@ impl Customer {
         if self
             .rare
             .as_ref()
-            .is_some_and(|r| r.prev.is_none() && r.open.is_empty())
+            .is_some_and(|r| r.past.is_empty() && r.open.is_empty())
         {
             self.rare = None;
         }
+    }
+}
+
+/// The past journey whose window holds `ts`, else `current`, else the latest past one.
+fn journey_at<'j>(
+    past: &'j [Journey],
+    current: Option<&'j Journey>,
+    ts: Millis,
+    window: Millis,
+) -> Option<&'j Journey> {
+    past.iter()
+        .find(|p| p.holds(ts, window))
+        .or(current)
+        .or(past.last())
+}
+
+impl Rare {
+    /// Writes the past journeys' phase dwell up to the watermark `wm` and drops each one that
+    /// nothing can change any more: the watermark has passed its window's end and no open
+    /// session began inside that window (its figures go to the journey's segments on close).
+    fn retire(&mut self, ctx: &Ctx, agg: &mut Aggregates, wm: Millis) {
+        let w = ctx.cfg.journey_window;
+        let open_from = self.open.first().map_or(Millis::MAX, |p| p.ts);
+        self.past.retain_mut(|p| {
+            emit_phase_dwell(ctx, agg, p, wm);
+            let end = p.t0.saturating_add(w);
+            !(wm > end && open_from > end)
+        });
     }
 }
 
@@ -638,12 +672,7 @@ impl Shard {
         };
         Some(CustomerView {
             customer_id: c.id.to_string(),
-            journeys: c
-                .prev()
-                .into_iter()
-                .chain(c.journey.as_ref())
-                .map(journey)
-                .collect(),
+            journeys: c.journeys().map(journey).collect(),
             open_events: c
                 .open()
                 .map(|o| {
@@ -670,7 +699,11 @@ impl Shard {
         cfg: Arc<EngineConfig>,
         rules: Arc<Rules>,
     ) -> Result<Shard, crate::snapshot::SnapshotError> {
-        let st: State = crate::snapshot::decode(bytes)?;
+        let (version, payload) = crate::snapshot::open(bytes)?;
+        let st: State = match version {
+            5 => crate::snapshot::payload::<v5::State>(payload)?.into(),
+            _ => crate::snapshot::payload(payload)?,
+        };
         let dims = cfg.dimension_names();
         let have: Vec<&str> = st.agg.dimensions.iter().map(|d| d.name.as_str()).collect();
         if have != dims.iter().map(String::as_str).collect::<Vec<_>>() {
@@ -851,7 +884,7 @@ fn next_deadline(ctx: &Ctx, c: &Customer, wm: Millis) -> Millis {
             .min(last.saturating_add(cfg.session_gap).saturating_add(1))
             .min(s.saturating_add(cfg.session_max_duration));
     }
-    for j in c.prev().into_iter().chain(c.journey.as_ref()) {
+    for j in c.journeys() {
         let end = j.t0.saturating_add(cfg.journey_window).saturating_add(1);
         // Past its end, a journey waits for its open session, whose deadline is above.
         if end > wm {
@@ -973,7 +1006,7 @@ fn reach_time(ctx: &Ctx, j: &Journey, goal: u8) -> Millis {
 fn record_touches(
     ctx: &Ctx,
     agg: &mut Aggregates,
-    prev: &mut Option<Journey>,
+    past: &mut [Journey],
     cur: &mut Option<Journey>,
     points: &[Point],
 ) {
@@ -982,19 +1015,14 @@ fn record_touches(
         return;
     }
     let w = ctx.cfg.journey_window;
-    let inside = |j: &Option<Journey>, ts: Millis| {
-        j.as_ref()
-            .is_some_and(|j| j.t0 <= ts && ts <= j.t0.saturating_add(w))
-    };
     for p in points.iter().filter(|p| p.tp < MOMENT_TOUCHPOINTS) {
-        let j = if inside(prev, p.ts) {
-            prev.as_mut()
-        } else if inside(cur, p.ts) {
-            cur.as_mut()
-        } else {
-            None
+        let j = match past.iter_mut().find(|j| j.holds(p.ts, w)) {
+            Some(j) => j,
+            None => match cur.as_mut().filter(|j| j.holds(p.ts, w)) {
+                Some(j) => j,
+                None => continue,
+            },
         };
-        let Some(j) = j else { continue };
         for k in 0..n_goals {
             let g = ctx.goal_rank[k];
             let set = j.moments(k, n_goals);
@@ -1045,7 +1073,7 @@ impl State {
     fn settle_dwell(&mut self, ctx: &Ctx, idx: usize) {
         let wm = self.watermark;
         let c = &mut self.customers[idx];
-        if let Some(p) = c.rare.as_deref_mut().and_then(|r| r.prev.as_mut()) {
+        for p in c.rare.iter_mut().flat_map(|r| r.past.iter_mut()) {
             emit_phase_dwell(ctx, &mut self.agg, p, wm);
         }
         if let Some(j) = c.journey.as_mut() {
@@ -1072,15 +1100,19 @@ impl State {
         let pid = ctx.phase_id[ctx.rules.touchpoint(rule_tp).phase];
         let n_dims = self.agg.dimensions.len();
         let n_phases = self.agg.phases.len() as u8;
+        let wm = self.watermark;
         let c = &mut self.customers[idx];
 
-        let in_prev = c
-            .prev()
-            .is_some_and(|p| p.t0 <= ts && ts <= p.t0.saturating_add(w));
-        let j: &mut Journey = if in_prev {
-            c.prev_mut().expect("checked above")
+        let in_past = c.past().iter().position(|p| p.holds(ts, w));
+        let j: &mut Journey = if let Some(i) = in_past {
+            &mut c
+                .rare
+                .as_deref_mut()
+                .expect("a past journey is in the rare part")
+                .past[i]
         } else {
-            let before_prev = c.prev().is_some_and(|p| ts < p.t0);
+            // Between or before past journeys' windows: no journey can take it.
+            let before_prev = c.past().last().is_some_and(|p| ts < p.t0);
             let start_new = match &c.journey {
                 None => !before_prev,
                 Some(j) if ts > j.t0.saturating_add(w) => true,
@@ -1107,9 +1139,12 @@ impl State {
             if start_new {
                 if let Some(old) = c.journey.take() {
                     let rare = c.rare.get_or_insert_with(Default::default);
-                    if let Some(prev) = rare.prev.replace(old) {
-                        flush_phase_dwell(ctx, &mut self.agg, &prev);
-                    }
+                    // Older past journeys stay while an open session or an on-time event
+                    // still needs them: with a slow input holding the watermark back, a
+                    // customer can be several journeys ahead of it.
+                    rare.retire(ctx, &mut self.agg, wm);
+                    rare.past.reserve_exact(1);
+                    rare.past.push(old);
                 }
                 let more_goals = ctx.goal_rank.len().saturating_sub(1);
                 let mut slots = vec![UNSEEN; n_phases as usize + n_dims + more_goals];
@@ -1199,7 +1234,7 @@ impl State {
         let cfg = &ctx.cfg;
         let c = &mut self.customers[idx];
         let journey = &mut c.journey;
-        if let Some(Rare { prev, open }) = c.rare.as_deref_mut() {
+        if let Some(Rare { past, open }) = c.rare.as_deref_mut() {
             let mut closed = 0;
             while closed < open.len() {
                 let rest = &open[closed..];
@@ -1215,13 +1250,8 @@ impl State {
                     .iter()
                     .find(|p| p.tp != UNCLASSIFIED)
                     .map_or(s, |p| p.ts);
-                record_touches(ctx, &mut self.agg, prev, journey, &rest[..end]);
-                let j = match prev.as_ref() {
-                    Some(p) if p.t0 <= at && at <= p.t0.saturating_add(cfg.journey_window) => {
-                        Some(p)
-                    }
-                    p => journey.as_ref().or(p),
-                };
+                record_touches(ctx, &mut self.agg, past, journey, &rest[..end]);
+                let j = journey_at(past, journey.as_ref(), at, cfg.journey_window);
                 let key = SegKey::of(ctx, j);
                 close_session(ctx, &mut self.agg, &rest[..end], scratch, key);
                 closed += end;
@@ -1235,14 +1265,8 @@ impl State {
         // A journey stays while a session that began in its window is open, so that the
         // session's figures go to the journey's segments when it closes.
         let open_from = c.open().map_or(Millis::MAX, |o| o[0].ts);
-        if let Some(rare) = c.rare.as_deref_mut() {
-            if let Some(p) = rare.prev.as_mut() {
-                emit_phase_dwell(ctx, &mut self.agg, p, wm);
-                let end = p.t0.saturating_add(w);
-                if wm > end && open_from > end {
-                    rare.prev = None;
-                }
-            }
+        if let Some(rare) = c.rare.as_deref_mut().filter(|r| !r.past.is_empty()) {
+            rare.retire(ctx, &mut self.agg, wm);
         }
         c.tidy();
         if let Some(j) = c.journey.as_mut() {
@@ -1307,10 +1331,6 @@ fn emit_phase_dwell(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, wm: Millis
     let done = j.dwell_done;
     write_phase_samples(ctx, agg, j, |t| t > done && t < wm);
     j.dwell_done = j.dwell_done.max(wm.saturating_sub(1));
-}
-
-fn flush_phase_dwell(ctx: &Ctx, agg: &mut Aggregates, j: &Journey) {
-    write_phase_samples(ctx, agg, j, |t| t > j.dwell_done);
 }
 
 /// Writes the journey's phase dwell and time-to-convert samples at the times `due` accepts,
@@ -1458,6 +1478,65 @@ fn session_figures(
         a.sessions += 1;
         if goal(t) {
             a.completions += 1;
+        }
+    }
+}
+
+/// The state layout of snapshot format version 5, read and converted on restore: a customer
+/// kept at most one past journey. Only the customer record changed since.
+mod v5 {
+    use super::{Aggregates, CompactString, Dedup, Journey, Millis, Point, Slab};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct State {
+        customers: Slab<Customer>,
+        free: Vec<u32>,
+        max_seen: Millis,
+        watermark: Millis,
+        agg: Aggregates,
+        dedup: Dedup,
+    }
+
+    #[derive(Deserialize)]
+    struct Customer {
+        id: CompactString,
+        journey: Option<Journey>,
+        rare: Option<Box<Rare>>,
+        timer: Millis,
+    }
+
+    #[derive(Deserialize)]
+    struct Rare {
+        prev: Option<Journey>,
+        open: Vec<Point>,
+    }
+
+    impl From<State> for super::State {
+        fn from(st: State) -> Self {
+            let customers = st
+                .customers
+                .into_iter()
+                .map(|c| super::Customer {
+                    id: c.id,
+                    journey: c.journey,
+                    rare: c.rare.map(|r| {
+                        Box::new(super::Rare {
+                            past: r.prev.into_iter().collect(),
+                            open: r.open,
+                        })
+                    }),
+                    timer: c.timer,
+                })
+                .collect();
+            super::State {
+                customers,
+                free: st.free,
+                max_seen: st.max_seen,
+                watermark: st.watermark,
+                agg: st.agg,
+                dedup: st.dedup,
+            }
         }
     }
 }

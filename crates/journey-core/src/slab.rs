@@ -66,6 +66,15 @@ impl<T> IndexMut<usize> for Slab<T> {
     }
 }
 
+impl<T> IntoIterator for Slab<T> {
+    type Item = T;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<T>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.chunks.into_iter().flatten()
+    }
+}
+
 impl<T> FromIterator<T> for Slab<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
         let mut slab = Slab::default();

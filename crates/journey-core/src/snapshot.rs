@@ -6,8 +6,12 @@ use serde::Serialize;
 const MAGIC: &[u8; 8] = b"JRNYSHRD";
 /// Bump when the encoded state changes shape; older snapshots are then refused, not misread.
 /// Version 4 added segment aggregates and time to convert to every bucket (issue 17); version 5
-/// the moments of truth (touched-sets per journey, moments figures per bucket).
-pub const VERSION: u32 = 5;
+/// the moments of truth (touched-sets per journey, moments figures per bucket); version 6 keeps
+/// any number of past journeys per customer instead of one.
+pub const VERSION: u32 = 6;
+/// The oldest version this build reads: older layouts it still knows are converted on restore,
+/// so a checkpoint survives an upgrade.
+pub const OLDEST_READABLE: u32 = 5;
 const HEADER: usize = 8 + 4 + 4;
 
 /// Why a snapshot could not be restored. Nothing is half-loaded.
@@ -16,7 +20,7 @@ pub enum SnapshotError {
     #[error("not a journeyd shard snapshot (bad magic bytes)")]
     BadMagic,
     #[error(
-        "snapshot format version {found} is not supported (this build reads version {VERSION}): move the checkpoint away and re-read the input to rebuild the state"
+        "snapshot format version {found} is not supported (this build reads versions {OLDEST_READABLE} to {VERSION}): move the checkpoint away and re-read the input to rebuild the state"
     )]
     Version { found: u32 },
     #[error("snapshot is truncated ({0} bytes)")]
@@ -39,7 +43,9 @@ pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
+/// Checks a snapshot's header and checksum; returns its format version, one this build reads,
+/// and its payload for [`payload`].
+pub(crate) fn open(bytes: &[u8]) -> Result<(u32, &[u8]), SnapshotError> {
     if bytes.len() < HEADER {
         return Err(if bytes.starts_with(&MAGIC[..bytes.len().min(8)]) {
             SnapshotError::Truncated(bytes.len())
@@ -51,7 +57,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotErr
         return Err(SnapshotError::BadMagic);
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(OLDEST_READABLE..=VERSION).contains(&version) {
         return Err(SnapshotError::Version { found: version });
     }
     let stored = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
@@ -60,5 +66,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotErr
     if stored != computed {
         return Err(SnapshotError::Checksum { stored, computed });
     }
+    Ok((version, payload))
+}
+
+/// Decodes a payload that [`open`] returned, in the layout of its version.
+pub(crate) fn payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, SnapshotError> {
     bincode::deserialize(payload).map_err(|e| SnapshotError::Corrupt(e.to_string()))
 }

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use journey_core::query::{funnel, touchpoints, Include, Summary};
+use journey_core::query::{funnel, touchpoints, Include, SegmentFilter, Summary};
 use journey_core::snapshot::SnapshotError;
 use journey_core::time::{Millis, DAY, HOUR, MINUTE};
 use journey_core::{EngineConfig, Event, Rules, Shard};
@@ -388,19 +388,19 @@ fn corrupt_snapshots_are_refused_whole() {
     version[8] = 99;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 99 is not supported (this build reads version 5): move the checkpoint away and re-read the input to rebuild the state"
+        "snapshot format version 99 is not supported (this build reads versions 5 to 6): move the checkpoint away and re-read the input to rebuild the state"
     );
     // A version 3 snapshot (before segments and time to convert) is refused by its version.
     version[8] = 3;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 3 is not supported (this build reads version 5): move the checkpoint away and re-read the input to rebuild the state"
+        "snapshot format version 3 is not supported (this build reads versions 5 to 6): move the checkpoint away and re-read the input to rebuild the state"
     );
     // So is a version 4 snapshot (before moments of truth: its journeys have no touched-sets).
     version[8] = 4;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 4 is not supported (this build reads version 5): move the checkpoint away and re-read the input to rebuild the state"
+        "snapshot format version 4 is not supported (this build reads versions 5 to 6): move the checkpoint away and re-read the input to rebuild the state"
     );
     assert!(matches!(
         restore(&good[..10]),
@@ -621,4 +621,113 @@ fn touchpoints_past_the_touched_set_bound_are_left_out_of_moments() {
         1,
         "other figures keep it"
     );
+}
+
+fn with_persona(mut e: Event<'static>, persona: &str) -> Event<'static> {
+    e.attributes = json!({ "persona": persona });
+    e
+}
+
+fn segmented() -> Shard {
+    shard_with(EngineConfig {
+        journey_window: 2 * DAY,
+        breakdowns: vec!["persona".into()],
+        segment_dimensions: vec!["persona".into()],
+        goal_phases: vec!["decision".into()],
+        ..EngineConfig::default()
+    })
+}
+
+fn of_segment(s: &Shard, persona: &str) -> Summary {
+    let include = Include {
+        segment: Some(SegmentFilter::parse(&format!("persona:{persona}")).unwrap()),
+        ..Include::default()
+    };
+    Summary::collect([s.aggregates()], T - 10 * DAY, T + 100 * DAY, &include)
+}
+
+/// A session that began in one journey's window and runs into the next is still open when a
+/// third journey starts (the proptest seed of 2026-12-01): the first journey is kept until
+/// that session closes, so the session's touches reach its touched-set and its figures its
+/// segment (docs/semantics.md §5, §6).
+#[test]
+fn a_journey_outlives_a_newer_one_while_its_session_is_open() {
+    let mut s = segmented();
+    s.apply(&with_persona(ev("a", T, "page_view"), "saver"))
+        .unwrap();
+    // Minutes before the first journey's window ends: a session that runs into the second.
+    s.apply(&ev("a", T + 2 * DAY - 10 * MINUTE, "product_view"))
+        .unwrap();
+    s.apply(&with_persona(
+        ev("a", T + 2 * DAY + 10 * MINUTE, "page_view"),
+        "pro",
+    ))
+    .unwrap();
+    // Past the second journey's window while that session is open: a third journey.
+    s.apply(&ev("a", T + 4 * DAY + 20 * MINUTE, "order"))
+        .unwrap();
+    s.flush();
+
+    let all = summary(&s);
+    assert_eq!(all.counters.journeys_started, 3);
+    let m = Summary::collect([s.aggregates()], T - DAY, T + 10 * DAY, &Include::default()).moments
+        ["decision"]
+        .clone();
+    assert_eq!((m.journeys, m.converted), (3, 1));
+    assert_eq!(
+        m.touched.get("visit"),
+        Some(&[2, 0]),
+        "the first two journeys"
+    );
+    assert_eq!(
+        m.touched.get("product"),
+        Some(&[1, 0]),
+        "the product view before the first window's end touched the first journey"
+    );
+    // The session is the first journey's: its segment is "saver".
+    let saver = of_segment(&s, "saver");
+    assert_eq!(
+        saver.sessions, 2,
+        "the first visit's session and the spanning one"
+    );
+    assert_eq!(saver.touchpoints["product"].sessions, 1);
+    assert_eq!(of_segment(&s, "pro").sessions, 0);
+}
+
+/// With the watermark held back by a slow input (a task of several inputs), a customer can
+/// be journeys ahead of it: an on-time event in an earlier journey's window still reaches that
+/// journey, as it does when the same events are replayed in time order.
+#[test]
+fn an_on_time_event_reaches_a_journey_a_newer_one_followed() {
+    let events = [
+        ev("a", T, "page_view"),
+        ev("a", T + 3 * DAY, "page_view"),
+        ev("a", T + 6 * DAY, "page_view"),
+        // The slow input's event: on time, since the watermark has not moved.
+        ev("a", T + HOUR, "order"),
+    ];
+    let mut held = segmented();
+    held.set_external_watermark(true);
+    held.advance_clock(T);
+    for e in &events {
+        assert!(!held.apply(e).unwrap().late);
+    }
+    held.flush();
+    let mut replayed = segmented();
+    let mut in_order = events.clone();
+    in_order.sort_by_key(|e| e.ts);
+    for e in &in_order {
+        replayed.apply(e).unwrap();
+    }
+    replayed.flush();
+
+    let (h, r) = (summary(&held), summary(&replayed));
+    assert_eq!(h.counters.late_outside_journey, 0);
+    assert_eq!(
+        h.phases["decision"].furthest, 1,
+        "the first journey converted"
+    );
+    assert_eq!(h.phases, r.phases);
+    assert_eq!(h.touchpoints, r.touchpoints);
+    assert_eq!(h.moments, r.moments);
 }
