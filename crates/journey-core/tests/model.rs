@@ -484,6 +484,65 @@ proptest! {
         prop_assert_eq!(shards[0].customers(), 0, "everything evicted after flush");
     }
 
+    /// A task of two inputs (web events on one topic, CRM and service events on another),
+    /// each in its own arrival order, interleaved with one running up to a day of event time
+    /// ahead of the other (the window is two days); the watermark is the slower input's, as a
+    /// task's is (docs/semantics.md §5, journey-runtime's task). Nothing is late, and every
+    /// figure equals the reference's: a customer may be journeys ahead of the watermark.
+    #[test]
+    fn a_task_of_two_inputs_equals_the_reference_under_skew(stream in stream(), picks in prop::collection::vec(any::<bool>(), 1..64)) {
+        const SKEW: Millis = DAY;
+        let cfg = Arc::new(config());
+        let rules = Arc::new(Rules::from_toml(RULES).unwrap());
+        let web = |i: &usize| stream.events[*i].source == "web";
+        let inputs: [Vec<usize>; 2] = [
+            stream.arrival.iter().copied().filter(web).collect(),
+            stream.arrival.iter().copied().filter(|i| !web(i)).collect(),
+        ];
+        let mut shard = Shard::new(cfg.clone(), rules.clone());
+        shard.set_external_watermark(true);
+        let (mut next, mut max_ts) = ([0usize; 2], [None::<Millis>; 2]);
+        let mut arrived = Vec::new();
+        for step in 0.. {
+            let head = |k: usize| inputs[k].get(next[k]).map(|&i| stream.events[i].ts);
+            let k = match (head(0), head(1)) {
+                (None, None) => break,
+                (Some(_), None) => 0,
+                (None, Some(_)) => 1,
+                (Some(a), Some(b)) => {
+                    let want = picks[step % picks.len()] as usize;
+                    let (mine, other) = if want == 0 { (a, b) } else { (b, a) };
+                    if mine <= other + SKEW { want } else { 1 - want }
+                }
+            };
+            let i = inputs[k][next[k]];
+            next[k] += 1;
+            arrived.push(i);
+            let applied = shard.apply(&stream.events[i]).unwrap();
+            prop_assert!(!applied.late, "no input falls behind the slower input's watermark");
+            max_ts[k] = max_ts[k].max(Some(stream.events[i].ts));
+            // An input that has delivered everything is idle and no longer holds the task.
+            let clock = (0..2)
+                .filter(|&k| next[k] < inputs[k].len())
+                .map(|k| max_ts[k])
+                .min()
+                .unwrap_or(max_ts[k]);
+            if let Some(now) = clock {
+                shard.advance_clock(now);
+            }
+        }
+        shard.flush();
+        let records = reference(arrived.iter().map(|&i| &stream.events[i]), &rules, &cfg);
+        for (from, to) in windows(&stream.events) {
+            let got = figures(Summary::collect([shard.aggregates()], from, to, &include()));
+            let want = figures(reference_summary(&records, &rules, from, to));
+            prop_assert_eq!(got, want, "window [{}, {})", from, to);
+        }
+        let c = &shard.aggregates().counters;
+        prop_assert_eq!(c.late_outside_journey, 0);
+        prop_assert_eq!(shard.customers(), 0, "everything evicted after flush");
+    }
+
     #[test]
     fn merging_shards_in_any_grouping_equals_one_shard(stream in stream(), n in 2usize..5, split in any::<u64>()) {
         let cfg = Arc::new(config());
