@@ -22,17 +22,18 @@ pub(crate) struct Dedup {
     order: VecDeque<(Millis, u64)>,
 }
 
-/// FNV-1a over the customer id, a separator no UTF-8 string contains, and the event id.
+/// FNV-1a over the customer id, a separator no UTF-8 string contains, and the event id. Stored
+/// in snapshots: changing the function would forget the remembered ids on restore.
 fn fingerprint(customer_id: &str, event_id: &str) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    // Plain loops over each part: a chained byte iterator cost twice the instructions.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = customer_id
-        .as_bytes()
-        .iter()
-        .chain(&[0xff])
-        .chain(event_id.as_bytes());
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    for &b in customer_id.as_bytes() {
+        h = (h ^ b as u64).wrapping_mul(PRIME);
+    }
+    h = (h ^ 0xff).wrapping_mul(PRIME);
+    for &b in event_id.as_bytes() {
+        h = (h ^ b as u64).wrapping_mul(PRIME);
     }
     h
 }
@@ -98,6 +99,14 @@ mod tests {
         // The separator keeps ("ab", "c") and ("a", "bc") apart.
         assert!(!d.check("ab", "c", 1000, 1000, H, 10));
         assert!(!d.check("a", "bc", 1000, 1000, H, 10));
+    }
+
+    /// Snapshots hold fingerprints: the function must not change. FNV-1a-64 of the bytes
+    /// `c1 0xff e1` and of `0xff` alone, computed independently.
+    #[test]
+    fn the_fingerprint_is_fnv1a_of_customer_separator_event() {
+        assert_eq!(fingerprint("c1", "e1"), 0xc493_0ecc_f375_e6cc);
+        assert_eq!(fingerprint("", ""), 0xaf64_724c_8602_eb6e);
     }
 
     #[test]
