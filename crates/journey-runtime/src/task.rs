@@ -6,7 +6,9 @@
 //! task's watermark is the minimum over the inputs that still hold it back, minus
 //! `session.allowed_lateness` (Flink's per-split watermarks). Records of different inputs are
 //! applied in arrival order: since no input's records fall behind that minimum, the shard's
-//! figures are the same for every interleaving (SPEC §3, docs/semantics.md).
+//! figures are the same for every interleaving in which no input runs more than
+//! `journey.window` of event time ahead of another (SPEC §3, docs/semantics.md §5; the
+//! engine's model test `a_task_of_two_inputs_equals_the_reference_under_skew`).
 //!
 //! An input stops holding the watermark back once it is idle: a Kafka partition that reached
 //! its end (no lag) and delivered nothing for `kafka.idle_timeout`, or push input that has
