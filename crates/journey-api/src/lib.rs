@@ -899,6 +899,9 @@ async fn post_events(
     )
     .map_err(|e| Problem::bad_parameter("format", e))?;
     let bytes = encoding::read_body(&headers, body, s.limits.max_body_bytes).await?;
+    // Held until the batch is submitted: a rules swap meanwhile waits, so these events, decoded
+    // with the current rules' attributes, are applied under those rules.
+    let _decoding = s.runtime.decoding().await;
     // Splitting and decoding a batch takes milliseconds of CPU: done on the blocking pool,
     // so queries on the async workers never wait behind an ingest request.
     let decoder = Decoder::new(

@@ -817,6 +817,51 @@ async fn rules_are_replaced_whole_or_not_at_all() {
     assert_eq!(home["visits"], 1, "events after the swap use the new rules");
 }
 
+/// An ingest request holds a decode permit ([`RuntimeHandle::decoding`]) from decoding to
+/// submitting: with a rules swap waiting, it queues behind it and is decoded with the
+/// attributes the new rules read, then classified by them. Without the permit it would be
+/// decoded at once without `ref` (the old rules do not read it) and finish before the swap.
+#[tokio::test]
+async fn an_ingest_request_during_a_rules_swap_is_decoded_for_the_new_rules() {
+    let api = api();
+    let other_batch = api.rt.decoding().await;
+    let new_rules = RULES.replace("where = { url = \"/\" }", "where = { ref = \"ad\" }");
+    assert_ne!(new_rules, RULES);
+    let app = api.app.clone();
+    let swap = tokio::spawn(async move { call(&app, "PUT", "/v1/rules", &new_rules).await.0 });
+    // Until the swap waits for the permit, no new permit is given out.
+    while tokio::time::timeout(std::time::Duration::ZERO, api.rt.decoding())
+        .await
+        .is_ok()
+    {
+        tokio::task::yield_now().await;
+    }
+    let line = json!({"customer_id": "r", "ts": "2026-11-20T11:00:00Z", "event": "page_view", "attributes": {"url": "/x", "ref": "ad"}});
+    let app = api.app.clone();
+    let mut request =
+        tokio::spawn(async move { call(&app, "POST", "/v1/events", &line.to_string()).await.0 });
+    // Decoding one line takes microseconds; held back by the swap, the request never finishes
+    // while the other batch's permit is out.
+    let wait = std::time::Duration::from_millis(300);
+    assert!(
+        tokio::time::timeout(wait, &mut request).await.is_err(),
+        "the request waits behind the swap"
+    );
+    drop(other_batch);
+    assert_eq!(swap.await.unwrap(), StatusCode::OK);
+    assert_eq!(request.await.unwrap(), StatusCode::ACCEPTED);
+    api.rt.flush().await.unwrap();
+    let (_, v) = get(&api.app, "/v1/touchpoints").await;
+    let landing = v["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "landing")
+        .cloned()
+        .unwrap();
+    assert_eq!(landing["visits"], 1, "{v}");
+}
+
 #[tokio::test]
 async fn metrics_health_and_openapi() {
     let api = api();

@@ -219,6 +219,9 @@ struct Inner {
     rules: RwLock<Arc<Rules>>,
     /// The attribute paths the rules and breakdowns read, for the decoders feeding this runtime.
     projection: SharedProjection,
+    /// Shared by producers from before they decode a batch until it is submitted
+    /// ([`RuntimeHandle::decoding`]); a rules swap holds it exclusively.
+    decode_gate: Arc<tokio::sync::RwLock<()>>,
     cfg: Arc<EngineConfig>,
     tasks: u32,
     partitioner: Partitioner,
@@ -335,6 +338,7 @@ impl Runtime {
             senders,
             shared: shared.clone(),
             projection: SharedProjection::new(Projection::for_engine(&rules, &cfg.breakdowns)),
+            decode_gate: Arc::default(),
             rules: RwLock::new(rules),
             cfg,
             tasks,
@@ -906,8 +910,11 @@ impl RuntimeHandle {
     /// The decoders' [`RuntimeHandle::projection`] switches first, to the paths of the old
     /// and the new rules together: records decoded from now on (in a decoder's batch begun
     /// from now on) keep every attribute the new rules read, and those applied before the
-    /// swap reaches their worker every attribute the old rules read.
+    /// swap reaches their worker every attribute the old rules read. Waits until every batch
+    /// a producer began decoding under [`RuntimeHandle::decoding`] is submitted, so none
+    /// decoded without the new rules' attributes is applied under them.
     pub async fn set_rules(&self, rules: Arc<Rules>) -> Result<(), Stopped> {
+        let _gate = self.inner.decode_gate.write().await;
         {
             let mut current = self.inner.rules.write().unwrap_or_else(|p| p.into_inner());
             self.inner.projection.store(Projection::for_rule_sets(
@@ -928,6 +935,15 @@ impl RuntimeHandle {
     /// rules and of the breakdown dimensions, replaced by [`RuntimeHandle::set_rules`].
     pub fn projection(&self) -> SharedProjection {
         self.inner.projection.clone()
+    }
+
+    /// A permit to decode a batch with [`RuntimeHandle::projection`] and submit it: take it
+    /// before decoding, drop it once the batch is submitted. A rules swap waits for the
+    /// permits out, and new permits wait for the swap, so a batch decoded under the old
+    /// projection reaches every worker before the new rules do. Kafka input needs none: its
+    /// records are decoded on the worker, in queue order with the swap.
+    pub async fn decoding(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.inner.decode_gate.clone().read_owned().await
     }
 
     /// One customer's live journey, from the task that owns it (`None` if unknown here).
@@ -1078,6 +1094,35 @@ mod tests {
             rc,
             Vec::new(),
         )
+    }
+
+    /// A batch decoded under the old projection is submitted before the new rules reach any
+    /// worker: the swap waits for the permits out ([`RuntimeHandle::decoding`]).
+    #[test]
+    fn a_rules_swap_waits_for_batches_being_decoded() {
+        let rt = start(1, 1);
+        let h = rt.handle();
+        let before = (*h.projection().load()).clone();
+        let plan = r#"
+            [[touchpoint]]
+            name = "upgrade"
+            phase = "retention"
+            where = { "plan.tier" = "pro" }
+        "#;
+        let permit = block_on(h.decoding());
+        let swap = h.set_rules(Arc::new(Rules::from_toml(plan).unwrap()));
+        let mut swap = std::pin::pin!(swap);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            std::future::Future::poll(swap.as_mut(), &mut cx).is_pending(),
+            "a batch is being decoded"
+        );
+        assert_eq!(*h.projection().load(), before, "nothing switched yet");
+        drop(permit);
+        block_on(swap).unwrap();
+        assert_ne!(*h.projection().load(), before);
+        // Permits are free again once the swap is done.
+        drop(block_on(h.decoding()));
     }
 
     /// Issue 14: decoders keep only the attributes the rules read, and a rules swap widens
