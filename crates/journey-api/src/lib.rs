@@ -117,7 +117,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route(
             "/openapi.json",
-            get(|State(s): State<AppState>| async move { Json(openapi::document(&s)) }),
+            get(|State(s): State<AppState>| async move {
+                // The goals `/v1/moments` accepts are the group's, as its handler reads them.
+                let v = view(&s).await;
+                Json(openapi::document(&s, &v.parts))
+            }),
         )
         .route("/v1/funnel", get(get_funnel))
         .route("/v1/touchpoints", get(get_touchpoints))

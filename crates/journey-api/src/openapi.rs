@@ -619,8 +619,10 @@ fn segment_pattern(dims: &[String]) -> Option<String> {
     Some(format!("^({}):.+$", escaped.join("|")))
 }
 
-/// The document, with the enums that depend on the rules and settings in force.
-pub fn document(s: &AppState) -> Value {
+/// The document, with the enums that depend on the rules and settings in force; `parts` are
+/// the task partials a query reads (the consumer group's in a cluster), whose tracked goal
+/// phases are the `goal` values `/v1/moments` accepts.
+pub fn document(s: &AppState, parts: &[std::sync::Arc<journey_core::agg::Aggregates>]) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     // The per-call Segment endpoints take one call: copies of /v1/batch with a call as body.
@@ -701,7 +703,7 @@ pub fn document(s: &AppState) -> Value {
         &touchpoints,
     );
     restrict(&mut doc, "/v1/timeseries", "get", "phase", &phases);
-    let goals = crate::tracked_goals(&s.runtime.partials(), s.runtime.engine_config(), &rules);
+    let goals = crate::tracked_goals(parts, s.runtime.engine_config(), &rules);
     restrict(&mut doc, "/v1/moments", "get", "goal", &goals);
     restrict(
         &mut doc,

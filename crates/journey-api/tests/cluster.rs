@@ -41,6 +41,15 @@ fn rules() -> Arc<Rules> {
 /// A runtime with `owned` tasks (all when `None`), fed the events of its tasks in time order
 /// (so no event is late in either split), published.
 async fn runtime(owned: Option<&[TaskId]>, events: &[Event<'static>]) -> Runtime {
+    runtime_with(EngineConfig::default(), owned, events).await
+}
+
+/// [`runtime`] under the engine settings `cfg`.
+async fn runtime_with(
+    cfg: EngineConfig,
+    owned: Option<&[TaskId]>,
+    events: &[Event<'static>],
+) -> Runtime {
     let rc = RuntimeConfig {
         workers: 2,
         tasks: TASKS,
@@ -48,7 +57,7 @@ async fn runtime(owned: Option<&[TaskId]>, events: &[Event<'static>]) -> Runtime
         live: false,
         ..RuntimeConfig::default()
     };
-    let rt = Runtime::start(Arc::new(EngineConfig::default()), rules(), rc, Vec::new());
+    let rt = Runtime::start(Arc::new(cfg), rules(), rc, Vec::new());
     let h = rt.handle();
     if let Some(tasks) = owned {
         for &t in tasks {
@@ -346,4 +355,50 @@ async fn every_instance_answers_over_all_tasks_and_says_what_is_missing() {
     all.shutdown();
     a_rt.shutdown();
     b_rt.shutdown();
+}
+
+/// During a rolling change of `moments.goal_phases` instances track different goals: each
+/// accepts every goal some task of the group tracks, and its OpenAPI document lists exactly
+/// those, as its handler reads them (the group's partials, not only its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_goals_are_the_goals_the_group_tracks() {
+    let events = events();
+    let goals = |g: &str| EngineConfig {
+        goal_phases: vec![g.into()],
+        ..EngineConfig::default()
+    };
+    let (a_tasks, b_tasks): (&[TaskId], &[TaskId]) = (&[0, 1, 2], &[3, 4, 5]);
+    let a_rt = runtime_with(goals("decision"), Some(a_tasks), &events).await;
+    let b_rt = runtime_with(goals("retention"), Some(b_tasks), &events).await;
+    let a_cluster = cluster("a", "http://unused");
+    let b_cluster = cluster("b", "http://unused");
+    let a_app = router(state(a_rt.handle(), Some(a_cluster.clone())));
+    let b_app = router(state(b_rt.handle(), Some(b_cluster.clone())));
+    let (a_url, _a_server) = serve(a_app.clone()).await;
+    let (b_url, _b_server) = serve(b_app.clone()).await;
+    let members = vec![
+        member("a", &a_url, a_tasks, NOW),
+        member("b", &b_url, b_tasks, NOW),
+    ];
+    a_cluster.set_members(members.clone());
+    b_cluster.set_members(members);
+
+    let (status, doc) = get(&a_app, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let params = doc["paths"]["/v1/moments"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let goal = params.iter().find(|p| p["name"] == "goal").unwrap();
+    let mut listed: Vec<&str> = goal["schema"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no enum: {goal}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["decision", "retention"]);
+    for g in listed {
+        let (status, v) = get(&a_app, &format!("/v1/moments?{RANGE}&goal={g}")).await;
+        assert_eq!(status, StatusCode::OK, "{g}: {v}");
+    }
 }
