@@ -117,6 +117,37 @@ fn member(id: &str, url: &str, tasks: &[TaskId], updated_at: Millis) -> Member {
     }
 }
 
+/// Two instances, A and B, each served over HTTP and listing both as members.
+struct Pair {
+    a_cluster: Arc<Cluster>,
+    a_app: Router,
+    b_app: Router,
+    a_member: Member,
+    b_url: String,
+    _servers: [tokio::task::JoinHandle<()>; 2],
+}
+
+async fn pair(a: &Runtime, a_tasks: &[TaskId], b: &Runtime, b_tasks: &[TaskId]) -> Pair {
+    let a_cluster = cluster("a", "http://unused");
+    let b_cluster = cluster("b", "http://unused");
+    let a_app = router(state(a.handle(), Some(a_cluster.clone())));
+    let b_app = router(state(b.handle(), Some(b_cluster.clone())));
+    let (a_url, a_server) = serve(a_app.clone()).await;
+    let (b_url, b_server) = serve(b_app.clone()).await;
+    let a_member = member("a", &a_url, a_tasks, NOW);
+    let b_member = member("b", &b_url, b_tasks, NOW);
+    a_cluster.set_members(vec![a_member.clone(), b_member.clone()]);
+    b_cluster.set_members(vec![a_member.clone(), b_member.clone()]);
+    Pair {
+        a_cluster,
+        a_app,
+        b_app,
+        a_member,
+        b_url,
+        _servers: [a_server, b_server],
+    }
+}
+
 /// Serves `app` on a free loopback port; the task ends when the handle is aborted.
 async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -249,16 +280,14 @@ async fn every_instance_answers_over_all_tasks_and_says_what_is_missing() {
     );
 
     // Each instance is served over HTTP; each lists the other.
-    let a_cluster = cluster("a", "http://unused");
-    let b_cluster = cluster("b", "http://unused");
-    let a_app = router(state(a_rt.handle(), Some(a_cluster.clone())));
-    let b_app = router(state(b_rt.handle(), Some(b_cluster.clone())));
-    let (a_url, _a_server) = serve(a_app.clone()).await;
-    let (b_url, _b_server) = serve(b_app.clone()).await;
-    let a_member = member("a", &a_url, a_tasks, NOW);
-    let b_member = member("b", &b_url, b_tasks, NOW);
-    a_cluster.set_members(vec![a_member.clone(), b_member.clone()]);
-    b_cluster.set_members(vec![a_member.clone(), b_member.clone()]);
+    let Pair {
+        a_cluster,
+        a_app,
+        b_app,
+        a_member,
+        b_url,
+        _servers,
+    } = pair(&a_rt, a_tasks, &b_rt, b_tasks).await;
 
     // Merged exactly as the one-instance path merges: equal answers on both instances.
     assert_eq!(without_cluster_fields(figures(&a_app).await), want);
@@ -370,18 +399,9 @@ async fn the_openapi_goals_are_the_goals_the_group_tracks() {
     let (a_tasks, b_tasks): (&[TaskId], &[TaskId]) = (&[0, 1, 2], &[3, 4, 5]);
     let a_rt = runtime_with(goals("decision"), Some(a_tasks), &events).await;
     let b_rt = runtime_with(goals("retention"), Some(b_tasks), &events).await;
-    let a_cluster = cluster("a", "http://unused");
-    let b_cluster = cluster("b", "http://unused");
-    let a_app = router(state(a_rt.handle(), Some(a_cluster.clone())));
-    let b_app = router(state(b_rt.handle(), Some(b_cluster.clone())));
-    let (a_url, _a_server) = serve(a_app.clone()).await;
-    let (b_url, _b_server) = serve(b_app.clone()).await;
-    let members = vec![
-        member("a", &a_url, a_tasks, NOW),
-        member("b", &b_url, b_tasks, NOW),
-    ];
-    a_cluster.set_members(members.clone());
-    b_cluster.set_members(members);
+    let Pair {
+        a_app, _servers, ..
+    } = pair(&a_rt, a_tasks, &b_rt, b_tasks).await;
 
     let (status, doc) = get(&a_app, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
