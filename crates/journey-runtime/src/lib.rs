@@ -1096,6 +1096,14 @@ mod tests {
         )
     }
 
+    /// Rules that read an attribute the test rules do not: `plan.tier`.
+    const PLAN_RULES: &str = r#"
+        [[touchpoint]]
+        name = "upgrade"
+        phase = "retention"
+        where = { "plan.tier" = "pro" }
+    "#;
+
     /// A batch decoded under the old projection is submitted before the new rules reach any
     /// worker: the swap waits for the permits out ([`RuntimeHandle::decoding`]).
     #[test]
@@ -1103,14 +1111,8 @@ mod tests {
         let rt = start(1, 1);
         let h = rt.handle();
         let before = (*h.projection().load()).clone();
-        let plan = r#"
-            [[touchpoint]]
-            name = "upgrade"
-            phase = "retention"
-            where = { "plan.tier" = "pro" }
-        "#;
         let permit = block_on(h.decoding());
-        let swap = h.set_rules(Arc::new(Rules::from_toml(plan).unwrap()));
+        let swap = h.set_rules(Arc::new(Rules::from_toml(PLAN_RULES).unwrap()));
         let mut swap = std::pin::pin!(swap);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(
@@ -1149,13 +1151,7 @@ mod tests {
         };
         let projection = h.projection();
         assert_eq!(*projection.load(), paths(&["url", "persona"]));
-        let plan = r#"
-            [[touchpoint]]
-            name = "upgrade"
-            phase = "retention"
-            where = { "plan.tier" = "pro" }
-        "#;
-        block_on(h.set_rules(Arc::new(Rules::from_toml(plan).unwrap()))).unwrap();
+        block_on(h.set_rules(Arc::new(Rules::from_toml(PLAN_RULES).unwrap()))).unwrap();
         assert_eq!(*projection.load(), paths(&["url", "plan.tier", "persona"]));
         block_on(h.set_rules(Arc::new(Rules::from_toml(RULES).unwrap()))).unwrap();
         assert_eq!(*projection.load(), paths(&["plan.tier", "persona"]));
