@@ -43,6 +43,14 @@ pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
     out
 }
 
+/// The format version a snapshot's header names, if it has a shard snapshot's header; nothing
+/// else is checked. For telling an operator that a restore converted an older format.
+pub fn format_version(bytes: &[u8]) -> Option<u32> {
+    let header = bytes.get(..12)?;
+    (&header[..8] == MAGIC)
+        .then(|| u32::from_le_bytes([header[8], header[9], header[10], header[11]]))
+}
+
 /// Checks a snapshot's header and checksum; returns its format version, one this build reads,
 /// and its payload for [`payload`].
 pub(crate) fn open(bytes: &[u8]) -> Result<(u32, &[u8]), SnapshotError> {

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use journey_core::query::{Include, Summary};
+use journey_core::snapshot;
 use journey_core::time::{Millis, DAY, HOUR, MINUTE};
 use journey_core::{EngineConfig, Event, Rules, Shard};
 use serde_json::json;
@@ -111,7 +112,14 @@ fn summary(s: &Shard) -> Summary {
 fn a_version_5_snapshot_restores_and_continues_as_if_never_stopped() {
     let evs = events();
     let (before, after) = evs.split_at(evs.len() / 2);
+    assert_eq!(snapshot::format_version(FIXTURE), Some(5));
     let mut restored = Shard::restore(FIXTURE, config(), rules()).unwrap();
+    assert_eq!(
+        snapshot::format_version(&restored.snapshot()),
+        Some(snapshot::VERSION),
+        "written in the current format"
+    );
+    assert_eq!(snapshot::format_version(b"JRNYSHR"), None);
     // The fixture holds what changed shape since version 5: customers with a previous
     // journey, and sessions open across the cut.
     let ids: Vec<String> = (0..12).map(|c| format!("c{c}")).collect();

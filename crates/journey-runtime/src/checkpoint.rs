@@ -602,6 +602,16 @@ impl StoredTask {
                 source,
             }
         })?;
+        let current = journey_core::snapshot::VERSION;
+        if let Some(v) = journey_core::snapshot::format_version(&cp.shard).filter(|&v| v < current)
+        {
+            tracing::info!(
+                path = %path.display(),
+                task = cp.task,
+                "the checkpoint's shard format {v} was converted to {current}; the next \
+                 checkpoint is written in format {current}, which older builds refuse"
+            );
+        }
         let mut inputs = Vec::new();
         let mut kafka = Vec::new();
         for p in cp.kafka {
