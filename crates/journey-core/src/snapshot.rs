@@ -23,6 +23,10 @@ pub enum SnapshotError {
         "snapshot format version {found} is not supported (this build reads versions {OLDEST_READABLE} to {VERSION}): move the checkpoint away and re-read the input to rebuild the state"
     )]
     Version { found: u32 },
+    #[error(
+        "snapshot format version {found} was written by a newer journeyd (this build reads versions {OLDEST_READABLE} to {VERSION}): run that build, restore the copy of the state store taken before upgrading, or move the checkpoint away and re-read the input to rebuild the state"
+    )]
+    Newer { found: u32 },
     #[error("snapshot is truncated ({0} bytes)")]
     Truncated(usize),
     #[error("snapshot checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
@@ -65,7 +69,10 @@ pub(crate) fn open(bytes: &[u8]) -> Result<(u32, &[u8]), SnapshotError> {
         return Err(SnapshotError::BadMagic);
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if !(OLDEST_READABLE..=VERSION).contains(&version) {
+    if version > VERSION {
+        return Err(SnapshotError::Newer { found: version });
+    }
+    if version < OLDEST_READABLE {
         return Err(SnapshotError::Version { found: version });
     }
     let stored = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));

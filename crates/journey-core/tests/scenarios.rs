@@ -388,7 +388,7 @@ fn corrupt_snapshots_are_refused_whole() {
     version[8] = 99;
     assert_eq!(
         restore(&version).unwrap_err().to_string(),
-        "snapshot format version 99 is not supported (this build reads versions 5 to 6): move the checkpoint away and re-read the input to rebuild the state"
+        "snapshot format version 99 was written by a newer journeyd (this build reads versions 5 to 6): run that build, restore the copy of the state store taken before upgrading, or move the checkpoint away and re-read the input to rebuild the state"
     );
     // A version 3 snapshot (before segments and time to convert) is refused by its version.
     version[8] = 3;

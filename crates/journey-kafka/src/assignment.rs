@@ -176,6 +176,9 @@ impl Tasks {
         let st = &mut *guard;
         self.submit_unsubmitted(consumer, st);
         let mut resumed = Vec::new();
+        // Named in the log: the workers mark tasks owned asynchronously, so asking the runtime
+        // right after assigning could miss the last ones.
+        let assigned: Vec<TaskId> = by_task.keys().copied().collect();
         // Not ready until every assigned task runs here with its state.
         let mut restoring = by_task.keys().filter(|&&t| !self.rt.owns(t)).count();
         self.rt.set_restoring(restoring);
@@ -238,7 +241,7 @@ impl Tasks {
             }
         }
         self.rt.set_restoring(0);
-        tracing::info!(partitions = tpl.count(), tasks = ?self.rt.owned_tasks(), resumed = ?resumed, "Kafka partitions assigned");
+        tracing::info!(partitions = tpl.count(), tasks = ?assigned, resumed = ?resumed, "Kafka partitions assigned");
     }
 
     /// Partitions revoked: each task left without partitions is checkpointed, kept for a quick
