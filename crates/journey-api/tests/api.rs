@@ -128,6 +128,15 @@ async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
     (s, v)
 }
 
+/// The row of touchpoint `name` in a `/v1/touchpoints` answer.
+fn touchpoint(v: &Value, name: &str) -> Value {
+    v["touchpoints"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no touchpoint {name} in {v}"))
+}
+
 /// Three customers: one buys, one drops off at a product page, one bounces at landing.
 async fn ingest(api: &Api) {
     let lines = [
@@ -176,13 +185,7 @@ async fn bom_and_crlf_bodies_are_ingested_like_plain_ones() {
         "/v1/touchpoints?from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z",
     )
     .await;
-    let landing = v["touchpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "landing")
-        .unwrap()
-        .clone();
+    let landing = touchpoint(&v, "landing");
     assert_eq!(landing["visits"], 5, "{v}");
 }
 
@@ -577,13 +580,7 @@ async fn segments_restrict_every_report_to_one_persona() {
     assert!(v.get("segment").is_none());
 
     let (_, v) = get(&api.app, "/v1/touchpoints?segment=persona:saver").await;
-    let product = v["touchpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "product")
-        .unwrap()
-        .clone();
+    let product = touchpoint(&v, "product");
     assert_eq!(
         (
             &product["visits"],
@@ -807,13 +804,7 @@ async fn rules_are_replaced_whole_or_not_at_all() {
     call(&api.app, "POST", "/v1/events", &line.to_string()).await;
     api.rt.flush().await.unwrap();
     let (_, v) = get(&api.app, "/v1/touchpoints").await;
-    let home = v["touchpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "home")
-        .cloned()
-        .unwrap();
+    let home = touchpoint(&v, "home");
     assert_eq!(home["visits"], 1, "events after the swap use the new rules");
 }
 
@@ -852,13 +843,7 @@ async fn an_ingest_request_during_a_rules_swap_is_decoded_for_the_new_rules() {
     assert_eq!(request.await.unwrap(), StatusCode::ACCEPTED);
     api.rt.flush().await.unwrap();
     let (_, v) = get(&api.app, "/v1/touchpoints").await;
-    let landing = v["touchpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "landing")
-        .cloned()
-        .unwrap();
+    let landing = touchpoint(&v, "landing");
     assert_eq!(landing["visits"], 1, "{v}");
 }
 
