@@ -890,8 +890,14 @@ fn next_deadline(ctx: &Ctx, c: &Customer, wm: Millis) -> Millis {
         if end > wm {
             d = d.min(end);
         }
+        // A move happens at some phase's time: with none of them ahead, nothing is due (most
+        // firings; the walk below sorts the phases).
+        let due = |t: Millis| t != UNSEEN && t > j.dwell_done && t >= wm;
+        if !j.slots[..j.n_phases as usize].iter().any(|&t| due(t)) {
+            continue;
+        }
         phase_moves(ctx, j, |t, _, _| {
-            if t > j.dwell_done && t >= wm {
+            if due(t) {
                 d = d.min(t.saturating_add(1));
             }
         });
@@ -1179,7 +1185,6 @@ impl State {
                 .expect("journey exists when not starting one")
         };
 
-        let before = contribution(ctx, j, n_dims);
         if pid >= j.n_phases {
             // Phases grow; dimensions and touched-sets move up behind them.
             let rest = j.slots.len() - j.n_phases as usize;
@@ -1189,6 +1194,16 @@ impl State {
             j.slots = slots.into_boxed_slice();
             j.n_phases = n_phases;
         }
+        // Most events are no earlier than the journey's start, their phase's first time and
+        // every first-touch value: they change nothing the journey counts in.
+        let dims_open = (0..n_dims).any(|d| {
+            let slot = j.slots[j.n_phases as usize + d];
+            slot == UNSEEN || ts < slot >> 16
+        });
+        if ts >= j.t0 && ts >= j.slots[pid as usize] && !dims_open {
+            return;
+        }
+        let before = contribution(ctx, j, n_dims);
         let moved_start = ts < j.t0;
         if moved_start {
             j.t0 = ts;
