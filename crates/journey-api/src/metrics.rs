@@ -31,6 +31,7 @@ pub struct Metrics {
     late: IntCounter,
     rejected_too_many: IntCounter,
     duplicates: IntCounter,
+    merge_forced: IntCounter,
     /// Dead letters by sink and outcome (written, failed), set by the sink.
     pub dead_letters: IntCounterVec,
     /// Checkpoints by outcome (written, failed).
@@ -256,6 +257,11 @@ impl Metrics {
                 "journeyd_events_duplicate_total",
                 "Events dropped because their event_id was already applied (dedup.horizon)",
             ),
+            merge_forced: counter(
+                &r,
+                "journeyd_kafka_merge_forced_total",
+                "Kafka records applied without waiting for a partition of their task that had lag and nothing buffered (kafka.max_task_idle passed, or 65536 records buffered)",
+            ),
             dead_letters: counter_vec(
                 &r,
                 "journeyd_dead_letters_total",
@@ -444,6 +450,12 @@ impl Metrics {
             "",
             s.duplicates.load(Ordering::Relaxed),
             &self.duplicates,
+        );
+        advance(
+            6,
+            "",
+            s.merge_forced.load(Ordering::Relaxed),
+            &self.merge_forced,
         );
         advance(
             3,

@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use journey_api::Metrics;
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, Restored, StoredTask, Written};
@@ -54,6 +53,9 @@ pub(crate) struct TaskState {
     pub(crate) checkpointer: Option<Checkpointer>,
     /// Partitions the latest statistics showed caught up.
     pub(crate) caught_up: Vec<Part>,
+    /// Without checkpoints: records a rebalance callback submitted, by partition with the
+    /// offset of the last one, and the acknowledgement after which that offset is stored.
+    pub(crate) submitted: Vec<(Part, i64, flume::Receiver<()>)>,
 }
 
 /// The consumer's context: restores tasks on assignment and checkpoints them on revocation.
@@ -95,42 +97,43 @@ impl Tasks {
     }
 
     /// Hands the round's records read so far to their tasks, before a rebalance changes who
-    /// owns what. Without checkpoints their offsets are stored for auto-commit once applied.
-    fn submit_unsubmitted(&self, consumer: &BaseConsumer<Self>, st: &mut TaskState) {
+    /// owns what. Without checkpoints their offsets are stored for auto-commit once applied
+    /// (by the consuming loop; a revoked partition's by [`Tasks::revoke`]). Not waited for
+    /// here: a task merging partitions by event time may hold them back.
+    fn submit_unsubmitted(&self, st: &mut TaskState) {
         let checkpointing = st.checkpointer.is_some();
         for run in std::mem::take(&mut st.unsubmitted) {
             let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
             let decode = self.decoders.deferred(run.part, run.records);
-            match self
-                .rt
-                .submit_deferred_blocking(task, input, decode, !checkpointing)
-            {
-                Ok(Some(ack)) => {
-                    if ack.recv_timeout(Duration::from_secs(30)).is_ok() {
-                        let topic = self.names[run.part.0].as_str();
-                        if let Err(e) = consumer.store_offset(topic, run.part.1, run.last) {
-                            tracing::warn!(
-                                topic,
-                                partition = run.part.1,
-                                "cannot store the Kafka offset: {e}"
-                            );
-                        }
-                    }
-                }
+            match self.rt.submit_deferred_blocking(
+                task,
+                input,
+                decode,
+                run.last + 1,
+                !checkpointing,
+            ) {
+                Ok(Some(ack)) => st.submitted.push((run.part, run.last, ack)),
                 Ok(None) => {}
                 Err(_) => return,
             }
         }
     }
 
-    /// The Kafka positions of a task's partitions for its checkpoint.
+    /// The Kafka positions of a task's partitions for its checkpoint: the offset of each one's
+    /// first record the snapshot does not hold. That is the task's own position where it knows
+    /// one (records it buffers for the merge by event time are not applied, so not in the
+    /// snapshot), else the next offset to read (nothing read since it started).
     pub(crate) fn positions_of(&self, st: &TaskState, snap: &TaskSnapshot) -> Vec<KafkaPosition> {
         snap.inputs
             .iter()
             .filter_map(|&(input, max_ts)| {
                 let Input::Topic(i) = input else { return None };
                 let part = (i as usize, snap.task as i32);
-                let next_offset = *st.positions.get(&part)?;
+                let own = snap.positions.iter().find(|(p, _)| *p == input);
+                let next_offset = match own {
+                    Some(&(_, at)) => at,
+                    None => *st.positions.get(&part)?,
+                };
                 Some(KafkaPosition {
                     topic: self.names[part.0].clone(),
                     partition: part.1,
@@ -162,7 +165,7 @@ impl Tasks {
 
     /// Partitions assigned: restore each task not running here, then seek every partition to
     /// the position its task's state reflects.
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    fn assign(&self, tpl: &mut TopicPartitionList) {
         let mut by_task: BTreeMap<TaskId, Vec<(String, usize)>> = BTreeMap::new();
         for e in tpl.elements() {
             if let (Some(i), Ok(task)) = (self.index(e.topic()), TaskId::try_from(e.partition())) {
@@ -174,7 +177,7 @@ impl Tasks {
         }
         let mut guard = self.lock();
         let st = &mut *guard;
-        self.submit_unsubmitted(consumer, st);
+        self.submit_unsubmitted(st);
         let mut resumed = Vec::new();
         // Named in the log: the workers mark tasks owned asynchronously, so asking the runtime
         // right after assigning could miss the last ones.
@@ -258,9 +261,26 @@ impl Tasks {
         }
         let mut guard = self.lock();
         let st = &mut *guard;
-        self.submit_unsubmitted(consumer, st);
+        self.submit_unsubmitted(st);
+        let checkpointing = st.checkpointer.is_some();
         for (task, inputs) in by_task {
-            let Ok(Some(snap)) = self.rt.revoke_blocking(task, inputs) else {
+            let Ok(revoked) = self.rt.revoke_positions_blocking(task, inputs) else {
+                continue;
+            };
+            // Records the task held back are dropped: the partitions are read again from the
+            // first record not applied, by whoever gets them (this instance included).
+            for &(input, next) in &revoked.positions {
+                let Input::Topic(i) = input else { continue };
+                let part = (i as usize, task as i32);
+                st.positions.insert(part, next);
+                if !checkpointing && next > 0 {
+                    let topic = self.names[part.0].as_str();
+                    if let Err(e) = consumer.store_offset(topic, part.1, next - 1) {
+                        tracing::debug!(topic, partition = part.1, "cannot store the offset: {e}");
+                    }
+                }
+            }
+            let Some(snap) = revoked.snapshot else {
                 continue;
             };
             let kafka = self.positions_of(st, &snap);
@@ -337,7 +357,7 @@ impl ConsumerContext for Tasks {
                     .rebalances
                     .with_label_values(&["assigned"])
                     .inc();
-                self.assign(consumer, tpl);
+                self.assign(tpl);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {

@@ -56,6 +56,10 @@ pub struct KafkaSettings {
     pub partitioner: Partitioner,
     /// A caught-up partition quiet this long stops holding its task's watermark back.
     pub idle_timeout: Duration,
+    /// How long a task holds its other partitions' records back for a partition that has lag
+    /// and nothing buffered, so that it applies its partitions merged by event time (Kafka
+    /// Streams' `max.task.idle.ms`).
+    pub max_task_idle: Duration,
     /// Passed verbatim to librdkafka.
     pub properties: BTreeMap<String, String>,
     pub topics: Vec<TopicSettings>,

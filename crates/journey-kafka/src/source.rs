@@ -7,10 +7,13 @@
 //! and the order within a partition is the offset order. Positions (next
 //! offset per partition) are tracked as records are polled. With checkpoints, this thread asks
 //! the workers for every task's snapshot between rounds: the workers' queues are FIFO, so each
-//! snapshot holds exactly the records before its partitions' positions, and restoring it and
-//! seeking gives exactly-once aggregates (Flink's model). Offsets are committed to Kafka after
-//! each checkpoint for lag monitoring only. Without checkpoints, offsets are stored for
-//! auto-commit once the tasks involved have applied the round (at-least-once).
+//! task has received every record before its partitions' positions by then. A task merging its
+//! partitions by event time may still buffer some of them unapplied; its snapshot names, per
+//! partition, the offset of the first record not applied, and that is the checkpoint's
+//! position ([`Tasks::positions_of`]), so restoring it and seeking gives exactly-once
+//! aggregates (Flink's model). Offsets are committed to Kafka after each checkpoint for lag
+//! monitoring only. Without checkpoints, offsets are stored for auto-commit once the tasks
+//! involved have applied the round (at-least-once).
 //!
 //! Records of the internal repartition topic are decoded with the format and source of the
 //! topic the repartitioner read them from, named by their [`SOURCE_TOPIC`] header.
@@ -161,8 +164,9 @@ impl Decoders {
         self.spares.1.try_recv().unwrap_or_default()
     }
 
-    /// Decodes `records` of `part` in offset order; rejected ones go to the dead letters.
-    fn decode(&self, part: Part, records: &RawRecords) -> Vec<Event<'static>> {
+    /// Decodes `records` of `part` in offset order, each event with its offset; rejected ones
+    /// go to the dead letters.
+    fn decode(&self, part: Part, records: &RawRecords) -> Vec<(Event<'static>, i64)> {
         let mut events = Vec::with_capacity(records.records.len());
         let mut accepted = vec![0u64; self.upstreams.len()];
         let topic = self.names.get(part.0).map_or("", String::as_str);
@@ -177,7 +181,7 @@ impl Decoders {
             match decoder.decode(payload) {
                 Ok(e) => {
                     accepted[usize::from(r.upstream)] += 1;
-                    events.push(e.into_owned());
+                    events.push((e.into_owned(), r.offset));
                 }
                 Err(e) => {
                     let at = (topic, part.1, r.offset);
@@ -369,6 +373,7 @@ impl KafkaSource {
                     unsubmitted: Vec::new(),
                     checkpointer,
                     caught_up: Vec::new(),
+                    submitted: Vec::new(),
                 }),
             })
             .map_err(|source| KafkaSourceError::Client {
@@ -451,7 +456,8 @@ impl KafkaSource {
     }
 }
 
-/// Offsets to store once every task that received part of a round has applied it.
+/// Offsets to store once every task that received part of a round has applied it (a task
+/// merging several partitions by event time may apply a round's records rounds later).
 struct Pending {
     acks: Vec<flume::Receiver<()>>,
     offsets: BTreeMap<Part, i64>,
@@ -490,10 +496,13 @@ impl Consume {
                 offsets.insert(run.part, run.last);
                 let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
                 let decode = self.decoders.deferred(run.part, run.records);
-                match self
-                    .rt
-                    .submit_deferred_blocking(task, input, decode, !checkpointing)
-                {
+                match self.rt.submit_deferred_blocking(
+                    task,
+                    input,
+                    decode,
+                    run.last + 1,
+                    !checkpointing,
+                ) {
                     Ok(ack) => acks.extend(ack),
                     Err(_) => submitted = false,
                 }
@@ -501,8 +510,27 @@ impl Consume {
             if !submitted {
                 break;
             }
-            // After the round's records, so the task sees them first.
-            let caught_up = self.consumer.context().lock().caught_up.clone();
+            // Records a rebalance callback submitted during this round came before the rest.
+            let early = std::mem::take(&mut self.consumer.context().lock().submitted);
+            if !early.is_empty() {
+                let mut round = Pending {
+                    acks: Vec::new(),
+                    offsets: BTreeMap::new(),
+                };
+                for (part, last, ack) in early {
+                    round.offsets.insert(part, last);
+                    round.acks.push(ack);
+                }
+                pending.push_back(round);
+            }
+            // After the round's records, so the task sees them first. Statistics taken before
+            // this round's records of a partition are stale for it: the next ones tell (a task
+            // merging by event time would otherwise stop waiting for a partition with lag).
+            let caught_up = {
+                let mut st = self.consumer.context().lock();
+                st.caught_up.retain(|part| !offsets.contains_key(part));
+                st.caught_up.clone()
+            };
             for part in caught_up {
                 if told_caught_up.insert(part) {
                     let _ = self
@@ -532,6 +560,9 @@ impl Consume {
             self.checkpoint(CommitMode::Sync);
             return;
         }
+        // Records held back for partitions that will not be read further are applied now, so
+        // that their offsets can be stored.
+        let _ = self.rt.drain_blocking();
         store_applied(&self.consumer, &mut pending, true);
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored yet is a normal reason.
@@ -763,8 +794,11 @@ mod tests {
         raw.push(b"", 12, 0);
         raw.push(line(2).as_bytes(), 13, 0);
         let events = decoders.deferred((0, 3), raw)();
-        let ids: Vec<&str> = events.iter().map(|e| &*e.customer_id).collect();
-        assert_eq!(ids, ["c1", "c2"]);
+        let ids: Vec<(&str, i64)> = events
+            .iter()
+            .map(|(e, offset)| (&*e.customer_id, *offset))
+            .collect();
+        assert_eq!(ids, [("c1", 10), ("c2", 13)]);
         // The emptied buffer comes back for the next run.
         let spare = decoders.buffer();
         assert!(spare.bytes.is_empty() && spare.records.is_empty());

@@ -281,6 +281,7 @@ mod tests {
             group_id: "g".into(),
             partitioner: journey_runtime::Partitioner::Murmur2,
             idle_timeout: Duration::from_secs(10),
+            max_task_idle: Duration::from_secs(5),
             properties: Default::default(),
             topics: topics
                 .iter()

@@ -699,6 +699,7 @@ mod tests {
             shard: Shard::new(cfg, rules).snapshot(),
             inputs: vec![(Input::Topic(0), Some(1_795_000_000_000))],
             changes: 0,
+            positions: Vec::new(),
         }
     }
 

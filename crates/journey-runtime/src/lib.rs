@@ -7,10 +7,12 @@
 //! partition; HTTP and file input reach the task of the partition the producers' partitioner
 //! gives the customer id ([`partitioner`]), so one customer is always in one task.
 //!
-//! Events reach a worker through a bounded channel, which gives backpressure. Workers publish
-//! each task's partial aggregates for readers at a fixed interval, so queries never block
-//! ingest, and move each task's watermark from its inputs' event times ([`task::Task`]). This
-//! crate reads the clock; `journey-core` never does.
+//! Events reach a worker through a bounded channel, which gives backpressure. A task merges its
+//! Kafka partitions' records by event time, holding them in per-partition buffers while a
+//! lagging partition has nothing buffered ([`task`]); the worker wakes every tick to apply
+//! those whose wait is over. Workers publish each task's partial aggregates for readers at a
+//! fixed interval, so queries never block ingest, and move each task's watermark from its
+//! inputs' event times ([`task::Task`]). This crate reads the clock; `journey-core` never does.
 
 pub mod checkpoint;
 pub mod partitioner;
@@ -29,7 +31,9 @@ use journey_core::{
 };
 
 pub use partitioner::Partitioner;
-pub use task::{Idleness, Input, Task, TaskId, TaskSnapshot};
+pub use task::{
+    Idleness, Input, Tally, Task, TaskId, TaskSnapshot, DEFAULT_MAX_TASK_IDLE, MAX_BUFFERED,
+};
 
 /// Called by a worker for each event its shard refused (other than a duplicate), so the
 /// service can keep it as a dead letter.
@@ -63,6 +67,10 @@ pub struct RuntimeConfig {
     /// A caught-up Kafka partition quiet this long stops holding its task's watermark
     /// (`kafka.idle_timeout`).
     pub idle_timeout: Duration,
+    /// How long a task holds its other inputs' records back for a Kafka partition that has lag
+    /// and nothing buffered, before applying them anyway (`kafka.max_task_idle`; Kafka
+    /// Streams' `max.task.idle.ms`). See [`task`].
+    pub max_task_idle: Duration,
     /// Live mode: idle inputs stop holding the watermark, and with every input idle event time
     /// advances with the wall clock, so sessions close when traffic pauses. Off for replays.
     pub live: bool,
@@ -87,6 +95,7 @@ impl Default for RuntimeConfig {
             publish_interval: Duration::from_secs(1),
             tick_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
+            max_task_idle: DEFAULT_MAX_TASK_IDLE,
             live: true,
             on_reject: None,
             worker_nice: 0,
@@ -123,6 +132,9 @@ pub struct Stats {
     pub late: AtomicU64,
     pub rejected_too_many_events: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Kafka records applied while a partition of their task with lag had nothing buffered,
+    /// after `kafka.max_task_idle` or past [`MAX_BUFFERED`]: possibly ahead of its records.
+    pub merge_forced: AtomicU64,
     /// Sum and count of the time from submission to applied, in microseconds.
     pub latency_us_sum: AtomicU64,
     pub latency_count: AtomicU64,
@@ -137,16 +149,28 @@ pub struct RestoredTask {
     pub inputs: Vec<(Input, Option<Millis>)>,
 }
 
-/// Records of one input whose decoding is left to the worker that applies them: called once,
-/// on that worker's thread, right before the events are applied, and returns them in input
-/// order. Whatever it cannot decode it reports itself (dead letters, metrics); the Kafka
-/// source submits these so that its own thread only moves bytes.
-pub type Deferred = Box<dyn FnOnce() -> Vec<Event<'static>> + Send>;
+/// Records of one Kafka partition whose decoding is left to the worker that applies them:
+/// called once, on that worker's thread, when the batch reaches its task, and returns the
+/// events in offset order, each with its record's offset (the task's checkpoint position is
+/// the offset of its first record not applied). Whatever it cannot decode it reports itself
+/// (dead letters, metrics); the Kafka source submits these so that its own thread only moves
+/// bytes.
+pub type Deferred = Box<dyn FnOnce() -> Vec<(Event<'static>, i64)> + Send>;
 
 /// The events of a submission: decoded already, or decoded by the worker.
 enum Batch {
     Decoded(Vec<Event<'static>>),
     Deferred(Deferred),
+}
+
+/// What revoking partitions of a task gives back.
+#[derive(Debug)]
+pub struct Revoked {
+    /// The task's final snapshot, once it has no partition left (it is dropped).
+    pub snapshot: Option<TaskSnapshot>,
+    /// Each revoked partition's offset of its first record not applied (records it had
+    /// buffered are dropped), where the task knows it: where it must be read from again.
+    pub positions: Vec<(Input, i64)>,
 }
 
 enum Msg {
@@ -158,6 +182,8 @@ enum Msg {
         events: Batch,
         /// Push input: the stream time of the HTTP/file stream before each event (epoch ms).
         stream_before: Vec<Millis>,
+        /// Kafka: the offset after the batch's last record.
+        read_to: Option<i64>,
         submitted: Instant,
         ack: Option<flume::Sender<()>>,
     },
@@ -175,12 +201,12 @@ enum Msg {
         restored: Box<RestoredTask>,
         inputs: Vec<Input>,
     },
-    /// Partitions revoked: remove the inputs; once the task has no partition left, reply with
-    /// its final snapshot and drop it.
+    /// Partitions revoked: remove the inputs (dropping their buffered records); once the task
+    /// has no partition left, reply with its final snapshot and drop it.
     Revoke {
         task: TaskId,
         inputs: Vec<Input>,
-        reply: flume::Sender<Option<TaskSnapshot>>,
+        reply: flume::Sender<Revoked>,
     },
     Rules(Arc<Rules>),
     Customer(TaskId, String, flume::Sender<Option<CustomerView>>),
@@ -191,8 +217,10 @@ enum Msg {
     /// Apply everything queued before and reply with the snapshots of the tasks whose
     /// [`task::Task::changes`] differ from the given ones (tasks not listed count as changed).
     SnapshotChanged(Arc<BTreeMap<TaskId, u64>>, flume::Sender<Vec<TaskSnapshot>>),
-    /// End of input: close every session, publish, acknowledge.
+    /// End of input: apply every buffered record, close every session, publish, acknowledge.
     Flush(flume::Sender<()>),
+    /// Apply every buffered record without waiting for lagging partitions (the source stops).
+    Drain(flume::Sender<()>),
     /// Publish and exit; handles still around get [`Stopped`] from then on.
     Stop,
 }
@@ -303,6 +331,7 @@ impl Runtime {
                 continue;
             }
             let mut t = Task::new(r.task, r.shard, now, rc.live, idleness(&rc));
+            t.set_max_idle(rc.max_task_idle);
             for (input, max_ts) in r.inputs {
                 t.add_input(input, max_ts, now);
             }
@@ -315,7 +344,9 @@ impl Runtime {
                     .entry(task)
                     .or_insert_with(|| {
                         let shard = Shard::new(cfg.clone(), rules.clone());
-                        Task::new(task, shard, now, rc.live, idleness(&rc))
+                        let mut t = Task::new(task, shard, now, rc.live, idleness(&rc));
+                        t.set_max_idle(rc.max_task_idle);
+                        t
                     });
                 owned[task as usize].store(true, Ordering::Relaxed);
             }
@@ -433,7 +464,8 @@ impl Worker {
         let mut next_tick = Instant::now() + self.rc.tick_interval;
         loop {
             let now = Instant::now();
-            let wake = if self.rc.live {
+            let waiting = self.tasks.values().any(Task::waiting);
+            let wake = if self.rc.live || waiting {
                 next_publish.min(next_tick)
             } else {
                 next_publish
@@ -444,10 +476,14 @@ impl Worker {
                 Err(flume::RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
-            if self.rc.live && now >= next_tick {
-                let wall = wall_ms();
-                for t in self.tasks.values_mut() {
-                    self.dirty |= t.advance(now, wall);
+            if now >= next_tick {
+                // Records held back for a lagging partition whose wait is over.
+                self.drain(false);
+                if self.rc.live {
+                    let wall = wall_ms();
+                    for t in self.tasks.values_mut() {
+                        self.dirty |= t.advance(now, wall);
+                    }
                 }
                 next_tick = now + self.rc.tick_interval;
             }
@@ -468,14 +504,27 @@ impl Worker {
                 input,
                 events,
                 stream_before,
+                read_to,
                 submitted,
                 ack,
             } => {
-                let events = match events {
-                    Batch::Decoded(events) => events,
-                    Batch::Deferred(decode) => decode(),
+                let ack = if input == Input::Push {
+                    let events = match events {
+                        Batch::Decoded(events) => events,
+                        Batch::Deferred(decode) => decode().into_iter().map(|(e, _)| e).collect(),
+                    };
+                    self.apply(task, input, &events, &stream_before);
+                    ack
+                } else {
+                    let records = match events {
+                        Batch::Decoded(events) => events.into_iter().map(|e| (e, None)).collect(),
+                        Batch::Deferred(decode) => decode()
+                            .into_iter()
+                            .map(|(e, offset)| (e, Some(offset)))
+                            .collect(),
+                    };
+                    self.receive(task, input, records, read_to, ack)
                 };
-                self.apply(task, input, &events, &stream_before);
                 let stats = &self.shared.stats;
                 stats
                     .latency_us_sum
@@ -503,9 +552,11 @@ impl Worker {
             } => {
                 let now = Instant::now();
                 let (live, idle) = (self.rc.live, idleness(&self.rc));
+                let max_idle = self.rc.max_task_idle;
                 let t = self.tasks.entry(task).or_insert_with(|| {
                     let r = *restored;
                     let mut t = Task::new(task, r.shard, now, live, idle);
+                    t.set_max_idle(max_idle);
                     for (input, max_ts) in r.inputs {
                         t.add_input(input, max_ts, now);
                     }
@@ -523,14 +574,19 @@ impl Worker {
                 reply,
             } => {
                 let mut dropped = None;
+                let mut positions = Vec::new();
+                let mut tally = Tally::default();
                 if let Some(t) = self.tasks.get_mut(&task) {
                     if t.inputs().all(|i| i == Input::Push || inputs.contains(&i)) {
                         // Taken with the revoked inputs still in: the checkpoint needs each
                         // partition's clock, and the source its position.
                         dropped = Some(t.snapshot());
                     }
+                    let now = Instant::now();
                     for input in inputs {
-                        t.remove_input(input);
+                        if let Some(p) = t.remove_input(input, now, &mut tally) {
+                            positions.push((input, p));
+                        }
                     }
                     if dropped.is_some() {
                         self.tasks.remove(&task);
@@ -538,7 +594,11 @@ impl Worker {
                         self.publish();
                     }
                 }
-                let _ = reply.send(dropped);
+                self.count(&tally);
+                let _ = reply.send(Revoked {
+                    snapshot: dropped,
+                    positions,
+                });
             }
             Msg::Rules(rules) => {
                 for t in self.tasks.values_mut() {
@@ -565,14 +625,83 @@ impl Worker {
                 let _ = reply.send(changed);
             }
             Msg::Flush(reply) => {
+                self.drain(true);
                 for t in self.tasks.values_mut() {
                     t.shard_mut().flush();
                 }
                 self.publish();
                 let _ = reply.send(());
             }
+            Msg::Drain(reply) => {
+                self.drain(true);
+                self.publish();
+                let _ = reply.send(());
+            }
             Msg::Stop => {}
         }
+    }
+
+    /// Applies what the merge of each task's Kafka inputs allows now; `force`: everything.
+    fn drain(&mut self, force: bool) {
+        let now = Instant::now();
+        let mut tally = Tally::default();
+        for t in self.tasks.values_mut().filter(|t| t.waiting()) {
+            t.drain(now, force, &mut tally);
+        }
+        self.count(&tally);
+    }
+
+    /// Records of a Kafka input for the merge of `task` ([`Task::receive`]). Returns `ack` when
+    /// the task is not here (revoked while they were queued), for the caller to send.
+    fn receive(
+        &mut self,
+        task: TaskId,
+        input: Input,
+        records: Vec<(Event<'static>, Option<i64>)>,
+        read_to: Option<i64>,
+        ack: Option<flume::Sender<()>>,
+    ) -> Option<flume::Sender<()>> {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            // Only a partition revoked while its records were queued gets here; whoever takes
+            // the task over reads them again from its checkpointed offsets.
+            tracing::debug!(
+                task,
+                events = records.len(),
+                "events for a task this worker no longer owns"
+            );
+            return ack;
+        };
+        let mut tally = Tally::default();
+        let now = Instant::now();
+        t.receive(input, records, read_to, ack, now, &mut tally);
+        self.count(&tally);
+        None
+    }
+
+    /// Adds what the tasks applied to the shared counters, then acknowledges the batches
+    /// applied in full.
+    fn count(&mut self, tally: &Tally) {
+        let stats = &self.shared.stats;
+        stats
+            .duplicates
+            .fetch_add(tally.duplicates, Ordering::Relaxed);
+        stats.applied.fetch_add(tally.applied, Ordering::Relaxed);
+        stats.late.fetch_add(tally.late, Ordering::Relaxed);
+        stats
+            .rejected_too_many_events
+            .fetch_add(tally.rejected.len() as u64, Ordering::Relaxed);
+        if let Some(hook) = &self.rc.on_reject {
+            for (e, err) in &tally.rejected {
+                (hook.0)(e, err);
+            }
+        }
+        stats
+            .merge_forced
+            .fetch_add(tally.forced, Ordering::Relaxed);
+        for ack in &tally.acks {
+            let _ = ack.send(());
+        }
+        self.dirty |= tally.applied + tally.duplicates > 0 || !tally.rejected.is_empty();
     }
 
     fn apply(
@@ -597,32 +726,22 @@ impl Worker {
             // Held at the beginning of time until the stream time below raises it.
             t.add_input(Input::Push, None, now);
         }
-        let (mut applied, mut late, mut rejected, mut duplicates) = (0, 0, 0, 0);
+        let mut tally = Tally::default();
         for (i, e) in events.iter().enumerate() {
             if let Some(&before) = stream_before.get(i) {
                 t.observe_push(before, now);
             }
             match t.apply(input, e, now) {
                 Ok(a) => {
-                    applied += 1;
-                    late += a.late as u64;
+                    tally.applied += 1;
+                    tally.late += u64::from(a.late);
                 }
-                Err(ApplyError::Duplicate { .. }) => duplicates += 1,
-                Err(err) => {
-                    rejected += 1;
-                    if let Some(hook) = &self.rc.on_reject {
-                        (hook.0)(e, &err);
-                    }
-                }
+                Err(ApplyError::Duplicate { .. }) => tally.duplicates += 1,
+                // Rare (a session at session.max_events): the copy is for the reject hook.
+                Err(err) => tally.rejected.push((e.clone(), err)),
             }
         }
-        let stats = &self.shared.stats;
-        stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-        stats.applied.fetch_add(applied, Ordering::Relaxed);
-        stats.late.fetch_add(late, Ordering::Relaxed);
-        stats
-            .rejected_too_many_events
-            .fetch_add(rejected, Ordering::Relaxed);
+        self.count(&tally);
         self.dirty = true;
     }
 }
@@ -781,6 +900,7 @@ impl RuntimeHandle {
             input,
             events: Batch::Decoded(events),
             stream_before,
+            read_to: None,
             submitted: Instant::now(),
             ack,
         }
@@ -830,14 +950,17 @@ impl RuntimeHandle {
 
     /// [`RuntimeHandle::submit_input_blocking`] for records still to be decoded: `decode` runs
     /// on the worker of `task`, in queue order with everything else submitted for it, so a
-    /// task's records are decoded in parallel with other workers' and a checkpoint taken after
-    /// this call still holds exactly them. With `ack`, the receiver yields once they are
-    /// decoded and applied.
+    /// task's records are decoded in parallel with other workers'. `read_to` is the offset
+    /// after the batch's last record. A snapshot taken after this call has the batch's
+    /// records either applied or counted out of its positions ([`TaskSnapshot::positions`]).
+    /// With `ack`, the receiver yields once they are decoded and applied (merged by event
+    /// time with the task's other partitions, so possibly after later submissions).
     pub fn submit_deferred_blocking(
         &self,
         task: TaskId,
         input: Input,
         decode: Deferred,
+        read_to: i64,
         ack: bool,
     ) -> Result<Option<flume::Receiver<()>>, Stopped> {
         let (tx, rx) = ack_channel(ack);
@@ -848,6 +971,7 @@ impl RuntimeHandle {
                 input,
                 events: Batch::Deferred(decode),
                 stream_before: Vec::new(),
+                read_to: Some(read_to),
                 submitted: Instant::now(),
                 ack: tx,
             },
@@ -888,12 +1012,22 @@ impl RuntimeHandle {
     }
 
     /// Partitions of `task` were revoked. Once the task has no partition left it is dropped
-    /// and its final snapshot returned (after everything queued before for it is applied).
+    /// and its final snapshot returned (after everything queued before for it is received).
     pub fn revoke_blocking(
         &self,
         task: TaskId,
         inputs: Vec<Input>,
     ) -> Result<Option<TaskSnapshot>, Stopped> {
+        Ok(self.revoke_positions_blocking(task, inputs)?.snapshot)
+    }
+
+    /// [`RuntimeHandle::revoke_blocking`], with where each revoked partition must be read from
+    /// again: records the task had buffered are dropped, not applied.
+    pub fn revoke_positions_blocking(
+        &self,
+        task: TaskId,
+        inputs: Vec<Input>,
+    ) -> Result<Revoked, Stopped> {
         let (tx, rx) = flume::bounded(1);
         self.send(
             task,
@@ -967,6 +1101,15 @@ impl RuntimeHandle {
     pub async fn flush(&self) -> Result<(), Stopped> {
         for rx in self.to_all_async(Msg::Flush).await? {
             rx.recv_async().await.map_err(|_| Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Applies every record the tasks hold back for lagging Kafka partitions, without waiting
+    /// for them: for a source that stops reading.
+    pub fn drain_blocking(&self) -> Result<(), Stopped> {
+        for rx in self.to_all(Msg::Drain)? {
+            rx.recv().map_err(|_| Stopped)?;
         }
         Ok(())
     }
@@ -1210,12 +1353,12 @@ mod tests {
         let seen = decoded_on.clone();
         let decode: Deferred = Box::new(move || {
             *seen.lock().unwrap() = std::thread::current().name().map(str::to_string);
-            vec![ev(1, t, "page_view"), ev(1, t + 1_000, "order")]
+            vec![(ev(1, t, "page_view"), 5), (ev(1, t + 1_000, "order"), 6)]
         });
         h.submit_input_blocking(1, Input::Topic(0), vec![ev(2, t, "page_view")], false)
             .unwrap();
         let ack = h
-            .submit_deferred_blocking(1, Input::Topic(0), decode, true)
+            .submit_deferred_blocking(1, Input::Topic(0), decode, 7, true)
             .unwrap()
             .unwrap();
         ack.recv().unwrap();

@@ -2,13 +2,29 @@
 //!
 //! Kafka Streams' `StreamTask` and `PartitionGroup`, reduced to what journeyd needs. A task's
 //! inputs are the partitions `p` of every input topic plus the HTTP/file input the
-//! partitioner routes to it. Each input tracks the largest event time it has delivered; the
+//! partitioner routes to it. Each input tracks the largest event time it has applied; the
 //! task's watermark is the minimum over the inputs that still hold it back, minus
-//! `session.allowed_lateness` (Flink's per-split watermarks). Records of different inputs are
-//! applied in arrival order: since no input's records fall behind that minimum, the shard's
-//! figures are the same for every interleaving in which no input runs more than
-//! `journey.window` of event time ahead of another (SPEC §3, docs/semantics.md §5; the
-//! engine's model test `a_task_of_two_inputs_equals_the_reference_under_skew`).
+//! `session.allowed_lateness` (Flink's per-split watermarks).
+//!
+//! Kafka inputs are merged by event time ([`Task::receive`]): each partition's decoded records
+//! wait in a buffer of their own, and the task applies the record with the smallest event time
+//! among the buffers' heads. While a Kafka partition that has lag (is not caught up) has
+//! nothing buffered, the task holds the other inputs' records back until it delivers, catches
+//! up, or `kafka.max_task_idle` has passed (Kafka Streams' `max.task.idle.ms`); past that wait,
+//! or past [`MAX_BUFFERED`] buffered records, it applies anyway. So a sparse topic whose one
+//! fetch spans weeks is applied in step with a dense topic's backlog, as `journeyd replay`
+//! applies the file. The shard's figures are the same for every interleaving in which no input
+//! runs more than `journey.window` of event time ahead of another (SPEC §3, docs/semantics.md
+//! §5; the engine's model test `a_task_of_two_inputs_equals_the_reference_under_skew`); the
+//! merge keeps the skew within each partition's own disorder. Equal event times at the heads
+//! go in the order the inputs were added (Kafka Streams breaks ties by partition too). Push
+//! input (HTTP, file, replay) is applied on arrival, as before: it is one input, so there is
+//! nothing to merge.
+//!
+//! Buffered records are not part of the task's state: [`TaskSnapshot::positions`] gives each
+//! partition's offset of the first record not applied, which is where a checkpoint resumes, and
+//! a batch's acknowledgement is sent once its last record is applied. Revoking a partition
+//! drops its buffered records; whoever reads it next starts from those positions.
 //!
 //! An input stops holding the watermark back once it is idle: a Kafka partition that reached
 //! its end (no lag) and delivered nothing for `kafka.idle_timeout`, or push input that has
@@ -20,6 +36,7 @@
 //! watermark no further than now. Otherwise one such client would make every other event
 //! late until the wall clock caught up with it.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_core::time::Millis;
@@ -48,18 +65,98 @@ pub struct Idleness {
     pub push: Duration,
 }
 
-#[derive(Debug, Clone)]
+/// How long a task holds its inputs back for a Kafka partition with lag and nothing buffered,
+/// unless configured (`kafka.max_task_idle`).
+pub const DEFAULT_MAX_TASK_IDLE: Duration = Duration::from_secs(5);
+
+/// Records a task buffers over all its Kafka inputs before it applies the oldest one without
+/// waiting for a lagging partition: bounds the memory one stalled partition can hold up.
+pub const MAX_BUFFERED: usize = 65_536;
+
+/// Sent once every record of a submitted batch is applied.
+pub type Ack = flume::Sender<()>;
+
+/// One decoded Kafka record waiting to be merged in, with its offset (`None`: not known, for
+/// events submitted already decoded).
+type Buffered = (Event<'static>, Option<i64>);
+
+/// What applying records did, for the worker's counters, and the acknowledgements now due.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub applied: u64,
+    pub late: u64,
+    pub duplicates: u64,
+    /// Refused for another reason than being a duplicate, with why (for the reject hook).
+    pub rejected: Vec<(Event<'static>, ApplyError)>,
+    /// Applied while a partition with lag had nothing buffered, after `kafka.max_task_idle`
+    /// or past [`MAX_BUFFERED`]: these may be applied ahead of that partition's records.
+    pub forced: u64,
+    /// Of batches now applied in full: to send once the counters above are published.
+    pub acks: Vec<Ack>,
+}
+
+#[derive(Debug)]
 struct InputClock {
     input: Input,
-    /// Largest event time delivered; `None` before the first event (holds the task at the
+    /// Largest event time applied; `None` before the first event (holds the task at the
     /// beginning of time until the input delivers or goes idle).
     max_ts: Option<Millis>,
     last_arrival: Instant,
     /// Kafka: reached the end of the partition, with nothing newer since.
     caught_up: bool,
+    /// Kafka: received but not yet applied, in offset order.
+    buffer: VecDeque<Buffered>,
+    /// Kafka: the offset after the last record received (the source's position then).
+    read_to: Option<i64>,
+    /// Kafka: records received and applied (or refused) so far, and the acknowledgements of
+    /// batches, each due once `done` reaches its batch's end.
+    received: u64,
+    done: u64,
+    acks: VecDeque<(u64, Ack)>,
+    /// Kafka: since when this partition, lagging, has had nothing buffered while another
+    /// input's records waited for it (Kafka Streams' idle partition deadline, less the wait).
+    empty_since: Option<Instant>,
 }
 
 impl InputClock {
+    fn new(input: Input, max_ts: Option<Millis>, now: Instant) -> InputClock {
+        InputClock {
+            input,
+            max_ts,
+            last_arrival: now,
+            caught_up: false,
+            buffer: VecDeque::new(),
+            read_to: None,
+            received: 0,
+            done: 0,
+            acks: VecDeque::new(),
+            empty_since: None,
+        }
+    }
+
+    /// Where this partition resumes: the offset of its first record not applied.
+    fn position(&self) -> Option<i64> {
+        match self.buffer.front() {
+            Some((_, offset)) => *offset,
+            None => self.read_to,
+        }
+    }
+
+    /// Whether this input keeps the others' records waiting: a Kafka partition with lag and
+    /// nothing buffered may yet deliver older records.
+    fn holds_back(&self) -> bool {
+        matches!(self.input, Input::Topic(_)) && !self.caught_up && self.buffer.is_empty()
+    }
+
+    /// Hands over the acknowledgements of batches applied in full.
+    fn acknowledge(&mut self, due: &mut Vec<Ack>) {
+        while self.acks.front().is_some_and(|(end, _)| *end <= self.done) {
+            if let Some((_, ack)) = self.acks.pop_front() {
+                due.push(ack);
+            }
+        }
+    }
+
     fn idle(&self, now: Instant, idle: Idleness) -> bool {
         let quiet = now.saturating_duration_since(self.last_arrival);
         match self.input {
@@ -80,6 +177,11 @@ pub struct TaskSnapshot {
     pub inputs: Vec<(Input, Option<Millis>)>,
     /// [`Task::changes`] when taken.
     pub changes: u64,
+    /// Per Kafka input, the offset of its first record not applied (records received but still
+    /// buffered are not in `shard`): where a checkpoint of this snapshot resumes the partition.
+    /// Inputs whose position the task does not know (nothing received since it started) are
+    /// left out; the source's own position holds for them.
+    pub positions: Vec<(Input, i64)>,
 }
 
 /// One partition's worth of journey state and event time.
@@ -100,6 +202,10 @@ pub struct Task {
     /// The wall clock (epoch ms) at `clock_at`: the wall time of any `Instant` follows without
     /// a system call per event.
     clock: (Instant, Millis),
+    /// How long to hold inputs back for a lagging partition with nothing buffered.
+    max_idle: Duration,
+    /// Records in the inputs' buffers.
+    buffered: usize,
 }
 
 impl Task {
@@ -121,7 +227,15 @@ impl Task {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as Millis),
             ),
+            max_idle: DEFAULT_MAX_TASK_IDLE,
+            buffered: 0,
         }
+    }
+
+    /// Sets how long the task holds its inputs back for a Kafka partition with lag and nothing
+    /// buffered (`kafka.max_task_idle`).
+    pub fn set_max_idle(&mut self, max_idle: Duration) {
+        self.max_idle = max_idle;
     }
 
     /// The wall clock (epoch ms) at `now`.
@@ -154,18 +268,21 @@ impl Task {
             return;
         }
         self.changes += 1;
-        self.inputs.push(InputClock {
-            input,
-            max_ts,
-            last_arrival: now,
-            caught_up: false,
-        });
+        self.inputs.push(InputClock::new(input, max_ts, now));
     }
 
-    /// Removes an input (a revoked partition); it no longer holds the watermark.
-    pub fn remove_input(&mut self, input: Input) {
+    /// Removes an input (a revoked partition); it no longer holds the watermark. Its buffered
+    /// records are dropped unapplied (their batches' acknowledgements with them): whoever reads
+    /// the partition next starts at the position returned, the offset of its first record not
+    /// applied. Records of the other inputs it held back are applied.
+    pub fn remove_input(&mut self, input: Input, now: Instant, tally: &mut Tally) -> Option<i64> {
         self.changes += 1;
-        self.inputs.retain(|i| i.input != input);
+        let at = self.inputs.iter().position(|i| i.input == input)?;
+        let gone = self.inputs.remove(at);
+        self.buffered -= gone.buffer.len();
+        let position = gone.position();
+        self.drain(now, false, tally);
+        position
     }
 
     /// How often the task changed in a way its checkpoint must record (see the field).
@@ -198,14 +315,30 @@ impl Task {
         ev: &Event<'_>,
         now: Instant,
     ) -> Result<Applied, ApplyError> {
+        self.apply_at(input, ev, now, true)
+    }
+
+    /// [`Task::apply`]; `arrived`: the event arrives now (not from a buffer, whose records
+    /// counted as arrivals when received).
+    fn apply_at(
+        &mut self,
+        input: Input,
+        ev: &Event<'_>,
+        now: Instant,
+        arrived: bool,
+    ) -> Result<Applied, ApplyError> {
         let clock = self.clock(input, now);
-        clock.last_arrival = now;
-        clock.caught_up = false;
+        if arrived {
+            clock.last_arrival = now;
+            clock.caught_up = false;
+        }
         let raised = clock.max_ts.is_none_or(|m| ev.ts > m);
         if raised {
             clock.max_ts = Some(ev.ts);
         }
-        self.last_event = now;
+        if arrived {
+            self.last_event = now;
+        }
         self.changes += 1;
         let applied = self.shard.apply(ev);
         if raised {
@@ -299,6 +432,137 @@ impl Task {
             shard: self.shard.snapshot(),
             inputs: self.inputs.iter().map(|i| (i.input, i.max_ts)).collect(),
             changes: self.changes,
+            positions: self.positions(),
+        }
+    }
+
+    /// Each Kafka input's offset of its first record not applied, where known.
+    pub fn positions(&self) -> Vec<(Input, i64)> {
+        self.inputs
+            .iter()
+            .filter(|i| i.input != Input::Push)
+            .filter_map(|i| Some((i.input, i.position()?)))
+            .collect()
+    }
+
+    /// Records received from Kafka inputs and not yet applied.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Records of a Kafka input, in offset order, each with its offset if known; `read_to` is
+    /// the offset after the last record read (rejected records included). Applies whatever the
+    /// merge by event time allows now (see the module doc); `ack` is sent once the last of
+    /// these records is applied.
+    pub fn receive(
+        &mut self,
+        input: Input,
+        records: Vec<Buffered>,
+        read_to: Option<i64>,
+        ack: Option<Ack>,
+        now: Instant,
+        tally: &mut Tally,
+    ) {
+        let at = match self.inputs.iter().position(|i| i.input == input) {
+            Some(at) => at,
+            None => {
+                self.add_input(input, None, now);
+                self.inputs.len() - 1
+            }
+        };
+        self.changes += 1;
+        if !records.is_empty() {
+            self.last_event = now;
+        }
+        let alone = self
+            .inputs
+            .iter()
+            .all(|i| i.input == input || i.input == Input::Push);
+        let clock = &mut self.inputs[at];
+        if !records.is_empty() {
+            clock.last_arrival = now;
+            clock.caught_up = false;
+        }
+        if read_to.is_some() {
+            clock.read_to = read_to;
+        }
+        let n = records.len() as u64;
+        clock.received += n;
+        if alone && clock.buffer.is_empty() {
+            // Nothing to merge with: applied at once, as records of a single partition are.
+            clock.done += n;
+            for (e, _) in records {
+                self.apply_counted(input, e, now, tally);
+            }
+            tally.acks.extend(ack);
+            return;
+        }
+        let end = clock.received;
+        self.buffered += records.len();
+        clock.buffer.extend(records);
+        if let Some(ack) = ack {
+            clock.acks.push_back((end, ack));
+        }
+        clock.acknowledge(&mut tally.acks);
+        self.drain(now, false, tally);
+    }
+
+    /// Applies buffered records in event-time order as far as the merge allows: until a Kafka
+    /// input with lag has nothing buffered (for at most `max_idle`, and while fewer than
+    /// [`MAX_BUFFERED`] records wait), or everything is applied. `force` applies everything
+    /// buffered (end of input, shutdown).
+    pub fn drain(&mut self, now: Instant, force: bool, tally: &mut Tally) {
+        while self.buffered > 0 {
+            let mut next: Option<(usize, Millis)> = None;
+            // Whether a lagging input with nothing buffered holds the others back, and whether
+            // one of them has waited less than `max_idle` for it.
+            let (mut held, mut waiting) = (false, false);
+            for (k, i) in self.inputs.iter_mut().enumerate() {
+                if let Some((e, _)) = i.buffer.front() {
+                    if next.is_none_or(|(_, ts)| e.ts < ts) {
+                        next = Some((k, e.ts));
+                    }
+                }
+                if i.holds_back() {
+                    held = true;
+                    let since = *i.empty_since.get_or_insert(now);
+                    waiting |= now.saturating_duration_since(since) < self.max_idle;
+                } else {
+                    i.empty_since = None;
+                }
+            }
+            let Some((k, _)) = next else { break };
+            let forced = held && !force;
+            if forced && waiting && self.buffered < MAX_BUFFERED {
+                return;
+            }
+            let clock = &mut self.inputs[k];
+            let Some((e, _)) = clock.buffer.pop_front() else {
+                break;
+            };
+            clock.done += 1;
+            let input = clock.input;
+            self.buffered -= 1;
+            tally.forced += u64::from(forced);
+            self.apply_counted(input, e, now, tally);
+            self.inputs[k].acknowledge(&mut tally.acks);
+        }
+    }
+
+    /// Whether the task holds records back for a lagging input, so its worker must wake to
+    /// apply them once `max_idle` has passed.
+    pub fn waiting(&self) -> bool {
+        self.buffered > 0
+    }
+
+    fn apply_counted(&mut self, input: Input, e: Event<'static>, now: Instant, tally: &mut Tally) {
+        match self.apply_at(input, &e, now, false) {
+            Ok(a) => {
+                tally.applied += 1;
+                tally.late += u64::from(a.late);
+            }
+            Err(ApplyError::Duplicate { .. }) => tally.duplicates += 1,
+            Err(err) => tally.rejected.push((e, err)),
         }
     }
 }
@@ -449,6 +713,213 @@ mod tests {
         assert!(t.observe_push(300 * MIN, idle));
         assert_eq!(t.stream_time(idle, 0), Some(300 * MIN));
         assert_eq!(t.shard().watermark(), 295 * MIN);
+    }
+
+    /// Records of `customer` at these minutes, with offsets from `first`.
+    fn records(customer: &str, minutes: &[Millis], first: i64) -> Vec<Buffered> {
+        minutes
+            .iter()
+            .zip(first..)
+            .map(|(&m, offset)| (ev(customer, m * MIN), Some(offset)))
+            .collect()
+    }
+
+    fn events(t: &Task) -> u64 {
+        t.shard().aggregates().counters.events
+    }
+
+    fn newest(t: &Task) -> Option<Millis> {
+        t.shard().aggregates().max_event_time
+    }
+
+    /// A sparse topic's one fetch spans weeks: its records wait until the dense topic has
+    /// delivered the records older than them, and are applied in event-time order in between.
+    #[test]
+    fn kafka_inputs_are_merged_by_event_time() {
+        let mut t = task();
+        let now = Instant::now();
+        let (web, crm) = (Input::Topic(0), Input::Topic(1));
+        t.add_input(web, None, now);
+        t.add_input(crm, None, now);
+        let mut tally = Tally::default();
+        t.receive(
+            crm,
+            records("a", &[25, 10_000], 0),
+            Some(2),
+            None,
+            now,
+            &mut tally,
+        );
+        assert_eq!(
+            events(&t),
+            0,
+            "web, with lag, may still deliver older records"
+        );
+        t.receive(
+            web,
+            records("a", &[10, 20, 30], 0),
+            Some(3),
+            None,
+            now,
+            &mut tally,
+        );
+        // 10, 20, 25 (crm), 30; crm's next is weeks ahead and web has nothing left buffered.
+        assert_eq!((events(&t), newest(&t)), (4, Some(30 * MIN)));
+        assert_eq!(t.buffered(), 1);
+        assert_eq!(t.positions(), vec![(web, 3), (crm, 1)]);
+        t.receive(
+            web,
+            records("a", &[40, 9_000], 3),
+            Some(5),
+            None,
+            now,
+            &mut tally,
+        );
+        assert_eq!((events(&t), newest(&t)), (6, Some(9_000 * MIN)));
+        assert_eq!((tally.applied, tally.forced), (6, 0));
+        // The snapshot leaves the buffered record out: a checkpoint resumes crm at it.
+        assert_eq!(t.snapshot().positions, vec![(web, 5), (crm, 1)]);
+    }
+
+    #[test]
+    fn a_caught_up_input_with_nothing_buffered_holds_nothing_back() {
+        let mut t = task();
+        let now = Instant::now();
+        let (web, crm) = (Input::Topic(0), Input::Topic(1));
+        t.add_input(web, None, now);
+        t.add_input(crm, None, now);
+        let mut tally = Tally::default();
+        t.receive(
+            crm,
+            records("a", &[25, 50], 0),
+            Some(2),
+            None,
+            now,
+            &mut tally,
+        );
+        assert_eq!(events(&t), 0);
+        // web reached its end: nothing older can come.
+        t.caught_up(web, now);
+        t.drain(now, false, &mut tally);
+        assert_eq!((events(&t), t.buffered(), tally.forced), (2, 0, 0));
+        // A record ends caught up: holding back again.
+        t.receive(web, records("a", &[60], 0), Some(1), None, now, &mut tally);
+        t.receive(crm, records("a", &[70], 2), Some(3), None, now, &mut tally);
+        assert_eq!((events(&t), t.buffered()), (3, 1));
+    }
+
+    /// Kafka Streams' `max.task.idle.ms`: a lagging partition that delivers nothing holds the
+    /// others back for at most the wait, then they are applied (counted as forced).
+    #[test]
+    fn a_lagging_input_holds_the_others_back_for_at_most_the_wait() {
+        let mut t = task();
+        t.set_max_idle(Duration::from_secs(2));
+        let t0 = Instant::now();
+        let (web, crm) = (Input::Topic(0), Input::Topic(1));
+        t.add_input(web, None, t0);
+        t.add_input(crm, None, t0);
+        let mut tally = Tally::default();
+        let (tx, acked) = flume::bounded(1);
+        t.receive(
+            crm,
+            records("a", &[25, 50], 0),
+            Some(2),
+            Some(tx),
+            t0,
+            &mut tally,
+        );
+        t.drain(t0 + Duration::from_secs(1), false, &mut tally);
+        assert_eq!(events(&t), 0);
+        assert!(
+            tally.acks.is_empty(),
+            "acknowledged before its records are applied"
+        );
+        t.drain(t0 + Duration::from_secs(2), false, &mut tally);
+        assert_eq!((events(&t), tally.forced), (2, 2));
+        assert_eq!(tally.acks.len(), 1, "acknowledged once applied");
+        drop(acked);
+        // Still lagging and empty: the wait is over, so the next records go on at once.
+        let later = t0 + Duration::from_secs(3);
+        t.receive(
+            crm,
+            records("a", &[60], 2),
+            Some(3),
+            None,
+            later,
+            &mut tally,
+        );
+        assert_eq!(events(&t), 3);
+        // Once web delivers the wait is reset: its 70 waits for crm, then crm's 80 for web.
+        t.receive(
+            web,
+            records("a", &[70], 0),
+            Some(1),
+            None,
+            later,
+            &mut tally,
+        );
+        assert_eq!(events(&t), 3);
+        t.receive(
+            crm,
+            records("a", &[80], 3),
+            Some(4),
+            None,
+            later,
+            &mut tally,
+        );
+        assert_eq!(events(&t), 4);
+        // Forced past the cap, however short the wait.
+        let many: Vec<Millis> = (0..=MAX_BUFFERED as Millis).map(|i| 100 + i).collect();
+        t.receive(crm, records("b", &many, 4), None, None, later, &mut tally);
+        assert_eq!(t.buffered(), MAX_BUFFERED - 1);
+        assert_eq!(events(&t), 7, "80 and two of b's");
+    }
+
+    /// Revoking a partition drops its buffered records and says where to read it again; the
+    /// records it held back are applied.
+    #[test]
+    fn a_revoked_input_hands_back_the_position_of_its_first_record_not_applied() {
+        let mut t = task();
+        let now = Instant::now();
+        let (web, crm) = (Input::Topic(0), Input::Topic(1));
+        t.add_input(web, None, now);
+        t.add_input(crm, None, now);
+        let mut tally = Tally::default();
+        t.receive(
+            web,
+            records("a", &[10, 40], 7),
+            Some(9),
+            None,
+            now,
+            &mut tally,
+        );
+        let (tx, acked) = flume::bounded(1);
+        t.receive(
+            crm,
+            records("b", &[20, 30], 3),
+            Some(5),
+            Some(tx),
+            now,
+            &mut tally,
+        );
+        // 10, 20, 30 (then crm is empty with lag): web's 40 waits.
+        assert_eq!((events(&t), t.positions()), (3, vec![(web, 8), (crm, 5)]));
+        assert_eq!(tally.acks.len(), 1);
+        drop(acked);
+        assert_eq!(t.remove_input(web, now, &mut tally), Some(8));
+        assert_eq!(t.buffered(), 0);
+        t.receive(crm, records("b", &[50], 5), Some(6), None, now, &mut tally);
+        assert_eq!(events(&t), 4, "alone, crm's records are applied on arrival");
+    }
+
+    /// Push input is applied on arrival, never held back by a lagging partition.
+    #[test]
+    fn push_input_is_not_merged() {
+        let mut t = task();
+        let now = Instant::now();
+        t.add_input(Input::Topic(0), None, now);
+        t.apply(Input::Push, &ev("a", 10 * MIN), now).unwrap();
+        assert_eq!((events(&t), t.buffered()), (1, 0));
     }
 
     #[test]

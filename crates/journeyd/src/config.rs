@@ -321,6 +321,7 @@ impl Settings {
                 group_id: "journeyd".to_string(),
                 partitioner: Partitioner::Murmur2,
                 idle_timeout: Duration::from_secs(10),
+                max_task_idle: journey_runtime::DEFAULT_MAX_TASK_IDLE,
                 properties: BTreeMap::new(),
                 topics: Vec::new(),
                 repartition: false,
@@ -801,6 +802,7 @@ struct RawKafka {
     group_id: Option<Text>,
     partitioner: Option<Text>,
     idle_timeout: Option<Text>,
+    max_task_idle: Option<Text>,
     repartition: Option<bool>,
     repartition_replication_factor: Option<i64>,
     properties: BTreeMap<String, Text>,
@@ -1238,6 +1240,7 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         }),
     };
     let idle_timeout = p.interval("kafka.idle_timeout", raw.idle_timeout, d.idle_timeout);
+    let max_task_idle = p.interval("kafka.max_task_idle", raw.max_task_idle, d.max_task_idle);
     let repartition = raw.repartition.unwrap_or(d.repartition);
     let repartition_replication_factor = match raw.repartition_replication_factor {
         None => d.repartition_replication_factor,
@@ -1353,6 +1356,7 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         group_id,
         partitioner,
         idle_timeout,
+        max_task_idle,
         properties,
         topics,
         repartition,
@@ -1786,6 +1790,7 @@ mod tests {
             group_id = "jd"
             partitioner = "crc32"
             idle_timeout = "30s"
+            max_task_idle = "2s"
             repartition = true
             repartition_replication_factor = 3
             [kafka.properties]
@@ -1932,8 +1937,12 @@ mod tests {
             ("k1:9092,k2:9092", "jd")
         );
         assert_eq!(
-            (k.partitioner, k.idle_timeout),
-            (Partitioner::Crc32, Duration::from_secs(30))
+            (k.partitioner, k.idle_timeout, k.max_task_idle),
+            (
+                Partitioner::Crc32,
+                Duration::from_secs(30),
+                Duration::from_secs(2)
+            )
         );
         assert_eq!(
             k.properties,
