@@ -655,12 +655,14 @@ fn run(case: Case) {
     );
     assert!(sessions(&got) > 0, "sessions closed");
     eprintln!(
-        "backlog {}: journeys live {} / replay {}; sessions live {} / replay {}",
+        "backlog {}: journeys live {} / replay {}; sessions live {} / replay {}; {} records \
+         applied without waiting for a lagging partition",
         case.name,
         journeys(&got),
         journeys(&want),
         sessions(&got),
-        sessions(&want)
+        sessions(&want),
+        metric(port, "journeyd_kafka_merge_forced_total").unwrap_or(0.0)
     );
     assert_same(case.name, &got, &want, &dir);
     assert_eq!(

@@ -1425,6 +1425,65 @@ mod tests {
         rt.shutdown();
     }
 
+    /// A batch the merge holds back (its partition is ahead of another that has lag) is
+    /// acknowledged only once applied, a snapshot meanwhile resumes its partition at its first
+    /// record, and revoking that partition drops it and says where to read it again.
+    #[test]
+    fn held_back_records_are_acknowledged_once_applied_and_left_out_of_snapshots() {
+        let rt = start_unassigned(1, 1);
+        let h = rt.handle();
+        let (web, crm) = (Input::Topic(0), Input::Topic(1));
+        h.assign_blocking(0, None, vec![web, crm]).unwrap();
+        let t = 1_795_000_000_000;
+        let batch = |records: Vec<(Event<'static>, i64)>| -> Deferred { Box::new(move || records) };
+        let crm_ack = h
+            .submit_deferred_blocking(
+                0,
+                crm,
+                batch(vec![(ev(1, t + 60_000, "order"), 40)]),
+                41,
+                true,
+            )
+            .unwrap()
+            .unwrap();
+        let snap = h.snapshot_blocking().unwrap().remove(0);
+        assert_eq!(snap.positions, vec![(crm, 40)], "web has read nothing yet");
+        assert!(
+            crm_ack.recv_timeout(Duration::from_millis(200)).is_err(),
+            "web, with lag, may deliver older records: crm's are held back"
+        );
+        // web delivers older and newer records: crm's goes in between.
+        let web_records = vec![
+            (ev(1, t, "page_view"), 7),
+            (ev(1, t + 120_000, "page_view"), 8),
+        ];
+        let web_ack = h
+            .submit_deferred_blocking(0, web, batch(web_records), 9, true)
+            .unwrap()
+            .unwrap();
+        crm_ack.recv().unwrap();
+        // web's newest waits for crm until crm is seen at its end.
+        h.caught_up_blocking(0, crm).unwrap();
+        web_ack.recv().unwrap();
+        assert_eq!(h.stats().applied.load(Ordering::Relaxed), 3);
+        // crm's next record waits again; revoking crm drops it.
+        h.submit_deferred_blocking(
+            0,
+            crm,
+            batch(vec![(ev(2, t + 180_000, "order"), 41)]),
+            42,
+            false,
+        )
+        .unwrap();
+        let revoked = h.revoke_positions_blocking(0, vec![crm]).unwrap();
+        assert!(revoked.snapshot.is_none(), "web is still assigned");
+        assert_eq!(revoked.positions, vec![(crm, 41)]);
+        let snap = h.snapshot_blocking().unwrap().remove(0);
+        assert_eq!(snap.positions, vec![(web, 9)]);
+        assert_eq!(h.stats().applied.load(Ordering::Relaxed), 3);
+        rt.shutdown();
+    }
+
     #[test]
     fn a_revoked_task_hands_back_its_partitions_with_their_clocks() {
         let rt = start_unassigned(RuntimeConfig::default().workers, 2);
