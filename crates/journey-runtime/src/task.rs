@@ -27,8 +27,8 @@
 //! drops its buffered records; whoever reads it next starts from those positions.
 //!
 //! An input stops holding the watermark back once it is idle: a Kafka partition that reached
-//! its end (no lag) and delivered nothing for `kafka.idle_timeout`, or push input that has
-//! been quiet for the tick interval. With every input idle, event time advances with the wall
+//! its end (no lag), delivered nothing for `kafka.idle_timeout` and has nothing buffered, or
+//! push input that has been quiet for the tick interval. With every input idle, event time advances with the wall
 //! clock in live mode, so sessions close when traffic stops.
 //!
 //! In live mode event time never runs ahead of the wall clock: an accepted event dated in the
@@ -161,7 +161,8 @@ impl InputClock {
         let quiet = now.saturating_duration_since(self.last_arrival);
         match self.input {
             Input::Push => quiet >= idle.push,
-            Input::Topic(_) => self.caught_up && quiet >= idle.topic,
+            // Records still buffered would be late once it stopped holding the watermark.
+            Input::Topic(_) => self.caught_up && quiet >= idle.topic && self.buffer.is_empty(),
         }
     }
 }
@@ -910,6 +911,37 @@ mod tests {
         assert_eq!(t.buffered(), 0);
         t.receive(crm, records("b", &[50], 5), Some(6), None, now, &mut tally);
         assert_eq!(events(&t), 4, "alone, crm's records are applied on arrival");
+    }
+
+    /// A caught-up partition whose records wait for another is not idle: once idle it would no
+    /// longer hold the watermark, and its records would be late when applied.
+    #[test]
+    fn a_partition_with_records_held_back_is_never_idle() {
+        let mut t = task();
+        t.set_max_idle(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let (web, crm) = (Input::Topic(0), Input::Topic(1));
+        t.add_input(web, None, t0);
+        t.add_input(crm, None, t0);
+        let mut tally = Tally::default();
+        t.receive(web, records("a", &[10], 0), Some(1), None, t0, &mut tally);
+        t.receive(
+            crm,
+            records("b", &[20, 30], 0),
+            Some(2),
+            None,
+            t0,
+            &mut tally,
+        );
+        t.caught_up(crm, t0);
+        // web's 10 was applied; crm's wait for web, which has lag.
+        assert_eq!((events(&t), t.buffered()), (1, 2));
+        let later = t0 + IDLE.topic + Duration::from_secs(1);
+        assert_eq!(
+            t.stream_time(later, 0),
+            None,
+            "crm, caught up and quiet but with records buffered, still holds"
+        );
     }
 
     /// Push input is applied on arrival, never held back by a lagging partition.
