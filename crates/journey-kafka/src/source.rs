@@ -660,7 +660,9 @@ impl Consume {
     }
 
     /// Checkpoints every task with the positions of its partitions, then commits those
-    /// positions to Kafka.
+    /// positions to Kafka: each checkpoint's, not the positions read, which run ahead by the
+    /// records tasks hold for their merge by event time. So a committed offset is covered by a
+    /// checkpoint.
     fn checkpoint(&mut self, mode: CommitMode) {
         let ctx = self.consumer.context();
         let mut st = ctx.lock();
@@ -672,6 +674,7 @@ impl Consume {
             &|snap| ctx.positions_of(&st, snap),
             &|task, before| ctx.moved(&st, task, before),
         );
+        let checkpointed = cp.written_positions();
         st.checkpointer = Some(cp);
         for task in fenced {
             // Dropped: its partitions stay assigned until the group's next rebalance, and
@@ -681,16 +684,10 @@ impl Consume {
         if !written {
             return;
         }
-        let mut positions: Vec<KafkaPosition> = st
-            .positions
-            .iter()
-            .filter(|(part, _)| self.rt.owns(part.1 as TaskId))
-            .map(|(&(topic, partition), &next_offset)| KafkaPosition {
-                topic: ctx.names[topic].clone(),
-                partition,
-                next_offset,
-                max_ts: None,
-            })
+        let mut positions: Vec<KafkaPosition> = checkpointed
+            .into_iter()
+            .filter(|p| TaskId::try_from(p.partition).is_ok_and(|task| self.rt.owns(task)))
+            .map(|p| KafkaPosition { max_ts: None, ..p })
             .collect();
         drop(st);
         positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));

@@ -464,6 +464,16 @@ impl Checkpointer {
         (ok, fenced)
     }
 
+    /// The Kafka positions of the last checkpoint written of each task held here: where each
+    /// would resume. Tasks not written since they were restored are left out.
+    pub fn written_positions(&self) -> Vec<KafkaPosition> {
+        self.owned
+            .values()
+            .filter_map(|o| o.written.as_ref())
+            .flat_map(|(_, kafka, _)| kafka.iter().cloned())
+            .collect()
+    }
+
     /// Writes one task's checkpoint as its next generation. A task this instance has not
     /// restored through [`Checkpointer::restore`] is claimed first. On
     /// [`Written::Fenced`] the task is released here; the caller drops it from the runtime.
