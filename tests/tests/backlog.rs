@@ -269,8 +269,17 @@ idle_timeout = "{idle}s"
 # A restarted member replaces the SIGKILLed one within seconds.
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
-"#,
+{fetch}"#,
         checkpoints = dir.join("checkpoints").display(),
+        // Tasks merge their partitions by event time, and tansu hands over the web partitions'
+        // records before crm's and service's with the default 1 MiB per partition: the tasks
+        // would buffer all of web and apply it at the end, past any kill point. Smaller fetches
+        // interleave the topics, so the killed run is killed midway through what is applied.
+        fetch = if case.kill {
+            "\"max.partition.fetch.bytes\" = \"65536\"\n"
+        } else {
+            ""
+        },
         journey = case
             .journey_window
             .map_or(String::new(), |w| format!("[journey]\nwindow = \"{w}\"\n")),
