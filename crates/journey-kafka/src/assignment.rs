@@ -103,16 +103,9 @@ impl Tasks {
     fn submit_unsubmitted(&self, st: &mut TaskState) {
         let checkpointing = st.checkpointer.is_some();
         for run in std::mem::take(&mut st.unsubmitted) {
-            let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
-            let decode = self.decoders.deferred(run.part, run.records);
-            match self.rt.submit_deferred_blocking(
-                task,
-                input,
-                decode,
-                run.last + 1,
-                !checkpointing,
-            ) {
-                Ok(Some(ack)) => st.submitted.push((run.part, run.last, ack)),
+            let (part, last) = (run.part, run.last);
+            match self.decoders.submit(&self.rt, run, !checkpointing) {
+                Ok(Some(ack)) => st.submitted.push((part, last, ack)),
                 Ok(None) => {}
                 Err(_) => return,
             }

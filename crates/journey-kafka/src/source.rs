@@ -29,7 +29,7 @@ use journey_core::time::Millis;
 use journey_core::{DecodeLimits, Event, SharedProjection};
 use journey_ingest::{DeadLetter, DeadLetters, Decoder, Format, Position};
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition};
-use journey_runtime::{Deferred, Input, RuntimeHandle, TaskId};
+use journey_runtime::{Deferred, Input, RuntimeHandle, Stopped, TaskId};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -157,6 +157,20 @@ impl Decoders {
             }
             events
         })
+    }
+
+    /// Submits one poll round's records of a partition to its task, undecoded (they are
+    /// decoded on the task's worker); `ack`: ask for an acknowledgement once the task has
+    /// applied them, which a task merging partitions by event time may do rounds later.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        rt: &RuntimeHandle,
+        run: Run,
+        ack: bool,
+    ) -> Result<Option<flume::Receiver<()>>, Stopped> {
+        let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
+        let decode = self.deferred(run.part, run.records);
+        rt.submit_deferred_blocking(task, input, decode, run.last + 1, ack)
     }
 
     /// An empty record buffer, reused when one has come back.
@@ -494,15 +508,7 @@ impl Consume {
             for run in runs {
                 told_caught_up.remove(&run.part);
                 offsets.insert(run.part, run.last);
-                let (task, input) = (run.part.1 as TaskId, Input::Topic(run.part.0 as u16));
-                let decode = self.decoders.deferred(run.part, run.records);
-                match self.rt.submit_deferred_blocking(
-                    task,
-                    input,
-                    decode,
-                    run.last + 1,
-                    !checkpointing,
-                ) {
+                match self.decoders.submit(&self.rt, run, !checkpointing) {
                     Ok(ack) => acks.extend(ack),
                     Err(_) => submitted = false,
                 }
