@@ -26,10 +26,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journey_api::Metrics;
 use journey_core::time::Millis;
-use journey_core::{DecodeLimits, Event, SharedProjection};
+use journey_core::{DecodeLimits, SharedProjection};
 use journey_ingest::{DeadLetter, DeadLetters, Decoder, Format, Position};
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition};
-use journey_runtime::{Deferred, Input, RuntimeHandle, Stopped, TaskId};
+use journey_runtime::{Deferred, Input, RuntimeHandle, Sink, Stopped, TaskId};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -147,15 +147,14 @@ impl Decoders {
     /// emptied buffer goes back for [`Decoders::buffer`].
     pub(crate) fn deferred(self: &Arc<Self>, part: Part, records: RawRecords) -> Deferred {
         let decoders = self.clone();
-        Box::new(move || {
-            let events = decoders.decode(part, &records);
+        Box::new(move |sink| {
+            decoders.decode(part, &records, sink);
             let mut records = records;
             if records.bytes.capacity() <= SPARE_MAX_BYTES {
                 records.bytes.clear();
                 records.records.clear();
                 let _ = decoders.spares.0.try_send(records);
             }
-            events
         })
     }
 
@@ -178,10 +177,9 @@ impl Decoders {
         self.spares.1.try_recv().unwrap_or_default()
     }
 
-    /// Decodes `records` of `part` in offset order, each event with its offset; rejected ones
-    /// go to the dead letters.
-    fn decode(&self, part: Part, records: &RawRecords) -> Vec<(Event<'static>, i64)> {
-        let mut events = Vec::with_capacity(records.records.len());
+    /// Decodes `records` of `part` in offset order and hands each event, borrowing the
+    /// records' bytes, with its offset to `sink`; rejected ones go to the dead letters.
+    fn decode(&self, part: Part, records: &RawRecords, sink: &mut Sink<'_>) {
         let mut accepted = vec![0u64; self.upstreams.len()];
         let topic = self.names.get(part.0).map_or("", String::as_str);
         let batches: Vec<_> = self.upstreams.iter().map(|u| u.decoder.batch()).collect();
@@ -195,7 +193,7 @@ impl Decoders {
             match decoder.decode(payload) {
                 Ok(e) => {
                     accepted[usize::from(r.upstream)] += 1;
-                    events.push((e.into_owned(), r.offset));
+                    sink(e, r.offset);
                 }
                 Err(e) => {
                     let at = (topic, part.1, r.offset);
@@ -217,7 +215,6 @@ impl Decoders {
                 up.accepted.inc_by(n);
             }
         }
-        events
     }
 }
 
@@ -796,12 +793,11 @@ mod tests {
         raw.push(b"{not json", 11, 0);
         raw.push(b"", 12, 0);
         raw.push(line(2).as_bytes(), 13, 0);
-        let events = decoders.deferred((0, 3), raw)();
-        let ids: Vec<(&str, i64)> = events
-            .iter()
-            .map(|(e, offset)| (&*e.customer_id, *offset))
-            .collect();
-        assert_eq!(ids, [("c1", 10), ("c2", 13)]);
+        let mut ids: Vec<(String, i64)> = Vec::new();
+        decoders.deferred((0, 3), raw)(&mut |e, offset| {
+            ids.push((e.customer_id.into_owned(), offset));
+        });
+        assert_eq!(ids, [("c1".into(), 10), ("c2".into(), 13)]);
         // The emptied buffer comes back for the next run.
         let spare = decoders.buffer();
         assert!(spare.bytes.is_empty() && spare.records.is_empty());

@@ -150,12 +150,16 @@ pub struct RestoredTask {
 }
 
 /// Records of one Kafka partition whose decoding is left to the worker that applies them:
-/// called once, on that worker's thread, when the batch reaches its task, and returns the
-/// events in offset order, each with its record's offset (the task's checkpoint position is
-/// the offset of its first record not applied). Whatever it cannot decode it reports itself
-/// (dead letters, metrics); the Kafka source submits these so that its own thread only moves
-/// bytes.
-pub type Deferred = Box<dyn FnOnce() -> Vec<(Event<'static>, i64)> + Send>;
+/// called once, on that worker's thread, when the batch reaches its task, it hands the events
+/// in offset order to the sink, each with its record's offset (the task's checkpoint position
+/// is the offset of its first record not applied). The events may borrow the records' bytes:
+/// a task with nothing to merge applies them as they come, without copying their strings
+/// ([`Task::receive_with`]). Whatever it cannot decode it reports itself (dead letters,
+/// metrics); the Kafka source submits these so that its own thread only moves bytes.
+pub type Deferred = Box<dyn FnOnce(&mut Sink<'_>) + Send>;
+
+/// Where a [`Deferred`] decoding hands each event and its record's offset.
+pub type Sink<'s> = dyn FnMut(Event<'_>, i64) + 's;
 
 /// The events of a submission: decoded already, or decoded by the worker.
 enum Batch {
@@ -508,22 +512,24 @@ impl Worker {
                 submitted,
                 ack,
             } => {
-                let ack = if input == Input::Push {
-                    let events = match events {
-                        Batch::Decoded(events) => events,
-                        Batch::Deferred(decode) => decode().into_iter().map(|(e, _)| e).collect(),
-                    };
-                    self.apply(task, input, &events, &stream_before);
-                    ack
-                } else {
-                    let records = match events {
-                        Batch::Decoded(events) => events.into_iter().map(|e| (e, None)).collect(),
-                        Batch::Deferred(decode) => decode()
-                            .into_iter()
-                            .map(|(e, offset)| (e, Some(offset)))
-                            .collect(),
-                    };
-                    self.receive(task, input, records, read_to, ack)
+                let ack = match (input, events) {
+                    (Input::Push, Batch::Decoded(events)) => {
+                        self.apply(task, input, &events, &stream_before);
+                        ack
+                    }
+                    (Input::Push, Batch::Deferred(decode)) => {
+                        let mut events = Vec::new();
+                        decode(&mut |e, _| events.push(e.into_owned()));
+                        self.apply(task, input, &events, &stream_before);
+                        ack
+                    }
+                    (_, Batch::Decoded(events)) => {
+                        let records = events.into_iter().map(|e| (e, None)).collect();
+                        self.receive(task, input, records, read_to, ack)
+                    }
+                    (_, Batch::Deferred(decode)) => {
+                        self.receive_deferred(task, input, decode, read_to, ack)
+                    }
                 };
                 let stats = &self.shared.stats;
                 stats
@@ -674,6 +680,28 @@ impl Worker {
         let mut tally = Tally::default();
         let now = Instant::now();
         t.receive(input, records, read_to, ack, now, &mut tally);
+        self.count(&tally);
+        None
+    }
+
+    /// [`Worker::receive`] for records decoded here, into the task ([`Task::receive_with`]).
+    fn receive_deferred(
+        &mut self,
+        task: TaskId,
+        input: Input,
+        decode: Deferred,
+        read_to: Option<i64>,
+        ack: Option<flume::Sender<()>>,
+    ) -> Option<flume::Sender<()>> {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            // Decoded all the same, so rejected records reach the dead letters as before.
+            let mut events = 0;
+            decode(&mut |_, _| events += 1);
+            tracing::debug!(task, events, "events for a task this worker no longer owns");
+            return ack;
+        };
+        let mut tally = Tally::default();
+        t.receive_with(input, decode, read_to, ack, Instant::now(), &mut tally);
         self.count(&tally);
         None
     }
@@ -1351,9 +1379,10 @@ mod tests {
         let t = 1_795_000_000_000;
         let decoded_on = Arc::new(std::sync::Mutex::new(None));
         let seen = decoded_on.clone();
-        let decode: Deferred = Box::new(move || {
+        let decode: Deferred = Box::new(move |sink| {
             *seen.lock().unwrap() = std::thread::current().name().map(str::to_string);
-            vec![(ev(1, t, "page_view"), 5), (ev(1, t + 1_000, "order"), 6)]
+            sink(ev(1, t, "page_view"), 5);
+            sink(ev(1, t + 1_000, "order"), 6);
         });
         h.submit_input_blocking(1, Input::Topic(0), vec![ev(2, t, "page_view")], false)
             .unwrap();
@@ -1435,7 +1464,9 @@ mod tests {
         let (web, crm) = (Input::Topic(0), Input::Topic(1));
         h.assign_blocking(0, None, vec![web, crm]).unwrap();
         let t = 1_795_000_000_000;
-        let batch = |records: Vec<(Event<'static>, i64)>| -> Deferred { Box::new(move || records) };
+        let batch = |records: Vec<(Event<'static>, i64)>| -> Deferred {
+            Box::new(move |sink| records.into_iter().for_each(|(e, offset)| sink(e, offset)))
+        };
         let crm_ack = h
             .submit_deferred_blocking(
                 0,
