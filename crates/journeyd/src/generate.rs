@@ -17,8 +17,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
+    /// Customers whose journeys start within `--span` (each has one or more sessions, some
+    /// returning weeks later).
     #[arg(long, default_value_t = 10_000)]
     customers: usize,
+    /// Seed of the random generator: the same seed and flags give the same events.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// canonical, segment or cloudevents.
@@ -60,6 +63,7 @@ pub struct GenerateArgs {
     /// Produce to Kafka (bootstrap servers) instead of writing NDJSON; needs `--topic`.
     #[arg(long, requires = "topic")]
     kafka_brokers: Option<String>,
+    /// Kafka topic to produce to (with `--kafka-brokers`), keyed by customer id.
     #[arg(long)]
     topic: Option<String>,
     /// Extra librdkafka producer property, `key=value` (repeatable), e.g. for SASL/SSL.
@@ -165,8 +169,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         )
     })?;
     let cfg = args.config()?;
+    // Events a service or replay would reject as dated in the future (`ingest.max_future`).
+    let horizon = crate::now_ms().saturating_add(journey_core::time::DAY);
+    let future = std::cell::Cell::new(0u64);
     let events = journey_gen::stream(&cfg)
         .filter(|e| args.only_source.as_deref().is_none_or(|s| s == e.source))
+        .inspect(|e| future.set(future.get() + u64::from(e.ts > horizon)))
         .map(|e| payload.apply(e, cfg.seed));
     let pace = Pace {
         rate: args.rate,
@@ -192,6 +200,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             cc.set(k, v);
         }
         let producer: BaseProducer = cc.create().context("cannot create the Kafka producer")?;
+        // Without a broker, sends would queue and wait for good: fail fast and say where.
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("cannot reach Kafka at {brokers} within 10 s"))?;
         for e in events {
             let line = encode(&e);
             let mut record = BaseRecord::to(topic).key(&*e.customer_id).payload(&line);
@@ -232,5 +245,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     bar.set_position(n);
     bar.finish();
+    if future.get() > 0 {
+        eprintln!(
+            "journeyd generate: {} of {n} events are dated more than a day after now, which \
+             journeyd rejects (ingest.max_future); journeys run weeks past --start, so pass an \
+             earlier one for a file that replays whole",
+            future.get()
+        );
+    }
     Ok(())
 }

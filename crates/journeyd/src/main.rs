@@ -65,6 +65,8 @@ enum Command {
     /// every hour of the data, whatever `retention.total` says. `--from/--to` restrict them
     /// exactly as the same range queried over the API would.
     Replay {
+        /// Configuration file for the engine settings (session gap, journey window, …;
+        /// default: built-in defaults; JOURNEYD_* variables override).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Rules file (default: rules.path from the configuration).
@@ -88,6 +90,7 @@ enum Command {
         /// 0 decodes on the thread that reads; at most 1024).
         #[arg(long)]
         decoders: Option<usize>,
+        /// NDJSON files, read in order as one stream; `-` reads standard input.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -279,8 +282,10 @@ fn check_rules(file: &Path) -> Result<()> {
 fn init_logging(s: &Settings) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(&s.log.level).unwrap_or_else(|_| "info".into());
+    // Colours only for a terminal: a log file or a journal would keep the escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if s.log.json {
         builder.json().init();
@@ -875,6 +880,16 @@ fn replay(
         "{read} lines, {accepted} accepted in {:.2} s",
         started.elapsed().as_secs_f64()
     ));
+    if !rejected.is_empty() {
+        // The figures leave these out: say so where a user looks, not only in the JSON.
+        let reasons: Vec<String> = rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        eprintln!(
+            "journeyd replay: {} of {read} lines rejected ({}), left out of the figures; \
+             reasons: docs/operations.md, \"Dead letters\"",
+            read - accepted,
+            reasons.join(", ")
+        );
+    }
     let parts = rt.partials();
     let span = parts.iter().filter_map(|p| p.time_span()).fold(
         None,

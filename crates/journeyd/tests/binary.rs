@@ -286,10 +286,12 @@ fn replay_prints_the_figures_of_a_file() {
             &["replay", "tests/golden/events.ndjson"],
             &[("JOURNEYD_RUNTIME__TASKS", tasks)],
         );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        // Left out of the figures: said on standard error too, not only in the JSON.
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            err.contains("1 of 28 lines rejected (bad_timestamp 1)"),
+            "{err}"
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
@@ -464,4 +466,64 @@ fn realistic_payloads_replay_to_the_compact_figures_in_every_format() {
     }
     let bad = output(&["generate", "--payload", "huge"], &[]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown payload `huge`"));
+}
+
+/// Journeys run weeks past `--start`: `generate` says how many of its events a replay today
+/// would reject as dated in the future, and nothing when none is.
+#[test]
+fn generate_warns_of_events_dated_after_tomorrow() {
+    let today = chrono::Utc::now().to_rfc3339();
+    let out = output(&["generate", "--customers", "50", "--start", &today], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("events are dated more than a day after now"),
+        "{err}"
+    );
+    let past = output(
+        &[
+            "generate",
+            "--customers",
+            "50",
+            "--start",
+            "2025-01-01T00:00:00Z",
+        ],
+        &[],
+    );
+    assert!(past.status.success());
+    assert!(
+        !String::from_utf8_lossy(&past.stderr).contains("dated more than a day"),
+        "{}",
+        String::from_utf8_lossy(&past.stderr)
+    );
+}
+
+/// Producing without a reachable broker fails within seconds, naming the address, instead of
+/// queueing for good.
+#[test]
+fn generate_to_an_unreachable_kafka_fails_naming_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let brokers = format!("127.0.0.1:{port}");
+    let out = output(
+        &[
+            "generate",
+            "--customers",
+            "5",
+            "--kafka-brokers",
+            &brokers,
+            "--topic",
+            "web",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach Kafka at {brokers}")),
+        "{err}"
+    );
 }
