@@ -173,9 +173,11 @@ pub struct RulesSettings {
 pub struct RuntimeSettings {
     /// Always at least 1: `workers = 0` in the file resolves to the number of available cores.
     pub workers: usize,
-    /// Tasks when Kafka is off (HTTP, `replay`, `demo`); with Kafka the input topics'
-    /// partition count decides. Figures never depend on it; checkpoints do.
-    pub tasks: u32,
+    /// `runtime.tasks` as configured, `None` when left out or 0: tasks when Kafka is off (HTTP,
+    /// `replay`, `demo`); with Kafka the input topics' partition count decides. Figures
+    /// never depend on it; checkpoints do. Read it through [`RuntimeSettings::serve_tasks`]
+    /// or [`RuntimeSettings::replay_tasks`].
+    pub tasks: Option<u32>,
     /// Batches queued per worker before ingest waits.
     pub channel_capacity: usize,
     /// How often workers publish partial aggregates to the API.
@@ -184,6 +186,28 @@ pub struct RuntimeSettings {
     pub tick_interval: Duration,
     /// Nice value of the worker threads, so queries win the CPU over ingest (0 to 19).
     pub worker_nice: i32,
+}
+
+impl RuntimeSettings {
+    /// Tasks of a serving instance without Kafka (HTTP ingest, `demo`): as configured, else
+    /// [`journey_runtime::DEFAULT_TASKS`]. Its checkpoints can only be restored under the
+    /// same count, so the default does not follow the machine.
+    pub fn serve_tasks(&self) -> u32 {
+        self.tasks.unwrap_or(journey_runtime::DEFAULT_TASKS)
+    }
+
+    /// Tasks of `journeyd replay`: as configured, else one per worker. A replay keeps no
+    /// checkpoint, and its figures do not depend on the count (docs/semantics.md §4), so it
+    /// takes the count that costs least: each task keeps its own time buckets, and 12 tasks
+    /// on 2 workers took about 8 % more CPU and 1.6 × the memory of 2 (docs/benchmarks.md,
+    /// "Replay's task count").
+    pub fn replay_tasks(&self) -> u32 {
+        self.tasks.unwrap_or_else(|| {
+            u32::try_from(self.workers)
+                .unwrap_or(u32::MAX)
+                .clamp(1, MAX_TASKS)
+        })
+    }
 }
 
 /// `[http]`: the API server and `POST /v1/events`.
@@ -296,7 +320,7 @@ impl Settings {
             },
             runtime: RuntimeSettings {
                 workers: available_cores(),
-                tasks: journey_runtime::DEFAULT_TASKS,
+                tasks: None,
                 channel_capacity: 64,
                 publish_interval: Duration::from_secs(1),
                 tick_interval: Duration::from_secs(1),
@@ -982,10 +1006,12 @@ impl RawConfig {
             Some(n) => n,
         };
         let tasks = match r.tasks {
-            None => d.runtime.tasks,
-            Some(n) if (1..=MAX_TASKS).contains(&n) => n,
+            None | Some(0) => d.runtime.tasks,
+            Some(n) if n <= MAX_TASKS => Some(n),
             Some(n) => {
-                p.push(format!("runtime.tasks: must be 1 to {MAX_TASKS}, got {n}"));
+                p.push(format!(
+                    "runtime.tasks: at most {MAX_TASKS} allowed, got {n} (0 = chosen by the command)"
+                ));
                 d.runtime.tasks
             }
         };
@@ -1680,6 +1706,27 @@ mod tests {
         );
     }
 
+    /// Left out or 0, the task count is the command's: `run` keeps the fixed default its
+    /// checkpoints are restored under, `replay` takes one task per worker.
+    #[test]
+    fn task_count_left_to_the_command_unless_set() {
+        for text in [
+            "[runtime]\nworkers = 2\n",
+            "[runtime]\nworkers = 2\ntasks = 0\n",
+        ] {
+            let s = Settings::from_toml_str(text, no_env()).unwrap();
+            assert_eq!(s.runtime.tasks, None, "{text}");
+            assert_eq!(s.runtime.serve_tasks(), journey_runtime::DEFAULT_TASKS);
+            assert_eq!(s.runtime.replay_tasks(), 2);
+        }
+        let s = Settings::from_toml_str(
+            "[runtime]\nworkers = 2\n",
+            env(&[("JOURNEYD_RUNTIME__TASKS", "5")]),
+        )
+        .unwrap();
+        assert_eq!((s.runtime.serve_tasks(), s.runtime.replay_tasks()), (5, 5));
+    }
+
     #[test]
     fn shipped_file_equals_defaults() {
         let path = repo_file("../../config/journeyd.toml");
@@ -1885,7 +1932,7 @@ mod tests {
             s.runtime,
             RuntimeSettings {
                 workers: 3,
-                tasks: 24,
+                tasks: Some(24),
                 channel_capacity: 8,
                 publish_interval: Duration::from_millis(250),
                 tick_interval: Duration::from_secs(2),
@@ -2363,9 +2410,9 @@ mod tests {
             ["runtime.tick_interval: must be positive, got 0s"]
         );
         assert_eq!(
-            invalid("[runtime]\ntasks = 0\n[kafka]\npartitioner = \"random\"\nidle_timeout = \"0s\"\n"),
+            invalid("[runtime]\ntasks = 5000\n[kafka]\npartitioner = \"random\"\nidle_timeout = \"0s\"\n"),
             [
-                "runtime.tasks: must be 1 to 4096, got 0",
+                "runtime.tasks: at most 4096 allowed, got 5000 (0 = chosen by the command)",
                 "kafka.partitioner: unknown partitioner `random`: expected `murmur2` (Java clients) or `crc32` (librdkafka `consistent`)",
                 "kafka.idle_timeout: must be positive, got 0s",
             ]

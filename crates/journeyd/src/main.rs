@@ -334,7 +334,7 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
     };
     let tasks = topology
         .as_ref()
-        .map_or(settings.runtime.tasks, |t| t.tasks);
+        .map_or(settings.runtime.serve_tasks(), |t| t.tasks);
     let engine = Arc::new(per_task(&settings.engine, tasks));
     let rc = RuntimeConfig {
         workers: settings.runtime.workers,
@@ -800,9 +800,10 @@ fn replay(
             max_future: settings.ingest.max_future,
         },
     );
+    let tasks = settings.runtime.replay_tasks();
     let rc = RuntimeConfig {
         workers: settings.runtime.workers,
-        tasks: settings.runtime.tasks,
+        tasks,
         partitioner: settings.kafka.partitioner,
         own_all_tasks: true,
         channel_capacity: settings.runtime.channel_capacity,
@@ -816,7 +817,7 @@ fn replay(
     };
     let engine = journey_core::EngineConfig {
         retention_total: journey_core::time::MAX_EVENT_TIME - journey_core::time::MIN_EVENT_TIME,
-        ..per_task(&settings.engine, settings.runtime.tasks)
+        ..per_task(&settings.engine, tasks)
     };
     let runtime = Runtime::start(Arc::new(engine), rules.clone(), rc, Vec::new());
     let rt = runtime.handle();

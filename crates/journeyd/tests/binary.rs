@@ -319,8 +319,9 @@ fn replay_prints_the_figures_of_a_file() {
             .any(|t| t["touched"]["journeys"].as_i64() > Some(0)),
         "{m}"
     );
-    // A file is one stream: its figures do not depend on how many tasks share its customers.
-    for tasks in ["1", "5", "64"] {
+    // A file is one stream: its figures do not depend on how many tasks share its customers
+    // (0: one per worker, replay's default).
+    for tasks in ["0", "1", "5", "64"] {
         assert_eq!(replay(tasks), v, "runtime.tasks = {tasks}");
     }
     // The same file from stdin.
