@@ -19,14 +19,16 @@ fn parse_any_time(s: &str, now: Millis) -> Result<Millis, String> {
     if s == "now" {
         return Ok(now);
     }
+    // Saturating: a duration may be as long as `parse_duration` allows, and the result is
+    // then refused as outside the range of event times.
     if let Some(rest) = s.strip_prefix("now-") {
         return parse_duration(rest)
-            .map(|d| now - d)
+            .map(|d| now.saturating_sub(d))
             .map_err(|e| e.to_string());
     }
     if let Some(rest) = s.strip_prefix("now+") {
         return parse_duration(rest)
-            .map(|d| now + d)
+            .map(|d| now.saturating_add(d))
             .map_err(|e| e.to_string());
     }
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
@@ -80,9 +82,10 @@ pub fn step(q: &HashMap<String, String>, from: Millis, to: Millis) -> Result<Mil
     }
     // More than MAX_POINTS points: the smallest multiple of the step that gives at most
     // MAX_POINTS (the answer's `step_ms` says which step was used).
-    let per = step.saturating_mul(MAX_POINTS);
-    let factor = ((to - from).max(0) + per - 1) / per;
-    Ok(step * factor.max(1))
+    let per = step.saturating_mul(MAX_POINTS) as u64;
+    let factor = ((to - from).max(0) as u64).div_ceil(per).max(1);
+    // At most the span over MAX_POINTS, rounded up to a step: within the span's range.
+    Ok(step.saturating_mul(factor as Millis))
 }
 
 #[cfg(test)]
@@ -109,6 +112,30 @@ mod tests {
             .unwrap_err()
             .contains("outside 2000-01-01"));
         assert!(parse_time("2100-01-01T00:00:00Z", now).is_err());
+        // The longest durations `parse_duration` allows: refused, not an overflow.
+        for s in ["now+106751991167d", "now-106751991167d", "now+9223372036854775807ms"] {
+            assert!(
+                parse_time(s, now).unwrap_err().contains("outside 2000-01-01"),
+                "{s}"
+            );
+        }
+    }
+
+    /// The longest step `parse_duration` allows: one point, not an overflow.
+    #[test]
+    fn a_step_longer_than_any_range_is_one_point() {
+        let q = |step: &str| HashMap::from([("step".to_string(), step.to_string())]);
+        let (from, to) = (1_795_000_000_000, 1_795_000_000_000 + DAY);
+        for s in ["15372286728091m", "106751991167d"] {
+            let got = step(&q(s), from, to).unwrap();
+            assert!(got >= DAY, "{s}: {got}");
+        }
+        assert_eq!(step(&q("1m"), from, to).unwrap(), MINUTE);
+        // 100 years at 1m: enlarged to a multiple of the minute with at most MAX_POINTS points.
+        let century = 100 * 365 * DAY;
+        let got = step(&q("1m"), from, from + century).unwrap();
+        assert_eq!(got % MINUTE, 0);
+        assert!(century / got <= MAX_POINTS, "{got}");
     }
 
     #[test]

@@ -1421,11 +1421,13 @@ fn build_alerts(
     };
     // Minute buckets end at retention.fine; an older baseline would be read from hour
     // buckets, which cannot be cut to the window.
+    // Saturating: each duration may be as long as `parse_duration` allows.
     let reach = match baseline {
-        Baseline::DayBefore => DAY + window,
-        Baseline::Trailing(len) => window + len,
-    } + engine.allowed_lateness
-        + engine.session_gap;
+        Baseline::DayBefore => DAY.saturating_add(window),
+        Baseline::Trailing(len) => window.saturating_add(len),
+    }
+    .saturating_add(engine.allowed_lateness)
+    .saturating_add(engine.session_gap);
     let enabled = a.enabled.unwrap_or(d.enabled);
     if enabled && window > 0 && reach > engine.retention_fine {
         p.push(format!(
@@ -1725,6 +1727,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.runtime.serve_tasks(), s.runtime.replay_tasks()), (5, 5));
+    }
+
+    /// Durations as long as `parse_duration` allows are judged, not overflowed: refused only
+    /// for what they break (alerts' baseline would reach past `retention.fine`).
+    #[test]
+    fn the_longest_durations_are_judged_without_overflow() {
+        for key in ["session.gap", "session.allowed_lateness"] {
+            let (table, name) = key.split_once('.').unwrap();
+            let text = format!("[{table}]\n{name} = \"106751991167d\"\n");
+            if let Err(e) = Settings::from_toml_str(&text, no_env()) {
+                assert!(e.to_string().contains(key), "{key}: {e}");
+            }
+            let errs = invalid(&format!("{text}[alerts]\nenabled = true\n"));
+            assert!(
+                errs.iter().any(|e| e.starts_with("alerts.baseline: ")),
+                "{key}: {errs:?}"
+            );
+        }
     }
 
     #[test]
