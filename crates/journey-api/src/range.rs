@@ -113,9 +113,15 @@ mod tests {
             .contains("outside 2000-01-01"));
         assert!(parse_time("2100-01-01T00:00:00Z", now).is_err());
         // The longest durations `parse_duration` allows: refused, not an overflow.
-        for s in ["now+106751991167d", "now-106751991167d", "now+9223372036854775807ms"] {
+        for s in [
+            "now+106751991167d",
+            "now-106751991167d",
+            "now+9223372036854775807ms",
+        ] {
             assert!(
-                parse_time(s, now).unwrap_err().contains("outside 2000-01-01"),
+                parse_time(s, now)
+                    .unwrap_err()
+                    .contains("outside 2000-01-01"),
                 "{s}"
             );
         }

@@ -504,8 +504,17 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
     if let Some(k) = kafka {
         k.stop();
     }
+    let mut result = result;
     if let Some(mut c) = checkpointer {
-        c.take(&handle, &|_| Vec::new(), &|_, _| false);
+        let (written, _) = c.take(&handle, &|_| Vec::new(), &|_, _| false);
+        // A clean exit would tell the orchestrator nothing was lost.
+        if !written && result.is_ok() {
+            result = Err(anyhow::anyhow!(
+                "the checkpoint at shutdown was not written for every task (the log above names \
+                 them and why): events ingested over HTTP since such a task's previous \
+                 checkpoint are lost"
+            ));
+        }
     }
     drop(handle);
     drop(dead_letters);

@@ -232,6 +232,59 @@ fn run_ingests_over_http_and_answers_queries() {
     assert!(service.terminate());
 }
 
+/// A checkpoint at shutdown that cannot be written loses the HTTP input taken since the last
+/// one: the exit status says so instead of reporting a clean stop.
+#[test]
+fn run_fails_its_exit_when_the_last_checkpoint_is_not_written() {
+    let dir = std::env::temp_dir().join(format!("journeyd-lastcp-{}", std::process::id()));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let port = free_port();
+    let mut child = journeyd()
+        .arg("run")
+        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("JOURNEYD_STATE__URL", format!("file://{}", state.display()))
+        .env("JOURNEYD_CHECKPOINT__INTERVAL", "1h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("readiness", || get_json(port, "/readyz"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let line = format!(r#"{{"customer_id":"a","ts":{now},"source":"web","event":"login"}}"#);
+    let (status, body) = http(port, "POST", "/v1/events", &line).unwrap();
+    assert_eq!(status, 202, "{body}");
+    // The state directory becomes a file: every write under it fails.
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, b"not a directory").unwrap();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("journeyd did not stop after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!status.success(), "exit {status}; {err}");
+    assert!(
+        err.contains("the checkpoint at shutdown was not written for every task"),
+        "{err}"
+    );
+}
+
 fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = journeyd();
     c.args(args);
