@@ -523,22 +523,29 @@ struct ApiDoc;
 /// in words instead of in a bound that is out of date once fetched.
 const TIME_PATTERN: &str = r"^20[0-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z$";
 
+/// Smallest and largest integer an identifier may be (`i64::MIN`, `u64::MAX`).
+const ID_MIN: i64 = i64::MIN;
+const ID_MAX: u64 = u64::MAX;
+
 /// The schemas of the Segment calls: what `segment::check_call` and journey-ingest's Segment
 /// decoder accept, field by field. `kind` is the call type of a per-call endpoint (`type` is
 /// then taken from the path), `None` for a batch item.
 fn segment_call(kind: Option<&str>, time: &Value) -> Value {
-    let id = json!({ "type": ["string", "number", "null"], "maxLength": 256,
-                     "description": "a string of at most 256 characters (code points) or a number" });
-    let present = |f: &str| json!({ "required": [f], "properties": { f: { "type": ["string", "number"], "minLength": 1 } } });
+    // Integers from i64::MIN to u64::MAX (`journey_core::event::id_number_text`): any other
+    // number reaches the decoder as a float, whose text is lost.
+    let id = json!({ "type": ["string", "integer", "null"], "maxLength": 256,
+                     "minimum": ID_MIN, "maximum": ID_MAX,
+                     "description": "a string of at most 256 characters (code points) or an integer from -2^63 to 2^64 - 1 (`1e2` and `100.0` are the id `100`)" });
+    let other_id =
+        json!({ "type": ["string", "integer", "null"], "minimum": ID_MIN, "maximum": ID_MAX });
+    let present = |f: &str| json!({ "required": [f], "properties": { f: { "type": ["string", "integer"], "minLength": 1 } } });
     let mut call = json!({
         "type": "object",
         "description": "One Segment call. `userId` (or, when it is absent, null or empty, `anonymousId`) is the customer.",
         "properties": {
             "userId": id, "anonymousId": id,
             "event": { "type": ["string", "null"], "minLength": 1 },
-            "messageId": { "type": ["string", "number", "null"] },
-            "groupId": { "type": ["string", "number", "null"] },
-            "previousId": { "type": ["string", "number", "null"] },
+            "messageId": other_id, "groupId": other_id, "previousId": other_id,
             "timestamp": time, "originalTimestamp": time, "sentAt": time, "receivedAt": time,
             "properties": { "type": ["object", "null"] },
             "context": { "type": ["object", "null"] },

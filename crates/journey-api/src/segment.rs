@@ -499,12 +499,13 @@ fn check_call(c: &Map<String, Value>) -> Result<(), String> {
     for field in ["userId", "anonymousId"] {
         // Checked even where unused (`anonymousId` next to a `userId`).
         match c.get(field) {
-            None | Some(Value::Null | Value::Number(_)) => {}
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if journey_core::event::id_number_text(n).is_some() => {}
             Some(Value::String(id))
                 if id.chars().count() <= journey_core::event::MAX_CUSTOMER_ID_CHARS => {}
             Some(_) => {
                 return Err(format!(
-                    "`{field}` must be a string of at most 256 characters or a number"
+                    "`{field}` must be a string of at most 256 characters or an integer"
                 ))
             }
         }

@@ -385,8 +385,8 @@ fn string_field<'de, A: MapAccess<'de>>(
         })
 }
 
-/// An identifier (`customer_id`, `event_id`): a string, or a number written out in decimal, as
-/// every other decoder accepts it; `null` is `None` (absent).
+/// An identifier (`customer_id`, `event_id`): a string, or an integer within 64 bits written
+/// out in decimal, as every other decoder accepts it; `null` is `None` (absent).
 fn identifier_field<'de, A: MapAccess<'de>>(
     map: &mut A,
     field: &'static str,
@@ -397,12 +397,13 @@ fn identifier_field<'de, A: MapAccess<'de>>(
         .map_err(|_| {
             fail(DecodeError::WrongType {
                 field,
-                expected: "a string or number",
+                expected: "a string or integer",
             })
         })
 }
 
-/// A string (borrowed when unescaped) or a JSON number, as its decimal text.
+/// A string (borrowed when unescaped) or a JSON number that is an integer from `i64::MIN` to
+/// `u64::MAX`, as its decimal text ([`id_number_text`]).
 struct Identifier<'a>(Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Identifier<'de> {
@@ -411,7 +412,7 @@ impl<'de> Deserialize<'de> for Identifier<'de> {
         impl<'de> Visitor<'de> for V {
             type Value = Identifier<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or number")
+                f.write_str("a string or integer")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(Identifier(Cow::Borrowed(v)))
@@ -429,15 +430,42 @@ impl<'de> Deserialize<'de> for Identifier<'de> {
                 Ok(Identifier(Cow::Owned(v.to_string())))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                // As serde_json prints it, like the other decoders' `Number::to_string`.
-                Ok(Identifier(Cow::Owned(
-                    serde_json::Number::from_f64(v)
-                        .map_or_else(|| v.to_string(), |n| n.to_string()),
-                )))
+                float_id_text(v)
+                    .map(|t| Identifier(Cow::Owned(t)))
+                    .ok_or_else(|| E::invalid_type(de::Unexpected::Float(v), &self))
             }
         }
         d.deserialize_any(V)
     }
+}
+
+/// The decimal text of a JSON number used as an identifier (`customer_id`, `event_id`,
+/// Segment's `userId`, ...): an integer from `i64::MIN` to `u64::MAX`, also when written with a
+/// fraction or an exponent (`100.0` and `1e2` are `100`, as JSON Schema's `integer` counts
+/// them). Any other number has none: serde_json keeps it as an `f64`, whose decimal text is
+/// lost, so `18446744073709551616` and `18446744073709551999` would both be one customer.
+pub fn id_number_text(n: &serde_json::Number) -> Option<String> {
+    match (n.as_i64(), n.as_u64()) {
+        (Some(i), _) => Some(i.to_string()),
+        (_, Some(u)) => Some(u.to_string()),
+        _ => float_id_text(n.as_f64()?),
+    }
+}
+
+/// [`id_number_text`] of a float: a whole number strictly between -2^63 and 2^64, else
+/// `None`. Both ends are left out: an integer beyond the range is parsed as a float that may
+/// round to them (`-9223372036854775809` becomes -2^63), never to a float inside.
+fn float_id_text(f: f64) -> Option<String> {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if f.fract() != 0.0 || f <= -TWO_63 || f >= 2.0 * TWO_63 {
+        return None;
+    }
+    // Exact: a whole float in range converts to the integer it is.
+    Some(if f < 0.0 {
+        (f as i64).to_string()
+    } else {
+        (f as u64).to_string()
+    })
 }
 
 /// A string that borrows from the input when it has no escapes.
@@ -545,6 +573,60 @@ mod tests {
             (ev.event_id.as_deref(), &*ev.customer_id),
             (Some("7"), "42")
         );
+        let ev = decode(
+            r#"{"event_id":-7,"customer_id":18446744073709551615,"ts":1795341600120,"event":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ev.event_id.as_deref(), &*ev.customer_id),
+            (Some("-7"), "18446744073709551615")
+        );
+    }
+
+    /// A number that is no integer from `i64::MIN` to `u64::MAX` is kept as an `f64`: its
+    /// text is lost, and `18446744073709551616` and `18446744073709551999` would be one
+    /// customer. Whole numbers written as floats are integers, as in JSON Schema.
+    #[test]
+    fn identifiers_that_would_lose_digits_are_refused() {
+        for (id, text) in [
+            ("1e2", "100"),
+            ("100.0", "100"),
+            ("-4815539720.0", "-4815539720"),
+            ("1e19", "10000000000000000000"),
+        ] {
+            let line =
+                format!(r#"{{"customer_id":{id},"event_id":{id},"ts":1795341600120,"event":"x"}}"#);
+            let ev = decode(&line).unwrap();
+            assert_eq!(
+                (&*ev.customer_id, ev.event_id.as_deref()),
+                (text, Some(text)),
+                "{line}"
+            );
+        }
+        for id in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "1.5",
+            "1e-3",
+            "-9.223372036854776e18",
+        ] {
+            for field in ["customer_id", "event_id"] {
+                let other = if field == "customer_id" {
+                    "event_id"
+                } else {
+                    "customer_id"
+                };
+                let line =
+                    format!(r#"{{"{field}":{id},"{other}":"a","ts":1795341600120,"event":"x"}}"#);
+                let err = decode(&line).unwrap_err();
+                assert_eq!(err.reason(), "wrong_type", "{line}");
+                assert_eq!(
+                    err.to_string(),
+                    format!("field `{field}` must be a string or integer"),
+                    "{line}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -627,7 +709,7 @@ mod tests {
             decode(r#"{"customer_id":[5],"ts":1,"event":"x"}"#)
                 .unwrap_err()
                 .to_string(),
-            "field `customer_id` must be a string or number"
+            "field `customer_id` must be a string or integer"
         );
         assert_eq!(
             decode(r#"{"customer_id":null,"ts":1,"event":"x"}"#).unwrap_err(),

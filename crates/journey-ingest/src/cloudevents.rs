@@ -190,7 +190,7 @@ mod tests {
             (
                 r#"{"type": "t", "subject": true, "time": 1795341600000}"#,
                 "wrong_type",
-                "field `subject` must be a string or number",
+                "field `subject` must be a string or integer",
             ),
             (
                 r#"{"type": "t", "subject": null, "time": 1795341600000}"#,
@@ -240,7 +240,7 @@ mod tests {
             (
                 r#"{"type": "t", "subject": "s", "time": 1795341600000, "id": [81]}"#,
                 "wrong_type",
-                "field `id` must be a string or number",
+                "field `id` must be a string or integer",
             ),
             (
                 r#"{"type": "t", "subject": "s", "time": 1795341600000, "source": ["x"]}"#,

@@ -316,7 +316,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
 
 const TIMESTAMP: &str = "an RFC 3339 string or epoch milliseconds";
 
-/// The customer: a string, or a number written out in decimal; 1 to 256 characters.
+/// The customer: a string, or an integer within 64 bits written out in decimal; 1 to 256
+/// characters.
 pub(crate) fn customer<'a>(
     v: Option<Field<'a>>,
     field: &'static str,
@@ -326,17 +327,23 @@ pub(crate) fn customer<'a>(
     Ok(id)
 }
 
-/// An identifier that producers write as a string or as a number.
+/// An identifier that producers write as a string or as an integer
+/// ([`journey_core::event::id_number_text`]; other numbers are refused as `wrong_type`).
 pub(crate) fn identifier<'a>(
     v: Field<'a>,
     field: &'static str,
 ) -> Result<Cow<'a, str>, DecodeError> {
     match v {
         Field::Str(s) => Ok(s),
-        Field::Other(Value::Number(n)) => Ok(Cow::Owned(n.to_string())),
+        Field::Other(Value::Number(n)) => journey_core::event::id_number_text(&n)
+            .map(Cow::Owned)
+            .ok_or(DecodeError::WrongType {
+                field,
+                expected: "a string or integer",
+            }),
         Field::Other(_) => Err(DecodeError::WrongType {
             field,
-            expected: "a string or number",
+            expected: "a string or integer",
         }),
     }
 }

@@ -8,7 +8,7 @@
 //! | `ts`          | `timestamp`; else, with `sentAt` and `originalTimestamp`, the     |
 //! |               | clock-skew correction below; else `originalTimestamp`, `sentAt`;  |
 //! |               | else `receivedAt` (the record's, or the arrival over HTTP)        |
-//! | `event_id`    | `messageId` (a string or number)                                  |
+//! | `event_id`    | `messageId` (a string or integer)                                 |
 //! | `source`      | the decoder's default source                                      |
 //! | `attributes`  | `properties`, plus `context` under `context`; for identify and    |
 //! |               | group `traits` under `traits`; `groupId` and `previousId` as      |
@@ -430,7 +430,7 @@ mod tests {
             (
                 r#"{"type": "group", "userId": "u", "timestamp": 1795341600000, "groupId": []}"#,
                 "wrong_type",
-                "field `groupId` must be a string or number",
+                "field `groupId` must be a string or integer",
             ),
             (
                 r#"{"event": "x", "timestamp": 1795341600000}"#,
@@ -445,12 +445,12 @@ mod tests {
             (
                 r#"{"event": "x", "userId": true, "timestamp": 1795341600000}"#,
                 "wrong_type",
-                "field `userId` must be a string or number",
+                "field `userId` must be a string or integer",
             ),
             (
                 r#"{"event": "x", "anonymousId": ["a"], "timestamp": 1795341600000}"#,
                 "wrong_type",
-                "field `anonymousId` must be a string or number",
+                "field `anonymousId` must be a string or integer",
             ),
             (
                 r#"{"event": "x", "userId": "", "timestamp": 1795341600000}"#,
@@ -515,7 +515,7 @@ mod tests {
             (
                 r#"{"event": "x", "userId": "u", "timestamp": 1795341600000, "messageId": {}}"#,
                 "wrong_type",
-                "field `messageId` must be a string or number",
+                "field `messageId` must be a string or integer",
             ),
             (
                 r#"{"event": "x", "userId": "u", "timestamp": 1795341600000, "properties": [1]}"#,
