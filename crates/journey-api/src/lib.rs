@@ -952,14 +952,40 @@ async fn post_events(
         .into_response())
 }
 
-/// Counts, dead-letters and submits one decoded request; the number of events applied.
-/// `NotAssigned` is retryable (503): the consumer group assigns the partitions in a moment.
+/// Submits, counts and dead-letters one decoded request; the number of events applied.
+/// `NotAssigned` is retryable (503): the consumer group assigns the partitions in a moment,
+/// and nothing of the request was applied, counted or dead-lettered, so a retry counts once.
+///
+/// Runs on a task of its own, so a request abandoned meanwhile (`http.request_timeout`)
+/// still has its events applied, counted and dead-lettered in full, never in part: a
+/// submission queues its tasks' parts one after another.
 pub(crate) async fn apply(s: &AppState, source: &str, decoded: Decoded) -> Result<usize, Problem> {
+    let (s, source) = (s.clone(), source.to_string());
+    tokio::spawn(async move { apply_whole(&s, &source, decoded).await })
+        .await
+        .unwrap_or_else(|e| Err(Problem::internal(&format!("ingest failed: {e}"))))
+}
+
+async fn apply_whole(s: &AppState, source: &str, decoded: Decoded) -> Result<usize, Problem> {
     let Decoded {
         events,
         errors,
         letters,
     } = decoded;
+    let accepted = events.len();
+    // First: a submission refused for want of partitions leaves no trace to double on retry.
+    if !events.is_empty() {
+        s.runtime.submit(events).await.map_err(|e| match e {
+            SubmitError::Stopped => Problem::internal("runtime stopped"),
+            SubmitError::NotAssigned(tasks) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "partitions {tasks:?} are not assigned to this instance yet; nothing was \
+                     applied, retry"
+                ),
+            ),
+        })?;
+    }
     let source = s.metrics.source_label(source);
     for l in &letters {
         s.metrics
@@ -967,7 +993,6 @@ pub(crate) async fn apply(s: &AppState, source: &str, decoded: Decoded) -> Resul
             .with_label_values(&[source, l.reason])
             .inc();
     }
-    let accepted = events.len();
     s.metrics
         .ingest_events
         .with_label_values(&[source, "accepted"])
@@ -980,18 +1005,6 @@ pub(crate) async fn apply(s: &AppState, source: &str, decoded: Decoded) -> Resul
         if !s.dead_letters.send(dl).await {
             return Err(Problem::internal("the dead-letter sink stopped"));
         }
-    }
-    if !events.is_empty() {
-        s.runtime.submit(events).await.map_err(|e| match e {
-            SubmitError::Stopped => Problem::internal("runtime stopped"),
-            SubmitError::NotAssigned(tasks) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "partitions {tasks:?} are not assigned to this instance yet; nothing was \
-                     applied, retry"
-                ),
-            ),
-        })?;
     }
     Ok(accepted)
 }

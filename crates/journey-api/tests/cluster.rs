@@ -422,3 +422,119 @@ async fn the_openapi_goals_are_the_goals_the_group_tracks() {
         assert_eq!(status, StatusCode::OK, "{g}: {v}");
     }
 }
+
+/// A request refused because a partition of its events is not assigned here (503, "retry")
+/// leaves nothing behind: no event applied, none counted, no dead letter sent. A retry once
+/// the partition is assigned then counts each record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_for_an_unassigned_partition_leaves_no_trace() {
+    let rt = runtime(Some(&[0, 1, 2]), &[]).await;
+    let (dead_letters, letters) = DeadLetters::channel(10);
+    let metrics = Arc::new(Metrics::new());
+    let app = router(AppState {
+        metrics: metrics.clone(),
+        dead_letters,
+        ..state(rt.handle(), None)
+    });
+    let mine = customer_of("mine", &[0, 1, 2]);
+    let theirs = customer_of("theirs", &[3, 4, 5]);
+    let body = format!(
+        "{{\"customer_id\":\"{mine}\",\"ts\":{NOW},\"event\":\"login\"}}\n\
+         {{\"customer_id\":\"{theirs}\",\"ts\":{NOW},\"event\":\"login\"}}\n\
+         not json\n"
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/events")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    rt.handle().sync().await.unwrap();
+    let applied: u64 = rt
+        .handle()
+        .partials()
+        .iter()
+        .map(|p| p.counters.events)
+        .sum();
+    assert_eq!(applied, 0, "no event of the refused request was applied");
+    assert!(letters.try_recv().is_err(), "no dead letter was sent");
+    let text = metrics.render(&rt.handle(), NOW);
+    let counted: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("journeyd_ingest_") && !l.ends_with(" 0"))
+        .collect();
+    assert_eq!(counted, Vec::<&str>::new(), "nothing counted");
+}
+
+/// A request dropped while its events are being queued (as `http.request_timeout` drops
+/// it) has them applied in full or not at all, never in part: its submission runs to its
+/// end on a task of its own. The request's whole time is measured first; it is then dropped
+/// at 30 … 95 % of that, so some drops land while its parts are queued to the tasks one
+/// after another (a worker queue of one batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_while_queued_is_applied_whole_or_not_at_all() {
+    let n: u64 = 40_000;
+    let body: String = (0..n)
+        .map(|i| {
+            let ts = NOW - i as Millis;
+            format!("{{\"customer_id\":\"c{i}\",\"ts\":{ts},\"event\":\"login\"}}\n")
+        })
+        .collect();
+    // Runs the request, dropped after `limit`; returns whether it was answered and how many
+    // of its events were applied once everything queued has been.
+    let run = |limit: Duration| {
+        let body = body.clone();
+        async move {
+            let rc = RuntimeConfig {
+                workers: 2,
+                tasks: 64,
+                channel_capacity: 1,
+                live: false,
+                ..RuntimeConfig::default()
+            };
+            let rt = Runtime::start(Arc::new(EngineConfig::default()), rules(), rc, Vec::new());
+            let mut state = state(rt.handle(), None);
+            state.limits.max_batch_events = n as usize;
+            let app = router(state);
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/events")
+                .body(Body::from(body))
+                .unwrap();
+            let started = Instant::now();
+            let answered = tokio::time::timeout(limit, app.oneshot(req)).await.is_ok();
+            let took = started.elapsed();
+            // A submission still running queues the rest meanwhile.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let applied = loop {
+                rt.handle().sync().await.unwrap();
+                let applied: u64 = rt
+                    .handle()
+                    .partials()
+                    .iter()
+                    .map(|p| p.counters.events)
+                    .sum();
+                if applied == 0 || applied == n || Instant::now() > deadline {
+                    break applied;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            rt.shutdown();
+            (answered, took, applied)
+        }
+    };
+    let (answered, whole, applied) = run(Duration::from_secs(60)).await;
+    assert!(answered && applied == n, "{answered} {applied}");
+    let mut outcomes = Vec::new();
+    for percent in [30, 40, 50, 60, 70, 75, 80, 85, 90, 95] {
+        let limit = whole * percent / 100;
+        let (answered, _, applied) = run(limit).await;
+        assert!(
+            applied == 0 || applied == n,
+            "dropped after {limit:?} of {whole:?}: {applied} of {n} events applied"
+        );
+        outcomes.push((percent, answered, applied));
+    }
+    eprintln!("request {whole:?}; (percent, answered, applied): {outcomes:?}");
+}

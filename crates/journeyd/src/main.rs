@@ -644,7 +644,9 @@ async fn request_timeout(
         Ok(resp) => resp,
         Err(_) => axum::response::IntoResponse::into_response(journey_api::Problem::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "the request took too long and was abandoned",
+            "the request took longer than http.request_timeout and was abandoned; an ingest \
+             request whose events were already being queued still applies them in full, so \
+             retry with event ids (duplicates within dedup.horizon are dropped)",
         )),
     }
 }
