@@ -356,16 +356,17 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+        // A `*` in the pattern is always a wildcard, even against a `*` in the text.
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
             if p[pi] == b'?' {
                 // Step over a whole UTF-8 character.
                 ti += utf8_len(t[ti]);
             } else {
                 ti += 1;
             }
-            pi += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
             let next = st + utf8_len(t[st]);
@@ -1047,6 +1048,32 @@ mod tests {
         assert!(glob_match("*view*", "page_view_x"));
         assert!(!glob_match("page_?", "page_xy"));
         assert!(!glob_match("x*", "page"));
+        // A `*` in the text is matched by the pattern's `*` as any other character is.
+        assert!(glob_match("a*", "a*b"));
+        assert!(glob_match("a*", "a*b*c"));
+        assert!(glob_match("a*c", "a**c"));
+        assert!(!glob_match("a*c", "a*b"));
+    }
+
+    proptest::proptest! {
+        /// `*` and `?` mean what the regular expression `.*` and `.` mean, whatever the text
+        /// holds (including `*` and `?` themselves and non-ASCII characters).
+        #[test]
+        fn globs_match_as_their_regular_expression(
+            pattern in "[ab*?é]{0,6}",
+            text in "[ab*?é]{0,8}",
+        ) {
+            let re: String = pattern
+                .chars()
+                .map(|c| match c {
+                    '*' => ".*".to_string(),
+                    '?' => ".".to_string(),
+                    c => regex::escape(&c.to_string()),
+                })
+                .collect();
+            let re = regex::Regex::new(&format!("^(?s:{re})$")).unwrap();
+            proptest::prop_assert_eq!(glob_match(&pattern, &text), re.is_match(&text));
+        }
     }
 
     #[test]
