@@ -1050,6 +1050,23 @@ fn record_touches(
     }
 }
 
+/// Longest breakdown value kept, in bytes (docs/semantics.md §9): the count of values is
+/// capped by `breakdown.max_values`, and this caps their size, so one producer sending
+/// megabyte values cannot make every shard hold megabytes per value.
+pub const MAX_VALUE_BYTES: usize = 256;
+
+/// `text` cut to at most [`MAX_VALUE_BYTES`] at a character boundary, ending in `…` when cut.
+fn clip_value(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_VALUE_BYTES {
+        return text.into();
+    }
+    let mut end = MAX_VALUE_BYTES - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 /// A breakdown value as text: strings as they are, numbers and booleans printed.
 fn value_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match v {
@@ -1337,7 +1354,9 @@ fn set_dims(ctx: &Ctx, agg: &mut Aggregates, j: &mut Journey, ev: &Event<'_>, tp
         };
         let Some(text) = text else { continue };
         let values = &mut agg.dimensions[d].values;
-        let v = values.intern(&text, cap).unwrap_or(OTHER_VALUE);
+        let v = values
+            .intern(&clip_value(&text), cap)
+            .unwrap_or(OTHER_VALUE);
         j.slots[base + d] = (ev.ts << 16) | v as i64;
     }
 }

@@ -368,6 +368,48 @@ fn breakdown_values_beyond_the_cap_fold_into_other() {
     assert_eq!(values, vec!["a", "other"]);
 }
 
+/// Values are capped in size as in number: a megabyte value is kept as its first 253 bytes
+/// and `…` (at a character boundary), and two values equal up to there are one row.
+#[test]
+fn breakdown_values_are_cut_to_their_first_bytes() {
+    let cfg = EngineConfig {
+        breakdowns: vec!["persona".into()],
+        ..Default::default()
+    };
+    let mut s = shard_with(cfg);
+    let long = |tail: &str| format!("{}{tail}", "é".repeat(500_000));
+    for (i, p) in [long("x"), long("y"), "short".to_string()]
+        .iter()
+        .enumerate()
+    {
+        let mut e = ev(&format!("c{i}"), T + i as Millis * MINUTE, "page_view");
+        e.attributes = json!({ "persona": p });
+        s.apply(&e).unwrap();
+    }
+    s.flush();
+    let sum = Summary::collect(
+        [s.aggregates()],
+        T - DAY,
+        T + DAY,
+        &Include {
+            breakdowns: vec!["persona".into()],
+            ..Include::default()
+        },
+    );
+    let f = funnel(&sum, s.rules().phases(), Some("persona"), 100);
+    let mut values: Vec<(String, i64)> = f
+        .breakdown
+        .unwrap()
+        .values
+        .into_iter()
+        .map(|v| (v.value, v.journeys))
+        .collect();
+    values.sort();
+    let cut = format!("{}…", "é".repeat(126));
+    assert_eq!(cut.len(), 255, "252 bytes of é, then the 3-byte ellipsis");
+    assert_eq!(values, vec![("short".to_string(), 1), (cut, 2)]);
+}
+
 #[test]
 fn corrupt_snapshots_are_refused_whole() {
     let mut s = shard();
