@@ -76,10 +76,28 @@ fn too_large(limit: usize) -> Problem {
 }
 
 /// Reads a request body of at most `limit` bytes on the wire and decoded: 415 for an unknown
-/// coding, 413 over the limit, 400 for bytes that are not what the coding says.
+/// coding, 413 over the limit (at once when `Content-Length` says so, before a client waiting
+/// for `100 Continue` sends anything), 400 for a body that cannot be read (a malformed chunk)
+/// or bytes that are not what the coding says.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Problem> {
     let codings = codings(headers)?;
-    let raw = to_bytes(body, limit).await.map_err(|_| too_large(limit))?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let raw = to_bytes(body, limit).await.map_err(|e| {
+        if over_limit(&e) {
+            too_large(limit)
+        } else {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
+            )
+        }
+    })?;
     if codings.is_empty() {
         return Ok(raw);
     }
@@ -87,6 +105,18 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     tokio::task::spawn_blocking(move || decode_all(&codings, raw, limit))
         .await
         .map_err(|_| Problem::internal("the body decoder stopped"))?
+}
+
+/// Whether reading a body stopped at its size limit, rather than on a broken body.
+fn over_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Undoes `codings` (in the order they were applied) on `raw`, at most `limit` decoded bytes.
@@ -150,6 +180,48 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+
+    /// Over the limit is 413, whether the header says so (nothing is read) or the bytes do;
+    /// a body that breaks off is 400.
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413_and_a_broken_one_400() {
+        let mut declared = HeaderMap::new();
+        declared.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from_static("999999999"),
+        );
+        let never =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let e = read_body(&declared, never, 1000).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+        let long = Body::from(vec![b'x'; 1001]);
+        let e = read_body(&HeaderMap::new(), long, 1000).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"{}")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "invalid chunk size",
+            )),
+        ];
+        let broken = Body::from_stream(futures_util::stream::iter(chunks));
+        let e = read_body(&HeaderMap::new(), broken, 1000)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.detail.contains("could not be read"), "{}", e.detail);
+
+        let fits = Body::from(vec![b'x'; 1000]);
+        assert_eq!(
+            read_body(&HeaderMap::new(), fits, 1000)
+                .await
+                .unwrap()
+                .len(),
+            1000
+        );
+    }
 
     fn gzip(bytes: &[u8]) -> Bytes {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

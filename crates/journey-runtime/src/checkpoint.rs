@@ -595,6 +595,15 @@ pub enum RestoreError {
     },
 }
 
+impl RestoreError {
+    /// Whether the checkpoint itself is unusable (corrupt, of another format or task count),
+    /// rather than the store unreadable (I/O, network, credentials), where the checkpoints
+    /// may be fine and must not be moved away.
+    pub fn is_unusable_checkpoint(&self) -> bool {
+        !matches!(self, RestoreError::Read(CheckpointError::Io { .. }))
+    }
+}
+
 impl StoredTask {
     /// Restores a task from a checkpoint's content (`path` names it in errors). `topics` are
     /// the configured input topic names, in order; positions of topics no longer configured
@@ -678,6 +687,19 @@ mod tests {
         phase = "awareness"
         event = "page_view"
     "#;
+
+    /// A store that cannot be read is no reason to move checkpoints away; a bad one is.
+    #[test]
+    fn unreadable_stores_are_told_apart_from_unusable_checkpoints() {
+        let path = PathBuf::from("tasks/00001/gen-0000000001.ckpt");
+        let io = RestoreError::Read(CheckpointError::Io {
+            path: path.clone(),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, "access denied"),
+        });
+        assert!(!io.is_unusable_checkpoint());
+        let bad = TaskCheckpoint::decode(b"not a checkpoint at all", &path).unwrap_err();
+        assert!(RestoreError::Read(bad).is_unusable_checkpoint());
+    }
 
     fn sample(task: TaskId) -> TaskCheckpoint {
         TaskCheckpoint {

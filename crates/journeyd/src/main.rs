@@ -366,7 +366,7 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
                 checkpoint_report(metrics.clone()),
             );
             c.check_layout()
-                .map_err(|e| anyhow::anyhow!("{e}; {}", move_away(url)))?;
+                .map_err(|e| anyhow::anyhow!("{e}; {}", restore_advice(&e, url)))?;
             Some(c)
         }
         None => {
@@ -597,6 +597,17 @@ fn checkpoint_report(metrics: Arc<Metrics>) -> CheckpointReport {
     })
 }
 
+/// What to do when restoring from the store at `url` failed with `e`. Only checkpoints that
+/// cannot be used are worth moving away; a store that cannot be read (network, credentials,
+/// permissions) may hold good ones.
+fn restore_advice(e: &journey_runtime::checkpoint::RestoreError, url: &str) -> String {
+    if e.is_unusable_checkpoint() {
+        move_away(url)
+    } else {
+        format!("check that the state store {url} is reachable and readable, then start again")
+    }
+}
+
 /// What to do about a store whose checkpoints cannot be used.
 fn move_away(url: &str) -> String {
     match url.strip_prefix("file://") {
@@ -621,7 +632,7 @@ fn restore(
     let url = c.store().url().to_string();
     let stored = c
         .restore_all(topics, cfg, rules)
-        .map_err(|e| anyhow::anyhow!("{e}; {}", move_away(&url)))?;
+        .map_err(|e| anyhow::anyhow!("{e}; {}", restore_advice(&e, &url)))?;
     if stored.is_empty() {
         tracing::info!(state = %url, "no checkpoint yet; starting with empty state");
     } else {
