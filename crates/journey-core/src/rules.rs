@@ -350,6 +350,12 @@ fn is_json_number(s: &str) -> bool {
     i == b.len()
 }
 
+/// Largest compiled form of one `regex`/`not_regex` condition, in bytes (the regex crate's
+/// default is 10 MiB). URL and name patterns compile to a few KiB; a counted repetition such
+/// as `[a-z]{100000}` compiles to megabytes and costs seconds per match, so a rules file of
+/// a hundred of them held gigabytes. Such a pattern is refused with the others' problems.
+pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
 /// `*` matches any run of characters, `?` exactly one.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
@@ -787,7 +793,10 @@ fn compile_conditions(
             "suffix" => string(v).map(Op::Suffix),
             "contains" | "not_contains" => string(v).map(Op::Contains),
             "regex" | "not_regex" => match v.as_str() {
-                Some(re) => match Regex::new(re) {
+                Some(re) => match regex::RegexBuilder::new(re)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                {
                     Ok(r) => Some(Op::Regex(r)),
                     Err(e) => {
                         let detail = e.to_string();
@@ -1036,6 +1045,24 @@ mod tests {
                 "touchpoint 1 `a`: where.\"c\".not_contains must be a string, found an integer",
                 "touchpoint 1 `a`: where.\"d\".not_regex: bad regex `(`: unclosed group",
             ]
+        );
+    }
+
+    /// A pattern whose compiled form is huge is refused and named, like a bad one.
+    #[test]
+    fn huge_regexes_are_refused() {
+        let rules = |re: &str| {
+            format!(
+                "[[touchpoint]]\nname = \"x\"\nphase = \"awareness\"\nevent = \"v\"\n\
+                 where = {{ url = {{ regex = \"{re}\" }} }}\n"
+            )
+        };
+        assert!(Rules::from_toml(&rules("^/(landing|lp/.+)?$")).is_ok());
+        let errs = Rules::from_toml(&rules("[a-z]{100000}")).unwrap_err();
+        assert!(
+            errs.to_string().contains("bad regex `[a-z]{100000}`")
+                && errs.to_string().contains("size limit"),
+            "{errs}"
         );
     }
 
