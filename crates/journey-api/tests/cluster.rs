@@ -423,6 +423,12 @@ async fn the_openapi_goals_are_the_goals_the_group_tracks() {
     }
 }
 
+/// Events the runtime's tasks have applied, once everything queued so far has been.
+async fn events_applied(rt: &RuntimeHandle) -> u64 {
+    rt.sync().await.unwrap();
+    rt.partials().iter().map(|p| p.counters.events).sum()
+}
+
 /// A request refused because a partition of its events is not assigned here (503, "retry")
 /// leaves nothing behind: no event applied, none counted, no dead letter sent. A retry once
 /// the partition is assigned then counts each record once.
@@ -450,14 +456,11 @@ async fn a_request_refused_for_an_unassigned_partition_leaves_no_trace() {
         .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    rt.handle().sync().await.unwrap();
-    let applied: u64 = rt
-        .handle()
-        .partials()
-        .iter()
-        .map(|p| p.counters.events)
-        .sum();
-    assert_eq!(applied, 0, "no event of the refused request was applied");
+    assert_eq!(
+        events_applied(&rt.handle()).await,
+        0,
+        "no event of the refused request was applied"
+    );
     assert!(letters.try_recv().is_err(), "no dead letter was sent");
     let text = metrics.render(&rt.handle(), NOW);
     let counted: Vec<&str> = text
@@ -508,13 +511,7 @@ async fn a_request_dropped_while_queued_is_applied_whole_or_not_at_all() {
             // A submission still running queues the rest meanwhile.
             let deadline = Instant::now() + Duration::from_secs(20);
             let applied = loop {
-                rt.handle().sync().await.unwrap();
-                let applied: u64 = rt
-                    .handle()
-                    .partials()
-                    .iter()
-                    .map(|p| p.counters.events)
-                    .sum();
+                let applied = events_applied(&rt.handle()).await;
                 if applied == 0 || applied == n || Instant::now() > deadline {
                     break applied;
                 }

@@ -331,6 +331,22 @@ fn breakdown_values_beyond_the_cap_fold_into_other() {
         s.apply(&e).unwrap();
     }
     s.flush();
+    assert_eq!(
+        persona_rows(&s, 100),
+        vec![
+            ("a".to_string(), 1),
+            ("b".to_string(), 1),
+            ("other".to_string(), 2)
+        ]
+    );
+    // The query's own cap folds again, keeping the largest values.
+    let values: Vec<String> = persona_rows(&s, 2).into_iter().map(|(v, _)| v).collect();
+    assert_eq!(values, vec!["a", "other"]);
+}
+
+/// The funnel's `persona` breakdown over the day around `T`: (value, journeys) per row, at
+/// most `cap` rows.
+fn persona_rows(s: &Shard, cap: usize) -> Vec<(String, i64)> {
     let sum = Summary::collect(
         [s.aggregates()],
         T - DAY,
@@ -340,32 +356,13 @@ fn breakdown_values_beyond_the_cap_fold_into_other() {
             ..Include::default()
         },
     );
-    let f = funnel(&sum, s.rules().phases(), Some("persona"), 100);
-    let values: Vec<(String, i64)> = f
+    funnel(&sum, s.rules().phases(), Some("persona"), cap)
         .breakdown
         .unwrap()
         .values
         .into_iter()
         .map(|v| (v.value, v.journeys))
-        .collect();
-    assert_eq!(
-        values,
-        vec![
-            ("a".to_string(), 1),
-            ("b".to_string(), 1),
-            ("other".to_string(), 2)
-        ]
-    );
-    // The query's own cap folds again, keeping the largest values.
-    let f = funnel(&sum, s.rules().phases(), Some("persona"), 2);
-    let values: Vec<String> = f
-        .breakdown
-        .unwrap()
-        .values
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
-    assert_eq!(values, vec!["a", "other"]);
+        .collect()
 }
 
 /// Values are capped in size as in number: a megabyte value is kept as its first 253 bytes
@@ -387,23 +384,7 @@ fn breakdown_values_are_cut_to_their_first_bytes() {
         s.apply(&e).unwrap();
     }
     s.flush();
-    let sum = Summary::collect(
-        [s.aggregates()],
-        T - DAY,
-        T + DAY,
-        &Include {
-            breakdowns: vec!["persona".into()],
-            ..Include::default()
-        },
-    );
-    let f = funnel(&sum, s.rules().phases(), Some("persona"), 100);
-    let mut values: Vec<(String, i64)> = f
-        .breakdown
-        .unwrap()
-        .values
-        .into_iter()
-        .map(|v| (v.value, v.journeys))
-        .collect();
+    let mut values = persona_rows(&s, 100);
     values.sort();
     let cut = format!("{}…", "é".repeat(126));
     assert_eq!(cut.len(), 255, "252 bytes of é, then the 3-byte ellipsis");
