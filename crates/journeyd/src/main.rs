@@ -356,6 +356,11 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
         .iter()
         .map(|t| t.name.clone())
         .collect();
+    // Held until the process ends.
+    let _state_lock = match (&settings.state.url, kafka_on) {
+        (Some(url), false) => lock_state_dir(url)?,
+        _ => None,
+    };
     let mut checkpointer = match &settings.state.url {
         Some(url) => {
             let store = StateStore::open(url)?;
@@ -595,6 +600,38 @@ fn checkpoint_report(metrics: Arc<Metrics>) -> CheckpointReport {
             metrics.checkpoint_last_success.set(at_ms / 1000);
         }
     })
+}
+
+/// Locks the directory of a `file://` state store for this process (`None` for other
+/// stores). An instance without Kafka claims every task, so a second one on the same
+/// directory fences the first, which then loses the HTTP input it took in since its last
+/// checkpoint. The operating system releases the lock when the process ends, however it ends.
+fn lock_state_dir(url: &str) -> Result<Option<std::fs::File>> {
+    let Some(dir) = url.strip_prefix("file://") else {
+        return Ok(None);
+    };
+    let path = Path::new(dir).join(".journeyd.lock");
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the state directory {dir}"))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the state lock {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another journeyd without Kafka uses the state directory {dir} (it holds {}): each \
+             claims every task, so one would lose the events it took in since its last \
+             checkpoint; give each instance its own [state] url, or run them as a consumer \
+             group with Kafka",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// What to do when restoring from the store at `url` failed with `e`. Only checkpoints that

@@ -232,6 +232,62 @@ fn run_ingests_over_http_and_answers_queries() {
     assert!(service.terminate());
 }
 
+/// The exit status and standard error of `child` (spawned with stderr piped), which must end
+/// within 30 s; `what` names it if it does not (it is then killed).
+fn exit_of(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+/// Two instances without Kafka on one state directory would each claim every task, and the
+/// one fenced would lose its input: the second is refused at start, naming the directory.
+/// Once the first has stopped, the directory is free again.
+#[test]
+fn a_second_instance_on_the_same_state_directory_is_refused() {
+    let dir = std::env::temp_dir().join(format!("journeyd-lock-{}", std::process::id()));
+    let url = format!("file://{}", dir.join("state").display());
+    let start = |port: u16| {
+        journeyd()
+            .arg("run")
+            .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("JOURNEYD_STATE__URL", &url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first_port = free_port();
+    let first = Service(start(first_port));
+    wait_until("readiness", || get_json(first_port, "/readyz"));
+    let (status, err) = exit_of(start(free_port()), "the second instance");
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("another journeyd without Kafka uses the state directory"),
+        "{err}"
+    );
+    assert!(first.terminate(), "the first instance stops cleanly");
+    let third_port = free_port();
+    let third = Service(start(third_port));
+    wait_until("readiness after the first stopped", || {
+        get_json(third_port, "/readyz")
+    });
+    assert!(third.terminate());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A checkpoint at shutdown that cannot be written loses the HTTP input taken since the last
 /// one: the exit status says so instead of reporting a clean stop.
 #[test]
@@ -240,7 +296,7 @@ fn run_fails_its_exit_when_the_last_checkpoint_is_not_written() {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     let port = free_port();
-    let mut child = journeyd()
+    let child = journeyd()
         .arg("run")
         .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("JOURNEYD_STATE__URL", format!("file://{}", state.display()))
@@ -264,19 +320,7 @@ fn run_fails_its_exit_when_the_last_checkpoint_is_not_written() {
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("journeyd did not stop after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, err) = exit_of(child, "journeyd after SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!status.success(), "exit {status}; {err}");
     assert!(
