@@ -32,6 +32,13 @@ pub struct Metrics {
     rejected_too_many: IntCounter,
     duplicates: IntCounter,
     merge_forced: IntCounter,
+    /// Kafka records handed to their tasks and not yet applied, set by the Kafka source.
+    pub kafka_unapplied: IntGauge,
+    /// Kafka partitions paused because their task's merge buffer holds too many of their
+    /// records (`kafka.max_buffered_records`), set by the Kafka source.
+    pub kafka_paused_partitions: IntGauge,
+    /// Times a Kafka partition was paused for that reason.
+    pub kafka_partition_pauses: IntCounter,
     /// Dead letters by sink and outcome (written, failed), set by the sink.
     pub dead_letters: IntCounterVec,
     /// Checkpoints by outcome (written, failed).
@@ -261,6 +268,21 @@ impl Metrics {
                 &r,
                 "journeyd_kafka_merge_forced_total",
                 "Kafka records applied without waiting for a partition of their task that had lag and nothing buffered (kafka.max_task_idle passed, or 65536 records buffered)",
+            ),
+            kafka_unapplied: gauge(
+                &r,
+                "journeyd_kafka_unapplied_records",
+                "Kafka records read and handed to their tasks but not applied yet: queued for a worker, or waiting in a task's merge buffer for a partition behind them in event time",
+            ),
+            kafka_paused_partitions: gauge(
+                &r,
+                "journeyd_kafka_paused_partitions",
+                "Kafka partitions not fetched because more than their share of kafka.max_buffered_records of their records wait in their task (merge by event time)",
+            ),
+            kafka_partition_pauses: counter(
+                &r,
+                "journeyd_kafka_partition_pauses_total",
+                "Times a Kafka partition was paused because more than its share of kafka.max_buffered_records of its records waited in its task",
             ),
             dead_letters: counter_vec(
                 &r,

@@ -12,7 +12,7 @@
 //! watermark with nothing queued; its task then lets it stop holding the watermark once it has
 //! been quiet for `kafka.idle_timeout`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -56,6 +56,9 @@ pub(crate) struct TaskState {
     /// Without checkpoints: records a rebalance callback submitted, by partition with the
     /// offset of the last one, and the acknowledgement after which that offset is stored.
     pub(crate) submitted: Vec<(Part, i64, flume::Receiver<()>)>,
+    /// Partitions paused because their task's merge buffer holds too many of their records
+    /// (`kafka.max_buffered_records`); resumed when that drains or when they are revoked.
+    pub(crate) paused: BTreeSet<Part>,
 }
 
 /// The consumer's context: restores tasks on assignment and checkpoints them on revocation.
@@ -240,6 +243,33 @@ impl Tasks {
         tracing::info!(partitions = tpl.count(), tasks = ?assigned, resumed = ?resumed, "Kafka partitions assigned");
     }
 
+    /// Resumes the revoked partitions this instance paused: librdkafka keeps a partition's
+    /// pause across a rebalance, and whoever is assigned it next (this instance included)
+    /// must fetch it.
+    fn resume_revoked(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        st: &mut TaskState,
+        tpl: &TopicPartitionList,
+    ) {
+        let mut resume = TopicPartitionList::new();
+        for e in tpl.elements() {
+            if let Some(i) = self.index(e.topic()) {
+                if st.paused.remove(&(i, e.partition())) {
+                    resume.add_partition(e.topic(), e.partition());
+                }
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(e) = consumer.resume(&resume) {
+                tracing::debug!("cannot resume revoked partitions: {e}");
+            }
+        }
+        self.metrics
+            .kafka_paused_partitions
+            .set(st.paused.len() as i64);
+    }
+
     /// Partitions revoked: each task left without partitions is checkpointed, kept for a quick
     /// return, and dropped.
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -255,6 +285,7 @@ impl Tasks {
         let mut guard = self.lock();
         let st = &mut *guard;
         self.submit_unsubmitted(st);
+        self.resume_revoked(consumer, st, tpl);
         let checkpointing = st.checkpointer.is_some();
         for (task, inputs) in by_task {
             let Ok(revoked) = self.rt.revoke_positions_blocking(task, inputs) else {
@@ -318,19 +349,27 @@ impl ClientContext for Tasks {
                 }
             }
             for p in topic.partitions.values() {
-                // The fetcher has reached the high watermark and handed everything over.
-                if p.partition >= 0
-                    && p.desired
-                    && p.fetchq_cnt == 0
-                    && p.hi_offset >= 0
-                    && p.next_offset >= p.hi_offset
-                {
+                if p.partition >= 0 && p.desired && at_end(p) {
                     caught_up.push((i, p.partition));
                 }
             }
         }
         self.lock().caught_up = caught_up;
     }
+}
+
+/// Whether a partition's statistics show every record up to its high watermark handed to the
+/// application: the fetcher has reached the high watermark with nothing queued, and the
+/// application's position (the offset after the last record handed over) is there too, or
+/// nothing was handed over since the partition was assigned or sought. The fetcher's position
+/// alone does not do: pausing a partition drops what was fetched ahead and leaves that
+/// position at the end, while the records from the application's position on are still to
+/// come.
+fn at_end(p: &rdkafka::statistics::Partition) -> bool {
+    p.fetchq_cnt == 0
+        && p.hi_offset >= 0
+        && p.next_offset >= p.hi_offset
+        && (p.app_offset < 0 || p.app_offset >= p.hi_offset)
 }
 
 impl ConsumerContext for Tasks {
@@ -380,5 +419,39 @@ impl ConsumerContext for Tasks {
                 let _ = consumer.unassign();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_end;
+    use rdkafka::statistics::Partition;
+
+    fn partition(fetchq_cnt: i64, next_offset: i64, app_offset: i64) -> Partition {
+        Partition {
+            fetchq_cnt,
+            next_offset,
+            app_offset,
+            hi_offset: 100,
+            ..Partition::default()
+        }
+    }
+
+    /// A paused partition's fetcher stays where it had fetched to, the end, while the
+    /// application has only had the records before 60: not caught up, or its task would stop
+    /// waiting for those 40 records and apply newer ones of its other partitions first.
+    #[test]
+    fn a_partition_is_at_its_end_once_the_application_has_every_record() {
+        assert!(at_end(&partition(0, 100, 100)));
+        assert!(
+            !at_end(&partition(0, 100, 60)),
+            "paused after fetching ahead"
+        );
+        assert!(!at_end(&partition(5, 100, 95)), "records queued");
+        assert!(!at_end(&partition(0, 90, 90)), "the fetcher is behind");
+        assert!(
+            at_end(&partition(0, 100, -1001)),
+            "nothing handed over since assigned at the end"
+        );
     }
 }

@@ -8,12 +8,14 @@
 //! `<group_id>-repartition`, co-partitioned by construction and read like any other input.
 //! The data flow: [`topology`] (which topics, how many tasks) → [`assignment`] (which
 //! partitions are here, restoring and checkpointing their tasks) → [`source`] (records decoded
-//! and submitted to their task) → the runtime; [`lag`] reports consumer lag on the side.
+//! and submitted to their task) → the runtime; `backpressure` pauses partitions whose records
+//! wait in their task, and [`lag`] reports consumer lag on the side.
 //!
 //! Where does partition 3 of topic `web` go? To task 3, on worker `3 mod workers`, as input
 //! `Topic(index of web in kafka.topics)`: see [`assignment`].
 
 pub mod assignment;
+mod backpressure;
 pub mod lag;
 pub mod repartition;
 pub mod source;
@@ -26,6 +28,17 @@ use journey_runtime::Partitioner;
 
 pub use source::KafkaSource;
 pub use topology::{topology, Topology, TopologyError};
+
+/// Default of [`KafkaSettings::max_buffered_records`]: about 150 MB of waiting records at the
+/// 740–760 bytes one takes with the default rules (docs/benchmarks.md, "Memory of a buffered
+/// record").
+pub const DEFAULT_MAX_BUFFERED_RECORDS: usize = 200_000;
+
+/// The most unapplied records one partition may have before it is paused, whatever
+/// [`KafkaSettings::max_buffered_records`] allows: a quarter of the runtime's
+/// [`journey_runtime::MAX_BUFFERED`], so a task of up to four partitions is paused before it
+/// gives up waiting and applies records out of order.
+pub const MAX_HELD_PER_PARTITION: usize = journey_runtime::MAX_BUFFERED / 4;
 
 /// A partition: (index of its topic in [`KafkaSettings::topics`], partition = task id).
 pub type Part = (usize, i32);
@@ -60,6 +73,13 @@ pub struct KafkaSettings {
     /// and nothing buffered, so that it applies its partitions merged by event time (Kafka
     /// Streams' `max.task.idle.ms`).
     pub max_task_idle: Duration,
+    /// Records read and handed to this instance's tasks but not yet applied (queued for a
+    /// worker, or waiting in a merge buffer for a partition behind in event time): a partition
+    /// of a merging task with more than this divided by the partitions assigned here (at least
+    /// 1 024, about one fetch; at most [`MAX_HELD_PER_PARTITION`]) is paused, and resumed at
+    /// half of that (Kafka Streams' `buffered.records.per.partition`, as one budget; see
+    /// `backpressure`).
+    pub max_buffered_records: usize,
     /// Passed verbatim to librdkafka.
     pub properties: BTreeMap<String, String>,
     pub topics: Vec<TopicSettings>,

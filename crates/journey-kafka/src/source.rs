@@ -18,7 +18,7 @@
 //! Records of the internal repartition topic are decoded with the format and source of the
 //! topic the repartitioner read them from, named by their [`SOURCE_TOPIC`] header.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -35,6 +35,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::assignment::{Run, TaskState, Tasks};
+use crate::backpressure::Backpressure;
 use crate::lag::report_lag;
 use crate::repartition::SOURCE_TOPIC;
 use crate::topology::{client_config, Topology};
@@ -385,6 +386,7 @@ impl KafkaSource {
                     checkpointer,
                     caught_up: Vec::new(),
                     submitted: Vec::new(),
+                    paused: BTreeSet::new(),
                 }),
             })
             .map_err(|source| KafkaSourceError::Client {
@@ -447,6 +449,7 @@ impl KafkaSource {
             metrics,
             dead_letters,
             committed: Vec::new(),
+            pressure: Backpressure::new(settings.max_buffered_records),
         };
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -484,6 +487,8 @@ struct Consume {
     dead_letters: DeadLetters,
     /// Positions last committed to Kafka, so an idle stream commits nothing.
     committed: Vec<KafkaPosition>,
+    /// Which partitions to pause for their tasks' merge buffers.
+    pressure: Backpressure,
 }
 
 impl Consume {
@@ -496,6 +501,7 @@ impl Consume {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut told_caught_up: HashSet<Part> = HashSet::new();
         while !stop.load(Ordering::Relaxed) {
+            self.refresh_assignment();
             let Some(runs) = self.poll_round() else {
                 break;
             };
@@ -505,14 +511,23 @@ impl Consume {
             for run in runs {
                 told_caught_up.remove(&run.part);
                 offsets.insert(run.part, run.last);
-                match self.decoders.submit(&self.rt, run, !checkpointing) {
-                    Ok(ack) => acks.extend(ack),
+                let (part, records) = (run.part, run.records.records.len());
+                match self.decoders.submit(&self.rt, run, true) {
+                    Ok(Some(ack)) => {
+                        self.pressure.submitted(part, records, ack.clone());
+                        if !checkpointing {
+                            acks.push(ack);
+                        }
+                    }
+                    Ok(None) => {}
                     Err(_) => submitted = false,
                 }
             }
             if !submitted {
                 break;
             }
+            self.pressure.settle();
+            self.resume();
             // Records a rebalance callback submitted during this round came before the rest.
             let early = std::mem::take(&mut self.consumer.context().lock().submitted);
             if !early.is_empty() {
@@ -573,10 +588,73 @@ impl Consume {
         }
     }
 
+    /// Resumes the paused partitions whose tasks have applied enough of their records
+    /// ([`Backpressure::resumable`]).
+    fn resume(&mut self) {
+        let ctx = self.consumer.context();
+        let mut st = ctx.lock();
+        let resume = self.pressure.resumable(&st.paused);
+        if !resume.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for &(topic, partition) in &resume {
+                tpl.add_partition(&ctx.names[topic], partition);
+            }
+            match self.consumer.resume(&tpl) {
+                Ok(()) => {
+                    tracing::debug!(partitions = ?resume, "resumed");
+                    for part in &resume {
+                        st.paused.remove(part);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot resume Kafka partitions {resume:?}: {e}"),
+            }
+        }
+        self.metrics
+            .kafka_paused_partitions
+            .set(st.paused.len() as i64);
+        self.metrics
+            .kafka_unapplied
+            .set(self.pressure.total() as i64);
+    }
+
+    /// The partitions assigned here now, for their shares of `kafka.max_buffered_records`.
+    fn refresh_assignment(&mut self) {
+        if let Ok(list) = self.consumer.assignment() {
+            let topics = &self.topics;
+            self.pressure.assigned(
+                list.elements()
+                    .iter()
+                    .filter_map(|e| Some((topics.get(e.topic())?.index, e.partition()))),
+            );
+        }
+    }
+
+    /// Pauses `part` (of `topic`): its task holds more than its share of its records
+    /// unapplied ([`Backpressure::over`]).
+    fn pause(&self, st: &mut TaskState, part: Part, topic: &str) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, part.1);
+        match self.consumer.pause(&tpl) {
+            Ok(()) => {
+                tracing::debug!(
+                    topic,
+                    partition = part.1,
+                    share = self.pressure.share(),
+                    "paused: its task has not applied its records yet"
+                );
+                st.paused.insert(part);
+                self.metrics.kafka_partition_pauses.inc();
+            }
+            Err(e) => tracing::warn!(topic, partition = part.1, "cannot pause: {e}"),
+        }
+    }
+
     /// Up to [`BATCH`] records or 50 ms, grouped into runs of one partition in arrival order,
     /// undecoded. `None` when the dead-letter sink has gone (shutdown).
     fn poll_round(&mut self) -> Option<Vec<Run>> {
         let mut read = 0;
+        // Per partition, records of this round: not yet handed over, but counted for pausing.
+        let mut reading: HashMap<Part, usize> = HashMap::new();
         let deadline = Instant::now() + Duration::from_millis(50);
         while read < BATCH && Instant::now() < deadline {
             let Some(result) = self.consumer.poll(Duration::from_millis(20)) else {
@@ -642,9 +720,15 @@ impl Consume {
                 }
             };
             match upstream {
-                Some(up) => run
-                    .records
-                    .push(msg.payload().unwrap_or_default(), msg.offset(), up),
+                Some(up) => {
+                    run.records
+                        .push(msg.payload().unwrap_or_default(), msg.offset(), up);
+                    let n = reading.entry(part).or_default();
+                    *n += 1;
+                    if self.pressure.over(part, *n) && !st.paused.contains(&part) {
+                        self.pause(&mut st, part, msg.topic());
+                    }
+                }
                 None => {
                     drop(st);
                     // Written by something else, or by a journeyd reading other topics.

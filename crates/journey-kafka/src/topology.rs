@@ -282,6 +282,7 @@ mod tests {
             partitioner: journey_runtime::Partitioner::Murmur2,
             idle_timeout: Duration::from_secs(10),
             max_task_idle: Duration::from_secs(5),
+            max_buffered_records: crate::DEFAULT_MAX_BUFFERED_RECORDS,
             properties: Default::default(),
             topics: topics
                 .iter()

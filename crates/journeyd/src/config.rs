@@ -346,6 +346,7 @@ impl Settings {
                 partitioner: Partitioner::Murmur2,
                 idle_timeout: Duration::from_secs(10),
                 max_task_idle: journey_runtime::DEFAULT_MAX_TASK_IDLE,
+                max_buffered_records: journey_kafka::DEFAULT_MAX_BUFFERED_RECORDS,
                 properties: BTreeMap::new(),
                 topics: Vec::new(),
                 repartition: false,
@@ -827,6 +828,7 @@ struct RawKafka {
     partitioner: Option<Text>,
     idle_timeout: Option<Text>,
     max_task_idle: Option<Text>,
+    max_buffered_records: Option<usize>,
     repartition: Option<bool>,
     repartition_replication_factor: Option<i64>,
     properties: BTreeMap<String, Text>,
@@ -1267,6 +1269,11 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
     };
     let idle_timeout = p.interval("kafka.idle_timeout", raw.idle_timeout, d.idle_timeout);
     let max_task_idle = p.interval("kafka.max_task_idle", raw.max_task_idle, d.max_task_idle);
+    let max_buffered_records = p.at_least_one(
+        "kafka.max_buffered_records",
+        raw.max_buffered_records,
+        d.max_buffered_records,
+    );
     let repartition = raw.repartition.unwrap_or(d.repartition);
     let repartition_replication_factor = match raw.repartition_replication_factor {
         None => d.repartition_replication_factor,
@@ -1383,6 +1390,7 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         partitioner,
         idle_timeout,
         max_task_idle,
+        max_buffered_records,
         properties,
         topics,
         repartition,
@@ -1858,6 +1866,7 @@ mod tests {
             partitioner = "crc32"
             idle_timeout = "30s"
             max_task_idle = "2s"
+            max_buffered_records = 50000
             repartition = true
             repartition_replication_factor = 3
             [kafka.properties]
@@ -2011,6 +2020,7 @@ mod tests {
                 Duration::from_secs(2)
             )
         );
+        assert_eq!(k.max_buffered_records, 50_000);
         assert_eq!(
             k.properties,
             BTreeMap::from([
@@ -2511,6 +2521,7 @@ mod tests {
                 [ingest]
                 max_record_bytes = 0
                 [kafka]
+                max_buffered_records = 0
                 properties = { "group.id" = "x" }
                 [[kafka.topics]]
                 name = "web"
@@ -2535,6 +2546,7 @@ mod tests {
                 "http.request_timeout: must be positive, got 0s",
                 "http.default_source: must not be empty",
                 "ingest.max_record_bytes: must be at least 1, got 0",
+                "kafka.max_buffered_records: must be at least 1, got 0",
                 "kafka.properties.group.id: set kafka.group_id instead",
                 "kafka.topics[0].format: unknown format `avro` (expected one of: canonical, \
                  segment, cloudevents, mapping)",
