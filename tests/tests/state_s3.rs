@@ -245,3 +245,66 @@ fn a_fenced_instance_drops_the_task_and_cannot_overwrite_it() {
     assert!(a.terminate(), "clean exit on SIGTERM");
     assert_eq!(b.latest(2).unwrap().unwrap().bytes, b"new owner");
 }
+
+/// A state store that stops answering while journeyd shuts down would hold the exit in the
+/// final checkpoint's retries, until the orchestrator's SIGKILL. `runtime.shutdown_timeout`
+/// ends it with status 1 and a message saying what is lost.
+#[test]
+fn a_shutdown_that_cannot_reach_the_state_store_ends_at_the_shutdown_timeout() {
+    let moto = Moto::start("deadline");
+    moto.create_bucket("state");
+    let dir = temp_dir("state-s3-deadline");
+    let port = free_port();
+    let config = write_config(&dir, port, "s3://state/journeyd");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text = text.replace("[runtime]\n", "[runtime]\nshutdown_timeout = \"2s\"\n");
+    std::fs::write(&config, text).expect("config");
+    let mut child = std::process::Command::new(journey_tests::journeyd_bin())
+        .args(["run", "--config", &config.to_string_lossy()])
+        .envs(moto.env())
+        .current_dir(journey_tests::repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting journeyd");
+    wait_until("journeyd to answer", Duration::from_secs(30), || {
+        http(port, "GET", "/readyz", "").filter(|(s, _)| *s == 200)
+    });
+    let event = format!(
+        r#"{{"customer_id":"c1","ts":{},"event":"page_view"}}"#,
+        now_ms() - 60_000
+    );
+    let (status, reply) = http(port, "POST", "/v1/events", &event).expect("ingest");
+    assert_eq!(status, 202, "{reply}");
+    drop(moto);
+    let signalled = std::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(killed, "SIGTERM sent");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for journeyd") {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("journeyd still shutting down 30 s after SIGTERM, past its 2 s deadline");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = signalled.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("within runtime.shutdown_timeout (2s)") && err.contains("previous checkpoint"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM"
+    );
+}

@@ -186,6 +186,11 @@ pub struct RuntimeSettings {
     pub tick_interval: Duration,
     /// Nice value of the worker threads, so queries win the CPU over ingest (0 to 19).
     pub worker_nice: i32,
+    /// How long the orderly shutdown after SIGTERM or Ctrl-C (requests answered, records
+    /// applied, final checkpoint, commit) may take before the process exits with status 1
+    /// anyway, as Vector's `--graceful-shutdown-limit-secs` does: below the orchestrator's
+    /// grace period, so the exit says why instead of a SIGKILL.
+    pub shutdown_timeout: Duration,
 }
 
 impl RuntimeSettings {
@@ -325,6 +330,7 @@ impl Settings {
                 publish_interval: Duration::from_secs(1),
                 tick_interval: Duration::from_secs(1),
                 worker_nice: 10,
+                shutdown_timeout: Duration::from_secs(50),
             },
             http: HttpSettings {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -784,6 +790,7 @@ struct RawRuntime {
     publish_interval: Option<Text>,
     tick_interval: Option<Text>,
     worker_nice: Option<i32>,
+    shutdown_timeout: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1043,6 +1050,11 @@ impl RawConfig {
                     d.runtime.worker_nice
                 }
             },
+            shutdown_timeout: p.interval(
+                "runtime.shutdown_timeout",
+                r.shutdown_timeout,
+                d.runtime.shutdown_timeout,
+            ),
         };
 
         let h = self.http;
@@ -1848,6 +1860,7 @@ mod tests {
             publish_interval = "250ms"
             tick_interval = "2s"
             worker_nice = 5
+            shutdown_timeout = "25s"
             [http]
             listen = "[::]:9000"
             max_body_bytes = 1024
@@ -1966,6 +1979,7 @@ mod tests {
                 publish_interval: Duration::from_millis(250),
                 tick_interval: Duration::from_secs(2),
                 worker_nice: 5,
+                shutdown_timeout: Duration::from_secs(25),
             }
         );
         assert_eq!(

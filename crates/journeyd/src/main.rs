@@ -489,7 +489,10 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
             let rt = handle.clone();
             tokio::task::spawn_blocking(move || periodic_checkpoints(c, rt))
         });
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        let deadline = settings.runtime.shutdown_timeout;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal(deadline))
+            .await?;
         tracing::info!("shutting down");
         if let Some(p) = periodic {
             checkpointer = p.await.ok();
@@ -699,7 +702,8 @@ async fn request_timeout(
     }
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or Ctrl-C, then arms the shutdown deadline (`runtime.shutdown_timeout`).
+async fn shutdown_signal(deadline: Duration) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -716,6 +720,31 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     SHUTTING_DOWN.store(true, Ordering::Relaxed);
+    arm_shutdown_deadline(deadline);
+}
+
+/// Ends the process with status 1 unless the orderly shutdown that starts now returns from
+/// `main` within `limit`: a state store or broker that stopped answering, or rules slow
+/// enough that the queued records take longer to apply, would otherwise hold the exit until
+/// the orchestrator's SIGKILL, which says nothing.
+fn arm_shutdown_deadline(limit: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("journeyd-shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            let why = format!(
+                "the shutdown did not finish within runtime.shutdown_timeout ({limit:?}), so \
+                 journeyd exits now: tasks whose final checkpoint was not written restart from \
+                 their previous checkpoint (Kafka input is read again, HTTP input since then is \
+                 lost). The log above shows what it was waiting for."
+            );
+            tracing::error!("{why}");
+            eprintln!("journeyd: {why}");
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot arm the shutdown deadline: {e}");
+    }
 }
 
 /// Reloads the rules file when it changes; an invalid file is reported and the old rules stay.
