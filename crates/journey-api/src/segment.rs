@@ -354,9 +354,19 @@ type Refusal = (&'static str, Problem);
 fn envelope(bytes: &[u8]) -> Result<(Map<String, Value>, Option<String>), Refusal> {
     // A byte-order mark (and `\r\n`, which JSON allows as whitespace) as in every ingest path.
     let value: Value = serde_json::from_slice(journey_ingest::strip_bom(bytes)).map_err(|e| {
+        let text = e.to_string();
+        // Valid JSON by RFC 8259, but beyond what a parsed body can hold.
+        let limits = if text.starts_with("number out of range")
+            || text.starts_with("recursion limit exceeded")
+        {
+            " (journeyd reads numbers that fit a 64-bit float and nesting up to 128 levels; \
+             one such value anywhere refuses the whole request)"
+        } else {
+            ""
+        };
         let p = Problem::new(
             StatusCode::BAD_REQUEST,
-            format!("the body is not a JSON object: {e}"),
+            format!("the body is not JSON journeyd can read: {e}{limits}"),
         );
         ("not_json", p)
     })?;

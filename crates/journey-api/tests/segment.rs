@@ -333,6 +333,32 @@ async fn a_bad_call_makes_the_whole_batch_400_and_nothing_is_applied() {
         (letters[0].reason, letters[0].record.as_slice()),
         ("not_json", &b"not json"[..])
     );
+    // Valid JSON a parsed body cannot hold: the answer says which limit, not "not JSON".
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    for body in [
+        r#"{"batch": [{"userId": "u", "event": "x", "properties": {"big": 1e400}}]}"#.to_string(),
+        format!(
+            r#"{{"batch": [{{"userId": "u", "event": "x", "properties": {{"deep": {deep}}}}}]}}"#
+        ),
+    ] {
+        let (status, v) = post(&api.app, "/v1/batch", &[], body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with("the body is not JSON journeyd can read: ")
+                && detail.contains("64-bit float and nesting up to 128 levels"),
+            "{detail}"
+        );
+        let letters: Vec<DeadLetter> = api.letters.try_iter().collect();
+        assert_eq!(
+            (
+                letters.len(),
+                letters[0].reason,
+                letters[0].record.as_slice()
+            ),
+            (1, "not_json", body.as_bytes())
+        );
+    }
     let rejected = api
         .metrics
         .ingest_rejected
