@@ -43,6 +43,8 @@ pub struct DemoConfig {
     pub recent: Millis,
     /// A drop-off spike, timed from the start.
     pub spike: Option<DemoSpike>,
+    /// [`GenConfig::max_pause`]: below the demo's `session.gap`, so visits stay whole.
+    pub max_pause: Option<Millis>,
 }
 
 /// From `after` past the start, for `duration` (or for good), visitors reaching `step` leave
@@ -72,6 +74,7 @@ impl Default for DemoConfig {
                 duration: Some(30 * MINUTE),
                 abandon: 0.7,
             }),
+            max_pause: None,
         }
     }
 }
@@ -130,6 +133,7 @@ impl DemoFeed {
             span: old_span.max(1),
             spike,
             planted_moment: true,
+            max_pause: self.cfg.max_pause,
             ..GenConfig::default()
         };
         let recent_customers =
@@ -141,6 +145,7 @@ impl DemoFeed {
             span: recent.max(1),
             spike,
             planted_moment: true,
+            max_pause: self.cfg.max_pause,
             ..GenConfig::default()
         };
         let mut events = Vec::new();
@@ -169,6 +174,7 @@ impl DemoFeed {
                 span: MINUTE,
                 spike: self.spike(),
                 planted_moment: true,
+                max_pause: self.cfg.max_pause,
                 ..GenConfig::default()
             };
             let prefix = format!("l{}", self.round);

@@ -225,7 +225,7 @@ fn main() {
             replay(s, rules, &format, &source, range, decoders, &files)
         }),
         Command::Run { config } => load_settings(config.as_deref()).and_then(|s| serve(s, None)),
-        Command::Demo(args) => args.feed().and_then(|feed| {
+        Command::Demo(args) => args.feed().and_then(|mut feed| {
             let config = args.config.clone().unwrap_or_else(|| DEMO_CONFIG.into());
             if args.config.is_none() && !config.exists() {
                 bail!(
@@ -237,6 +237,10 @@ fn main() {
             if let Some(listen) = args.listen {
                 s.http.listen = listen;
             }
+            // A minute below the gap: a generated visit that paused longer would count as two
+            // sessions, the first ending in a drop-off at checkout.
+            let gap = s.engine.session_gap;
+            feed.max_pause = Some(gap.saturating_sub(journey_core::time::MINUTE).max(gap / 2));
             serve(s, Some(feed))
         }),
     };
