@@ -483,6 +483,9 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
             None => None,
         };
         tracing::info!(address = %listener.local_addr()?, workers = handle.workers(), "journeyd is serving");
+        for warning in open_access(settings.http.listen, &settings.http.tokens) {
+            tracing::warn!("{warning}");
+        }
         if settings.rules.watch {
             tokio::spawn(watch_rules(settings.rules.path.clone(), handle.clone()));
         }
@@ -684,6 +687,32 @@ fn restore(
         tracing::info!(state = %url, tasks = stored.len(), customers, "restored task checkpoints");
     }
     Ok(stored)
+}
+
+/// What anyone who can reach `listen` may do without a token: one sentence per kind of access
+/// left open, none when `listen` is a loopback address (reachable from this host only).
+fn open_access(listen: std::net::SocketAddr, tokens: &journey_api::auth::Tokens) -> Vec<String> {
+    if listen.ip().is_loopback() {
+        return Vec::new();
+    }
+    [
+        (
+            &tokens.read,
+            "read",
+            "read every figure, customer journeys and /metrics",
+        ),
+        (&tokens.ingest, "ingest", "send events"),
+        (&tokens.admin, "admin", "replace the rules (PUT /v1/rules)"),
+    ]
+    .into_iter()
+    .filter(|(list, _, _)| list.is_empty())
+    .map(|(_, kind, what)| {
+        format!(
+            "http.listen {listen} is reachable from other hosts and http.{kind}_tokens is \
+             empty: anyone who can reach it may {what} (docs/operations.md, \"Access tokens\")"
+        )
+    })
+    .collect()
 }
 
 /// Set once a shutdown signal arrives.
@@ -1042,11 +1071,29 @@ fn print_line(text: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{per_task, Cli, Command};
+    use super::{open_access, per_task, Cli, Command};
     use clap::Parser;
     use journey_core::EngineConfig;
 
     /// `journeyd demo` flags are bounded: none overflows event time or backfills without end.
+
+    #[test]
+    fn open_access_beyond_loopback_is_named_per_kind() {
+        let tokens = journey_api::auth::Tokens {
+            read: vec!["read-token-0123456789".into()],
+            ..Default::default()
+        };
+        assert!(open_access("127.0.0.1:8080".parse().unwrap(), &tokens).is_empty());
+        assert!(open_access("[::1]:8080".parse().unwrap(), &tokens).is_empty());
+        let open = open_access("0.0.0.0:8080".parse().unwrap(), &tokens);
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(open[0].contains("http.ingest_tokens is empty") && open[0].contains("send events"));
+        assert!(open[1].contains("http.admin_tokens") && open[1].contains("PUT /v1/rules"));
+        assert!(
+            !open.iter().any(|w| w.contains("read-token")),
+            "never a token in a log"
+        );
+    }
     #[test]
     fn demo_flags_out_of_bounds_are_refused_naming_the_flag() {
         let feed = |args: &[&str]| {
