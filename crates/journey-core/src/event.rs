@@ -204,7 +204,9 @@ pub fn decode_canonical<'a>(
 
 /// [`decode_canonical`] keeping only the attribute paths of `projection` (all attributes with
 /// `None`): the other attributes are skipped without building values. The same records are
-/// accepted and rejected, with the same reasons.
+/// accepted and rejected, with the same reasons, except for values a [`Value`] cannot hold
+/// (a number beyond `f64` such as `1e400`, nesting deeper than 128 levels): inside an attribute
+/// nobody reads they are skipped, as valid JSON, and the record is accepted.
 pub fn decode_canonical_projected<'a>(
     bytes: &'a [u8],
     default_source: &'a str,
