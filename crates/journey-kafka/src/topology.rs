@@ -35,7 +35,8 @@ pub enum TopologyError {
     /// The counts differ: each topic with its partition count.
     #[error(
         "the input topics must have the same partition count (co-partitioned, keyed by customer \
-         id), so that task p reads partition p of each: {}",
+         id), so that task p reads partition p of each: {}; or set kafka.repartition = true to \
+         read the others through a repartition topic (docs/operations.md)",
         listing(.counts)
     )]
     Uneven { counts: Vec<(String, usize)> },
@@ -311,7 +312,8 @@ mod tests {
             err.to_string(),
             "the input topics must have the same partition count (co-partitioned, keyed by \
              customer id), so that task p reads partition p of each: `web`: 6 partitions, \
-             `crm`: 2 partitions"
+             `crm`: 2 partitions; or set kafka.repartition = true to read the others through a \
+             repartition topic (docs/operations.md)"
         );
     }
 

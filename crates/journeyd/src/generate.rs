@@ -249,7 +249,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         eprintln!(
             "journeyd generate: {} of {n} events are dated more than a day after now, which \
              journeyd rejects (ingest.max_future); journeys run weeks past --start, so pass an \
-             earlier one for a file that replays whole",
+             earlier --start to have every event accepted",
             future.get()
         );
     }

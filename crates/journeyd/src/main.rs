@@ -483,6 +483,14 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
             None => None,
         };
         tracing::info!(address = %listener.local_addr()?, workers = handle.workers(), "journeyd is serving");
+        if handle.owned_tasks().is_empty() && settings.kafka.enabled {
+            // Joining the group takes seconds (tens on some brokers): say why /readyz waits.
+            tracing::info!(
+                group = %settings.kafka.group_id,
+                "not ready (/readyz answers 503) until the consumer group assigns partitions to \
+                 this instance and their tasks are restored"
+            );
+        }
         for warning in open_access(settings.http.listen, &settings.http.tokens) {
             tracing::warn!("{warning}");
         }
