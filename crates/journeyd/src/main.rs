@@ -10,6 +10,7 @@ mod membership;
 mod progress;
 
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -504,11 +505,34 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
             let rt = handle.clone();
             tokio::task::spawn_blocking(move || periodic_checkpoints(c, rt))
         });
-        let deadline = settings.runtime.shutdown_timeout;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal(deadline))
-            .await?;
+        let deadline = (
+            settings.runtime.shutdown_timeout,
+            settings.state.url.is_some(),
+        );
+        let signalled = Arc::new(tokio::sync::Notify::new());
+        let notify = signalled.clone();
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal(deadline).await;
+                notify.notify_one();
+            })
+            .into_future();
+        tokio::pin!(server);
+        // Requests end within http.request_timeout, but a client that sent part of a request
+        // and went quiet would hold the graceful shutdown for good.
+        let drain = settings.http.request_timeout + Duration::from_secs(1);
+        tokio::select! {
+            served = &mut server => served?,
+            () = async {
+                signalled.notified().await;
+                tokio::time::sleep(drain).await;
+            } => tracing::warn!(
+                "HTTP connections still open {drain:?} after the shutdown signal (a client that \
+                 sent part of a request and went quiet): left behind, the shutdown goes on"
+            ),
+        }
         tracing::info!("shutting down");
+        shutdown_step("stopping the periodic checkpoints");
         if let Some(p) = periodic {
             checkpointer = p.await.ok();
         }
@@ -516,19 +540,23 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
     });
     SHUTTING_DOWN.store(true, Ordering::Relaxed);
     // Before the async runtime goes: the alert thread may be waiting on peers through it.
+    shutdown_step("stopping the alert evaluator");
     if let Some((_, thread)) = alerts {
         let _ = thread.join();
     }
     // Deregisters: peers stop asking this instance at once instead of after the expiry.
+    shutdown_step("leaving the cluster's membership");
     if let Some(thread) = members {
         let _ = thread.join();
     }
     drop(tokio);
+    shutdown_step("stopping the Kafka consumer (its final checkpoint and offset commit)");
     if let Some(k) = kafka {
         k.stop();
     }
     let mut result = result;
     if let Some(mut c) = checkpointer {
+        shutdown_step("writing the final checkpoint");
         let (written, _) = c.take(&handle, &|_| Vec::new(), &|_, _| false);
         // A clean exit would tell the orchestrator nothing was lost.
         if !written && result.is_ok() {
@@ -541,7 +569,9 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
     }
     drop(handle);
     drop(dead_letters);
+    shutdown_step("applying the queued events and stopping the workers");
     runtime.shutdown();
+    shutdown_step("writing the last dead letters");
     sink.stop();
     result
 }
@@ -743,8 +773,17 @@ async fn request_timeout(
     }
 }
 
-/// Waits for SIGTERM or Ctrl-C, then arms the shutdown deadline (`runtime.shutdown_timeout`).
-async fn shutdown_signal(deadline: Duration) {
+/// What the orderly shutdown is doing, for the message of [`arm_shutdown_deadline`].
+static SHUTDOWN_STEP: std::sync::Mutex<&str> = std::sync::Mutex::new("");
+
+fn shutdown_step(step: &'static str) {
+    tracing::debug!("shutdown: {step}");
+    *SHUTDOWN_STEP.lock().unwrap_or_else(|p| p.into_inner()) = step;
+}
+
+/// Waits for SIGTERM or Ctrl-C, then arms the shutdown deadline: `runtime.shutdown_timeout`,
+/// and whether checkpoints are kept (`state.url`).
+async fn shutdown_signal(deadline: (Duration, bool)) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -761,23 +800,31 @@ async fn shutdown_signal(deadline: Duration) {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     SHUTTING_DOWN.store(true, Ordering::Relaxed);
-    arm_shutdown_deadline(deadline);
+    shutdown_step("answering the open HTTP requests");
+    arm_shutdown_deadline(deadline.0, deadline.1);
 }
 
 /// Ends the process with status 1 unless the orderly shutdown that starts now returns from
 /// `main` within `limit`: a state store or broker that stopped answering, or rules slow
 /// enough that the queued records take longer to apply, would otherwise hold the exit until
 /// the orchestrator's SIGKILL, which says nothing.
-fn arm_shutdown_deadline(limit: Duration) {
+/// `checkpoints`: whether a state store keeps them (`state.url`), which decides what is lost.
+fn arm_shutdown_deadline(limit: Duration, checkpoints: bool) {
     let spawned = std::thread::Builder::new()
         .name("journeyd-shutdown-deadline".into())
         .spawn(move || {
             std::thread::sleep(limit);
+            let step = *SHUTDOWN_STEP.lock().unwrap_or_else(|p| p.into_inner());
+            let lost = if checkpoints {
+                "tasks whose final checkpoint was not written restart from their previous \
+                 checkpoint (Kafka input is read again, HTTP input since then is lost)"
+            } else {
+                "state.url is not set, so the state held in memory is lost (Kafka input is \
+                 read again from the committed offsets)"
+            };
             let why = format!(
-                "the shutdown did not finish within runtime.shutdown_timeout ({limit:?}), so \
-                 journeyd exits now: tasks whose final checkpoint was not written restart from \
-                 their previous checkpoint (Kafka input is read again, HTTP input since then is \
-                 lost). The log above shows what it was waiting for."
+                "the shutdown did not finish within runtime.shutdown_timeout ({limit:?}) and \
+                 was stuck {step}, so journeyd exits now: {lost}"
             );
             tracing::error!("{why}");
             eprintln!("journeyd: {why}");

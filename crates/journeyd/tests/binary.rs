@@ -329,6 +329,67 @@ fn run_fails_its_exit_when_the_last_checkpoint_is_not_written() {
     );
 }
 
+/// A client that sent part of a request and went quiet held the graceful shutdown until the
+/// deadline, which then exited 1 and lost the events accepted over HTTP. The open connections
+/// now get `http.request_timeout` (3 s here) and are left behind; the final checkpoint holds
+/// the event, and a restart has it.
+#[test]
+fn a_half_sent_request_does_not_hold_the_shutdown() {
+    let dir = std::env::temp_dir().join(format!("journeyd-halfsent-{}", std::process::id()));
+    let url = format!("file://{}", dir.join("state").display());
+    let port = free_port();
+    let start = || {
+        journeyd()
+            .arg("run")
+            .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("JOURNEYD_HTTP__REQUEST_TIMEOUT", "3s")
+            .env("JOURNEYD_STATE__URL", &url)
+            .env("JOURNEYD_CHECKPOINT__INTERVAL", "1h")
+            .env("JOURNEYD_RUNTIME__SHUTDOWN_TIMEOUT", "20s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = start();
+    wait_until("readiness", || get_json(port, "/readyz"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let line = format!(r#"{{"customer_id":"half","ts":{now},"source":"web","event":"login"}}"#);
+    let (status, body) = http(port, "POST", "/v1/events", &line).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let mut quiet = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    quiet
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = Instant::now();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let (status, err) = exit_of(child, "journeyd after SIGTERM");
+    let took = signalled.elapsed();
+    drop(quiet);
+    assert!(status.success(), "exit {status} after {took:?}; {err}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let child = start();
+    wait_until("readiness after the restart", || get_json(port, "/readyz"));
+    let restored = get_json(port, "/v1/customers/half");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = exit_of(child, "the restarted journeyd");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        restored.is_some(),
+        "the event accepted before SIGTERM survived"
+    );
+}
+
 fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = journeyd();
     c.args(args);
