@@ -82,10 +82,7 @@ impl Drop for Service {
 impl Service {
     /// Asks for a graceful stop (SIGTERM) and returns whether the process exited cleanly.
     fn terminate(mut self) -> bool {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
+        sigterm(&self.0);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.0.try_wait() {
@@ -234,6 +231,25 @@ fn run_ingests_over_http_and_answers_queries() {
 
 /// The exit status and standard error of `child` (spawned with stderr piped), which must end
 /// within 30 s; `what` names it if it does not (it is then killed).
+/// Posts one `login` of `customer` dated now over HTTP; it must be accepted.
+fn post_login_now(port: u16, customer: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let line =
+        format!(r#"{{"customer_id":"{customer}","ts":{now},"source":"web","event":"login"}}"#);
+    let (status, body) = http(port, "POST", "/v1/events", &line).unwrap();
+    assert_eq!(status, 202, "{body}");
+}
+
+fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+}
+
 fn exit_of(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -306,20 +322,11 @@ fn run_fails_its_exit_when_the_last_checkpoint_is_not_written() {
         .spawn()
         .unwrap();
     wait_until("readiness", || get_json(port, "/readyz"));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let line = format!(r#"{{"customer_id":"a","ts":{now},"source":"web","event":"login"}}"#);
-    let (status, body) = http(port, "POST", "/v1/events", &line).unwrap();
-    assert_eq!(status, 202, "{body}");
+    post_login_now(port, "a");
     // The state directory becomes a file: every write under it fails.
     std::fs::remove_dir_all(&state).unwrap();
     std::fs::write(&state, b"not a directory").unwrap();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    sigterm(&child);
     let (status, err) = exit_of(child, "journeyd after SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!status.success(), "exit {status}; {err}");
@@ -353,23 +360,14 @@ fn a_half_sent_request_does_not_hold_the_shutdown() {
     };
     let child = start();
     wait_until("readiness", || get_json(port, "/readyz"));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let line = format!(r#"{{"customer_id":"half","ts":{now},"source":"web","event":"login"}}"#);
-    let (status, body) = http(port, "POST", "/v1/events", &line).unwrap();
-    assert_eq!(status, 202, "{body}");
+    post_login_now(port, "half");
     let mut quiet = TcpStream::connect(("127.0.0.1", port)).unwrap();
     quiet
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let signalled = Instant::now();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    sigterm(&child);
     let (status, err) = exit_of(child, "journeyd after SIGTERM");
     let took = signalled.elapsed();
     drop(quiet);
@@ -378,10 +376,7 @@ fn a_half_sent_request_does_not_hold_the_shutdown() {
     let child = start();
     wait_until("readiness after the restart", || get_json(port, "/readyz"));
     let restored = get_json(port, "/v1/customers/half");
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    sigterm(&child);
     let _ = exit_of(child, "the restarted journeyd");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
