@@ -39,6 +39,9 @@ pub struct Metrics {
     pub kafka_paused_partitions: IntGauge,
     /// Times a Kafka partition was paused for that reason.
     pub kafka_partition_pauses: IntCounter,
+    /// Kafka partitions assigned here that are behind and have not moved for
+    /// `kafka.stall_timeout` (journey-kafka's `stall` module).
+    pub kafka_stalled_partitions: IntGauge,
     /// Dead letters by sink and outcome (written, failed), set by the sink.
     pub dead_letters: IntCounterVec,
     /// Checkpoints by outcome (written, failed).
@@ -283,6 +286,11 @@ impl Metrics {
                 &r,
                 "journeyd_kafka_partition_pauses_total",
                 "Times a Kafka partition was paused because more than its share of kafka.max_buffered_records of its records waited in its task",
+            ),
+            kafka_stalled_partitions: gauge(
+                &r,
+                "journeyd_kafka_stalled_partitions",
+                "Kafka partitions assigned to this instance, not paused by it, with records past its position, whose position has not moved for kafka.stall_timeout",
             ),
             dead_letters: counter_vec(
                 &r,

@@ -12,9 +12,10 @@
 //! watermark with nothing queued; its task then lets it stop holding the watermark once it has
 //! been quiet for `kafka.idle_timeout`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use journey_api::Metrics;
 use journey_runtime::checkpoint::{Checkpointer, KafkaPosition, Restored, StoredTask, Written};
@@ -26,6 +27,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::source::{Decoders, RawRecords};
+use crate::stall::{stalled_message, Change, Progress, Stalls};
 use crate::Part;
 
 /// The records of one partition read in one poll round, in offset order, still undecoded: the
@@ -59,6 +61,8 @@ pub(crate) struct TaskState {
     /// Partitions paused because their task's merge buffer holds too many of their records
     /// (`kafka.max_buffered_records`); resumed when that drains or when they are revoked.
     pub(crate) paused: BTreeSet<Part>,
+    /// Assigned partitions behind and not moving (`kafka.stall_timeout`).
+    pub(crate) stalls: Stalls,
 }
 
 /// The consumer's context: restores tasks on assignment and checkpoints them on revocation.
@@ -340,21 +344,52 @@ impl Tasks {
 
 impl ClientContext for Tasks {
     fn stats(&self, stats: Statistics) {
+        let now = Instant::now();
         let mut caught_up = Vec::new();
+        let mut st = self.lock();
+        let mut assigned = HashSet::new();
         for (name, topic) in &stats.topics {
             let Some(i) = self.index(name) else { continue };
-            if let Some((internal, upstream)) = &self.repartitioned {
-                if i == *internal && !upstream.load(Ordering::Relaxed) {
+            // The internal topic's end means nothing while its writer is behind.
+            let ends_count = match &self.repartitioned {
+                Some((internal, upstream)) => i != *internal || upstream.load(Ordering::Relaxed),
+                None => true,
+            };
+            for p in topic.partitions.values() {
+                if p.partition < 0 || !p.desired {
                     continue;
                 }
-            }
-            for p in topic.partitions.values() {
-                if p.partition >= 0 && p.desired && at_end(p) {
-                    caught_up.push((i, p.partition));
+                let part = (i, p.partition);
+                assigned.insert(part);
+                if ends_count && at_end(p) {
+                    caught_up.push(part);
+                }
+                let progress = Progress::of(p, st.paused.contains(&part));
+                match st.stalls.observe(part, progress, now) {
+                    Some(Change::Stalled { progress, since }) => tracing::warn!(
+                        topic = %name,
+                        partition = p.partition,
+                        leader = p.leader,
+                        fetch_state = %p.fetch_state,
+                        "{}",
+                        stalled_message(name, p.partition, &progress, since)
+                    ),
+                    Some(Change::Moving { after }) => tracing::info!(
+                        topic = %name,
+                        partition = p.partition,
+                        "Kafka partition {name}/{} is moving again after {}s",
+                        p.partition,
+                        after.as_secs()
+                    ),
+                    None => {}
                 }
             }
         }
-        self.lock().caught_up = caught_up;
+        st.stalls.retain(|p| assigned.contains(p));
+        self.metrics
+            .kafka_stalled_partitions
+            .set(st.stalls.stalled() as i64);
+        st.caught_up = caught_up;
     }
 }
 

@@ -9,7 +9,8 @@
 //! The data flow: [`topology`] (which topics, how many tasks) → [`assignment`] (which
 //! partitions are here, restoring and checkpointing their tasks) → [`source`] (records decoded
 //! and submitted to their task) → the runtime; `backpressure` pauses partitions whose records
-//! wait in their task, and [`lag`] reports consumer lag on the side.
+//! wait in their task, `stall` reports assigned partitions that stopped moving, and [`lag`]
+//! reports consumer lag on the side.
 //!
 //! Where does partition 3 of topic `web` go? To task 3, on worker `3 mod workers`, as input
 //! `Topic(index of web in kafka.topics)`: see [`assignment`].
@@ -19,6 +20,7 @@ mod backpressure;
 pub mod lag;
 pub mod repartition;
 pub mod source;
+mod stall;
 pub mod topology;
 
 use std::collections::BTreeMap;
@@ -33,6 +35,11 @@ pub use topology::{topology, Topology, TopologyError};
 /// 740–760 bytes one takes with the default rules (docs/benchmarks.md, "Memory of a buffered
 /// record").
 pub const DEFAULT_MAX_BUFFERED_RECORDS: usize = 200_000;
+
+/// Default of [`KafkaSettings::stall_timeout`]: long enough that a healthy partition, even one
+/// whose task waits for a slower one it merges with, always moves within it; short enough that
+/// the on-call engineer hears of a stuck one before its sessions are missed.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The most unapplied records one partition may have before it is paused, whatever
 /// [`KafkaSettings::max_buffered_records`] allows: a quarter of the runtime's
@@ -80,6 +87,10 @@ pub struct KafkaSettings {
     /// half of that (Kafka Streams' `buffered.records.per.partition`, as one budget; see
     /// `backpressure`).
     pub max_buffered_records: usize,
+    /// An assigned partition with records past its position that has not moved for this long
+    /// (and was not paused by journeyd) is reported stalled: a warning naming it and
+    /// `journeyd_kafka_stalled_partitions` (Burrow's `STALL`; see `stall`).
+    pub stall_timeout: Duration,
     /// Passed verbatim to librdkafka.
     pub properties: BTreeMap<String, String>,
     pub topics: Vec<TopicSettings>,

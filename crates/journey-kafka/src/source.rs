@@ -38,6 +38,7 @@ use crate::assignment::{Run, TaskState, Tasks};
 use crate::backpressure::Backpressure;
 use crate::lag::report_lag;
 use crate::repartition::SOURCE_TOPIC;
+use crate::stall::Stalls;
 use crate::topology::{client_config, Topology};
 use crate::{KafkaSettings, KafkaSourceError, Part};
 
@@ -387,6 +388,7 @@ impl KafkaSource {
                     caught_up: Vec::new(),
                     submitted: Vec::new(),
                     paused: BTreeSet::new(),
+                    stalls: Stalls::new(settings.stall_timeout),
                 }),
             })
             .map_err(|source| KafkaSourceError::Client {

@@ -284,6 +284,7 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             max_task_idle: Duration::from_secs(5),
             max_buffered_records: crate::DEFAULT_MAX_BUFFERED_RECORDS,
+            stall_timeout: crate::DEFAULT_STALL_TIMEOUT,
             properties: Default::default(),
             topics: topics
                 .iter()

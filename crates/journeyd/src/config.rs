@@ -353,6 +353,7 @@ impl Settings {
                 idle_timeout: Duration::from_secs(10),
                 max_task_idle: journey_runtime::DEFAULT_MAX_TASK_IDLE,
                 max_buffered_records: journey_kafka::DEFAULT_MAX_BUFFERED_RECORDS,
+                stall_timeout: journey_kafka::DEFAULT_STALL_TIMEOUT,
                 properties: BTreeMap::new(),
                 topics: Vec::new(),
                 repartition: false,
@@ -836,6 +837,7 @@ struct RawKafka {
     idle_timeout: Option<Text>,
     max_task_idle: Option<Text>,
     max_buffered_records: Option<usize>,
+    stall_timeout: Option<Text>,
     repartition: Option<bool>,
     repartition_replication_factor: Option<i64>,
     properties: BTreeMap<String, Text>,
@@ -1286,6 +1288,7 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         raw.max_buffered_records,
         d.max_buffered_records,
     );
+    let stall_timeout = p.interval("kafka.stall_timeout", raw.stall_timeout, d.stall_timeout);
     let repartition = raw.repartition.unwrap_or(d.repartition);
     let repartition_replication_factor = match raw.repartition_replication_factor {
         None => d.repartition_replication_factor,
@@ -1403,6 +1406,7 @@ fn build_kafka(raw: RawKafka, d: KafkaSettings, p: &mut Problems) -> KafkaSettin
         idle_timeout,
         max_task_idle,
         max_buffered_records,
+        stall_timeout,
         properties,
         topics,
         repartition,

@@ -19,7 +19,7 @@ use journey_core::time::DAY;
 use journey_core::{EngineConfig, Event, Rules, Shard};
 use journey_gen::{generate, GenConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -484,4 +484,105 @@ fn an_internal_topic_with_another_partition_count_stops_journeyd_at_startup() {
         ),
         "stderr:\n{stderr}"
     );
+}
+
+/// A partition whose leader is down from the start: journeyd cannot look up its position or
+/// fetch it, and its task's watermark waits. After `kafka.stall_timeout` it says so, naming
+/// the partition, and `journeyd_kafka_stalled_partitions` counts it; once the leader is back,
+/// the partition moves and the gauge returns to 0. The other partition, on a live broker, is
+/// never counted.
+#[test]
+fn a_partition_whose_leader_is_down_is_reported_stalled_until_it_moves() {
+    let cluster = MockCluster::new(2).unwrap();
+    cluster.create_topic("stall-web", 2, 1).unwrap();
+    cluster.partition_leader("stall-web", 0, Some(1)).unwrap();
+    cluster.partition_leader("stall-web", 1, Some(2)).unwrap();
+    cluster
+        .coordinator(MockCoordinator::Group("journeyd-stall".into()), 1)
+        .unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for i in 0..20 {
+        let payload = json!({
+            "customer_id": format!("c-{i}"),
+            "ts": iso(1_788_220_800_000 + i * 1000),
+            "source": "web",
+            "event": "page_view",
+            "attributes": {"url": "/products/shoes"}
+        })
+        .to_string();
+        let key = format!("c-{i}");
+        producer
+            .send(
+                BaseRecord::to("stall-web")
+                    .partition((i % 2) as i32)
+                    .key(&key)
+                    .payload(&payload),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    cluster.broker_down(2).unwrap();
+
+    let port = free_port();
+    let scratch = tempfile::Builder::new()
+        .prefix("journeyd-kafka-stall-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
+    let config = dir.join("journeyd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[runtime]\nworkers = 1\n[kafka]\nenabled = true\n\
+             brokers = \"{brokers}\"\ngroup_id = \"journeyd-stall\"\nstall_timeout = \"2s\"\n\
+             [[kafka.topics]]\nname = \"stall-web\"\nsource = \"web\"\n"
+        ),
+    )
+    .unwrap();
+    let stderr_path = dir.join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(repo())
+        .env("JOURNEYD_LOG__LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let _service = Service(child);
+    let log = || strip_ansi(&std::fs::read_to_string(&stderr_path).unwrap_or_default());
+    let stalled =
+        || get(port, "/metrics").and_then(|m| metric(&m, "journeyd_kafka_stalled_partitions"));
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while stalled() != Some(1.0) || !log().contains("stall-web/1 has not moved for") {
+        assert!(
+            Instant::now() < deadline,
+            "no stall reported for partition 1 within 90 s: gauge {:?}; log:\n{}",
+            stalled(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        !log().contains("stall-web/0 has not moved"),
+        "log:\n{}",
+        log()
+    );
+
+    cluster.broker_up(2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while stalled() != Some(0.0) || !log().contains("stall-web/1 is moving again") {
+        assert!(
+            Instant::now() < deadline,
+            "partition 1 still counted stalled 90 s after its leader came back: gauge {:?}; \
+             log:\n{}",
+            stalled(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
