@@ -308,7 +308,19 @@ fn now_ms() -> Millis {
 /// `run` and `demo`: workers (restored from a checkpoint if there is one), sources, the HTTP
 /// API, rule reloads, checkpoints, and a synthetic feed for `demo`.
 fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Result<()> {
+    // First of all: a SIGTERM that found the default disposition would end the process at
+    // once (status 143) whatever it was doing, such as the demo's backfill or waiting for
+    // brokers.
+    let mut shutdown = Shutdown::install(
+        settings.runtime.shutdown_timeout,
+        settings.state.url.is_some(),
+    )?;
     init_logging(&settings);
+    set_step("starting, before serving");
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     for d in &settings.deprecations {
         tracing::warn!("{d}");
     }
@@ -333,7 +345,22 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
     // With Kafka a task is one partition index of the input topics; otherwise a setting.
     let kafka_on = settings.kafka.enabled;
     let topology = if kafka_on {
-        Some(journey_kafka::topology(&settings.kafka)?)
+        set_step("reading the partition counts of the input topics from Kafka");
+        let kafka = settings.kafka.clone();
+        let read = unless_shutdown(&tokio, &mut shutdown, move || {
+            journey_kafka::topology(&kafka)
+        })?;
+        set_step("starting, before serving");
+        match read {
+            Some(topology) => Some(topology?),
+            None => {
+                // Nothing was taken in yet: nothing to apply or checkpoint.
+                tracing::info!("shut down before serving, while reading from Kafka");
+                drop((on_reject, dead_letters));
+                sink.stop();
+                return Ok(());
+            }
+        }
     } else {
         None
     };
@@ -418,10 +445,6 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
         )
     };
     let handle = runtime.handle();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     // A consumer group sharing a state store: every instance answers for all tasks.
     let (cluster, members) = match (&settings.state.url, kafka_on) {
         (Some(url), true) => {
@@ -480,9 +503,18 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
         // The history goes in before the first request is answered: on first open every
         // phase and touchpoint already has figures.
         let feed = match demo {
-            Some(cfg) => Some(backfill(&handle, cfg).await?),
+            Some(cfg) => {
+                set_step("backfilling the demo's history");
+                backfill(&handle, cfg, shutdown.clone()).await?
+            }
             None => None,
         };
+        if shutdown.requested() {
+            // Signalled while starting (restoring tasks, backfilling): what was taken in so
+            // far is applied and checkpointed below, as after serving.
+            tracing::info!("shutting down before serving");
+            return anyhow::Ok(());
+        }
         tracing::info!(address = %listener.local_addr()?, workers = handle.workers(), "journeyd is serving");
         if handle.owned_tasks().is_empty() && settings.kafka.enabled {
             // Joining the group takes seconds (tens on some brokers): say why /readyz waits.
@@ -505,15 +537,13 @@ fn serve(settings: Settings, demo: Option<journey_gen::demo::DemoConfig>) -> Res
             let rt = handle.clone();
             tokio::task::spawn_blocking(move || periodic_checkpoints(c, rt))
         });
-        let deadline = (
-            settings.runtime.shutdown_timeout,
-            settings.state.url.is_some(),
-        );
         let signalled = Arc::new(tokio::sync::Notify::new());
         let notify = signalled.clone();
+        let mut stop = shutdown.clone();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                shutdown_signal(deadline).await;
+                stop.wait().await;
+                shutdown_step("answering the open HTTP requests");
                 notify.notify_one();
             })
             .into_future();
@@ -773,35 +803,134 @@ async fn request_timeout(
     }
 }
 
-/// What the orderly shutdown is doing, for the message of [`arm_shutdown_deadline`].
+/// What journeyd is doing (starting, or a step of the orderly shutdown), for the message of
+/// [`arm_shutdown_deadline`].
 static SHUTDOWN_STEP: std::sync::Mutex<&str> = std::sync::Mutex::new("");
 
-fn shutdown_step(step: &'static str) {
-    tracing::debug!("shutdown: {step}");
+fn set_step(step: &'static str) {
     *SHUTDOWN_STEP.lock().unwrap_or_else(|p| p.into_inner()) = step;
 }
 
-/// Waits for SIGTERM or Ctrl-C, then arms the shutdown deadline: `runtime.shutdown_timeout`,
-/// and whether checkpoints are kept (`state.url`).
-async fn shutdown_signal(deadline: (Duration, bool)) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+fn shutdown_step(step: &'static str) {
+    tracing::debug!("shutdown: {step}");
+    set_step(step);
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), each as a stream: registered once, they are caught from
+/// then on, even between two waits.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers; within a Tokio runtime with I/O enabled.
+    fn register() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    SHUTTING_DOWN.store(true, Ordering::Relaxed);
-    shutdown_step("answering the open HTTP requests");
-    arm_shutdown_deadline(deadline.0, deadline.1);
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The name of the next signal received.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// Whether the orderly shutdown was requested (a SIGTERM or Ctrl-C since `serve` began).
+/// Each phase of `serve`, from the start to the end of serving, stops when it is.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Catches SIGTERM and Ctrl-C from now until the process ends, on a thread of its own: the
+    /// service's Tokio runtime goes before the end of the shutdown. The first signal sets
+    /// [`SHUTTING_DOWN`], requests the shutdown and arms its deadline (`limit`, `checkpoints`:
+    /// see [`arm_shutdown_deadline`]).
+    fn install(limit: Duration, checkpoints: bool) -> Result<Shutdown> {
+        let io = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .context("cannot start the signal thread's runtime")?;
+        let mut signals = {
+            let _in = io.enter();
+            Signals::register()?
+        };
+        let (requested, rx) = tokio::sync::watch::channel(false);
+        std::thread::Builder::new()
+            .name("journeyd-signals".into())
+            .spawn(move || {
+                io.block_on(async move {
+                    let signal = signals.recv().await;
+                    SHUTTING_DOWN.store(true, Ordering::Relaxed);
+                    tracing::info!("{signal}: shutting down");
+                    arm_shutdown_deadline(limit, checkpoints);
+                    let _ = requested.send(true);
+                    // Later signals are caught and change nothing.
+                    loop {
+                        signals.recv().await;
+                    }
+                })
+            })
+            .context("cannot start the signal thread")?;
+        Ok(Shutdown(rx))
+    }
+
+    /// Whether the shutdown was requested.
+    fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Returns once the shutdown is requested.
+    async fn wait(&mut self) {
+        if self.0.wait_for(|r| *r).await.is_err() {
+            // The signal thread is gone: no request can come any more.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs `work` on a thread of its own and returns what it returns, or `None` as soon as the
+/// shutdown is requested. A blocking call (a metadata request to brokers that do not answer)
+/// cannot be interrupted: it is left behind, and the process ends without waiting for it.
+fn unless_shutdown<T: Send + 'static>(
+    tokio: &tokio::runtime::Runtime,
+    shutdown: &mut Shutdown,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<Option<T>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("journeyd-start".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .context("cannot start a thread")?;
+    tokio.block_on(async {
+        tokio::select! {
+            done = rx => done.map(Some).context("a starting thread stopped"),
+            () = shutdown.wait() => Ok(None),
+        }
+    })
 }
 
 /// Ends the process with status 1 unless the orderly shutdown that starts now returns from
@@ -861,21 +990,30 @@ async fn watch_rules(path: PathBuf, rt: RuntimeHandle) {
 }
 
 /// Generates the demo's history ([`journey_gen::demo`]) and submits it in time order. No
-/// flush: that would close every open session as at the end of a replay.
+/// flush: that would close every open session as at the end of a replay. `None` when the
+/// shutdown is requested first: the generator is left behind, and what was submitted stays.
 async fn backfill(
     rt: &RuntimeHandle,
     cfg: journey_gen::demo::DemoConfig,
-) -> Result<journey_gen::demo::DemoFeed> {
+    mut shutdown: Shutdown,
+) -> Result<Option<journey_gen::demo::DemoFeed>> {
     let started = Instant::now();
     let (history, per_day, spike) = (cfg.history, cfg.history_per_day, cfg.spike);
     let mut feed = journey_gen::demo::DemoFeed::new(cfg, now_ms());
-    let events = tokio::task::spawn_blocking(move || {
-        let events = feed.backfill();
-        (feed, events)
-    })
-    .await
-    .context("the demo generator stopped")?;
-    let (feed, events) = events;
+    // A thread of its own rather than spawn_blocking: dropping the Tokio runtime would wait
+    // for the generator to finish.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("journeyd-demo-history".into())
+        .spawn(move || {
+            let events = feed.backfill();
+            let _ = tx.send((feed, events));
+        })
+        .context("cannot start the demo generator")?;
+    let (feed, events) = tokio::select! {
+        generated = rx => generated.context("the demo generator stopped")?,
+        () = shutdown.wait() => return Ok(None),
+    };
     let generated = started.elapsed();
     let count = events.len();
     let mut events = events.into_iter();
@@ -884,7 +1022,10 @@ async fn backfill(
         if chunk.is_empty() {
             break;
         }
-        rt.submit(chunk).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokio::select! {
+            submitted = rt.submit(chunk) => submitted.map_err(|e| anyhow::anyhow!("{e}"))?,
+            () = shutdown.wait() => return Ok(None),
+        }
     }
     tracing::info!(
         events = count,
@@ -903,7 +1044,7 @@ async fn backfill(
             "demo: drop-off spike scheduled"
         );
     }
-    Ok(feed)
+    Ok(Some(feed))
 }
 
 /// Submits the demo's events as their time comes (every 250 ms).

@@ -385,6 +385,82 @@ fn a_half_sent_request_does_not_hold_the_shutdown() {
     );
 }
 
+/// SIGTERM while `journeyd demo` backfilled its history found the default disposition (the
+/// handlers were installed when serving began) and ended the process at once, status 143.
+/// The backfill now stops and the shutdown is the orderly one, status 0.
+#[test]
+fn sigterm_during_the_demo_backfill_shuts_down_in_order() {
+    let port = free_port();
+    let child = journeyd()
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            // Minutes of generating, even in a release build.
+            "--history",
+            "365d",
+            "--history-per-day",
+            "50000",
+        ])
+        .env("JOURNEYD_LOG__LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The address is bound just before the backfill begins, and answered only after it ends.
+    wait_until("the demo to bind its address", || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    sigterm(&child);
+    let (status, err) = exit_of(child, "journeyd demo after SIGTERM");
+    assert!(status.success(), "exit {status}; {err}");
+    assert!(
+        !err.contains("journeyd is serving"),
+        "the signal came after the backfill: {err}"
+    );
+    assert!(err.contains("shutting down before serving"), "{err}");
+}
+
+/// SIGTERM while journeyd waited for brokers that do not answer (reading the partition counts
+/// of the input topics, up to 10 s a topic) ended it at once with status 143. It now stops
+/// waiting and exits with status 0: nothing was taken in.
+#[test]
+fn sigterm_while_waiting_for_kafka_shuts_down_in_order() {
+    // A broker that accepts connections and never answers.
+    let broker = TcpListener::bind("127.0.0.1:0").unwrap();
+    broker.set_nonblocking(true).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("journeyd-kafka-wait-")
+        .tempdir()
+        .unwrap();
+    let config = scratch.path().join("journeyd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{}\"\n[kafka]\nenabled = true\nbrokers = \"{}\"\n\
+             [[kafka.topics]]\nname = \"web\"\n[[kafka.topics]]\nname = \"crm\"\n",
+            free_port(),
+            broker.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let child = journeyd()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("JOURNEYD_LOG__LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _connection = wait_until("journeyd to reach the broker", || broker.accept().ok());
+    sigterm(&child);
+    let (status, err) = exit_of(child, "journeyd after SIGTERM");
+    assert!(status.success(), "exit {status}; {err}");
+    assert!(
+        err.contains("shut down before serving, while reading from Kafka"),
+        "{err}"
+    );
+}
+
 fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = journeyd();
     c.args(args);
