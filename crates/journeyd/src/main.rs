@@ -811,6 +811,10 @@ fn set_step(step: &'static str) {
     *SHUTDOWN_STEP.lock().unwrap_or_else(|p| p.into_inner()) = step;
 }
 
+fn current_step() -> &'static str {
+    *SHUTDOWN_STEP.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn shutdown_step(step: &'static str) {
     tracing::debug!("shutdown: {step}");
     set_step(step);
@@ -866,7 +870,8 @@ impl Shutdown {
     /// Catches SIGTERM and Ctrl-C from now until the process ends, on a thread of its own: the
     /// service's Tokio runtime goes before the end of the shutdown. The first signal sets
     /// [`SHUTTING_DOWN`], requests the shutdown and arms its deadline (`limit`, `checkpoints`:
-    /// see [`arm_shutdown_deadline`]).
+    /// see [`arm_shutdown_deadline`]); a second one ends the process at once with status 1,
+    /// as the deadline would.
     fn install(limit: Duration, checkpoints: bool) -> Result<Shutdown> {
         let io = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -883,13 +888,20 @@ impl Shutdown {
                 io.block_on(async move {
                     let signal = signals.recv().await;
                     SHUTTING_DOWN.store(true, Ordering::Relaxed);
-                    tracing::info!("{signal}: shutting down");
+                    tracing::info!(
+                        "{signal}: shutting down (a second SIGTERM or Ctrl-C ends journeyd at once)"
+                    );
                     arm_shutdown_deadline(limit, checkpoints);
                     let _ = requested.send(true);
-                    // Later signals are caught and change nothing.
-                    loop {
-                        signals.recv().await;
-                    }
+                    // Whoever sends a second signal would rather lose what the orderly
+                    // shutdown keeps than wait for it (Kafka Streams, Vector, Prometheus).
+                    let again = signals.recv().await;
+                    exit_now(&format!(
+                        "a second signal ({again}) while the shutdown was {}: journeyd exits now \
+                         without finishing it: {}",
+                        current_step(),
+                        lost(checkpoints)
+                    ));
                 })
             })
             .context("cannot start the signal thread")?;
@@ -943,17 +955,11 @@ fn arm_shutdown_deadline(limit: Duration, checkpoints: bool) {
         .name("journeyd-shutdown-deadline".into())
         .spawn(move || {
             std::thread::sleep(limit);
-            let step = *SHUTDOWN_STEP.lock().unwrap_or_else(|p| p.into_inner());
-            let lost = if checkpoints {
-                "tasks whose final checkpoint was not written restart from their previous \
-                 checkpoint (Kafka input is read again, HTTP input since then is lost)"
-            } else {
-                "state.url is not set, so the state held in memory is lost (Kafka input is \
-                 read again from the committed offsets)"
-            };
             let why = format!(
                 "the shutdown did not finish within runtime.shutdown_timeout ({limit:?}) and \
-                 was stuck {step}, so journeyd exits now: {lost}"
+                 was stuck {}, so journeyd exits now: {}",
+                current_step(),
+                lost(checkpoints)
             );
             tracing::error!("{why}");
             eprintln!("journeyd: {why}");
@@ -962,6 +968,32 @@ fn arm_shutdown_deadline(limit: Duration, checkpoints: bool) {
     if let Err(e) = spawned {
         tracing::warn!("cannot arm the shutdown deadline: {e}");
     }
+}
+
+/// What an exit before the end of the orderly shutdown loses, and where a restart resumes;
+/// `checkpoints`: whether a state store keeps them (`state.url`).
+fn lost(checkpoints: bool) -> &'static str {
+    if checkpoints {
+        "tasks whose final checkpoint was not written restart from their previous checkpoint \
+         (Kafka input is read again, HTTP input since then is lost)"
+    } else {
+        "state.url is not set, so the state held in memory is lost (Kafka input is read again \
+         from the committed offsets)"
+    }
+}
+
+/// Ends the process at once with status 1, after saying `why` in one line through the logger,
+/// so in `log.format` (on standard error as it is if the log level hides errors). The logger
+/// writes each line to standard error as it is made, with no buffer or background thread, so
+/// the line is out before `exit`; the flush only makes sure.
+fn exit_now(why: &str) -> ! {
+    if tracing::event_enabled!(tracing::Level::ERROR) {
+        tracing::error!("{why}");
+    } else {
+        eprintln!("journeyd: {why}");
+    }
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    std::process::exit(1);
 }
 
 /// Reloads the rules file when it changes; an invalid file is reported and the old rules stay.

@@ -385,6 +385,65 @@ fn a_half_sent_request_does_not_hold_the_shutdown() {
     );
 }
 
+/// Sends part of a request and goes quiet: the open connection holds the orderly shutdown for
+/// `http.request_timeout` and a second.
+fn half_sent_request(port: u16) -> TcpStream {
+    let mut quiet = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    quiet
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    quiet
+}
+
+/// A second SIGTERM during the orderly shutdown was ignored until `runtime.shutdown_timeout`
+/// (50 s by default, 300 s here). It now ends journeyd at once with status 1, in one line
+/// saying where the shutdown was and what restarts from where. A half-sent request holds the
+/// shutdown for `http.request_timeout` (60 s) meanwhile.
+#[test]
+fn a_second_sigterm_ends_the_shutdown_at_once() {
+    let scratch = tempfile::Builder::new()
+        .prefix("journeyd-second-")
+        .tempdir()
+        .unwrap();
+    let port = free_port();
+    let child = journeyd()
+        .arg("run")
+        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("JOURNEYD_HTTP__REQUEST_TIMEOUT", "60s")
+        .env("JOURNEYD_RUNTIME__SHUTDOWN_TIMEOUT", "300s")
+        .env(
+            "JOURNEYD_STATE__URL",
+            format!("file://{}", scratch.path().join("state").display()),
+        )
+        .env("JOURNEYD_CHECKPOINT__INTERVAL", "1h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("readiness", || get_json(port, "/readyz"));
+    post_login_now(port, "a");
+    let _quiet = half_sent_request(port);
+    sigterm(&child);
+    // The shutdown has begun once the address is no longer accepted.
+    wait_until("the listener to close", || {
+        TcpStream::connect(("127.0.0.1", port)).err()
+    });
+    sigterm(&child);
+    let (status, err) = exit_of(child, "journeyd after a second SIGTERM");
+    assert_eq!(status.code(), Some(1), "{err}");
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("a second signal (SIGTERM)"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {err}");
+    assert!(
+        said[0].contains("while the shutdown was answering the open HTTP requests")
+            && said[0].contains("restart from their previous checkpoint"),
+        "{err}"
+    );
+}
+
 /// SIGTERM while `journeyd demo` backfilled its history found the default disposition (the
 /// handlers were installed when serving began) and ended the process at once, status 143.
 /// The backfill now stops and the shutdown is the orderly one, status 0.
