@@ -961,9 +961,7 @@ fn arm_shutdown_deadline(limit: Duration, checkpoints: bool) {
                 current_step(),
                 lost(checkpoints)
             );
-            tracing::error!("{why}");
-            eprintln!("journeyd: {why}");
-            std::process::exit(1);
+            exit_now(&why);
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot arm the shutdown deadline: {e}");

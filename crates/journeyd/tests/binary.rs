@@ -444,6 +444,44 @@ fn a_second_sigterm_ends_the_shutdown_at_once() {
     );
 }
 
+/// The deadline's message was printed twice, through the logger and again as a plain line,
+/// which broke `log.format = "json"`. It is now one line, in the log's format.
+#[test]
+fn the_shutdown_deadline_says_it_once_in_the_log_format() {
+    let port = free_port();
+    let child = journeyd()
+        .arg("run")
+        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("JOURNEYD_HTTP__REQUEST_TIMEOUT", "60s")
+        .env("JOURNEYD_RUNTIME__SHUTDOWN_TIMEOUT", "2s")
+        .env("JOURNEYD_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("readiness", || get_json(port, "/readyz"));
+    // Holds the shutdown past its deadline.
+    let _quiet = half_sent_request(port);
+    sigterm(&child);
+    let (status, err) = exit_of(child, "journeyd after SIGTERM");
+    assert_eq!(status.code(), Some(1), "{err}");
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not JSON: {line}\n{err}"
+        );
+    }
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("did not finish within runtime.shutdown_timeout (2s)"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {err}");
+    assert!(
+        said[0].contains("the state held in memory is lost"),
+        "{err}"
+    );
+}
+
 /// SIGTERM while `journeyd demo` backfilled its history found the default disposition (the
 /// handlers were installed when serving began) and ended the process at once, status 143.
 /// The backfill now stops and the shutdown is the orderly one, status 0.
