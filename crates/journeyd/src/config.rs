@@ -4,8 +4,10 @@
 //!
 //! 1. the file is parsed into a [`toml::Table`]; a syntax error carries line and column;
 //! 2. environment overrides `JOURNEYD_<SECTION>__<KEY>` are written into that table;
-//! 3. the table is deserialised into raw structs that reject unknown keys, and
-//!    [`RawConfig::build`] checks every value at once, each problem naming its key path.
+//! 3. the table is deserialised into raw structs; every key none of them reads is collected
+//!    (`serde_ignored`) and all of them are reported together, each with its place and the
+//!    nearest known key; then [`RawConfig::build`] checks every value at once, each problem
+//!    naming its key path.
 //!
 //! Every default lives in [`Settings::defaults`] (engine defaults come from
 //! [`EngineConfig::default`]); `config/journeyd.toml` spells each one out with a comment, and a
@@ -266,14 +268,18 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    /// TOML, but a key that does not exist or a value of the wrong type. `origin` is the file,
-    /// or the environment variable that introduced the problem.
+    /// TOML, but a value of the wrong type. `origin` is the file, or the environment variable
+    /// that introduced the problem.
     #[error("{}: {message}", Located(origin, *location))]
     Schema {
         origin: String,
         location: Option<(usize, usize)>,
         message: String,
     },
+    /// Every key that is no setting, each starting with where it was written (file line and
+    /// column, or the environment variable) and ending with the nearest known key, if any.
+    #[error("unknown settings:\n  {}", .0.join("\n  "))]
+    Unknown(Vec<String>),
     /// Every problem found, each starting with its key path.
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
@@ -444,7 +450,16 @@ fn load_text(
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
     }
-    let raw = deserialize(&table).map_err(|e| locate(e, text, origin, &file, &overrides))?;
+    let mut ignored = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(toml::Value::Table(table.clone()), |path| {
+        ignored.push(segments(&path));
+    })
+    .map_err(|e| locate(e, text, origin, &file, &overrides))?;
+    if !ignored.is_empty() {
+        return Err(ConfigError::Unknown(unknown_keys(
+            &ignored, text, origin, &file, &overrides,
+        )));
+    }
     raw.build().map_err(ConfigError::Invalid)
 }
 
@@ -486,6 +501,332 @@ fn locate(
         }
     }
     schema(origin.to_string(), None)
+}
+
+// ---- unknown keys -------------------------------------------------------------------------
+
+/// One step of a key path: a key of a table, or an entry of an array.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path;
+    let mut out = match path {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, .. }
+        | Path::Map { parent, .. }
+        | Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        Path::Seq { index, .. } => out.push(Segment::Index(*index)),
+        Path::Map { key, .. } => out.push(Segment::Key(key.clone())),
+        _ => {}
+    }
+    out
+}
+
+/// `kafka.topics[0].name`, as the validation messages write key paths.
+fn dotted(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(k) if out.is_empty() => out.push_str(k),
+            Segment::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// One line per unknown key and place it was written, the file's first (by position), then
+/// the environment's (by variable name).
+fn unknown_keys(
+    ignored: &[Vec<Segment>],
+    text: &str,
+    origin: &str,
+    file: &toml::Table,
+    overrides: &[Override],
+) -> Vec<String> {
+    // Spans are only kept by toml_edit's immutable document; the text parsed above, so this
+    // cannot fail, and without it the keys are still named, only without line and column.
+    let doc = toml_edit::ImDocument::parse(text).ok();
+    let mut in_file = Vec::new();
+    let mut in_env = Vec::new();
+    for path in ignored {
+        let what = describe(path);
+        let keys: Vec<&str> = path
+            .iter()
+            .map_while(|s| match s {
+                Segment::Key(k) => Some(k.as_str()),
+                Segment::Index(_) => None,
+            })
+            .collect();
+        // The variables that wrote it: one whose value holds the key, or one that made the
+        // key on its way to a setting below it (`JOURNEYD_SESION__GAP` makes `sesion`).
+        let mut from_env = false;
+        for o in overrides {
+            let shared = o.path.iter().zip(&keys).all(|(a, b)| a == b);
+            if shared && (o.path.len() <= keys.len() || keys.len() == path.len()) {
+                in_env.push((o.var.clone(), what.clone()));
+                from_env = true;
+            }
+        }
+        // The file too may have it, and must then be fixed as well.
+        if !from_env || in_table(file, path) {
+            let place = doc
+                .as_ref()
+                .and_then(|d| key_offset(d.as_table(), path))
+                .map(|offset| line_column(text, offset));
+            in_file.push((place, what));
+        }
+    }
+    in_file.sort();
+    in_env.sort();
+    in_file
+        .into_iter()
+        .map(|(place, what)| format!("{}: {what}", Located(origin, place)))
+        .chain(
+            in_env
+                .into_iter()
+                .map(|(var, what)| format!("environment variable {var}: {what}")),
+        )
+        .collect()
+}
+
+/// `unknown key `session.gapp`, did you mean `session.gap`?`, or the keys that are known
+/// there when none is close.
+fn describe(path: &[Segment]) -> String {
+    let kind = if path.len() == 1 { "section" } else { "key" };
+    let mut what = format!("unknown {kind} `{}`", dotted(path));
+    let Some((Segment::Key(name), parent)) = path.split_last() else {
+        return what;
+    };
+    let known = known_keys(parent);
+    if let Some(near) = nearest(name, known) {
+        let mut better = parent.to_vec();
+        better.push(Segment::Key(near.to_string()));
+        what.push_str(&format!(", did you mean `{}`?", dotted(&better)));
+    } else if let Some(elsewhere) = misplaced(name, parent) {
+        what.push_str(&format!(", did you mean `{elsewhere}`?"));
+    } else if !known.is_empty() {
+        let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+        what.push_str(&format!(" (expected one of {})", list.join(", ")));
+    }
+    what
+}
+
+/// The known key closest to `name`, when a typo away: at most one edit (a transposition
+/// counts as one) per three characters, as rustc's own suggestions allow.
+fn nearest(name: &str, known: &[&'static str]) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    let limit = (name.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| (strsim::osa_distance(&name, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// The same name as a key of another section, or as a section, for a key put in the wrong
+/// place (`[session] window`, which is `journey.window`).
+fn misplaced(name: &str, parent: &[Segment]) -> Option<String> {
+    let sections = known_keys(&[]);
+    if !parent.is_empty() && sections.contains(&name) {
+        return Some(name.to_string());
+    }
+    sections.iter().find_map(|section| {
+        let here = Segment::Key((*section).to_string());
+        (parent.first() != Some(&here) && known_keys(std::slice::from_ref(&here)).contains(&name))
+            .then(|| format!("{section}.{name}"))
+    })
+}
+
+/// The keys the raw struct at `path` accepts, as serde's derive lists them; empty when `path`
+/// leads to no struct (a map such as `kafka.properties` accepts every key).
+fn known_keys(path: &[Segment]) -> &'static [&'static str] {
+    let found = std::cell::Cell::new(None);
+    // The probe always ends in an error: it only walks down to the struct and notes its keys.
+    let _ = RawConfig::deserialize(KeyProbe {
+        path,
+        found: &found,
+    });
+    found.get().unwrap_or(&[])
+}
+
+/// A deserializer that leads a raw struct's derived `Deserialize` down `path` and records the
+/// field names the struct at its end hands to `deserialize_struct`.
+struct KeyProbe<'a> {
+    path: &'a [Segment],
+    found: &'a std::cell::Cell<Option<&'static [&'static str]>>,
+}
+
+impl<'de> Deserializer<'de> for KeyProbe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.path.split_first() {
+            None => {
+                self.found.set(Some(fields));
+                Err(de::Error::custom("found"))
+            }
+            Some((Segment::Key(key), rest)) => visitor.visit_map(KeyProbeMap {
+                key: Some(key),
+                rest,
+                found: self.found,
+            }),
+            Some((Segment::Index(_), _)) => Err(de::Error::custom("not an array")),
+        }
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.path.split_first() {
+            Some((Segment::Index(_), rest)) => visitor.visit_seq(KeyProbeSeq {
+                next: Some(KeyProbe {
+                    path: rest,
+                    found: self.found,
+                }),
+            }),
+            _ => Err(de::Error::custom("not an array")),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// A table holding only the probe's next key.
+struct KeyProbeMap<'a> {
+    key: Option<&'a str>,
+    rest: &'a [Segment],
+    found: &'a std::cell::Cell<Option<&'static [&'static str]>>,
+}
+
+impl<'de> de::MapAccess<'de> for KeyProbeMap<'_> {
+    type Error = de::value::Error;
+
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        self.key
+            .take()
+            .map(|k| seed.deserialize(de::value::StrDeserializer::new(k)))
+            .transpose()
+    }
+
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        seed.deserialize(KeyProbe {
+            path: self.rest,
+            found: self.found,
+        })
+    }
+}
+
+/// An array holding only the probe's next element.
+struct KeyProbeSeq<'a> {
+    next: Option<KeyProbe<'a>>,
+}
+
+impl<'de> de::SeqAccess<'de> for KeyProbeSeq<'_> {
+    type Error = de::value::Error;
+
+    fn next_element_seed<T: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        self.next.take().map(|p| seed.deserialize(p)).transpose()
+    }
+}
+
+/// Whether the table holds a value at `path`.
+fn in_table(table: &toml::Table, path: &[Segment]) -> bool {
+    let Some((Segment::Key(first), rest)) = path.split_first() else {
+        return false;
+    };
+    let mut value = match table.get(first) {
+        Some(v) => v,
+        None => return false,
+    };
+    for segment in rest {
+        let next = match (segment, value) {
+            (Segment::Key(k), toml::Value::Table(t)) => t.get(k),
+            (Segment::Index(i), toml::Value::Array(a)) => a.get(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => value = v,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Byte offset of the last key of `path` in the file.
+fn key_offset(root: &toml_edit::Table, path: &[Segment]) -> Option<usize> {
+    use toml_edit::{Item, TableLike, Value};
+    /// Where the walk stands: tables of an array of tables and array entries have no `Item`.
+    #[derive(Clone, Copy)]
+    enum Node<'a> {
+        Table(&'a toml_edit::Table),
+        Item(&'a Item),
+        Value(&'a Value),
+    }
+    let mut node = Node::Table(root);
+    let mut offset = None;
+    for segment in path {
+        node = match (segment, node) {
+            (Segment::Key(k), node) => {
+                let table: &dyn TableLike = match node {
+                    Node::Table(t) => t,
+                    Node::Item(i) => i.as_table_like()?,
+                    Node::Value(v) => v.as_inline_table()?,
+                };
+                let (key, item) = table.get_key_value(k)?;
+                offset = key.span().map(|s| s.start);
+                Node::Item(item)
+            }
+            (Segment::Index(i), Node::Item(Item::ArrayOfTables(a))) => Node::Table(a.get(*i)?),
+            (Segment::Index(i), Node::Item(Item::Value(Value::Array(a))))
+            | (Segment::Index(i), Node::Value(Value::Array(a))) => Node::Value(a.get(*i)?),
+            _ => return None,
+        };
+    }
+    offset
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -637,10 +978,11 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-/// The file as written: every key optional (absent means the default), unknown keys rejected.
+/// The file as written: every key optional (absent means the default). Keys that are no field
+/// are left to `serde_ignored`, which collects them all for one error (see `unknown_keys`).
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawConfig {
     session: RawSession,
     journey: RawJourney,
@@ -663,7 +1005,7 @@ struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawAlerts {
     enabled: Option<bool>,
     interval: Option<Text>,
@@ -689,7 +1031,7 @@ struct RawAlerts {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawDedup {
     horizon: Option<Text>,
     max_ids: Option<usize>,
@@ -697,14 +1039,14 @@ struct RawDedup {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawState {
     url: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawCluster {
     advertise_url: Option<Text>,
     instance_id: Option<Text>,
@@ -715,7 +1057,7 @@ struct RawCluster {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawCheckpoint {
     /// Deprecated alias of `state.url = "file://<dir>"`, so not in the shipped file.
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
@@ -725,7 +1067,7 @@ struct RawCheckpoint {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawDeadLetter {
     sink: Option<Text>,
     path: Option<Text>,
@@ -734,7 +1076,7 @@ struct RawDeadLetter {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawSession {
     gap: Option<Text>,
     max_duration: Option<Text>,
@@ -744,14 +1086,14 @@ struct RawSession {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawJourney {
     window: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawBreakdown {
     attributes: Option<Vec<String>>,
     max_values: Option<usize>,
@@ -760,14 +1102,14 @@ struct RawBreakdown {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawMoments {
     goal_phases: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawRetention {
     fine: Option<Text>,
     total: Option<Text>,
@@ -775,7 +1117,7 @@ struct RawRetention {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawRules {
     path: Option<Text>,
     watch: Option<bool>,
@@ -783,7 +1125,7 @@ struct RawRules {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawRuntime {
     workers: Option<usize>,
     tasks: Option<u32>,
@@ -796,7 +1138,7 @@ struct RawRuntime {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawHttp {
     listen: Option<Text>,
     max_body_bytes: Option<usize>,
@@ -812,7 +1154,6 @@ struct RawHttp {
 /// One entry of `http.segment_write_keys`.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(deny_unknown_fields)]
 struct RawWriteKey {
     key: Text,
     source: Text,
@@ -820,7 +1161,7 @@ struct RawWriteKey {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawIngest {
     max_record_bytes: Option<usize>,
     max_future: Option<Text>,
@@ -828,7 +1169,7 @@ struct RawIngest {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawKafka {
     enabled: Option<bool>,
     brokers: Option<Text>,
@@ -846,7 +1187,7 @@ struct RawKafka {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawTopic {
     name: Option<Text>,
     source: Option<Text>,
@@ -857,7 +1198,7 @@ struct RawTopic {
 
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct RawLog {
     level: Option<Text>,
     format: Option<Text>,
@@ -2339,8 +2680,8 @@ mod tests {
     fn env_typo_names_the_variable() {
         assert_eq!(
             error("", &[("JOURNEYD_SESSION__GAPP", "45m")]),
-            "environment variable JOURNEYD_SESSION__GAPP: unknown field `gapp`, \
-             expected one of `gap`, `max_duration`, `allowed_lateness`, `max_events`"
+            "unknown settings:\n  environment variable JOURNEYD_SESSION__GAPP: unknown key \
+             `session.gapp`, did you mean `session.gap`?"
         );
         assert_eq!(
             error("", &[("JOURNEYD_SESSION____GAP", "45m")]),
@@ -2363,8 +2704,7 @@ mod tests {
     fn unknown_section_is_named_with_its_place() {
         assert_eq!(
             error("# journeyd\n[sesion]\ngap = \"30m\"\n", &[]),
-            "<string>:2:2: unknown field `sesion`, expected one of `session`, `journey`, \
-             `breakdown`, `moments`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, `dedup`, `state`, `cluster`, `checkpoint`, `dead_letter`, `alerts`, `log`"
+            "unknown settings:\n  <string>:2:2: unknown section `sesion`, did you mean `session`?"
         );
     }
 
@@ -2403,12 +2743,12 @@ mod tests {
     fn unknown_key_in_a_file_names_the_file() {
         let path = repo_file("tests/config/unknown-key.toml");
         let err = Settings::load(Some(&path), no_env()).unwrap_err();
-        assert!(matches!(err, ConfigError::Schema { .. }), "{err:?}");
+        assert!(matches!(err, ConfigError::Unknown(_)), "{err:?}");
         assert_eq!(
             err.to_string(),
             format!(
-                "{}:3:1: unknown field `gapp`, expected one of `gap`, `max_duration`, \
-                 `allowed_lateness`, `max_events`",
+                "unknown settings:\n  {}:3:1: unknown key `session.gapp`, did you mean \
+                 `session.gap`?",
                 path.display()
             )
         );
