@@ -2708,6 +2708,122 @@ mod tests {
         );
     }
 
+    /// Every unknown key at once, the file's by position, then the environment's by name.
+    #[test]
+    fn unknown_keys_in_file_and_env_are_reported_together() {
+        let text = "[session]\ngap = \"30m\"\ngapp = \"45m\"\n\n[kafka]\n  brokerz = \"k:9092\"\n";
+        let err = Settings::from_toml_str(
+            text,
+            env(&[
+                ("JOURNEYD_LOG__LEVL", "debug"),
+                ("JOURNEYD_HTTP__LISTN", "0.0.0.0:80"),
+                ("JOURNEYD_SESSION__GAP", "10m"),
+                // Also in the file: both places need fixing.
+                ("JOURNEYD_KAFKA__BROKERZ", "k:9093"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown settings:\n  \
+             <string>:3:1: unknown key `session.gapp`, did you mean `session.gap`?\n  \
+             <string>:6:3: unknown key `kafka.brokerz`, did you mean `kafka.brokers`?\n  \
+             environment variable JOURNEYD_HTTP__LISTN: unknown key `http.listn`, did you mean \
+             `http.listen`?\n  \
+             environment variable JOURNEYD_KAFKA__BROKERZ: unknown key `kafka.brokerz`, did you \
+             mean `kafka.brokers`?\n  \
+             environment variable JOURNEYD_LOG__LEVL: unknown key `log.levl`, did you mean \
+             `log.level`?"
+        );
+    }
+
+    /// A typo gets the known key it misses; a key that resembles none gets the list instead.
+    #[test]
+    fn near_miss_is_suggested_and_far_one_is_not() {
+        let err = error("[runtime]\nwrokers = 2\ncolour = \"red\"\n", &[]);
+        assert_eq!(
+            err,
+            "unknown settings:\n  \
+             <string>:2:1: unknown key `runtime.wrokers`, did you mean `runtime.workers`?\n  \
+             <string>:3:1: unknown key `runtime.colour` (expected one of `workers`, `tasks`, \
+             `channel_capacity`, `publish_interval`, `tick_interval`, `worker_nice`, \
+             `shutdown_timeout`)"
+        );
+        // Case and `-` for `_` are typos too; a transposition is one edit.
+        assert_eq!(
+            error("[session]\nMax-Events = 5\nmax_duratoin = \"1d\"\n", &[]),
+            "unknown settings:\n  \
+             <string>:2:1: unknown key `session.Max-Events`, did you mean `session.max_events`?\n  \
+             <string>:3:1: unknown key `session.max_duratoin`, did you mean \
+             `session.max_duration`?"
+        );
+    }
+
+    /// Unknown sections: from the file and from a variable (both named when both write one),
+    /// and a section that is a key of another one.
+    #[test]
+    fn unknown_sections_are_reported_with_their_place() {
+        assert_eq!(
+            error(
+                "[sesion]\ngap = \"30m\"\n[metrics]\nport = 9100\n[topics]\nname = \"a\"\n",
+                &[
+                    ("JOURNEYD_SESION__MAX_EVENTS", "5"),
+                    ("JOURNEYD_CHEKPOINT__INTERVAL", "5s")
+                ],
+            ),
+            "unknown settings:\n  \
+             <string>:1:2: unknown section `sesion`, did you mean `session`?\n  \
+             <string>:3:2: unknown section `metrics` (expected one of `session`, `journey`, \
+             `breakdown`, `moments`, `retention`, `rules`, `runtime`, `http`, `ingest`, `kafka`, \
+             `dedup`, `state`, `cluster`, `checkpoint`, `dead_letter`, `alerts`, `log`)\n  \
+             <string>:5:2: unknown section `topics`, did you mean `kafka.topics`?\n  \
+             environment variable JOURNEYD_CHEKPOINT__INTERVAL: unknown section `chekpoint`, \
+             did you mean `checkpoint`?\n  \
+             environment variable JOURNEYD_SESION__MAX_EVENTS: unknown section `sesion`, did you \
+             mean `session`?"
+        );
+    }
+
+    /// Keys below a known section: in an array of tables, in an inline table of an array, in
+    /// a dotted key, and a key put in the wrong section.
+    #[test]
+    fn unknown_keys_nested_in_known_sections_are_located() {
+        let text = "\
+[[kafka.topics]]
+name = \"a\"
+
+[[kafka.topics]]
+name = \"b\"
+formt = \"segment\"
+
+[http]
+segment_write_keys = [{ key = \"0123456789abcdef\", source = \"web\", sorce = \"x\" }]
+
+[session]
+window = \"7d\"
+alerts.enabled = true
+";
+        assert_eq!(
+            error(text, &[]),
+            "unknown settings:\n  \
+             <string>:6:1: unknown key `kafka.topics[1].formt`, did you mean \
+             `kafka.topics[1].format`?\n  \
+             <string>:9:67: unknown key `http.segment_write_keys[0].sorce`, did you mean \
+             `http.segment_write_keys[0].source`?\n  \
+             <string>:12:1: unknown key `session.window`, did you mean `journey.window`?\n  \
+             <string>:13:1: unknown key `session.alerts`, did you mean `alerts`?"
+        );
+        // Set whole by a variable, an array's keys are the variable's.
+        assert_eq!(
+            error(
+                "[[kafka.topics]]\nname = \"a\"\nnme = \"x\"\n",
+                &[("JOURNEYD_KAFKA__TOPICS", "[{ nmae = \"b\" }]")]
+            ),
+            "unknown settings:\n  environment variable JOURNEYD_KAFKA__TOPICS: unknown key \
+             `kafka.topics[0].nmae`, did you mean `kafka.topics[0].name`?"
+        );
+    }
+
     #[test]
     fn checkpoint_dir_is_a_deprecated_alias_of_a_file_state_url() {
         let s = Settings::from_toml_str("[checkpoint]\ndir = \"/var/lib/j\"\n", no_env()).unwrap();
