@@ -27,7 +27,7 @@ use journey_ingest::{DeadLetter, Decoder, Format, Position};
 use journey_runtime::checkpoint::{CheckpointOutcome, CheckpointReport, Checkpointer, StoredTask};
 use journey_runtime::{RejectHook, Runtime, RuntimeConfig, RuntimeHandle, TaskId};
 use journey_state::StateStore;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::config::Settings;
 
@@ -246,8 +246,29 @@ fn main() {
         }),
     };
     if let Err(e) = result {
-        eprintln!("journeyd: {e:#}");
+        fatal(&format!("{e:#}"));
         std::process::exit(1);
+    }
+}
+
+/// The logger's format once [`init_logging`] has set it up (`true`: JSON); unset before.
+static LOG_JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Says `why` journeyd stops, in one line on standard error. Once [`init_logging`] has set up
+/// the logger, through it at level ERROR, so in `log.format`: a log shipper reading a JSON log
+/// must be able to parse every line. Before that (command line, configuration) the format is
+/// not known yet, and the line is plain text.
+fn fatal(why: &str) {
+    match LOG_JSON.get() {
+        Some(_) if tracing::event_enabled!(tracing::Level::ERROR) => tracing::error!("{why}"),
+        // `log.level` hides errors, but the reason to stop is still said, in the log's shape.
+        // Written out in the logger's own key order, so the line reads as every other one.
+        Some(true) => eprintln!(
+            r#"{{"timestamp":"{}","level":"ERROR","fields":{{"message":{}}},"target":"journeyd"}}"#,
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            Value::String(why.to_string())
+        ),
+        _ => eprintln!("journeyd: {why}"),
     }
 }
 
@@ -297,6 +318,7 @@ fn init_logging(s: &Settings) {
     } else {
         builder.init();
     }
+    let _ = LOG_JSON.set(s.log.json);
 }
 
 fn now_ms() -> Millis {
@@ -980,16 +1002,11 @@ fn lost(checkpoints: bool) -> &'static str {
     }
 }
 
-/// Ends the process at once with status 1, after saying `why` in one line through the logger,
-/// so in `log.format` (on standard error as it is if the log level hides errors). The logger
-/// writes each line to standard error as it is made, with no buffer or background thread, so
-/// the line is out before `exit`; the flush only makes sure.
+/// Ends the process at once with status 1, after saying `why` in one line ([`fatal`]). The
+/// logger writes each line to standard error as it is made, with no buffer or background
+/// thread, so the line is out before `exit`; the flush only makes sure.
 fn exit_now(why: &str) -> ! {
-    if tracing::event_enabled!(tracing::Level::ERROR) {
-        tracing::error!("{why}");
-    } else {
-        eprintln!("journeyd: {why}");
-    }
+    fatal(why);
     let _ = std::io::Write::flush(&mut std::io::stderr());
     std::process::exit(1);
 }

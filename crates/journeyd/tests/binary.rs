@@ -305,10 +305,24 @@ fn a_second_instance_on_the_same_state_directory_is_refused() {
 }
 
 /// A checkpoint at shutdown that cannot be written loses the HTTP input taken since the last
-/// one: the exit status says so instead of reporting a clean stop.
+/// one: the exit status says so instead of reporting a clean stop, in the log's format (it
+/// was a plain `journeyd: …` line after the JSON log).
 #[test]
 fn run_fails_its_exit_when_the_last_checkpoint_is_not_written() {
-    let dir = std::env::temp_dir().join(format!("journeyd-lastcp-{}", std::process::id()));
+    for format in ["text", "json"] {
+        let err = last_checkpoint_not_written(format);
+        let said = the_error_in(&err, format);
+        assert!(
+            said.starts_with("the checkpoint at shutdown was not written for every task"),
+            "{format}: {err}"
+        );
+    }
+}
+
+/// Runs journeyd with `log.format` = `format`, makes its state directory unwritable and stops
+/// it; returns its standard error once it has exited with an error.
+fn last_checkpoint_not_written(format: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("journeyd-lastcp-{format}-{}", std::process::id()));
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     let port = free_port();
@@ -317,6 +331,7 @@ fn run_fails_its_exit_when_the_last_checkpoint_is_not_written() {
         .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("JOURNEYD_STATE__URL", format!("file://{}", state.display()))
         .env("JOURNEYD_CHECKPOINT__INTERVAL", "1h")
+        .env("JOURNEYD_LOG__FORMAT", format)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -330,8 +345,95 @@ fn run_fails_its_exit_when_the_last_checkpoint_is_not_written() {
     let (status, err) = exit_of(child, "journeyd after SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!status.success(), "exit {status}; {err}");
+    err
+}
+
+/// The message of the one ERROR line of journeyd's own in `err`, a standard error written in `log.format` =
+/// `format`. In JSON every line must parse (log shippers drop or mangle those that do not),
+/// and the message is the `message` field of the ERROR object; in text the line reads
+/// `<time> ERROR journeyd: <message>`.
+fn the_error_in(err: &str, format: &str) -> String {
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    if format == "json" {
+        let objects: Vec<Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}\n{err}")))
+            .collect();
+        // Other ERROR lines (each failed task checkpoint) come from the library crates.
+        let errors: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["level"] == "ERROR" && o["target"] == "journeyd")
+            .collect();
+        assert_eq!(errors.len(), 1, "one ERROR line: {err}");
+        errors[0]["fields"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a message: {err}"))
+            .to_string()
+    } else {
+        let errors: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split_once(" ERROR journeyd: ").map(|(_, m)| m))
+            .collect();
+        assert_eq!(errors.len(), 1, "one ERROR line: {err}");
+        assert!(
+            !lines.iter().any(|l| l.starts_with("journeyd: ")),
+            "said once, through the logger: {err}"
+        );
+        errors[0].to_string()
+    }
+}
+
+/// A fatal error once the logger is set up (here a state directory that is a file, found at
+/// start) is one line in `log.format`, the whole message in it, and the exit status is 1. With
+/// `log.level = "off"` it is still said, in the same shape. Before the logger exists (an
+/// invalid setting) the format is not known yet: the line is plain text.
+#[test]
+fn a_fatal_error_is_said_once_in_the_log_format() {
+    let scratch = tempfile::Builder::new()
+        .prefix("journeyd-fatal-")
+        .tempdir()
+        .unwrap();
+    let file = scratch.path().join("state");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let url = format!("file://{}", file.display());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let run = |env: &[(&str, &str)]| {
+        let mut all = vec![
+            ("JOURNEYD_HTTP__LISTEN", listen.as_str()),
+            ("JOURNEYD_STATE__URL", url.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let out = output(&["run"], &all);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {err}");
+        err
+    };
+    let whole = format!("cannot create the state directory {}: ", file.display());
+    for format in ["text", "json"] {
+        let err = run(&[("JOURNEYD_LOG__FORMAT", format)]);
+        let said = the_error_in(&err, format);
+        assert!(
+            said.starts_with(&whole) && said.len() > whole.len(),
+            "{format}, with its cause: {err}"
+        );
+    }
+    let err = run(&[
+        ("JOURNEYD_LOG__FORMAT", "json"),
+        ("JOURNEYD_LOG__LEVEL", "off"),
+    ]);
+    assert!(the_error_in(&err, "json").starts_with(&whole), "{err}");
+
+    let out = output(
+        &["run"],
+        &[
+            ("JOURNEYD_LOG__FORMAT", "json"),
+            ("JOURNEYD_HTTP__LISTEN", "nowhere"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("the checkpoint at shutdown was not written for every task"),
+        err.starts_with("journeyd: ") && err.contains("http.listen"),
         "{err}"
     );
 }

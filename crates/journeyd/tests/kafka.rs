@@ -374,11 +374,57 @@ fn topics_with_different_partition_counts_stop_journeyd_at_startup() {
         ));
     }
     std::fs::write(&config, toml).unwrap();
-    let stderr_path = dir.join("stderr.log");
+    // In text for people, and in JSON, where a log shipper must parse every line: the error
+    // is then one JSON object at level ERROR, not a plain `journeyd: …` line.
+    for format in ["text", "json"] {
+        let stderr = refused_at_startup(&config, dir, format);
+        for (topic, partitions) in topics {
+            assert!(
+                names_count(&stderr, topic, partitions),
+                "{format}: the error names topic {topic} and its {partitions} partitions; \
+                 stderr:\n{stderr}"
+            );
+        }
+        let error = stderr
+            .lines()
+            .filter(|l| l.contains("must have the same partition count"))
+            .collect::<Vec<_>>();
+        assert_eq!(error.len(), 1, "{format}: said once; stderr:\n{stderr}");
+        if format == "json" {
+            for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    serde_json::from_str::<Value>(line).is_ok(),
+                    "not JSON: {line}\nstderr:\n{stderr}"
+                );
+            }
+            let v: Value = serde_json::from_str(error[0]).unwrap();
+            assert_eq!(v["level"], "ERROR", "{stderr}");
+            assert!(
+                v["fields"]["message"].as_str().is_some_and(
+                    |m| m.starts_with("the input topics must have the same partition count")
+                ),
+                "{stderr}"
+            );
+        } else {
+            assert!(
+                error[0].contains(
+                    "ERROR journeyd: the input topics must have the same partition count"
+                ),
+                "{stderr}"
+            );
+        }
+    }
+}
+
+/// Runs `journeyd run --config <config>` with `log.format` = `format`, which must exit with an
+/// error within 30 s; returns its standard error.
+fn refused_at_startup(config: &std::path::Path, dir: &std::path::Path, format: &str) -> String {
+    let stderr_path = dir.join(format!("stderr-{format}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
         .args(["run", "--config", config.to_str().unwrap()])
         .current_dir(repo())
         .env("JOURNEYD_LOG__LEVEL", "warn")
+        .env("JOURNEYD_LOG__FORMAT", format)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
@@ -399,12 +445,7 @@ fn topics_with_different_partition_counts_stop_journeyd_at_startup() {
     };
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
-    for (topic, partitions) in topics {
-        assert!(
-            names_count(&stderr, topic, partitions),
-            "the error names topic {topic} and its {partitions} partitions; stderr:\n{stderr}"
-        );
-    }
+    stderr
 }
 
 #[test]
