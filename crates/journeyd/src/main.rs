@@ -64,7 +64,8 @@ enum Command {
     ///
     /// The figures cover the whole input, from its first event to its last: replay keeps
     /// every hour of the data, whatever `retention.total` says. `--from/--to` restrict them
-    /// exactly as the same range queried over the API would.
+    /// exactly as the same range queried over the API would; the output gives that range
+    /// (`from`, `to`) in RFC 3339, UTC, as the API's answers do.
     Replay {
         /// Configuration file for the engine settings (session gap, journey window, …;
         /// default: built-in defaults; JOURNEYD_* variables override).
@@ -1290,8 +1291,8 @@ fn replay(
             "expired": sum.counters.expired,
             "rejected_by_engine": { "too_many_events": stats.rejected_too_many_events.load(Ordering::Relaxed) },
         },
-        "from": from,
-        "to": to,
+        "from": rfc3339(from),
+        "to": rfc3339(to),
         "sessions": sum.sessions,
         "funnel": funnel(&sum, rules.phases(), None, settings.engine.breakdown_max_values),
         "touchpoints": touchpoints(&sum, &rules),
@@ -1300,6 +1301,16 @@ fn replay(
     });
     runtime.shutdown();
     print_line(&serde_json::to_string_pretty(&out)?)
+}
+
+/// `t` as the HTTP API writes the times of its answers (`from`, `to`: RFC 3339 in UTC, to the
+/// millisecond), so that a replay's output reads, and compares, as the API's answers do.
+/// A time chrono cannot represent stays epoch milliseconds, as in the API.
+fn rfc3339(t: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(t).map_or_else(
+        || t.to_string(),
+        |d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
 }
 
 /// Writes `text` and a line end to standard output. A failed write (a closed pipe, a full

@@ -766,6 +766,41 @@ fn replay_prints_the_figures_of_a_file() {
     assert_eq!(w["funnel"], v["funnel"]);
 }
 
+/// Replay printed the range of its figures as epoch milliseconds while the API answers in
+/// RFC 3339 (UTC, to the millisecond): both now read, and compare, the same, whether the
+/// range comes from the data or from `--from/--to` given as epoch milliseconds.
+#[test]
+fn replay_prints_its_range_in_rfc3339_as_the_api() {
+    let range = |args: &[&str]| {
+        let out = output(
+            &[&["replay"], args, &["tests/golden/events.ndjson"]].concat(),
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["from"].clone(), v["to"].clone())
+    };
+    // From the file's first event to the end of the hour of its last one.
+    assert_eq!(
+        range(&[]),
+        (
+            json!("2026-11-20T08:00:00.000Z"),
+            json!("2026-11-25T11:00:00.000Z")
+        )
+    );
+    assert_eq!(
+        range(&["--from", "1795165200000", "--to", "2026-11-20T12:30:00Z"]),
+        (
+            json!("2026-11-20T09:00:00.000Z"),
+            json!("2026-11-20T12:30:00.000Z")
+        )
+    );
+}
+
 #[test]
 fn check_rules_reports_every_problem() {
     let ok = output(&["check-rules", "config/rules.toml"], &[]);

@@ -95,7 +95,7 @@ fn future_dated_event_is_rejected_and_moves_no_watermark() {
         ]
     );
     assert!(
-        v["to"].as_i64() < Some(4_000_000_000_000),
+        v["to"].as_str().is_some_and(|t| t < "2096"),
         "the figures end with the honest data, not in 2099"
     );
 }
@@ -153,7 +153,7 @@ fn segment_clock_skew_is_corrected() {
     assert_eq!(touchpoint(&v, "product_page")["drop_offs"], 0);
     assert_eq!(touchpoint(&v, "order_confirmed")["completions"], 1);
     // 2026-11-02T11:00:00Z, as expected.txt says (its "1793620800000" is 12:00, a typo there).
-    assert_eq!(v["to"], json!(1_793_617_200_000_i64), "{v}");
+    assert_eq!(v["to"], json!("2026-11-02T11:00:00.000Z"), "{v}");
 }
 
 /// Case 04 through the binary, for several task counts: the late order of the evicted customer

@@ -22,6 +22,16 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Epoch milliseconds of an RFC 3339 time in replay's output.
+fn millis(v: &Value) -> Millis {
+    let text = v
+        .as_str()
+        .unwrap_or_else(|| panic!("an RFC 3339 time: {v}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp_millis()
+}
+
 fn journeyd(args: &[&str]) -> Vec<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_journeyd"))
         .current_dir(repo())
@@ -156,7 +166,7 @@ fn replay_of_400_days_covers_the_whole_file_and_from_to_match_the_api() {
         visits, classified,
         "total visits = classified events in the file"
     );
-    let (from, to) = (v["from"].as_i64().unwrap(), v["to"].as_i64().unwrap());
+    let (from, to) = (millis(&v["from"]), millis(&v["to"]));
     assert!(
         from <= first && first - from < DAY,
         "from the first event: {from}"
@@ -176,6 +186,17 @@ fn replay_of_400_days_covers_the_whole_file_and_from_to_match_the_api() {
         let tps = api.get(&format!("/v1/touchpoints?{q}"));
         let trs = api.get(&format!("/v1/transitions?{q}&limit=100000"));
         assert_eq!(r["funnel"], funnel["funnel"], "{q}");
+        // The range as the API writes it (RFC 3339, to the millisecond), not epoch ms.
+        assert_eq!(
+            (&r["from"], &r["to"]),
+            (&funnel["from"], &funnel["to"]),
+            "{q}"
+        );
+        assert_eq!(
+            r["from"],
+            format!("{}.000Z", lo.trim_end_matches('Z')),
+            "{q}"
+        );
         assert_eq!(r["touchpoints"], tps["touchpoints"], "{q}");
         assert_eq!(r["transitions"], trs["transitions"], "{q}");
         assert!(
