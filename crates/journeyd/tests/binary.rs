@@ -20,6 +20,14 @@ fn journeyd() -> Command {
     c
 }
 
+/// `journeyd run` serving HTTP on `127.0.0.1:port`.
+fn run_on(port: u16) -> Command {
+    let mut c = journeyd();
+    c.arg("run")
+        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"));
+    c
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -161,9 +169,7 @@ fn demo_serves_a_live_funnel_over_http() {
 #[test]
 fn run_ingests_over_http_and_answers_queries() {
     let port = free_port();
-    let child = journeyd()
-        .arg("run")
-        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+    let child = run_on(port)
         .env("JOURNEYD_RUNTIME__TICK_INTERVAL", "100ms")
         .env("JOURNEYD_RUNTIME__PUBLISH_INTERVAL", "100ms")
         // Short sessions, so the wall-clock watermark closes them within seconds.
@@ -276,9 +282,7 @@ fn a_second_instance_on_the_same_state_directory_is_refused() {
     let dir = std::env::temp_dir().join(format!("journeyd-lock-{}", std::process::id()));
     let url = format!("file://{}", dir.join("state").display());
     let start = |port: u16| {
-        journeyd()
-            .arg("run")
-            .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        run_on(port)
             .env("JOURNEYD_STATE__URL", &url)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -326,9 +330,7 @@ fn last_checkpoint_not_written(format: &str) -> String {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     let port = free_port();
-    let child = journeyd()
-        .arg("run")
-        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+    let child = run_on(port)
         .env("JOURNEYD_STATE__URL", format!("file://{}", state.display()))
         .env("JOURNEYD_CHECKPOINT__INTERVAL", "1h")
         .env("JOURNEYD_LOG__FORMAT", format)
@@ -448,9 +450,7 @@ fn a_half_sent_request_does_not_hold_the_shutdown() {
     let url = format!("file://{}", dir.join("state").display());
     let port = free_port();
     let start = || {
-        journeyd()
-            .arg("run")
-            .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        run_on(port)
             .env("JOURNEYD_HTTP__REQUEST_TIMEOUT", "3s")
             .env("JOURNEYD_STATE__URL", &url)
             .env("JOURNEYD_CHECKPOINT__INTERVAL", "1h")
@@ -509,9 +509,7 @@ fn a_second_sigterm_ends_the_shutdown_at_once() {
         .tempdir()
         .unwrap();
     let port = free_port();
-    let child = journeyd()
-        .arg("run")
-        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+    let child = run_on(port)
         .env("JOURNEYD_HTTP__REQUEST_TIMEOUT", "60s")
         .env("JOURNEYD_RUNTIME__SHUTDOWN_TIMEOUT", "300s")
         .env(
@@ -551,9 +549,7 @@ fn a_second_sigterm_ends_the_shutdown_at_once() {
 #[test]
 fn the_shutdown_deadline_says_it_once_in_the_log_format() {
     let port = free_port();
-    let child = journeyd()
-        .arg("run")
-        .env("JOURNEYD_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+    let child = run_on(port)
         .env("JOURNEYD_HTTP__REQUEST_TIMEOUT", "60s")
         .env("JOURNEYD_RUNTIME__SHUTDOWN_TIMEOUT", "2s")
         .env("JOURNEYD_LOG__FORMAT", "json")

@@ -416,20 +416,31 @@ fn topics_with_different_partition_counts_stop_journeyd_at_startup() {
     }
 }
 
+/// Starts `journeyd run --config <config>` at log level `level` in `format`, its standard
+/// error written to `stderr`.
+fn run_logged(
+    config: &std::path::Path,
+    stderr: &std::path::Path,
+    level: &str,
+    format: &str,
+) -> Service {
+    let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(repo())
+        .env("JOURNEYD_LOG__LEVEL", level)
+        .env("JOURNEYD_LOG__FORMAT", format)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Service(child)
+}
+
 /// Runs `journeyd run --config <config>` with `log.format` = `format`, which must exit with an
 /// error within 30 s; returns its standard error.
 fn refused_at_startup(config: &std::path::Path, dir: &std::path::Path, format: &str) -> String {
     let stderr_path = dir.join(format!("stderr-{format}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .current_dir(repo())
-        .env("JOURNEYD_LOG__LEVEL", "warn")
-        .env("JOURNEYD_LOG__FORMAT", format)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut service = Service(child);
+    let mut service = run_logged(config, &stderr_path, "warn", format);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = service.0.try_wait().unwrap() {
@@ -496,15 +507,7 @@ fn an_internal_topic_with_another_partition_count_stops_journeyd_at_startup() {
     )
     .unwrap();
     let stderr_path = dir.join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .current_dir(repo())
-        .env("JOURNEYD_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut service = Service(child);
+    let mut service = run_logged(&config, &stderr_path, "warn", "text");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = service.0.try_wait().unwrap() {
@@ -585,15 +588,7 @@ fn a_partition_whose_leader_is_down_is_reported_stalled_until_it_moves() {
     )
     .unwrap();
     let stderr_path = dir.join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .current_dir(repo())
-        .env("JOURNEYD_LOG__LEVEL", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let _service = Service(child);
+    let _service = run_logged(&config, &stderr_path, "info", "text");
     let log = || strip_ansi(&std::fs::read_to_string(&stderr_path).unwrap_or_default());
     let stalled =
         || get(port, "/metrics").and_then(|m| metric(&m, "journeyd_kafka_stalled_partitions"));
