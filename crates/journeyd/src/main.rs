@@ -264,13 +264,19 @@ fn fatal(why: &str) {
         Some(_) if tracing::event_enabled!(tracing::Level::ERROR) => tracing::error!("{why}"),
         // `log.level` hides errors, but the reason to stop is still said, in the log's shape.
         // Written out in the logger's own key order, so the line reads as every other one.
-        Some(true) => eprintln!(
+        Some(true) => say(&format!(
             r#"{{"timestamp":"{}","level":"ERROR","fields":{{"message":{}}},"target":"journeyd"}}"#,
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             Value::String(why.to_string())
-        ),
-        _ => eprintln!("journeyd: {why}"),
+        )),
+        _ => say(&format!("journeyd: {why}")),
     }
+}
+
+/// Writes `line` to standard error. Unlike `eprintln!` it does not panic when standard error
+/// is a closed pipe (a log shipper that went away): journeyd must still shut down in order.
+fn say(line: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
 }
 
 fn load_settings(path: Option<&Path>) -> Result<Settings> {
@@ -313,7 +319,10 @@ fn init_logging(s: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A line that cannot be written is lost; reporting it with `eprintln!` would panic
+        // the thread that logged when standard error is a closed pipe.
+        .log_internal_errors(false);
     if s.log.json {
         builder.json().init();
     } else {
@@ -910,12 +919,14 @@ impl Shutdown {
             .spawn(move || {
                 io.block_on(async move {
                     let signal = signals.recv().await;
+                    // The request and the deadline before any log line: writing the line may
+                    // fail (standard error a closed pipe) and must not keep them from happening.
                     SHUTTING_DOWN.store(true, Ordering::Relaxed);
+                    arm_shutdown_deadline(limit, checkpoints);
+                    let _ = requested.send(true);
                     tracing::info!(
                         "{signal}: shutting down (a second SIGTERM or Ctrl-C ends journeyd at once)"
                     );
-                    arm_shutdown_deadline(limit, checkpoints);
-                    let _ = requested.send(true);
                     // Whoever sends a second signal would rather lose what the orderly
                     // shutdown keeps than wait for it (Kafka Streams, Vector, Prometheus).
                     let again = signals.recv().await;

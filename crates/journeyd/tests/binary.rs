@@ -580,6 +580,40 @@ fn the_shutdown_deadline_says_it_once_in_the_log_format() {
     );
 }
 
+/// Standard error a closed pipe (the log shipper reading it went away): the first log line
+/// after SIGTERM failed to be written, tracing reported that with `eprintln!`, which panicked
+/// the signal thread before it requested the shutdown, and every later SIGTERM or Ctrl-C was
+/// ignored: only SIGKILL ended journeyd. The shutdown is now requested before anything is
+/// logged, and a line that cannot be written is dropped.
+#[test]
+fn sigterm_with_standard_error_a_closed_pipe_shuts_down_in_order() {
+    let port = free_port();
+    let mut child = run_on(port)
+        .env("JOURNEYD_LOG__LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("readiness", || get_json(port, "/readyz"));
+    drop(child.stderr.take());
+    // A log line on the closed pipe before the signal, and more after it.
+    let _ = http(port, "GET", "/v1/nothing-here", "");
+    sigterm(&child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("journeyd ignored SIGTERM with standard error a closed pipe for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// SIGTERM while `journeyd demo` backfilled its history found the default disposition (the
 /// handlers were installed when serving began) and ended the process at once, status 143.
 /// The backfill now stops and the shutdown is the orderly one, status 0.
