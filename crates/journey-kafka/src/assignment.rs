@@ -347,6 +347,7 @@ impl ClientContext for Tasks {
         let now = Instant::now();
         let mut caught_up = Vec::new();
         let mut st = self.lock();
+        st.stalls.report(now);
         let mut assigned = HashSet::new();
         for (name, topic) in &stats.topics {
             let Some(i) = self.index(name) else { continue };

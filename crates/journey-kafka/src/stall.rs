@@ -69,11 +69,19 @@ struct Tracked {
     stalled: bool,
 }
 
+/// A gap between two statistics reports (librdkafka emits one a second) longer than this
+/// means the consuming thread did not poll meanwhile: blocked on a checkpoint write or a
+/// restore, say. Positions did not move because journeyd did not read, whatever the broker
+/// did, so the clocks start again.
+const MAX_REPORT_GAP: Duration = Duration::from_secs(5);
+
 /// Per assigned partition: its position and since when it has not moved.
 #[derive(Debug)]
 pub(crate) struct Stalls {
     timeout: Duration,
     parts: HashMap<Part, Tracked>,
+    /// When the last statistics report was taken.
+    last_report: Option<Instant>,
 }
 
 impl Stalls {
@@ -82,7 +90,25 @@ impl Stalls {
         Stalls {
             timeout,
             parts: HashMap::new(),
+            last_report: None,
         }
+    }
+
+    /// Starts taking one statistics report at `now`, before [`Stalls::observe`] of each of
+    /// its partitions. After a gap in the reports (the consuming thread did not poll, so the
+    /// reports queued meanwhile are stale), every partition's clock starts again at `now`:
+    /// a stall of journeyd's own thread is not its partitions' (checkpoint and restore
+    /// failures have their own metrics and log lines).
+    pub(crate) fn report(&mut self, now: Instant) {
+        let starved = self
+            .last_report
+            .is_some_and(|last| now.saturating_duration_since(last) > MAX_REPORT_GAP);
+        if starved {
+            for t in self.parts.values_mut() {
+                t.since = now;
+            }
+        }
+        self.last_report = Some(now);
     }
 
     /// Takes one statistics report of `part` at `now`; returns a change when the partition
@@ -257,6 +283,39 @@ mod tests {
         assert_eq!(s.stalled(), 3);
         s.retain(|p| parts.iter().all(|(q, _)| q != p));
         assert_eq!(s.stalled(), 0);
+    }
+
+    /// The consuming thread blocked (a checkpoint write to a slow store) for longer than the
+    /// timeout: the reports queued meanwhile arrive together afterwards, showing positions
+    /// that did not move. They do not make a stall.
+    #[test]
+    fn reports_after_the_consuming_thread_was_blocked_do_not_make_a_stall() {
+        let mut s = Stalls::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let secs = |n| t0 + Duration::from_secs(n);
+        s.report(t0);
+        assert_eq!(s.observe(PART, at(10, 50), t0), None);
+        s.report(secs(1));
+        assert_eq!(s.observe(PART, at(11, 50), secs(1)), None);
+        // Blocked from 1 s to 9 s; the queued reports, all at position 11, come at once.
+        for k in 0..8 {
+            let now = secs(9) + Duration::from_millis(k);
+            s.report(now);
+            assert_eq!(s.observe(PART, at(11, 50), now), None, "report {k}");
+        }
+        // Polling again: the position moves.
+        s.report(secs(10));
+        assert_eq!(s.observe(PART, at(400, 500), secs(10)), None);
+        // A real stall is still seen, the timeout after the position stopped.
+        for n in 11..=14 {
+            s.report(secs(n));
+            assert_eq!(s.observe(PART, at(400, 500), secs(n)), None, "{n} s");
+        }
+        s.report(secs(15));
+        assert!(matches!(
+            s.observe(PART, at(400, 500), secs(15)),
+            Some(Change::Stalled { .. })
+        ));
     }
 
     #[test]
