@@ -530,15 +530,25 @@ fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
     out
 }
 
-/// `kafka.topics[0].name`, as the validation messages write key paths.
+/// `kafka.topics[0].name`, as the validation messages write key paths. A key that is not a
+/// TOML bare key (a dot in it, say) is quoted as in TOML, so `"session.gap"` written as one
+/// quoted key does not read as the setting `session.gap`.
 fn dotted(path: &[Segment]) -> String {
     let mut out = String::new();
     for segment in path {
         match segment {
-            Segment::Key(k) if out.is_empty() => out.push_str(k),
             Segment::Key(k) => {
-                out.push('.');
-                out.push_str(k);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let bare = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if bare {
+                    out.push_str(k);
+                } else {
+                    out.push_str(&toml::Value::String(k.clone()).to_string());
+                }
             }
             Segment::Index(i) => out.push_str(&format!("[{i}]")),
         }
@@ -2757,6 +2767,15 @@ mod tests {
              <string>:3:1: unknown key `session.max_duratoin`, did you mean \
              `session.max_duration`?"
         );
+    }
+
+    /// A quoted key with a dot in it is one key: it is named quoted, as TOML writes it, not
+    /// as the setting its dotted form would be.
+    #[test]
+    fn a_quoted_key_with_a_dot_is_named_quoted() {
+        let err = error("\"session.gap\" = \"1m\"\n[session]\n\"gap.x\" = 1\n", &[]);
+        assert!(err.contains("unknown section `\"session.gap\"`"), "{err}");
+        assert!(err.contains("unknown key `session.\"gap.x\"`"), "{err}");
     }
 
     /// Unknown sections: from the file and from a variable (both named when both write one),
