@@ -215,8 +215,9 @@ impl Tasks {
                             Err(e) => {
                                 // Running the task without its state would silently lose what
                                 // it holds; another instance (or this one restarted) retries.
+                                // Said once, in the log's format; `eprintln!` would print it
+                                // twice and panic (abort, here) on a closed standard error.
                                 tracing::error!(task, "cannot restore the task, stopping: {e}");
-                                eprintln!("journeyd: cannot restore task {task}: {e}");
                                 std::process::exit(1);
                             }
                         }

@@ -246,12 +246,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     bar.set_position(n);
     bar.finish();
     if future.get() > 0 {
-        eprintln!(
+        crate::say(&format!(
             "journeyd generate: {} of {n} events are dated more than a day after now, which \
              journeyd rejects (ingest.max_future); journeys run weeks past --start, so pass an \
              earlier --start to have every event accepted",
             future.get()
-        );
+        ));
     }
     Ok(())
 }

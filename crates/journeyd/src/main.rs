@@ -275,7 +275,7 @@ fn fatal(why: &str) {
 
 /// Writes `line` to standard error. Unlike `eprintln!` it does not panic when standard error
 /// is a closed pipe (a log shipper that went away): journeyd must still shut down in order.
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
 }
 
@@ -1260,12 +1260,12 @@ fn replay(
     if !rejected.is_empty() {
         // The figures leave these out: say so where a user looks, not only in the JSON.
         let reasons: Vec<String> = rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        eprintln!(
+        say(&format!(
             "journeyd replay: {} of {read} lines rejected ({}), left out of the figures; \
              reasons: docs/operations.md, \"Dead letters\"",
             read - accepted,
             reasons.join(", ")
-        );
+        ));
     }
     let parts = rt.partials();
     let span = parts.iter().filter_map(|p| p.time_span()).fold(

@@ -796,6 +796,29 @@ fn replay_prints_the_figures_of_a_file() {
     assert_eq!(w["funnel"], v["funnel"]);
 }
 
+/// `replay` says how many lines it rejected on standard error. With standard error a closed
+/// pipe, `eprintln!` panicked after the whole replay and the figures were never printed.
+#[test]
+fn replay_with_standard_error_a_closed_pipe_still_prints_its_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    let mut text = std::fs::read_to_string(repo().join("tests/golden/events.ndjson")).unwrap();
+    text.push_str("not json\n");
+    std::fs::write(&file, text).unwrap();
+    let mut child = journeyd()
+        .arg("replay")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["from"], json!("2026-11-20T08:00:00.000Z"));
+}
+
 /// Replay printed the range of its figures as epoch milliseconds while the API answers in
 /// RFC 3339 (UTC, to the millisecond): both now read, and compare, the same, whether the
 /// range comes from the data or from `--from/--to` given as epoch milliseconds.
