@@ -6,8 +6,9 @@
 //! CPU time.
 //!
 //! Run: `cargo run --release -p journey-benches --bin decode_profile -- FILE [rounds]
-//! [canonical|segment|cloudevents]` (a file from `journeyd generate --payload realistic`, in
-//! that format).
+//! [canonical|segment|cloudevents] [both|full|projected]` (a file from `journeyd generate
+//! --payload realistic`, in that format). One decoder alone is what `valgrind --tool=callgrind`
+//! should count.
 
 use std::io::BufReader;
 use std::time::Instant;
@@ -31,7 +32,9 @@ fn thread_cpu() -> f64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(file) = args.next() else {
-        eprintln!("usage: decode_profile FILE [rounds]");
+        eprintln!(
+            "usage: decode_profile FILE [rounds] [canonical|segment|cloudevents] [both|full|projected]"
+        );
         std::process::exit(2);
     };
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
@@ -44,12 +47,20 @@ fn main() {
         eprintln!("unknown format {format}: canonical, segment or cloudevents");
         std::process::exit(2);
     };
+    let which = args.next().unwrap_or_else(|| "both".into());
+    if !["both", "full", "projected"].contains(&which.as_str()) {
+        eprintln!("unknown decoder {which}: both, full or projected");
+        std::process::exit(2);
+    }
     let projection = Projection::for_engine(&default_rules(), &bench_config().breakdowns);
     let full = Decoder::new(format.clone(), "file", DecodeLimits::default());
     let projected = Decoder::new(format, "file", DecodeLimits::default())
         .with_projection(SharedProjection::new(projection.clone()));
     for round in 1..=rounds {
         for (name, decoder) in [("full", &full), ("projected", &projected)] {
+            if which != "both" && which != name {
+                continue;
+            }
             let (wall, cpu) = (Instant::now(), thread_cpu());
             let (mut ok, mut lines) = (0u64, 0u64);
             let _ = for_each_line(BufReader::new(&data[..]), |_, line| {

@@ -207,6 +207,9 @@ pub fn decode_canonical<'a>(
 /// accepted and rejected, with the same reasons, except for values a [`Value`] cannot hold
 /// (a number beyond `f64` such as `1e400`, nesting deeper than 128 levels): inside an attribute
 /// nobody reads they are skipped, as valid JSON, and the record is accepted.
+///
+/// With a projection, a byte scanner (`projection::scan`) decodes records of the usual shape
+/// and hands every other record to serde_json, which decides it as before.
 pub fn decode_canonical_projected<'a>(
     bytes: &'a [u8],
     default_source: &'a str,
@@ -220,33 +223,9 @@ pub fn decode_canonical_projected<'a>(
         });
     }
     let text = simdutf8::basic::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    let failure = Cell::new(None);
-    let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = CanonicalSeed {
-        failure: &failure,
-        projection,
-    }
-    .deserialize(&mut de)
-    .and_then(|raw| {
-        de.end()?;
-        Ok(raw)
-    });
-    let raw = match parsed {
-        Ok(raw) => raw,
-        Err(e) => {
-            return Err(match failure.take() {
-                // A field's parse fails on bad syntax as it does on a wrong type (`NaN`, a lone
-                // surrogate): only a record that is JSON can have a field of the wrong type.
-                Some(f @ DecodeError::WrongType { .. }) => {
-                    match serde_json::from_str::<Value>(text) {
-                        Ok(_) => f,
-                        Err(syntax) => DecodeError::NotJson(syntax.to_string()),
-                    }
-                }
-                Some(f) => f,
-                None => DecodeError::NotJson(e.to_string()),
-            });
-        }
+    let raw = match projection.and_then(|p| p.scan_canonical(text)) {
+        Some(raw) => raw,
+        None => decode_raw_canonical(text, projection)?,
     };
     let customer_id = raw
         .customer_id
@@ -270,14 +249,45 @@ pub fn decode_canonical_projected<'a>(
     })
 }
 
-#[derive(Default)]
-struct RawCanonical<'a> {
-    event_id: Option<Cow<'a, str>>,
-    customer_id: Option<Cow<'a, str>>,
-    ts: Option<Millis>,
-    source: Option<Cow<'a, str>>,
-    name: Option<Cow<'a, str>>,
-    attributes: Option<Value>,
+/// The serde path of [`decode_canonical_projected`]: every record without a projection, and
+/// every record the projection's byte scanner gives up on.
+pub(crate) fn decode_raw_canonical<'a>(
+    text: &'a str,
+    projection: Option<&Projection>,
+) -> Result<RawCanonical<'a>, DecodeError> {
+    let failure = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    CanonicalSeed {
+        failure: &failure,
+        projection,
+    }
+    .deserialize(&mut de)
+    .and_then(|raw| {
+        de.end()?;
+        Ok(raw)
+    })
+    .map_err(|e| match failure.take() {
+        // A field's parse fails on bad syntax as it does on a wrong type (`NaN`, a lone
+        // surrogate): only a record that is JSON can have a field of the wrong type.
+        Some(f @ DecodeError::WrongType { .. }) => match serde_json::from_str::<Value>(text) {
+            Ok(_) => f,
+            Err(syntax) => DecodeError::NotJson(syntax.to_string()),
+        },
+        Some(f) => f,
+        None => DecodeError::NotJson(e.to_string()),
+    })
+}
+
+/// A canonical record's fields as written, before the checks of
+/// [`decode_canonical_projected`].
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct RawCanonical<'a> {
+    pub(crate) event_id: Option<Cow<'a, str>>,
+    pub(crate) customer_id: Option<Cow<'a, str>>,
+    pub(crate) ts: Option<Millis>,
+    pub(crate) source: Option<Cow<'a, str>>,
+    pub(crate) name: Option<Cow<'a, str>>,
+    pub(crate) attributes: Option<Value>,
 }
 
 struct CanonicalSeed<'c> {

@@ -21,8 +21,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::event::CowStr;
+use crate::event::{CowStr, RawCanonical};
 use crate::Rules;
+
+mod scan;
 
 /// The attribute paths to keep, as a tree of path segments (`page.url` is `page` → `url`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -166,6 +168,12 @@ impl Projection {
             node: self.root.children.get(key).unwrap_or(&NOTHING),
             not_object: Some(not_object),
         }
+    }
+
+    /// A canonical record's envelope and projected attributes by the byte scanner, or `None`
+    /// where the serde path must decode it ([`scan`]).
+    pub(crate) fn scan_canonical<'a>(&self, text: &'a str) -> Option<RawCanonical<'a>> {
+        scan::canonical(text, self)
     }
 
     /// The projection of an already parsed value (for formats that build the value first).
@@ -322,14 +330,14 @@ mod tests {
     }
 
     /// Keys from a small alphabet, so that random paths often hit, with escapes and unicode.
-    fn key() -> impl Strategy<Value = String> {
+    pub(super) fn key() -> impl Strategy<Value = String> {
         prop::sample::select(vec![
             "a", "b", "url", "pa\"ge", "ü", "x.y", "", "\\n", "ключ",
         ])
         .prop_map(str::to_string)
     }
 
-    fn json() -> impl Strategy<Value = Value> {
+    pub(super) fn json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
@@ -348,7 +356,7 @@ mod tests {
         })
     }
 
-    fn paths() -> impl Strategy<Value = Vec<Vec<Box<str>>>> {
+    pub(super) fn paths() -> impl Strategy<Value = Vec<Vec<Box<str>>>> {
         prop::collection::vec(prop::collection::vec(key().prop_map(Box::from), 1..4), 0..5)
     }
 
