@@ -50,6 +50,12 @@ struct Children {
     lengths: u64,
 }
 
+/// A node that keeps nothing: where no path starts at an envelope's attribute.
+static NOTHING: Node = Node {
+    whole: false,
+    children: Children::new(),
+};
+
 impl Children {
     const fn new() -> Children {
         Children {
@@ -160,10 +166,6 @@ impl Projection {
         key: &str,
         not_object: &'p Cell<bool>,
     ) -> ProjectedValue<'p> {
-        static NOTHING: Node = Node {
-            whole: false,
-            children: Children::new(),
-        };
         ProjectedValue {
             node: self.root.children.get(key).unwrap_or(&NOTHING),
             not_object: Some(not_object),
@@ -174,6 +176,18 @@ impl Projection {
     /// where the serde path must decode it ([`scan`]).
     pub(crate) fn scan_canonical<'a>(&self, text: &'a str) -> Option<RawCanonical<'a>> {
         scan::canonical(text, self)
+    }
+
+    /// What [`Projection::object_seed`] (`under: None`) or [`Projection::object_seed_under`]
+    /// deserializes from `text`, the text of a JSON object, built by the byte scanner
+    /// ([`scan`]); `None` where the seed must decide it (anything that is not an object of
+    /// the usual shape, including every error).
+    pub fn scan_object(&self, text: &str, under: Option<&str>) -> Option<Value> {
+        let node = match under {
+            None => &self.root,
+            Some(key) => self.root.children.get(key).unwrap_or(&NOTHING),
+        };
+        scan::object(text, node)
     }
 
     /// The projection of an already parsed value (for formats that build the value first).

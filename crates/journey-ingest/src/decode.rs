@@ -436,6 +436,9 @@ pub(crate) fn raw_object(
             field,
         );
     };
+    if let Some(v) = p.scan_object(raw.get(), under) {
+        return object(Some(v), field);
+    }
     let not_object = Cell::new(false);
     let seed = match under {
         None => p.object_seed(&not_object),

@@ -70,6 +70,24 @@ pub(crate) fn canonical<'a>(text: &'a str, projection: &Projection) -> Option<Ra
     (s.i == s.b.len()).then_some(raw)
 }
 
+/// The projection below `node` of `text`, the text of a value that must be an object (an
+/// envelope's `properties`, `context` or `data`), or `None` when serde must decide it: what
+/// [`super::Projection::object_seed`] deserializes from the same text.
+pub(crate) fn object(text: &str, node: &Node) -> Option<Value> {
+    let mut s = Scanner {
+        text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    s.ws();
+    if s.peek()? != b'{' {
+        return None;
+    }
+    let v = s.projected(node, 1)?;
+    s.ws();
+    (s.i == s.b.len()).then_some(v)
+}
+
 struct Scanner<'a> {
     text: &'a str,
     b: &'a [u8],
@@ -536,6 +554,34 @@ mod tests {
             if let Some(raw) = canonical(&text, &projection) {
                 let serde = decode_raw_canonical(&text, Some(&projection));
                 prop_assert_eq!(Ok(&raw), serde.as_ref(), "{}", text);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+        /// An object's text projected by the scanner equals what the projection's seed
+        /// deserializes from it, whenever the scanner decides.
+        #[test]
+        fn scanned_objects_equal_the_seed(
+            kv in prop::collection::vec((key(), json()), 0..6),
+            paths in paths(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            use serde::de::DeserializeSeed;
+            let projection = Projection::new(paths.iter().map(Vec::as_slice));
+            let text = Value::Object(kv.into_iter().collect()).to_string();
+            // Whole, and cut short (no longer JSON).
+            let short = text.get(..cut.index(text.len() + 1)).unwrap_or_default();
+            for text in [text.as_str(), short] {
+                if let Some(scanned) = object(text, &projection.root) {
+                    let flag = std::cell::Cell::new(false);
+                    let seed = projection
+                        .object_seed(&flag)
+                        .deserialize(&mut serde_json::Deserializer::from_str(text))
+                        .ok();
+                    prop_assert_eq!(Some(&scanned), seed.as_ref(), "{}", text);
+                }
             }
         }
     }
