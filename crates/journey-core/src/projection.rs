@@ -190,6 +190,28 @@ impl Projection {
         scan::object(text, node)
     }
 
+    /// For a record whose top-level `fields` hold objects filed under attributes (a Segment
+    /// call's `properties`, `context` and `traits`: `(field, None)` projects from the root,
+    /// `(field, Some(key))` from the attribute `key`): each object that is present as its
+    /// byte range in `text` and what [`Projection::scan_object`] gives for it, in record
+    /// order, after the byte scanner checked the grammar of the whole record. `None` where
+    /// serde must decide the record: a field twice or not an object, escaped keys, bad JSON.
+    pub fn scan_envelope(
+        &self,
+        text: &str,
+        fields: &[(&str, Option<&str>)],
+    ) -> Option<Vec<(usize, std::ops::Range<usize>, Value)>> {
+        let keys: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
+        let nodes: Vec<&Node> = fields
+            .iter()
+            .map(|(_, under)| match under {
+                None => &self.root,
+                Some(key) => self.root.children.get(key).unwrap_or(&NOTHING),
+            })
+            .collect();
+        scan::envelope_objects(text, &keys, &nodes)
+    }
+
     /// The projection of an already parsed value (for formats that build the value first).
     pub fn apply(&self, v: Value) -> Value {
         project(&self.root, v)

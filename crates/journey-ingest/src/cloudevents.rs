@@ -49,9 +49,38 @@ pub(crate) fn decode<'a>(
     source: &'a str,
     projection: Option<&Projection>,
 ) -> Result<Event<'a>, DecodeError> {
+    if let Some(event) = projection.and_then(|p| decode_scanned(text, source, p)) {
+        return Ok(event);
+    }
     let ce: CloudEvent<'a> = decode::parse_object(text)?;
+    build(ce, source, projection, None)
+}
+
+/// [`decode`] of an event whose object `data` the byte scanner projected while it checked the
+/// whole record (`Projection::scan_envelope`); serde parses the envelope from a copy with
+/// `data` as `{}`. `None` where [`decode`]'s own path must decide, including every record
+/// that is not accepted, as for Segment calls (`segment::decode_scanned`).
+fn decode_scanned(text: &str, source: &str, projection: &Projection) -> Option<Event<'static>> {
+    let mut objects = projection.scan_envelope(text, &[("data", None)])?;
+    let (_, range, data) = objects.pop()?;
+    let envelope = format!("{}{{}}{}", text.get(..range.start)?, text.get(range.end..)?);
+    let ce: CloudEvent<'_> = decode::parse_object(&envelope).ok()?;
+    build(ce, source, Some(projection), Some(data))
+        .ok()
+        .map(Event::into_owned)
+}
+
+/// The event of a parsed CloudEvent; `scanned` is its `data` as the byte scanner projected
+/// it, else `data` comes from the envelope's raw text.
+fn build<'a>(
+    ce: CloudEvent<'a>,
+    source: &'a str,
+    projection: Option<&Projection>,
+    scanned: Option<Value>,
+) -> Result<Event<'a>, DecodeError> {
     // Only an object `data` becomes the attributes; anything else is kept whole under `data`.
     let data = match ce.data {
+        _ if scanned.is_some() => scanned,
         Some(raw) if projection.is_some() && raw.get().starts_with('{') => {
             decode::raw_object(Some(raw), "data", projection, None)?.map(Value::Object)
         }
@@ -104,6 +133,41 @@ mod tests {
 
     fn decoder() -> Decoder {
         Decoder::new(Format::CloudEvents, "web", DecodeLimits::default())
+    }
+
+    /// The byte scanner's path decodes the usual events, to what serde's path gives, and
+    /// leaves the unusual ones to it.
+    #[test]
+    fn usual_events_are_scanned_to_what_serde_gives() {
+        let paths: Vec<Vec<Box<str>>> = ["url", "page.url"]
+            .iter()
+            .map(|p| p.split('.').map(Box::from).collect())
+            .collect();
+        let projection = Projection::new(paths.iter().map(Vec::as_slice));
+        let serde_path = |text: &str| {
+            let ce: CloudEvent<'_> = decode::parse_object(text).unwrap();
+            build(ce, "web", Some(&projection), None).map(Event::into_owned)
+        };
+        for text in [
+            r#"{"specversion":"1.0","id":"e","source":"s","type":"page_view","subject":"c","time":"2026-11-22T10:00:00Z","data":{"url":"/p","page":{"url":"u","t":[1,2]},"x":"ü"}}"#,
+            r#"{"data":{},"type":"t","subject":"c","time":"2026-11-22T10:00:00Z","data_base64":"AA=="}"#,
+        ] {
+            let scanned = decode_scanned(text, "web", &projection);
+            assert!(scanned.is_some(), "{text}");
+            assert_eq!(
+                scanned.ok_or(()),
+                serde_path(text).map_err(|_| ()),
+                "{text}"
+            );
+        }
+        for text in [
+            r#"{"type":"t","subject":"c","time":"2026-11-22T10:00:00Z","data":"text"}"#,
+            r#"{"type":"t","subject":"c","time":"2026-11-22T10:00:00Z"}"#,
+            r#"{"type":"t","subject":"c","data":{"url":"/p"}}"#,
+            r#"{"type":"t","subject":"c","time":"2026-11-22T10:00:00Z","data":{},"data":{}}"#,
+        ] {
+            assert_eq!(decode_scanned(text, "web", &projection), None, "{text}");
+        }
     }
 
     #[test]

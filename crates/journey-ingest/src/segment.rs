@@ -130,6 +130,19 @@ fn corrected(received: Millis, sent: Millis, original: Millis) -> Millis {
     check_time(received.saturating_sub(offset)).unwrap_or(received)
 }
 
+/// The objects a call files under attributes, by index in [`Scanned`]: each top-level field
+/// and the attribute its projection starts from (`None`: the root, as `properties` merges
+/// into the attributes).
+const OBJECTS: [(&str, Option<&str>); 3] = [
+    ("properties", None),
+    ("context", Some("context")),
+    ("traits", Some("traits")),
+];
+
+/// The projected `properties`, `context` and `traits` the byte scanner built, by index in
+/// [`OBJECTS`]; `None` where the envelope's raw text is to be projected instead.
+type Scanned = [Option<Value>; 3];
+
 /// Decodes one Segment call; `received_at` is when it reached journeyd, if known (the skew
 /// correction's server time for records without their own `receivedAt`). With a
 /// `projection`, `properties`, `context` and `traits` are built only as far as it keeps them.
@@ -139,7 +152,61 @@ pub(crate) fn decode<'a>(
     received_at: Option<Millis>,
     projection: Option<&Projection>,
 ) -> Result<Event<'a>, DecodeError> {
+    if let Some(event) = projection.and_then(|p| decode_scanned(text, source, received_at, p)) {
+        return Ok(event);
+    }
     let call: Call<'a> = decode::parse_object(text)?;
+    build(call, source, received_at, projection, Scanned::default())
+}
+
+/// [`decode`] of a call whose big objects the byte scanner projected while it checked the
+/// whole record (`Projection::scan_envelope`): serde then parses the envelope from a copy in
+/// which those objects are `{}`, instead of walking them again to find their ends. `None`
+/// where [`decode`]'s own path must decide: what the scanner leaves to serde, and every
+/// record that is not accepted, so that errors (and the positions they name) stay what that
+/// path says.
+fn decode_scanned(
+    text: &str,
+    source: &str,
+    received_at: Option<Millis>,
+    projection: &Projection,
+) -> Option<Event<'static>> {
+    let objects = projection.scan_envelope(text, &OBJECTS)?;
+    if objects.is_empty() {
+        return None;
+    }
+    let mut blanked = String::with_capacity(text.len());
+    let mut scanned = Scanned::default();
+    let mut at = 0;
+    for (k, range, value) in objects {
+        blanked.push_str(text.get(at..range.start)?);
+        blanked.push_str("{}");
+        at = range.end;
+        *scanned.get_mut(k)? = Some(value);
+    }
+    blanked.push_str(text.get(at..)?);
+    let call: Call<'_> = decode::parse_object(&blanked).ok()?;
+    build(call, source, received_at, Some(projection), scanned)
+        .ok()
+        .map(Event::into_owned)
+}
+
+/// The event of a parsed call. Each of `properties`, `context` and `traits` comes from
+/// `scanned` where the byte scanner built it, else from the call's raw text.
+fn build<'a>(
+    call: Call<'a>,
+    source: &'a str,
+    received_at: Option<Millis>,
+    projection: Option<&Projection>,
+    mut scanned: Scanned,
+) -> Result<Event<'a>, DecodeError> {
+    let mut object = |i: usize, raw: Option<&RawValue>| {
+        let (field, under) = OBJECTS[i];
+        match scanned[i].take() {
+            Some(v) => decode::object(Some(v), field),
+            None => decode::raw_object(raw, field, projection, under),
+        }
+    };
     let kind = Kind::of(call.kind)?;
 
     let user_id = match call.user_id {
@@ -188,7 +255,7 @@ pub(crate) fn decode<'a>(
         Some(id) => Some(decode::identifier(id, "messageId")?),
     };
 
-    let mut attributes = decode::raw_object(call.properties, "properties", projection, None)?;
+    let mut attributes = object(0, call.properties)?;
     if matches!(kind, Kind::Page | Kind::Screen) {
         for (key, value) in [("name", call.name), ("category", call.category)] {
             if let Some(value) = value {
@@ -208,14 +275,12 @@ pub(crate) fn decode<'a>(
         }
     }
     if matches!(kind, Kind::Identify | Kind::Group) {
-        if let Some(traits) = decode::raw_object(call.traits, "traits", projection, Some("traits"))?
-        {
+        if let Some(traits) = object(2, call.traits)? {
             let map = attributes.get_or_insert_with(Map::new);
             map.insert("traits".to_string(), Value::Object(traits));
         }
     }
-    if let Some(context) = decode::raw_object(call.context, "context", projection, Some("context"))?
-    {
+    if let Some(context) = object(1, call.context)? {
         let map = attributes.get_or_insert_with(Map::new);
         map.insert("context".to_string(), Value::Object(context));
     }
@@ -241,6 +306,47 @@ mod tests {
 
     fn decoder() -> Decoder {
         Decoder::new(Format::Segment, "web", DecodeLimits::default())
+    }
+
+    /// The byte scanner's path decodes the usual calls, to what serde's path gives, and leaves
+    /// the unusual ones to it.
+    #[test]
+    fn usual_calls_are_scanned_to_what_serde_gives() {
+        let paths: Vec<Vec<Box<str>>> = ["url", "context.page.url", "traits.plan"]
+            .iter()
+            .map(|p| p.split('.').map(Box::from).collect())
+            .collect();
+        let projection = Projection::new(paths.iter().map(Vec::as_slice));
+        let serde_path = |text: &str| {
+            let call: Call<'_> = decode::parse_object(text).unwrap();
+            build(call, "web", None, Some(&projection), Scanned::default()).map(Event::into_owned)
+        };
+        for text in [
+            r#"{"type":"page","userId":"c-1","timestamp":"2026-11-22T10:00:00Z","properties":{"url":"/p","x":[1,{"y":"ü"}]},"context":{"page":{"url":"https://e.com/p","title":"T"},"ip":"1.2.3.4"}}"#,
+            r#"{"context":{"library":{"name":"analytics.js"}},"traits":{"plan":"pro","n":1},"type":"identify","anonymousId":"a","messageId":7,"timestamp":1795341600000}"#,
+            r#"{"event":"signup","userId":"c-2","properties":{},"sentAt":"2026-11-22T10:00:01Z","originalTimestamp":"2026-11-22T10:00:00Z"}"#,
+        ] {
+            let scanned = decode_scanned(text, "web", None, &projection);
+            assert!(scanned.is_some(), "{text}");
+            assert_eq!(
+                scanned.ok_or(()),
+                serde_path(text).map_err(|_| ()),
+                "{text}"
+            );
+        }
+        for text in [
+            // A field twice, an object that is not one, an escaped key, an unknown call type.
+            r#"{"userId":"c","timestamp":1,"properties":{},"properties":{"url":"/p"}}"#,
+            r#"{"userId":"c","timestamp":1,"properties":[]}"#,
+            r#"{"userId":"c","timestamp":1,"properties":{"url":"/p"}}"#,
+            r#"{"type":"bogus","userId":"c","timestamp":1,"properties":{"url":"/p"}}"#,
+        ] {
+            assert_eq!(
+                decode_scanned(text, "web", None, &projection),
+                None,
+                "{text}"
+            );
+        }
     }
 
     #[test]

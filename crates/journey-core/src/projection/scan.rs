@@ -88,6 +88,52 @@ pub(crate) fn object(text: &str, node: &Node) -> Option<Value> {
     (s.i == s.b.len()).then_some(v)
 }
 
+/// The objects at top-level keys `keys` of `text`, a whole record (an envelope such as a
+/// Segment call), projected below `nodes` (one per key): each as the byte range of its value
+/// and its projection, in record order. Every other value of the record is skipped, its
+/// grammar checked, so a record this returns is JSON throughout. `None` (serde must decide)
+/// for anything unusual: a key with escapes, one of `keys` twice, a value at one of `keys`
+/// that is not an object, or what [`canonical`] gives up on.
+pub(crate) fn envelope_objects(
+    text: &str,
+    keys: &[&str],
+    nodes: &[&Node],
+) -> Option<Vec<(usize, std::ops::Range<usize>, Value)>> {
+    let mut s = Scanner {
+        text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    let mut found: Vec<(usize, std::ops::Range<usize>, Value)> = Vec::new();
+    s.ws();
+    s.expect(b'{')?;
+    s.ws();
+    if !s.eat(b'}') {
+        loop {
+            let key = s.key()?;
+            match keys.iter().position(|k| *k == key) {
+                Some(k) => {
+                    if s.peek()? != b'{' || found.iter().any(|(f, _, _)| *f == k) {
+                        return None;
+                    }
+                    let start = s.i;
+                    let v = s.projected(nodes.get(k)?, 1)?;
+                    found.push((k, start..s.i, v));
+                }
+                None => s.skip_value(1)?,
+            }
+            s.ws();
+            match s.next()? {
+                b',' => s.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    (s.i == s.b.len()).then_some(found)
+}
+
 struct Scanner<'a> {
     text: &'a str,
     b: &'a [u8],
