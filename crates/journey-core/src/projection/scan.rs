@@ -371,6 +371,10 @@ impl<'a> Scanner<'a> {
                     let v = self.projected(child, depth + 1)?;
                     out.insert(key.to_owned(), v);
                 }
+                // Most unread values are strings: skipped here, without a call.
+                None if self.eat(b'"') => {
+                    self.skip_string()?;
+                }
                 None => self.skip_value(depth + 1)?,
             }
             self.ws();
