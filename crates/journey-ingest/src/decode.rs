@@ -480,6 +480,36 @@ pub(crate) fn shown(err: &DecodeError) -> (&'static str, String) {
     (err.reason(), message.to_string())
 }
 
+/// The projection onto dotted `paths`.
+#[cfg(test)]
+pub(crate) fn projection_of(paths: &[&str]) -> Projection {
+    let split: Vec<Vec<Box<str>>> = paths
+        .iter()
+        .map(|p| p.split('.').map(Box::from).collect())
+        .collect();
+    Projection::new(split.iter().map(Vec::as_slice))
+}
+
+/// Checks a format's byte-scanner path (`scanned`: `None` where it leaves the record to
+/// serde) against its serde path: each of `usual` is scanned, to what `serde` gives, and each
+/// of `unusual` is left to serde.
+#[cfg(test)]
+pub(crate) fn check_scanned_path(
+    scanned: impl Fn(&str) -> Option<Event<'static>>,
+    serde: impl Fn(&str) -> Result<Event<'static>, DecodeError>,
+    usual: &[&str],
+    unusual: &[&str],
+) {
+    for text in usual {
+        let ev = scanned(text);
+        assert!(ev.is_some(), "{text}");
+        assert_eq!(ev.ok_or(()), serde(text).map_err(|_| ()), "{text}");
+    }
+    for text in unusual {
+        assert_eq!(scanned(text), None, "{text}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,65 +27,44 @@ const MAX_DEPTH: usize = 48;
 /// The envelope and projected attributes of a canonical record, or `None` when the serde path
 /// must decode it (see the module note). `text` is the whole record.
 pub(crate) fn canonical<'a>(text: &'a str, projection: &Projection) -> Option<RawCanonical<'a>> {
-    let mut s = Scanner {
-        text,
-        b: text.as_bytes(),
-        i: 0,
-    };
     let mut raw = RawCanonical::default();
-    s.ws();
-    s.expect(b'{')?;
-    s.ws();
-    if !s.eat(b'}') {
-        loop {
-            let key = s.key()?;
-            match key {
-                "customer_id" => raw.customer_id = s.plain_string_or_null()?,
-                "event_id" => raw.event_id = s.plain_string_or_null()?,
-                "event" => raw.name = s.plain_string_or_null()?,
-                "source" => raw.source = s.plain_string_or_null()?,
-                "ts" => raw.ts = s.ts()?,
-                "attributes" => {
-                    raw.attributes = Some(match s.peek()? {
-                        b'{' => s.projected(&projection.root, 1)?,
-                        b'n' => {
-                            s.literal(b"null")?;
-                            Value::Null
-                        }
-                        // Not an object: the serde path reports the type.
-                        _ => return None,
-                    })
-                }
-                _ => s.skip_value(1)?,
+    Scanner::new(text).record(|s, key| {
+        match key {
+            "customer_id" => raw.customer_id = s.plain_string_or_null()?,
+            "event_id" => raw.event_id = s.plain_string_or_null()?,
+            "event" => raw.name = s.plain_string_or_null()?,
+            "source" => raw.source = s.plain_string_or_null()?,
+            "ts" => raw.ts = s.ts()?,
+            "attributes" => {
+                raw.attributes = Some(match s.peek()? {
+                    b'{' => s.projected(&projection.root, 1)?,
+                    b'n' => {
+                        s.literal(b"null")?;
+                        Value::Null
+                    }
+                    // Not an object: the serde path reports the type.
+                    _ => return None,
+                })
             }
-            s.ws();
-            match s.next()? {
-                b',' => s.ws(),
-                b'}' => break,
-                _ => return None,
-            }
+            _ => s.skip_value(1)?,
         }
-    }
-    s.ws();
-    (s.i == s.b.len()).then_some(raw)
+        Some(())
+    })?;
+    Some(raw)
 }
 
 /// The projection below `node` of `text`, the text of a value that must be an object (an
 /// envelope's `properties`, `context` or `data`), or `None` when serde must decide it: what
 /// [`super::Projection::object_seed`] deserializes from the same text.
 pub(crate) fn object(text: &str, node: &Node) -> Option<Value> {
-    let mut s = Scanner {
-        text,
-        b: text.as_bytes(),
-        i: 0,
-    };
+    let mut s = Scanner::new(text);
     s.ws();
     if s.peek()? != b'{' {
         return None;
     }
     let v = s.projected(node, 1)?;
-    s.ws();
-    (s.i == s.b.len()).then_some(v)
+    s.end()?;
+    Some(v)
 }
 
 /// The objects at top-level keys `keys` of `text`, a whole record (an envelope such as a
@@ -99,39 +78,22 @@ pub(crate) fn envelope_objects(
     keys: &[&str],
     nodes: &[&Node],
 ) -> Option<Vec<(usize, std::ops::Range<usize>, Value)>> {
-    let mut s = Scanner {
-        text,
-        b: text.as_bytes(),
-        i: 0,
-    };
     let mut found: Vec<(usize, std::ops::Range<usize>, Value)> = Vec::new();
-    s.ws();
-    s.expect(b'{')?;
-    s.ws();
-    if !s.eat(b'}') {
-        loop {
-            let key = s.key()?;
-            match keys.iter().position(|k| *k == key) {
-                Some(k) => {
-                    if s.peek()? != b'{' || found.iter().any(|(f, _, _)| *f == k) {
-                        return None;
-                    }
-                    let start = s.i;
-                    let v = s.projected(nodes.get(k)?, 1)?;
-                    found.push((k, start..s.i, v));
+    Scanner::new(text).record(|s, key| {
+        match keys.iter().position(|k| *k == key) {
+            Some(k) => {
+                if s.peek()? != b'{' || found.iter().any(|(f, _, _)| *f == k) {
+                    return None;
                 }
-                None => s.skip_value(1)?,
+                let start = s.i;
+                let v = s.projected(nodes.get(k)?, 1)?;
+                found.push((k, start..s.i, v));
             }
-            s.ws();
-            match s.next()? {
-                b',' => s.ws(),
-                b'}' => break,
-                _ => return None,
-            }
+            None => s.skip_value(1)?,
         }
-    }
-    s.ws();
-    (s.i == s.b.len()).then_some(found)
+        Some(())
+    })?;
+    Some(found)
 }
 
 struct Scanner<'a> {
@@ -142,6 +104,41 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Scanner<'a> {
+        Scanner {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+        }
+    }
+
+    /// Walks a whole record, a top-level object: `field` reads or skips the value of each key
+    /// (without escapes), positioned at the value. Checks that nothing but whitespace follows.
+    fn record(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.ws();
+        self.expect(b'{')?;
+        self.ws();
+        if !self.eat(b'}') {
+            loop {
+                let key = self.key()?;
+                field(self, key)?;
+                self.ws();
+                match self.next()? {
+                    b',' => self.ws(),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        self.end()
+    }
+
+    /// Only whitespace is left.
+    fn end(&mut self) -> Option<()> {
+        self.ws();
+        (self.i == self.b.len()).then_some(())
+    }
+
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
