@@ -1,9 +1,12 @@
-//! A byte scanner for canonical records on the projected path (issue 14).
+//! A byte scanner for records on the projected path (issue 14).
 //!
 //! serde_json spends most of a realistic record's decode walking values nobody reads: its
 //! `ignore_value` through visitor calls, and a string search per key and per value. This
 //! scanner walks the bytes once, checks the JSON grammar as it skips, and builds only the
-//! envelope and the projected attributes.
+//! envelope and the projected attributes. Three entry points: [`canonical`] for a whole
+//! canonical record; [`envelope_objects`] for the objects a Segment call or a CloudEvent
+//! files under attributes, while it checks the rest of the record; [`object`] for one
+//! object's text.
 //!
 //! It takes the common shape only. Whenever a record is anything else (an escaped key or
 //! envelope string, a number as an identifier, a `ts` that is not an integer or a plain RFC
