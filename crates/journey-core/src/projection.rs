@@ -173,15 +173,15 @@ impl Projection {
     }
 
     /// A canonical record's envelope and projected attributes by the byte scanner, or `None`
-    /// where the serde path must decode it ([`scan`]).
+    /// where the serde path must decode it (`projection::scan`).
     pub(crate) fn scan_canonical<'a>(&self, text: &'a str) -> Option<RawCanonical<'a>> {
         scan::canonical(text, self)
     }
 
     /// What [`Projection::object_seed`] (`under: None`) or [`Projection::object_seed_under`]
     /// deserializes from `text`, the text of a JSON object, built by the byte scanner
-    /// ([`scan`]); `None` where the seed must decide it (anything that is not an object of
-    /// the usual shape, including every error).
+    /// (`projection::scan`); `None` where the seed must decide it (anything that is not an
+    /// object of the usual shape, including every error).
     pub fn scan_object(&self, text: &str, under: Option<&str>) -> Option<Value> {
         let node = match under {
             None => &self.root,
