@@ -134,10 +134,11 @@ impl Decoder {
     /// The same decoder keeping only the attributes on the paths of `projection` (read for
     /// each record, or once per [`Decoder::batch`], so a rules reload applies to records and
     /// batches decoded after it), skipping the rest of the bytes without building values.
-    /// Segment, CloudEvents and mapped records are decoded whole (their envelopes are
-    /// validated on the parsed value) and projected right after, so the workers still
-    /// receive only the attributes they read. Dead letters are unaffected: they keep the
-    /// raw record.
+    /// Canonical records, and the `properties`, `context`, `traits` and `data` objects of
+    /// Segment and CloudEvents records, are built only as far as the projection keeps them
+    /// (by the byte scanner where the record has the usual shape, else by serde). Mapped
+    /// records are decoded whole and projected right after, so the workers still receive only
+    /// the attributes they read. Dead letters are unaffected: they keep the raw record.
     pub fn with_projection(mut self, projection: SharedProjection) -> Self {
         self.projection = Some(projection);
         self
